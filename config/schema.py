@@ -1,0 +1,215 @@
+"""Pydantic models for the node's YAML configuration.
+
+Every model forbids unknown keys so that a typo fails at start with the key named, instead of
+being silently ignored (a PACS administrator's most common config mistake).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Keys a route may match on besides DICOM keywords: the association's AE titles.
+ASSOCIATION_KEYS = frozenset({"CallingAETitle", "CalledAETitle"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_ae_title(value: str) -> str:
+    """PS3.5 Table 6.2-1, AE VR: 1-16 characters, no backslash or control characters."""
+    stripped = value.strip()
+    if not 1 <= len(stripped) <= 16:
+        raise ValueError(f"AE title must be 1-16 characters, got {value!r}")
+    if "\\" in stripped or any(ord(c) < 32 for c in stripped):
+        raise ValueError(f"AE title contains a forbidden character: {value!r}")
+    return stripped
+
+
+class TLSConfig(_Strict):
+    """DICOM TLS (PS3.15 Annex B.1) for a listener or an outgoing association."""
+
+    enabled: bool = False
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    #: Listener: require and verify a client certificate. Outgoing: verify the server against ca_file.
+    verify_peer: bool = True
+
+    @model_validator(mode="after")
+    def _paths_when_enabled(self) -> "TLSConfig":
+        if self.enabled and self.ca_file is None and self.verify_peer:
+            raise ValueError("tls.verify_peer needs tls.ca_file")
+        return self
+
+
+class NodeConfig(_Strict):
+    ae_title: str = "MMEDNODE"
+    host: str = "127.0.0.1"
+    port: int = Field(11112, ge=1, le=65535)
+    data_dir: Path = Path("./var")
+    series_quiet_seconds: float = Field(5.0, ge=0)
+    #: Also wait for the sending association to be released before a series counts as complete.
+    require_association_release: bool = True
+    #: Calling AE titles allowed to associate; empty allows every caller.
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    #: Peer IP addresses allowed to connect; empty allows every address.
+    allowed_peer_addresses: list[str] = Field(default_factory=list)
+    #: Threads in the embedded job pool.
+    workers: int = Field(1, ge=1, le=64)
+    #: Write patient identifiers to the log (off by default: logs carry UIDs only).
+    log_phi: bool = False
+    max_pdu: int = Field(0, ge=0)
+    tls: TLSConfig = TLSConfig()
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, v: list[str]) -> list[str]:
+        return [_check_ae_title(a) for a in v]
+
+
+class DestinationConfig(_Strict):
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    #: Our AE title on associations to this destination (default: node.ae_title).
+    calling_ae_title: str | None = None
+    tls: TLSConfig = TLSConfig()
+    #: Whether this destination accepts Segmentation Storage; if not, SEGs are skipped for it.
+    accepts_seg: bool = True
+
+    _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
+
+
+class Condition(_Strict):
+    """One test on one DICOM keyword's value. Several fields in one condition must all hold.
+
+    A bare scalar in a route's ``match`` is shorthand for ``{equals: value}``.
+    """
+
+    equals: str | float | None = None
+    regex: str | None = None
+    in_: list[str | float] | None = Field(None, alias="in")
+    not_in: list[str | float] | None = None
+    contains: str | None = None
+    excludes: str | None = None
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    present: bool | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"regex {v!r} does not compile: {exc}") from None
+        return v
+
+
+class RouteConfig(_Strict):
+    name: str = Field(min_length=1)
+    match: dict[str, Condition] = Field(default_factory=dict)
+    instruction: str = Field(min_length=1)
+    send_to: list[str] = Field(default_factory=list)
+    #: Planner backend for this route (default: planner.backend).
+    planner: str | None = None
+    #: Tools the planner may call on this route (default: every available tool).
+    tools: list[str] | None = None
+    #: Higher first when several routes fire.
+    priority: int = 0
+    #: A fallback route fires only when no other route matched.
+    fallback: bool = False
+
+    @field_validator("match", mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        if not isinstance(v, dict):
+            return v
+        return {k: (c if isinstance(c, dict) else {"equals": c}) for k, c in v.items()}
+
+    @field_validator("match")
+    @classmethod
+    def _keywords(cls, v: dict[str, Condition]) -> dict[str, Condition]:
+        from pydicom.datadict import tag_for_keyword
+
+        for key in v:
+            if key not in ASSOCIATION_KEYS and tag_for_keyword(key) is None:
+                raise ValueError(f"{key!r} is not a DICOM keyword (nor CallingAETitle/CalledAETitle)")
+        return v
+
+
+class OutboxConfig(_Strict):
+    retry_initial_seconds: float = Field(2.0, gt=0)
+    retry_max_seconds: float = Field(60.0, gt=0)
+    #: After this long without success a delivery is marked failed (and stays visible).
+    retry_window_seconds: float = Field(3600.0, gt=0)
+
+
+class OutputConfig(_Strict):
+    seg_series_number: int = Field(9901, ge=1)
+    sr_series_number: int = Field(9902, ge=1)
+    manufacturer: str = "mmedagent-node"
+    #: Part of every derived output UID: a new version yields new UIDs, a re-run the same ones.
+    pipeline_version: str = "0.1.0"
+
+
+class PlannerConfig(_Strict):
+    backend: str = "rules"
+    max_rounds: int = Field(3, ge=1, le=10)
+    #: transformers backend: local checkpoint folder, optional LoRA adapter folder.
+    model_path: Path | None = None
+    adapter_path: Path | None = None
+    device: str | None = None
+    max_new_tokens: int = Field(512, ge=1)
+    #: openai backend: base URL of an OpenAI-compatible server, model name, key from this env var.
+    endpoint: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    timeout_seconds: float = Field(60.0, gt=0)
+    retries: int = Field(2, ge=0)
+
+
+class QueueConfig(_Strict):
+    #: Absent/null: the embedded in-process pool. A redis:// URL switches to Celery workers.
+    broker_url: str | None = None
+
+
+class AppConfig(_Strict):
+    node: NodeConfig = NodeConfig()
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    #: "first": the first matching route (by priority, then file order) decides;
+    #: "all": every matching route fires.
+    routing_mode: Literal["first", "all"] = "first"
+    outbox: OutboxConfig = OutboxConfig()
+    output: OutputConfig = OutputConfig()
+    planner: PlannerConfig = PlannerConfig()
+    queue: QueueConfig = QueueConfig()
+    #: Per-tool settings keyed by API_name (model paths, device, thresholds); each tool validates its own.
+    tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> "AppConfig":
+        names = set()
+        for i, route in enumerate(self.routes):
+            if route.name in names:
+                raise ValueError(f"routes.{i}.name: duplicate route name {route.name!r}")
+            names.add(route.name)
+            for dest in route.send_to:
+                if dest not in self.destinations:
+                    raise ValueError(
+                        f"routes.{i}.send_to: unknown destination {dest!r} "
+                        f"(known: {', '.join(sorted(self.destinations)) or 'none'})"
+                    )
+        return self

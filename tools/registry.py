@@ -1,0 +1,88 @@
+"""One registry for tools, keyed by API_name; tool modules register their class with a decorator."""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import jsonschema
+
+from tools.base import Availability, Tool
+
+T = TypeVar("T", bound=type[Tool])
+
+#: Modules that define tools; imported when a registry is built.
+TOOL_MODULES: tuple[str, ...] = ("tools.ct_lung",)
+
+_CLASSES: dict[str, type[Tool]] = {}
+
+
+def register_tool(cls: T) -> T:
+    """Class decorator: make ``cls`` known under its ``api_name``."""
+    name = cls.api_name
+    if name in _CLASSES and _CLASSES[name] is not cls:
+        raise ValueError(f"two tools claim API_name {name!r}")
+    _CLASSES[name] = cls
+    return cls
+
+
+def known_tool_classes() -> dict[str, type[Tool]]:
+    for module in TOOL_MODULES:
+        importlib.import_module(module)
+    return dict(_CLASSES)
+
+
+@dataclass(frozen=True)
+class ToolStatus:
+    name: str
+    available: bool
+    reason: str
+    description: str
+    queue: str
+
+
+class ParamsInvalid(ValueError):
+    """API_params do not satisfy a tool's JSON schema."""
+
+
+class ToolRegistry:
+    """The tools of one process, built from the config's ``tools`` section."""
+
+    def __init__(self, settings: dict[str, dict[str, Any]] | None = None) -> None:
+        settings = settings or {}
+        classes = known_tool_classes()
+        unknown = sorted(set(settings) - set(classes))
+        if unknown:
+            raise ValueError(f"tools: unknown tool(s) {unknown}; known: {sorted(classes)}")
+        self._tools: dict[str, Tool] = {}
+        self._status: dict[str, Availability] = {}
+        for name, cls in sorted(classes.items()):
+            tool = cls(settings.get(name))
+            self._tools[name] = tool
+            self._status[name] = tool.availability()
+
+    def statuses(self) -> list[ToolStatus]:
+        return [
+            ToolStatus(name, st.available, st.reason, self._tools[name].description, self._tools[name].queue)
+            for name, st in self._status.items()
+        ]
+
+    def available_names(self) -> list[str]:
+        return [n for n, st in self._status.items() if st.available]
+
+    def get(self, name: str) -> Tool:
+        """The tool for ``name``; KeyError with the reason if unknown or unavailable."""
+        if name not in self._tools:
+            raise KeyError(f"unknown tool {name!r}")
+        status = self._status[name]
+        if not status.available:
+            raise KeyError(f"tool {name!r} is not available: {status.reason}")
+        return self._tools[name]
+
+    def validate_params(self, name: str, params: dict[str, Any]) -> None:
+        schema = self.get(name).params_schema
+        try:
+            jsonschema.validate(params, schema)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "(params)"
+            raise ParamsInvalid(f"{name}: {where}: {exc.message}") from None
