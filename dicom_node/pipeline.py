@@ -11,11 +11,20 @@ import json
 import logging
 import os
 import tempfile
+import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from pydicom.dataset import Dataset
+
+from agent.loop import run_agent
+from agent.planners.base import Planner, UnknownPlanner, build_planner
+from agent.protocol import to_plain
 from config import AppConfig
+from dicom_node.loader import LoadError, load_series
+from sr_templates.outputs import build_outputs
 from tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -50,14 +59,27 @@ class JobSpec:
 
 @dataclass
 class WorkerContext:
-    """Per-process state reused across jobs: the config and the tool registry (models warm)."""
+    """Per-process state reused across jobs: the config, the tool registry (models warm) and the
+    planners built so far (an MLLM planner loads its checkpoint once)."""
 
     config: AppConfig
     registry: ToolRegistry
+    planners: dict[str, Planner] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def build(cls, config: AppConfig) -> "WorkerContext":
         return cls(config=config, registry=ToolRegistry(config.tools))
+
+    def planner(self, name: str) -> Planner:
+        """The planner backend ``name``, built on first use; unknown names fail the job."""
+        with self._lock:
+            if name not in self.planners:
+                try:
+                    self.planners[name] = build_planner(name, self.config.planner)
+                except UnknownPlanner as exc:
+                    raise JobFailed(str(exc)) from None
+            return self.planners[name]
 
 
 class JobFailed(Exception):
@@ -66,11 +88,20 @@ class JobFailed(Exception):
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON via temp file + fsync + rename, so readers never see a partial file."""
+    _write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, default=str).encode("utf-8")))
+
+
+def write_dataset_atomic(path: Path, ds: Dataset) -> None:
+    """Write a DICOM file (Part 10, PS3.10 7.1) via temp file + fsync + rename."""
+    _write_atomic(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
+
+
+def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=str)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -79,9 +110,67 @@ def write_json_atomic(path: Path, data: Any) -> None:
         raise
 
 
+#: File names in a job's result folder.
+SEG_FILE = "seg.dcm"
+SR_FILE = "sr.dcm"
+CONVERSATION_FILE = "conversation.json"
+MANIFEST_FILE = "manifest.json"
+
+
 def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     """Process one series; return the manifest (also written to ``result_dir/manifest.json``).
 
-    Raises :class:`JobFailed` with a readable reason for input the pipeline cannot handle.
+    Raises :class:`JobFailed` with a readable reason for input the pipeline cannot handle: a
+    series the loader refuses, or one where every tool the planner called refused it (an SR
+    saying only "cannot" would reach the radiologist as noise; the failed job says why instead).
     """
-    raise NotImplementedError("wired by the integrator once loader, agent and encoders exist")
+    config = ctx.config
+    try:
+        volume = load_series(Path(spec.series_dir))
+    except LoadError as exc:
+        raise JobFailed(f"cannot load series: {exc}") from None
+    planner = ctx.planner(spec.planner or config.planner.backend)
+    result = run_agent(
+        spec.instruction,
+        volume,
+        ctx.registry,
+        planner,
+        max_rounds=config.planner.max_rounds,
+        allowed_tools=spec.tools,
+    )
+    called = [a for m in result.conversation.messages if m.turn for a in m.turn.actions]
+    if called and not result.outputs:
+        raise JobFailed("no tool could process this series: " + "; ".join(result.errors))
+    datasets = build_outputs(
+        volume, result.outputs, result.answer, config.output, spec.instruction, result.planner
+    )
+    out_dir = Path(spec.result_dir)
+    files: list[str] = []
+    uids: dict[str, str] = {}
+    for ds in datasets:
+        name = SEG_FILE if ds.Modality == "SEG" else SR_FILE
+        write_dataset_atomic(out_dir / name, ds)
+        files.append(str(out_dir / name))
+        uids[name] = str(ds.SOPInstanceUID)
+    write_json_atomic(out_dir / CONVERSATION_FILE, result.conversation.to_llava_json())
+    manifest = {
+        "job_id": spec.job_id,
+        "study_uid": spec.study_uid,
+        "series_uid": spec.series_uid,
+        "route": spec.route,
+        "instances": len(volume.datasets),
+        "files": files,
+        "sop_instance_uids": uids,
+        "answer": result.answer,
+        "planner": result.planner,
+        "fallback_reason": result.fallback_reason,
+        "errors": result.errors,
+        "tools": [{"api_name": o.api_name, "summary": to_plain(o.summary)} for o in result.outputs],
+    }
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    log.info(
+        "job %s: %d output file(s), planner %s%s",
+        spec.job_id, len(files), result.planner,
+        f" (fallback: {result.fallback_reason})" if result.fallback_reason else "",
+    )
+    return manifest
