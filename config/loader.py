@@ -45,11 +45,20 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_errors(path: Path | str, exc: ValidationError) -> str:
+def _route_name(loc: tuple[Any, ...], data: dict[str, Any]) -> str:
+    """`` (route 'ct-lungs')`` for an error inside ``routes.N``, so the operator sees the rule."""
+    routes = data.get("routes")
+    if len(loc) < 2 or loc[0] != "routes" or not isinstance(loc[1], int):
+        return ""
+    route = routes[loc[1]] if isinstance(routes, list) and loc[1] < len(routes) else None
+    return f" (route {route['name']!r})" if isinstance(route, dict) and "name" in route else ""
+
+
+def _format_errors(path: Path | str, exc: ValidationError, data: dict[str, Any]) -> str:
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"  {loc}: {err['msg']}")
+        lines.append(f"  {loc}{_route_name(tuple(err['loc']), data)}: {err['msg']}")
     return f"config {path}: invalid:\n" + "\n".join(lines)
 
 
@@ -69,4 +78,4 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
     try:
         return AppConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from None
+        raise ConfigError(_format_errors(source, exc, data)) from None

@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 #: Keys a route may match on besides DICOM keywords: the association's AE titles.
 ASSOCIATION_KEYS = frozenset({"CallingAETitle", "CalledAETitle"})
+#: Value representations a route cannot match on: sequences and binary data (PS3.5 Table 6.2-1).
+UNMATCHABLE_VRS = frozenset({"SQ", "OB", "OD", "OF", "OL", "OV", "OW", "UN", "OB or OW"})
 
 
 class _Strict(BaseModel):
@@ -106,6 +108,13 @@ class Condition(_Strict):
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+    @model_validator(mode="after")
+    def _not_empty(self) -> "Condition":
+        if all(getattr(self, name) is None for name in type(self).model_fields):
+            raise ValueError("condition has no test (use equals, regex, in, not_in, contains, "
+                             "excludes, gt, ge, lt, le or present)")
+        return self
+
     @field_validator("regex")
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
@@ -136,16 +145,22 @@ class RouteConfig(_Strict):
     def _shorthand(cls, v: Any) -> Any:
         if not isinstance(v, dict):
             return v
-        return {k: (c if isinstance(c, dict) else {"equals": c}) for k, c in v.items()}
+        # A bare scalar means equals; a bare list means in.
+        return {
+            k: c if isinstance(c, dict) else {"in": c} if isinstance(c, list) else {"equals": c}
+            for k, c in v.items()
+        }
 
     @field_validator("match")
     @classmethod
     def _keywords(cls, v: dict[str, Condition]) -> dict[str, Condition]:
-        from pydicom.datadict import tag_for_keyword
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
 
         for key in v:
             if key not in ASSOCIATION_KEYS and tag_for_keyword(key) is None:
                 raise ValueError(f"{key!r} is not a DICOM keyword (nor CallingAETitle/CalledAETitle)")
+            if key not in ASSOCIATION_KEYS and dictionary_VR(key) in UNMATCHABLE_VRS:
+                raise ValueError(f"{key!r} is a sequence or binary element; routes match text values")
         return v
 
 
@@ -209,7 +224,7 @@ class AppConfig(_Strict):
             for dest in route.send_to:
                 if dest not in self.destinations:
                     raise ValueError(
-                        f"routes.{i}.send_to: unknown destination {dest!r} "
+                        f"routes.{i}.send_to (route {route.name!r}): unknown destination {dest!r} "
                         f"(known: {', '.join(sorted(self.destinations)) or 'none'})"
                     )
         return self

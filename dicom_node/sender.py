@@ -1,0 +1,249 @@
+"""The one C-STORE SCU: send result files to a destination over one association.
+
+Files are sent as stored (PS3.4 Annex B): each file's SOP class is proposed with the file's own
+transfer syntax, and uncompressed files are also offered Explicit and Implicit VR Little Endian
+(PS3.5 Section 10.1 / A.1-A.2) so any storage SCP can take them. Compressed files are never
+transcoded here: a peer that does not accept their syntax gets a clear, permanent error.
+
+No patient data goes to the log: only AE titles, addresses, SOP Class/Instance UIDs and statuses.
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, build_context
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
+
+from config.schema import DestinationConfig, TLSConfig
+from dicom_node.status import Status
+
+log = logging.getLogger(__name__)
+
+#: Seconds allowed for the TCP connect, association negotiation, and each DIMSE response.
+DEFAULT_TIMEOUT_SECONDS = 30.0
+#: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255, so at most 128 per association.
+MAX_PRESENTATION_CONTEXTS = 128
+#: Offered for every uncompressed file besides its own syntax (PS3.5 A.1, A.2).
+UNCOMPRESSED_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+#: Status categories meaning the instance was stored (PS3.7 C.1, C.3; PS3.4 B.2.3 warnings).
+DELIVERED_CATEGORIES = frozenset({STATUS_SUCCESS, STATUS_WARNING})
+#: Oldest TLS version allowed on DICOM TLS associations (PS3.15 B.9 follows BCP 195).
+MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What happened to one file of a send."""
+
+    path: Path
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    #: The peer's DIMSE Status (0000,0900); None when no response was received.
+    status: int | None
+    #: Why the file was not delivered; None when it was.
+    error: str | None = None
+    #: True when retrying cannot help (unreadable file, SOP class or syntax refused by the peer).
+    permanent: bool = False
+
+    @property
+    def delivered(self) -> bool:
+        """Success or warning status (PS3.4 B.2.3: warnings mean the instance was stored)."""
+        return self.status is not None and is_stored(self.status)
+
+
+@dataclass(frozen=True)
+class SendReport:
+    """The result of one :func:`send_files` call (one association)."""
+
+    #: ``AE@host:port`` of the destination.
+    peer: str
+    #: Why no association was established (connection refused, rejected, TLS...); None if it was.
+    association_error: str | None
+    files: tuple[FileOutcome, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.association_error is None and all(f.delivered for f in self.files)
+
+
+@dataclass(frozen=True)
+class _FileMeta:
+    path: Path
+    sop_class: UID
+    sop_instance: UID
+    syntax: UID
+
+
+def is_stored(code: int) -> bool:
+    """True when a C-STORE status means the peer holds the instance: success, a warning, or
+    Duplicate SOP Instance (PS3.7 C.4.3), which some PACS answer when an instance is re-sent
+    (the outbox re-sends after a crash or a partial failure)."""
+    return code == Status.DUPLICATE_SOP_INSTANCE or code_to_category(code) in DELIVERED_CATEGORIES
+
+
+def status_name(code: int) -> str:
+    """``0xA700 (OUT_OF_RESOURCES)``; unknown codes keep their number only."""
+    try:
+        return f"0x{code:04X} ({Status(code).name})"
+    except ValueError:
+        return f"0x{code:04X}"
+
+
+def _read_meta(path: Path) -> _FileMeta | FileOutcome:
+    """The file's SOP class, instance and transfer syntax from its meta header (PS3.10 7.1)."""
+    try:
+        meta = read_file_meta_info(path)
+        return _FileMeta(
+            path=path,
+            sop_class=UID(meta.MediaStorageSOPClassUID),
+            sop_instance=UID(meta.MediaStorageSOPInstanceUID),
+            syntax=UID(meta.TransferSyntaxUID),
+        )
+    except (OSError, InvalidDicomError, AttributeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return FileOutcome(path, None, None, None, f"cannot read file meta: {reason}", permanent=True)
+
+
+def _contexts(metas: list[_FileMeta]) -> list[PresentationContext]:
+    """One context per SOP class for uncompressed files (own syntax + both little endians), and
+    one per (SOP class, compressed syntax) so compressed data goes out as stored."""
+    uncompressed: dict[UID, list[UID]] = defaultdict(list)
+    compressed: set[tuple[UID, UID]] = set()
+    for meta in metas:
+        if meta.syntax.is_compressed:
+            compressed.add((meta.sop_class, meta.syntax))
+        elif meta.syntax not in uncompressed[meta.sop_class]:
+            uncompressed[meta.sop_class].append(meta.syntax)
+    contexts = []
+    for sop_class, syntaxes in uncompressed.items():
+        offered: list[str | UID] = list(dict.fromkeys([*syntaxes, *UNCOMPRESSED_SYNTAXES]))
+        contexts.append(build_context(sop_class, offered))
+    for sop_class, syntax in sorted(compressed):
+        contexts.append(build_context(sop_class, syntax))
+    return contexts
+
+
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """Client-side DICOM TLS (PS3.15 B.1): verify the peer against ``ca_file`` (chain and host
+    name) when ``verify_peer``; present ``cert_file``/``key_file`` when the peer asks for them."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = MIN_TLS_VERSION
+    if tls.verify_peer:
+        ctx.load_verify_locations(cafile=str(tls.ca_file))
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
+    return ctx
+
+
+def _association_error(assoc: Association, dest: DestinationConfig) -> tuple[str, bool]:
+    """Why ``assoc`` is not established, and whether retrying cannot help."""
+    peer = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    if assoc.is_rejected:
+        rsp = assoc.acceptor.primitive
+        detail = f"{rsp.result_str}; source: {rsp.source_str}; reason: {rsp.reason_str}" if rsp else ""
+        return f"association rejected by {peer} ({detail})", False
+    answered = assoc.acceptor.primitive is not None
+    if answered and not assoc.accepted_contexts:
+        refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+        return f"{peer} accepted none of the proposed SOP classes: {', '.join(refused)}", True
+    if answered:
+        return f"association to {peer} aborted during negotiation", False
+    tls = " over TLS (the log has the handshake error)" if dest.tls.enabled else ""
+    return f"cannot connect to {peer}{tls}: refused, unreachable, timed out or aborted", False
+
+
+def _send_one(assoc: Association, meta: _FileMeta, msg_id: int) -> FileOutcome:
+    def outcome(status: int | None, error: str | None = None, permanent: bool = False) -> FileOutcome:
+        return FileOutcome(meta.path, meta.sop_class, meta.sop_instance, status, error, permanent)
+
+    try:
+        rsp = assoc.send_c_store(meta.path, msg_id=msg_id)
+    except ValueError as exc:  # no accepted presentation context, or the dataset cannot be encoded
+        return outcome(None, f"not sent: {exc}", permanent=True)
+    except (OSError, InvalidDicomError) as exc:
+        return outcome(None, f"cannot read file: {exc}", permanent=True)
+    if "Status" not in rsp:
+        return outcome(None, "no C-STORE response (timeout or association aborted)")
+    status = int(rsp.Status)
+    if not is_stored(status):
+        refused = status == Status.SOP_CLASS_NOT_SUPPORTED
+        return outcome(status, f"peer answered {status_name(status)}", permanent=refused)
+    return outcome(status)
+
+
+def send_files(
+    dest: DestinationConfig,
+    files: list[Path],
+    calling_ae: str,
+    *,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+) -> SendReport:
+    """C-STORE ``files`` to ``dest`` over one association; per-file outcomes in the report.
+
+    Never raises for network or peer trouble: the report says what happened. ``calling_ae`` is
+    our AE title on the association (the destination's ``calling_ae_title`` or the node's).
+    """
+    peer = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    read = [_read_meta(Path(p)) for p in files]
+    metas = [m for m in read if isinstance(m, _FileMeta)]
+    unreadable = [m for m in read if isinstance(m, FileOutcome)]
+    contexts = _contexts(metas)
+    if not metas:
+        return SendReport(peer, None, tuple(unreadable))
+    if len(contexts) > MAX_PRESENTATION_CONTEXTS:
+        error = f"{len(contexts)} presentation contexts needed; one association allows 128"
+        failed = [FileOutcome(m.path, m.sop_class, m.sop_instance, None, error, True) for m in metas]
+        return SendReport(peer, error, tuple(unreadable + failed))
+
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    try:
+        tls_args = (tls_context(dest.tls), dest.host) if dest.tls.enabled else None
+    except (OSError, ssl.SSLError) as exc:
+        error = f"TLS setup for {peer} failed: {exc}"
+        log.error("%s", error)
+        failed = [FileOutcome(m.path, m.sop_class, m.sop_instance, None, error) for m in metas]
+        return SendReport(peer, error, tuple(unreadable + failed))
+
+    assoc = ae.associate(
+        dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title, tls_args=tls_args
+    )
+    if not assoc.is_established:
+        error, permanent = _association_error(assoc, dest)
+        log.warning("%s", error)
+        failed = [
+            FileOutcome(m.path, m.sop_class, m.sop_instance, None, error, permanent) for m in metas
+        ]
+        return SendReport(peer, error, tuple(unreadable + failed))
+
+    outcomes: list[FileOutcome] = []
+    try:
+        for index, meta in enumerate(metas):
+            msg_id = index % 65535 + 1  # PS3.7 E.1: Message ID is a US value
+            if not assoc.is_established:
+                outcomes.append(FileOutcome(meta.path, meta.sop_class, meta.sop_instance, None,
+                                            "not sent: association ended early"))
+                continue
+            result = _send_one(assoc, meta, msg_id)
+            if result.error:
+                log.warning("C-STORE %s to %s: %s", meta.sop_instance, peer, result.error)
+            outcomes.append(result)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    sent = sum(o.delivered for o in outcomes)
+    log.info("sent %d/%d instance(s) to %s", sent, len(metas), peer)
+    return SendReport(peer, None, tuple(unreadable + outcomes))

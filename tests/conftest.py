@@ -1,0 +1,21 @@
+"""Suite-wide guard: tests start real DICOM peers (dcmtk storescp, Orthanc) that listen on every
+interface, so they must run inside the private loopback-only network namespace that
+``scripts/test.sh`` creates."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Test helper modules (tests/phantoms.py etc.) import as ``tests.x``.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if os.environ.get("MMED_IN_NETNS") != "1" and os.environ.get("MMED_ALLOW_HOST_NETWORK") != "1":
+        raise pytest.UsageError(
+            "run the tests with scripts/test.sh (a private loopback-only network namespace); "
+            "set MMED_ALLOW_HOST_NETWORK=1 to run them on the host network anyway"
+        )
