@@ -1,0 +1,92 @@
+"""Derived identity of the node's outputs (STYLE rule 9): UIDs are a pure function of the source
+series, the exact set of source instances, the pipeline version and the output kind.
+
+So a re-run over the same instances produces the same SEG/SR UIDs (the PACS replaces, never
+duplicates), while a late instance changes the fingerprint and yields new UIDs that supersede the
+old results. UIDs use the ``2.25`` root with the decimal form of a name-based UUID (PS3.5 B.2).
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import Enum
+
+#: PS3.5 B.2: UUID-derived UIDs are "2.25." + the integer value, without leading zeros.
+UUID_UID_ROOT = "2.25."
+#: Namespace of the node's name-based UUIDs (fixed: changing it would change every output UID).
+_UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:mmedagent-node:derived-outputs")
+
+
+class OutputKind(str, Enum):
+    """What a derived UID names; part of the hashed material so kinds never collide."""
+
+    SEG_SERIES = "seg-series"
+    SEG_INSTANCE = "seg-instance"
+    SR_SERIES = "sr-series"
+    SR_INSTANCE = "sr-instance"
+
+
+def instance_set_fingerprint(instance_uids: Iterable[str]) -> str:
+    """SHA-256 hex digest of the sorted, de-duplicated SOP Instance UIDs of a series.
+
+    Order of arrival and duplicate deliveries do not change it; any added or removed instance does.
+    Each UID is followed by a newline, so no two different sets hash the same byte string.
+    """
+    digest = hashlib.sha256()
+    for uid in sorted({str(uid).strip() for uid in instance_uids}):
+        digest.update(uid.encode("ascii") + b"\n")
+    return digest.hexdigest()
+
+
+def derived_uid(*parts: str) -> str:
+    """A deterministic ``2.25.<decimal>`` UID from ``parts``: the integer of a name-based
+    (version 5) UUID of the parts, as PS3.5 B.2 prescribes for UUID-derived UIDs (<= 44 chars)."""
+    name = "\x1f".join(parts)  # unit separator: ("a", "bc") and ("ab", "c") differ
+    return UUID_UID_ROOT + str(uuid.uuid5(_UID_NAMESPACE, name).int)
+
+
+@dataclass(frozen=True)
+class OutputIdentity:
+    """UIDs and series numbers of the SEG and SR derived from one source series."""
+
+    source_series_uid: str
+    fingerprint: str
+    pipeline_version: str
+    seg_series_uid: str
+    seg_instance_uid: str
+    sr_series_uid: str
+    sr_instance_uid: str
+    seg_series_number: int
+    sr_series_number: int
+
+    @classmethod
+    def derive(
+        cls,
+        source_series_uid: str,
+        instance_uids: Iterable[str],
+        pipeline_version: str,
+        seg_series_number: int,
+        sr_series_number: int,
+    ) -> OutputIdentity:
+        fingerprint = instance_set_fingerprint(instance_uids)
+
+        def uid(kind: OutputKind) -> str:
+            return derived_uid(source_series_uid, fingerprint, pipeline_version, kind.value)
+
+        return cls(
+            source_series_uid=source_series_uid,
+            fingerprint=fingerprint,
+            pipeline_version=pipeline_version,
+            seg_series_uid=uid(OutputKind.SEG_SERIES),
+            seg_instance_uid=uid(OutputKind.SEG_INSTANCE),
+            sr_series_uid=uid(OutputKind.SR_SERIES),
+            sr_instance_uid=uid(OutputKind.SR_INSTANCE),
+            seg_series_number=seg_series_number,
+            sr_series_number=sr_series_number,
+        )
+
+    def item_uid(self, *key: str) -> str:
+        """A stable UID for an item inside the outputs (e.g. an SR tracking UID for one segment)."""
+        return derived_uid(self.source_series_uid, self.fingerprint, self.pipeline_version, "item", *key)

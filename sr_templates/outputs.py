@@ -1,0 +1,44 @@
+"""One call for the pipeline: tool outputs + answer -> the DICOM datasets to store and send."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pydicom.dataset import Dataset
+
+from config.schema import OutputConfig
+from dicom_node.volume import Volume
+from sr_templates.identity import OutputIdentity
+from sr_templates.seg import build_seg_with_numbers
+from sr_templates.sr import build_sr, segments_and_algorithms
+from tools.base import ToolOutput
+
+
+def identity_for(volume: Volume, output_cfg: OutputConfig) -> OutputIdentity:
+    """The derived identity of the outputs for the instances in ``volume``."""
+    return OutputIdentity.derive(
+        source_series_uid=volume.series_instance_uid,
+        instance_uids=(str(ds.SOPInstanceUID) for ds in volume.datasets),
+        pipeline_version=output_cfg.pipeline_version,
+        seg_series_number=output_cfg.seg_series_number,
+        sr_series_number=output_cfg.sr_series_number,
+    )
+
+
+def build_outputs(
+    volume: Volume,
+    outputs: Sequence[ToolOutput],
+    answer_text: str,
+    output_cfg: OutputConfig,
+    instruction: str,
+    planner_name: str,
+    identity: OutputIdentity | None = None,
+) -> list[Dataset]:
+    """The SEG (only when some mask is non-empty) followed by the SR, ready to write."""
+    identity = identity or identity_for(volume, output_cfg)
+    segments, algorithms = segments_and_algorithms(outputs)
+    seg, encoded = build_seg_with_numbers(volume, segments, algorithms, identity, output_cfg)
+    sr = build_sr(
+        volume, outputs, answer_text, seg, identity, output_cfg, instruction, planner_name,
+        encoded_segments=encoded,
+    )
+    return ([seg] if seg is not None else []) + [sr]

@@ -1,0 +1,222 @@
+"""Tool masks -> one BINARY DICOM Segmentation (PS3.3 A.51) built by highdicom.
+
+OHIF overlays a SEG only when it references the source series and each frame's source image
+(ReferencedSeriesSequence, per-frame DerivationImageSequence); highdicom writes both when it is
+given the source datasets, so every source instance is passed in (``Volume.datasets``). Empty
+frames are omitted (frames = slices x segments), and segments with an empty mask are left out
+altogether so segment numbers stay contiguous.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from config.schema import OutputConfig
+from dicom_node.volume import Volume
+from sr_templates.charset import character_set_for, charset_kwargs
+from sr_templates.codes import coded
+from sr_templates.equipment import CONTENT_LABEL, Equipment
+from sr_templates.identity import OutputIdentity
+from tools.base import AlgorithmInfo, Code, Segment
+
+SERIES_DESCRIPTION = "MMedAgent segmentation"
+CONTENT_DESCRIPTION = "Segments produced by the MMedAgent node tools"
+#: LO value representation limit (PS3.5 Table 6.2-1), for segment labels.
+MAX_LO_LENGTH = 64
+
+
+class SegmentDescriptionWithModifier(hd.seg.SegmentDescription):
+    """A SegmentDescription that can carry a laterality as a Segmented Property Type Modifier
+    (PS3.3 C.8.20.2, Table C.8.20-4; values from CID 244 Laterality), which highdicom's
+    constructor has no argument for."""
+
+    def __init__(self, *args: object, type_modifier: CodedConcept | None = None, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        if type_modifier is not None:
+            self.SegmentedPropertyTypeModifierCodeSequence = [type_modifier]
+
+
+class Segmentation(hd.seg.Segmentation):
+    """highdicom's Segmentation, completed for projection sources (CR/DX) with no Frame of
+    Reference: the General Image module then requires Patient Orientation (Type 2C, PS3.3
+    C.7.6.1.1.1), which highdicom 0.28 does not write. The SEG frame is the source's pixel matrix,
+    so the source's row/column directions apply; Type 2 allows it empty when the source has none.
+    """
+
+    def __init__(self, source_images: Sequence[Dataset], **kwargs: Any) -> None:
+        super().__init__(source_images=source_images, **kwargs)
+        if "FrameOfReferenceUID" not in self and "PatientOrientation" not in self:
+            self.PatientOrientation = source_images[0].get("PatientOrientation", "")
+
+
+PIXEL_SPACING_TAG = Tag("PixelSpacing")
+
+
+def _usable_pixel_spacing(ds: Dataset) -> bool:
+    spacing = ds.get("PixelSpacing")
+    return spacing is None or (len(spacing) == 2 and all(float(v) > 0 for v in spacing))
+
+
+def source_headers(volume: Volume) -> list[Dataset]:
+    """The source datasets as given, except that a non-positive Pixel Spacing (seen in real CR
+    files, e.g. 0\\0) is left out of a copy: highdicom copies Pixel Spacing into the SEG's Pixel
+    Measures when present, and a zero spacing is invalid there (PS3.3 C.7.6.2.1.1 / C.7.6.16.2.1)."""
+    headers = []
+    for ds in volume.datasets:
+        if not _usable_pixel_spacing(ds):
+            # A new element dict (Dataset(ds) would share it): the caller's dataset is untouched.
+            ds = Dataset({tag: elem for tag, elem in ds.items() if tag != PIXEL_SPACING_TAG})
+        headers.append(ds)
+    return headers
+
+
+@dataclass(frozen=True)
+class EncodedSegment:
+    """Which tool segment became which SEG segment number."""
+
+    segment: Segment
+    segment_number: int
+    algorithm: AlgorithmInfo
+
+
+def algorithm_identification(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentificationSequence:
+    """PS3.3 C.8.20.2 Segment Algorithm Identification (name, family, version, parameters)."""
+    return hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=coded(algorithm.family),
+        version=algorithm.version,
+        parameters=dict(algorithm.parameters) or None,
+    )
+
+
+def _laterality_modifier(segment: Segment) -> CodedConcept | None:
+    """The laterality as a type modifier, unless the type's meaning already states it."""
+    lat: Code | None = segment.laterality
+    if lat is None or lat.meaning.lower() in segment.type.meaning.lower():
+        return None
+    return coded(lat)
+
+
+def encode_segments(
+    segments: Sequence[Segment], algorithms: Sequence[AlgorithmInfo]
+) -> list[EncodedSegment]:
+    """Number the non-empty segments 1..n in the given order (empty masks are skipped)."""
+    encoded: list[EncodedSegment] = []
+    for segment, algorithm in zip(segments, algorithms, strict=True):
+        if np.any(segment.mask):
+            encoded.append(EncodedSegment(segment, len(encoded) + 1, algorithm))
+    return encoded
+
+
+def _description(item: EncodedSegment) -> hd.seg.SegmentDescription:
+    seg = item.segment
+    return SegmentDescriptionWithModifier(
+        segment_number=item.segment_number,
+        segment_label=seg.label[:MAX_LO_LENGTH],
+        segmented_property_category=coded(seg.category),
+        segmented_property_type=coded(seg.type),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm_identification(item.algorithm),
+        anatomic_regions=[coded(seg.anatomic_region)] if seg.anatomic_region else None,
+        type_modifier=_laterality_modifier(seg),
+    )
+
+
+def _segment_array(volume: Volume, encoded: Sequence[EncodedSegment]) -> np.ndarray:
+    """The masks as one array in volume slice order: a label map (slices, rows, cols) holding
+    segment numbers when no two segments share a voxel, else a (slices, rows, cols, segments)
+    bool stack. Both encode the same BINARY frames; the label map is the smaller one and spares
+    highdicom its per-voxel overlap check (seconds on a 512x512x100 volume)."""
+    for item in encoded:
+        if item.segment.mask.shape != volume.shape:
+            raise ValueError(
+                f"segment {item.segment.label!r}: mask shape {item.segment.mask.shape} "
+                f"!= volume shape {volume.shape}"
+            )
+    masks = [np.asarray(item.segment.mask, dtype=bool) for item in encoded]
+    union = np.zeros(volume.shape, dtype=bool)
+    for mask in masks:
+        if np.logical_and(union, mask).any():
+            return np.stack(masks, axis=-1)
+        union |= mask
+    labels = np.zeros(volume.shape, dtype=np.uint8 if len(masks) < 256 else np.uint16)
+    for item, mask in zip(encoded, masks, strict=True):
+        labels[mask] = item.segment_number
+    return labels
+
+
+def _pixel_array(volume: Volume, encoded: Sequence[EncodedSegment]) -> np.ndarray:
+    """The segment array with frames in the source's frame order.
+
+    Single-frame series: one frame per source instance, in ``volume.datasets`` order (= slice
+    order). Multi-frame source: highdicom wants one frame per *source frame*, so each slice's mask
+    goes to its ``frame_numbers`` position and unused source frames stay empty (then omitted).
+    """
+    array = _segment_array(volume, encoded)
+    if not volume.frame_numbers:
+        return array
+    n_frames = int(volume.datasets[0].NumberOfFrames)
+    frames = np.zeros((n_frames, *array.shape[1:]), dtype=array.dtype)
+    frames[np.asarray(volume.frame_numbers) - 1] = array
+    return frames
+
+
+def build_seg(
+    volume: Volume,
+    segments: Sequence[Segment],
+    algorithm: AlgorithmInfo | Sequence[AlgorithmInfo],
+    identity: OutputIdentity,
+    output_cfg: OutputConfig,
+) -> hd.seg.Segmentation | None:
+    """Build the SEG; None when no segment has a voxel set.
+
+    ``algorithm`` is either the one algorithm behind every segment, or one per segment (in the
+    same order) when the segments come from several tools.
+    """
+    seg, _ = build_seg_with_numbers(volume, segments, algorithm, identity, output_cfg)
+    return seg
+
+
+def build_seg_with_numbers(
+    volume: Volume,
+    segments: Sequence[Segment],
+    algorithm: AlgorithmInfo | Sequence[AlgorithmInfo],
+    identity: OutputIdentity,
+    output_cfg: OutputConfig,
+) -> tuple[Segmentation | None, list[EncodedSegment]]:
+    """As :func:`build_seg`, also returning which segment got which number (the SR needs it)."""
+    algorithms = [algorithm] * len(segments) if isinstance(algorithm, AlgorithmInfo) else list(algorithm)
+    encoded = encode_segments(segments, algorithms)
+    if not encoded:
+        return None, []
+    equipment = Equipment.from_config(output_cfg)
+    charset = character_set_for(
+        text for item in encoded for text in (item.segment.label, item.algorithm.name, item.algorithm.version)
+    )
+    seg = Segmentation(
+        source_images=source_headers(volume),
+        pixel_array=_pixel_array(volume, encoded),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_description(item) for item in encoded],
+        series_instance_uid=identity.seg_series_uid,
+        series_number=identity.seg_series_number,
+        sop_instance_uid=identity.seg_instance_uid,
+        instance_number=1,
+        manufacturer=equipment.manufacturer,
+        manufacturer_model_name=equipment.model_name,
+        software_versions=equipment.software_versions,
+        device_serial_number=equipment.serial_number,
+        content_label=CONTENT_LABEL,
+        content_description=CONTENT_DESCRIPTION,
+        series_description=SERIES_DESCRIPTION,
+        omit_empty_frames=True,
+        **charset_kwargs(charset),
+    )
+    return seg, encoded

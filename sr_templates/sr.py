@@ -1,0 +1,144 @@
+"""The agent's results as a TID 1500 Measurement Report in a Comprehensive 3D SR (PS3.3 A.35.13),
+the SR form OHIF reads, built entirely through highdicom's template classes.
+
+Report layout (PS3.16 TID 1500):
+  observation context: device observer = the node (TID 1004)
+  procedure reported: from the source Modality (CID 100, codes.json)
+  imaging measurements:
+    one TID 1411 group per SEG segment (its TID 300 measurements, referencing the segment)
+    one TID 1410 group per box (SCOORD POLYLINE on the source image/frame)
+    one TID 1501 group per tool with labels/text/loose measurements
+    one TID 1501 group with the instruction and the agent's final answer (TEXT)
+Evidence: the source instances and the SEG (Current Requested Procedure Evidence Sequence).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes as std_codes
+
+from config.schema import OutputConfig
+from dicom_node.volume import Volume
+from sr_templates.charset import character_set_for, charset_kwargs
+from sr_templates.codes import coded, procedure_for
+from sr_templates.equipment import Equipment
+from sr_templates.identity import OutputIdentity, derived_uid
+from sr_templates.seg import EncodedSegment, encode_segments
+from sr_templates.sr_groups import (
+    answer_group,
+    findings_group,
+    planar_group,
+    volumetric_group,
+)
+from tools.base import AlgorithmInfo, Segment, ToolOutput
+
+SERIES_DESCRIPTION = "MMedAgent report"
+
+ImagingGroup = (
+    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+    | hd.sr.MeasurementsAndQualitativeEvaluations
+)
+
+
+def observation_context(equipment: Equipment) -> hd.sr.ObservationContext:
+    """TID 1001/1004: the observer is a device, the node. Its UID is derived from the equipment
+    identity so every report from the same node names the same device."""
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=derived_uid("device-observer", equipment.manufacturer, equipment.model_name),
+        name=equipment.model_name,
+        manufacturer_name=equipment.manufacturer,
+        model_name=equipment.model_name,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=std_codes.cid270.Device, observer_identifying_attributes=device
+        )
+    )
+
+
+def imaging_groups(
+    volume: Volume,
+    outputs: Sequence[ToolOutput],
+    answer_text: str,
+    seg: hd.seg.Segmentation | None,
+    encoded: Sequence[EncodedSegment],
+    identity: OutputIdentity,
+    instruction: str,
+    planner: AlgorithmInfo,
+) -> list[ImagingGroup]:
+    groups: list[ImagingGroup] = []
+    if seg is not None:
+        groups.extend(volumetric_group(item, seg, volume, identity) for item in encoded)
+    for output in outputs:
+        groups.extend(planar_group(volume, output, box, i, identity) for i, box in enumerate(output.boxes))
+        findings = findings_group(output, identity)
+        if findings is not None:
+            groups.append(findings)
+    groups.append(answer_group(instruction, answer_text, planner, identity))
+    return groups
+
+
+def build_sr(
+    volume: Volume,
+    outputs: Sequence[ToolOutput],
+    answer_text: str,
+    seg: hd.seg.Segmentation | None,
+    identity: OutputIdentity,
+    output_cfg: OutputConfig,
+    instruction: str,
+    planner_name: str,
+    encoded_segments: Sequence[EncodedSegment] | None = None,
+) -> hd.sr.Comprehensive3DSR:
+    """Build the report. ``encoded_segments`` says which SEG segment number each tool segment
+    got (from :func:`sr_templates.seg.build_seg_with_numbers`); when omitted it is recomputed
+    the same way the SEG encoder numbers segments (non-empty masks, in output order)."""
+    equipment = Equipment.from_config(output_cfg)
+    if seg is not None and encoded_segments is None:
+        encoded_segments = encode_segments(*segments_and_algorithms(outputs))
+    planner = AlgorithmInfo(name=planner_name, version=output_cfg.pipeline_version)
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(equipment),
+        procedure_reported=coded(procedure_for(volume.modality)),
+        imaging_measurements=imaging_groups(
+            volume, outputs, answer_text, seg, encoded_segments or [], identity, instruction, planner
+        ),
+    )
+    evidence: list[Dataset] = list(volume.datasets) + ([seg] if seg is not None else [])
+    charset = character_set_for(_added_texts(outputs, answer_text, instruction, planner_name))
+    return hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=identity.sr_series_uid,
+        series_number=identity.sr_series_number,
+        sop_instance_uid=identity.sr_instance_uid,
+        instance_number=1,
+        manufacturer=equipment.manufacturer,
+        is_complete=True,
+        manufacturer_model_name=equipment.model_name,
+        software_versions=equipment.software_versions,
+        series_description=SERIES_DESCRIPTION,
+        **charset_kwargs(charset),
+    )
+
+
+def _added_texts(
+    outputs: Sequence[ToolOutput], answer_text: str, instruction: str, planner_name: str
+) -> Iterator[str]:
+    """Every free text the report adds to what it copies from the source."""
+    yield from (answer_text, instruction, planner_name)
+    for output in outputs:
+        yield from (output.api_name, output.algorithm.name, output.algorithm.version, output.text or "")
+        yield from (f"{k}={v}" for k, v in output.algorithm.parameters.items())
+        yield from (segment.label for segment in output.segments)
+        yield from (box.label for box in output.boxes)
+        yield from (label.label for label in output.labels)
+
+
+def segments_and_algorithms(outputs: Sequence[ToolOutput]) -> tuple[list[Segment], list[AlgorithmInfo]]:
+    """All tools' segments in output order, each with the algorithm that produced it."""
+    segments = [s for o in outputs for s in o.segments]
+    algorithms = [o.algorithm for o in outputs for _ in o.segments]
+    return segments, algorithms

@@ -1,0 +1,205 @@
+"""The measurement groups of the TID 1500 report, one builder per kind of tool result:
+
+* segment with measurements  -> TID 1411 Volumetric ROI group referencing the SEG segment
+* box                        -> TID 1410 Planar ROI group with a SCOORD POLYLINE on its source image
+* labels / text / loose NUMs -> TID 1501 group (measurements + qualitative evaluations)
+* instruction + final answer -> TID 1501 group with TEXT evaluations
+
+Free text rides as a TEXT "qualitative evaluation": TID 1501/1410/1411 define that row as
+"coded questions with coded or text answers" (PS3.16 TID 1501 row 12). highdicom's
+QualitativeEvaluation only builds the CODE form, so :class:`TextEvaluation` builds the TEXT form
+from highdicom's own TextContentItem.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from highdicom.sr import RelationshipTypeValues, TextContentItem
+from highdicom.sr.templates import Template
+
+from dicom_node.volume import Volume
+from sr_templates.codes import coded, concept, text_role, unit
+from sr_templates.identity import OutputIdentity
+from sr_templates.seg import EncodedSegment
+from tools.base import AlgorithmInfo, Box, Measurement, ToolOutput
+
+
+class TextEvaluation(hd.sr.QualitativeEvaluation):
+    """A TEXT-valued qualitative evaluation (PS3.16 TID 1501 row 12, TID 1410/1411 alike)."""
+
+    def __init__(self, name: hd.sr.CodedConcept, text: str) -> None:
+        item = TextContentItem(name=name, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
+        # Bypass the CODE-only constructor; the template is this one TEXT item.
+        Template.__init__(self, [item])
+
+
+def text_evaluation(role: str, text: str) -> TextEvaluation:
+    """A TEXT evaluation named by its role's concept in codes.json (``text_roles``)."""
+    return TextEvaluation(coded(text_role(role)), text)
+
+
+def algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:
+    """TID 4019 Algorithm Identification."""
+    params = [f"{k}={v}" for k, v in sorted(algorithm.parameters.items())] or None
+    return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version, parameters=params)
+
+
+def tracking(identity: OutputIdentity, label: str, *key: str) -> hd.sr.TrackingIdentifier:
+    """TID 4108 tracking identifier with a derived (not random) UID, stable across re-runs."""
+    return hd.sr.TrackingIdentifier(uid=identity.item_uid(*key), identifier=label)
+
+
+def measurement_items(measurements: Sequence[Measurement]) -> list[hd.sr.Measurement]:
+    """TID 300 NUM items; non-finite values cannot be encoded (DS/FD in MeasuredValueSequence)."""
+    return [
+        hd.sr.Measurement(name=coded(m.name), value=float(m.value), unit=coded(m.unit))
+        for m in measurements
+        if math.isfinite(m.value)
+    ]
+
+
+def referenced_segment(
+    item: EncodedSegment, seg: hd.seg.Segmentation, volume: Volume
+) -> hd.sr.ReferencedSegment:
+    """The SEG segment plus the source images (frames) it was segmented on: the slices where its
+    mask is non-empty. Built here rather than with ``ReferencedSegment.from_segmentation``, which
+    (highdicom 0.28) fails on a one-segment SEG whose segment identification is in the shared
+    functional groups."""
+    slices = [int(z) for z in np.flatnonzero(item.segment.mask.reshape(volume.shape[0], -1).any(axis=1))]
+    if volume.frame_numbers:
+        ds = volume.datasets[0]
+        sources = [
+            hd.sr.SourceImageForSegmentation(
+                ds.SOPClassUID, ds.SOPInstanceUID, sorted(volume.frame_numbers[z] for z in slices)
+            )
+        ]
+    else:
+        sources = [
+            hd.sr.SourceImageForSegmentation(volume.datasets[z].SOPClassUID, volume.datasets[z].SOPInstanceUID)
+            for z in slices
+        ]
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=seg.SOPClassUID,
+        sop_instance_uid=seg.SOPInstanceUID,
+        segment_number=item.segment_number,
+        source_images=sources,
+    )
+
+
+def volumetric_group(
+    item: EncodedSegment, seg: hd.seg.Segmentation, volume: Volume, identity: OutputIdentity
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 for one SEG segment: its measurements, type, site and producing algorithm."""
+    segment = item.segment
+    sites = None
+    if segment.anatomic_region is not None:
+        laterality = coded(segment.laterality) if segment.laterality is not None else None
+        sites = [hd.sr.FindingSite(anatomic_location=coded(segment.anatomic_region), laterality=laterality)]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(identity, segment.label, "segment", str(item.segment_number)),
+        referenced_segment=referenced_segment(item, seg, volume),
+        finding_type=coded(segment.type),
+        finding_category=coded(segment.category),
+        finding_sites=sites,
+        algorithm_id=algorithm_id(item.algorithm),
+        measurements=measurement_items(segment.measurements) or None,
+    )
+
+
+def _box_source(volume: Volume, box: Box) -> hd.sr.SourceImageForRegion:
+    """The source image (and frame, for a multi-frame source) the box was drawn on."""
+    if box.slice_index is None and volume.is_3d:
+        raise ValueError(f"box {box.label!r} on a {volume.shape[0]}-slice volume names no slice_index")
+    index = box.slice_index or 0
+    if not 0 <= index < volume.shape[0]:
+        raise ValueError(f"box {box.label!r}: slice_index {index} outside 0..{volume.shape[0] - 1}")
+    if volume.frame_numbers:
+        ds, frames = volume.datasets[0], [volume.frame_numbers[index]]
+    else:
+        ds, frames = volume.datasets[index], None
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=ds.SOPClassUID,
+        referenced_sop_instance_uid=ds.SOPInstanceUID,
+        referenced_frame_numbers=frames,
+    )
+
+
+def box_polyline(volume: Volume, box: Box) -> np.ndarray:
+    """The normalised (x0, y0, x1, y1) box as a closed 5-point POLYLINE in image pixel coordinates.
+
+    PS3.3 C.18.6.1.1: (0, 0) is the top-left corner of the top-left pixel and (Columns, Rows) the
+    bottom-right corner of the bottom-right pixel, so a 0-1 coordinate scales by Columns/Rows.
+    """
+    _, rows, cols = volume.shape
+    x0, y0, x1, y1 = (min(max(float(v), 0.0), 1.0) for v in box.box)
+    x0, x1 = sorted((x0 * cols, x1 * cols))
+    y0, y1 = sorted((y0 * rows, y1 * rows))
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+
+
+def pixel_spacing_known(volume: Volume) -> bool:
+    """False when the loader had to assume the pixel spacing (``Volume.meta['pixel_spacing_source']``
+    starts with "assumed"): a physical area would then be made up."""
+    return not str(volume.meta.get("pixel_spacing_source", "")).startswith("assumed")
+
+
+def planar_group(
+    volume: Volume, output: ToolOutput, box: Box, index: int, identity: OutputIdentity
+) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for one detection box: the region, its area in mm2 and its label + score."""
+    polyline = box_polyline(volume, box)
+    measurements: list[Measurement] = []
+    if pixel_spacing_known(volume):
+        _, dy, dx = volume.spacing
+        width, height = polyline[2] - polyline[0]
+        measurements.append(Measurement(concept("area"), float(width * dx * height * dy), unit("mm2")))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(identity, box.label, output.api_name, "box", str(index)),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=polyline,
+            source_image=_box_source(volume, box),
+        ),
+        algorithm_id=algorithm_id(output.algorithm),
+        measurements=measurement_items(measurements) or None,
+        qualitative_evaluations=[text_evaluation("box_label", f"{box.label} (score {box.score:.2f})")],
+    )
+
+
+def findings_group(
+    output: ToolOutput, identity: OutputIdentity
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """TID 1501 for a tool's image-level results: labels with scores, text, loose measurements."""
+    evaluations: list[hd.sr.QualitativeEvaluation] = [
+        text_evaluation("label", f"{label.label} (score {label.score:.2f})") for label in output.labels
+    ]
+    if output.text:
+        evaluations.append(text_evaluation("tool_text", output.text))
+    numbers = measurement_items(output.measurements)
+    if not evaluations and not numbers:
+        return None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(identity, output.api_name, output.api_name, "findings"),
+        algorithm_id=algorithm_id(output.algorithm),
+        measurements=numbers or None,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def answer_group(
+    instruction: str, answer_text: str, planner: AlgorithmInfo, identity: OutputIdentity
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 holding the instruction and the agent's final answer as TEXT items."""
+    evaluations: list[hd.sr.QualitativeEvaluation] = []
+    if instruction.strip():
+        evaluations.append(text_evaluation("instruction", instruction))
+    if answer_text.strip():
+        evaluations.append(text_evaluation("answer", answer_text))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking(identity, "MMedAgent answer", "answer"),
+        algorithm_id=algorithm_id(planner),
+        qualitative_evaluations=evaluations or None,
+    )

@@ -1,0 +1,98 @@
+"""SEG/SR outputs on real files from pydicom-data: an Enhanced CT (multi-frame source, frames
+referenced per frame) and a chest CR (projection image: no Frame of Reference, zero PixelSpacing
+in the source)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+
+from config.schema import OutputConfig
+from dicom_node.volume import Volume
+from sr_templates.codes import concept, unit
+from sr_templates.outputs import build_outputs
+from tests.dicom_validate import dciodvfy_errors
+from tests.outputs_helpers import ALGORITHM, detection_output
+from tools.base import Measurement, Segment, ToolOutput
+
+pydicom_data = pytest.importorskip("pydicom.data")
+loader = pytest.importorskip("dicom_node.loader")
+
+CFG = OutputConfig()
+
+
+def _load(name: str) -> Volume:
+    return loader.load_series([Path(pydicom_data.get_testdata_file(name))])
+
+
+def _blob(volume: Volume, slice_index: int) -> Segment:
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[slice_index, 100:180, 150:260] = True
+    return Segment(
+        label="Blob", category=concept("morphologically_abnormal_structure"),
+        type=concept("morphologically_abnormal_structure"), mask=mask,
+        measurements=[Measurement(concept("volume"), float(mask.sum() * volume.voxel_volume_ml), unit("mL"))],
+    )
+
+
+def _write(datasets: list, out: Path) -> list[Path]:
+    paths = []
+    for i, ds in enumerate(datasets):
+        paths.append(out / f"{i}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def test_enhanced_ct_seg_references_source_frames(tmp_path: Path) -> None:
+    volume = _load("eCT_Supplemental.dcm")
+    assert volume.frame_numbers, "loader should present the enhanced CT as frames"
+    slice_index = 0
+    frame = volume.frame_numbers[slice_index]  # the loader orders frames spatially
+    outputs = [ToolOutput("MedSAM", ALGORITHM, {}, segments=[_blob(volume, slice_index)]),
+               detection_output(slice_index)]
+    seg_path, sr_path = _write(build_outputs(volume, outputs, "One blob.", CFG, "Find blobs.", "rules"), tmp_path)
+    assert dciodvfy_errors(seg_path) == []
+    assert dciodvfy_errors(sr_path) == []
+
+    seg = hd.seg.segread(seg_path)
+    source = volume.datasets[0]
+    assert seg.NumberOfFrames == 1  # the other source frame is empty and omitted
+    ref = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+    assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert int(ref.ReferencedFrameNumber) == frame
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    back = seg.get_pixels_by_source_frame(source.SOPInstanceUID, [frame], segment_numbers=[1])
+    np.testing.assert_array_equal(back[0, ..., 0].astype(bool), outputs[0].segments[0].mask[slice_index])
+
+    report = hd.sr.srread(sr_path).content
+    (planar,) = report.get_planar_roi_measurement_groups()
+    source_item = planar.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    assert source_item.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert list(map(int, np.atleast_1d(source_item.ReferencedFrameNumber))) == [frame]
+    (volumetric,) = report.get_volumetric_roi_measurement_groups()
+    assert volumetric.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+
+
+def test_chest_cr_box_and_mask(tmp_path: Path) -> None:
+    volume = _load("RG1_UNCI.dcm")
+    cr = volume.datasets[0]
+    outputs = [ToolOutput("MedSAM", ALGORITHM, {}, segments=[_blob(volume, 0)]), detection_output(None)]
+    seg_path, sr_path = _write(build_outputs(volume, outputs, "A box.", CFG, "Locate it.", "rules"), tmp_path)
+    assert dciodvfy_errors(seg_path) == []
+    assert dciodvfy_errors(sr_path) == []
+    assert "PixelSpacing" in cr  # the source's zero spacing was not removed from the caller's dataset
+
+    seg = hd.seg.segread(seg_path)
+    assert "FrameOfReferenceUID" not in seg
+    assert list(seg.PatientOrientation) == list(cr.PatientOrientation)
+
+    report = hd.sr.srread(sr_path).content
+    (planar,) = report.get_planar_roi_measurement_groups()
+    rows, cols = int(cr.Rows), int(cr.Columns)
+    np.testing.assert_allclose(planar.roi.value[0], [0.25 * cols, 0.25 * rows])
+    np.testing.assert_allclose(planar.roi.value[2], [0.75 * cols, 0.5 * rows])
+    assert planar.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == cr.SOPInstanceUID
+    # Pixel spacing is unknown for this CR, so no physical area is claimed.
+    assert planar.get_measurements() == []
