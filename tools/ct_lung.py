@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import ndimage
 
 from dicom_node.geometry import slice_normal, slice_thicknesses
+from sr_templates.codes import concept, unit
 from tools.base import (
     AlgorithmInfo,
     Code,
@@ -53,15 +54,14 @@ ALGORITHM_NAME = "mmed-node HU lung segmentation"
 ALGORITHM_VERSION = "1.0"
 #: CID 7162 "Morphological Operations": thresholds, connected components, erosion (no learning).
 FAMILY = Code("123104", "DCM", "Morphological Operations")
-#: CID 7150 Segmentation Property Categories (the current code for "Anatomical Structure").
-ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
-LUNG = Code("39607008", "SCT", "Lung")
-LEFT = Code("7771000", "SCT", "Left")
-RIGHT = Code("24028007", "SCT", "Right")
-VOLUME = Code("118565006", "SCT", "Volume")
-MEAN = Code("373098007", "SCT", "Mean")
-ML = Code("mL", "UCUM", "mL")
-HU = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
+ANATOMICAL_STRUCTURE = concept("anatomical_structure")  # CID 7150
+LUNG = concept("lung")
+LEFT = concept("left")
+RIGHT = concept("right")
+VOLUME = concept("volume")
+MEAN = concept("mean")
+ML = unit("mL")
+HU = unit("HU")
 
 MIN_SLICES = 3
 MAX_AXIAL_TILT_DEG = 30.0
