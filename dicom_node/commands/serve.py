@@ -1,0 +1,88 @@
+"""``mmed-node serve --config FILE``: run the node until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from config.loader import ConfigError, load_config
+from dicom_node.embedded_queue import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the DICOM node (storage SCP, series assembly, routing, embedded job queue, outbox)",
+        description=(
+            "Listen for C-STORE/C-ECHO on node.host:node.port as node.ae_title, spool every instance "
+            "durably under node.data_dir, process complete series through the matching route and send "
+            "results to the route's destinations. Runs until SIGTERM or SIGINT, then shuts down cleanly; "
+            "work not finished is resumed at the next start."
+        ),
+    )
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML config merged over the embedded defaults"
+    )
+    parser.add_argument(
+        "--runner",
+        metavar="MODULE:FUNCTION",
+        help="job runner to call instead of the pipeline (a function JobSpec -> manifest dict; for "
+        "tests and custom pipelines)",
+    )
+    parser.set_defaults(func=run)
+
+
+def load_runner(spec: str) -> JobRunner:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"--runner must be MODULE:FUNCTION, got {spec!r}")
+    runner = getattr(importlib.import_module(module_name), attr)
+    if not callable(runner):
+        raise TypeError(f"--runner {spec} is not callable")
+    return runner
+
+
+def run(args: argparse.Namespace) -> int:
+    from dicom_node.node import Node
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(exc)
+        return 2
+    runner = load_runner(args.runner) if args.runner else None
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %s received, shutting down", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node = Node(config, runner=runner)
+    try:
+        node.start()
+    except OSError as exc:
+        print(
+            f"cannot listen on {config.node.host}:{config.node.port}: {exc.strerror or exc}"
+        )
+        return 1
+    print(
+        f"mmed-node serving AE {config.node.ae_title} on {config.node.host}:{node.port}, "
+        f"data in {config.node.data_dir}",
+        flush=True,
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        node.stop()
+        log.info("stopped")
+    return 0

@@ -1,0 +1,148 @@
+"""Job records: one JSON file per job at ``<data_dir>/jobs/<job_id>.json``.
+
+Like mercure's task files, job state is visible on disk: an operator can ``cat`` a record to see
+where a series is. :class:`JobStore` is the one loader and the one writer of these files.
+Series that no route matched are recorded here too (state ``unrouted`` with the reason), so they
+are kept and visible rather than silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from dicom_node.pipeline import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+JOB_SUFFIX = ".json"
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    #: No route matched the series; nothing runs (``error`` holds the reason).
+    UNROUTED = "unrouted"
+
+    @property
+    def finished(self) -> bool:
+        """Terminal states: a restart does not run such a job again."""
+        return self in (JobState.DONE, JobState.FAILED, JobState.UNROUTED)
+
+
+def make_job_id(
+    study_uid: str, series_uid: str, fingerprint: str, route: str | None
+) -> str:
+    """Derived, not random: the same instance set and route always give the same job id, so a
+    restart that re-queues a series reuses its record instead of duplicating it."""
+    text = "\n".join((study_uid, series_uid, fingerprint, route or ""))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    study_uid: str
+    series_uid: str
+    state: JobState
+    #: Route name (None for an unrouted series).
+    route: str | None
+    #: Fingerprint of the SOP instance set the job processes (see assembly.instance_set_fingerprint).
+    fingerprint: str
+    instance_count: int
+    created: float = field(default_factory=time.time)
+    updated: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+    attempt: int = 1
+    #: Readable reason for ``failed`` / ``unrouted``.
+    error: str | None = None
+    result_dir: str | None = None
+    destinations: list[str] = field(default_factory=list)
+    calling_ae: str = ""
+    called_ae: str = ""
+    #: Jobs of an earlier instance set of the same series that this job's results replace.
+    supersedes: list[str] = field(default_factory=list)
+    #: The job spec handed to the runner (None for unrouted series).
+    spec: dict[str, Any] | None = None
+    #: Path of the manifest the runner returned (written to result_dir/manifest.json).
+    manifest_path: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["state"] = self.state.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["state"] = JobState(values["state"])
+        return cls(**values)
+
+
+class JobStore:
+    """Reads and writes job records under ``root`` (normally ``<data_dir>/jobs``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def path(self, job_id: str) -> Path:
+        if not job_id or "/" in job_id or job_id.startswith("."):
+            raise ValueError(f"bad job id {job_id!r}")
+        return self.root / f"{job_id}{JOB_SUFFIX}"
+
+    def save(self, record: JobRecord) -> JobRecord:
+        """The one writer: atomic JSON (temp + fsync + rename)."""
+        record.updated = time.time()
+        with self._lock:
+            write_json_atomic(self.path(record.job_id), record.to_dict())
+        return record
+
+    def load(self, job_id: str) -> JobRecord:
+        """The one loader. Raises FileNotFoundError for an unknown job."""
+        with self.path(job_id).open(encoding="utf-8") as fh:
+            return JobRecord.from_dict(json.load(fh))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        try:
+            return self.load(job_id)
+        except FileNotFoundError:
+            return None
+
+    def update(self, job_id: str, **changes: Any) -> JobRecord:
+        """Load, change fields, save (under the store's lock for the read-modify-write)."""
+        with self._lock:
+            record = self.load(job_id)
+            for name, value in changes.items():
+                if not hasattr(record, name):
+                    raise AttributeError(f"JobRecord has no field {name!r}")
+                setattr(record, name, value)
+            record.updated = time.time()
+            write_json_atomic(self.path(record.job_id), record.to_dict())
+        return record
+
+    def all(self) -> list[JobRecord]:
+        """Every readable record, oldest first; unreadable files are logged and skipped."""
+        records = []
+        for path in sorted(self.root.glob(f"*{JOB_SUFFIX}")):
+            if path.name.startswith("."):
+                continue
+            try:
+                records.append(self.load(path.stem))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("job record %s unreadable: %s", path.name, exc)
+        records.sort(key=lambda r: r.created)
+        return records

@@ -1,0 +1,375 @@
+"""The node's job side in-process: routing, job records, failures, late instances, recovery.
+
+Jobs run a stand-in runner that decodes every spooled instance (tests/receive_helpers.py); the
+real pipeline is wired by the integrator and tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from config.loader import load_config
+from dicom_node.assembly import instance_set_fingerprint
+from dicom_node.commands.status import collect
+from dicom_node.jobstore import JobRecord, JobState, make_job_id
+from dicom_node.node import Node
+from dicom_node.pipeline import JobFailed, JobSpec
+from tests.receive_helpers import (
+    DCMTK_BIN,
+    counting_runner,
+    dcmtk_env,
+    free_port,
+    make_ct_series,
+    node_config,
+    storescu,
+    wait_for,
+)
+
+
+def picky_runner(spec: JobSpec) -> dict[str, Any]:
+    """Refuses single-instance series (JobFailed), crashes on two, counts otherwise."""
+    count = len(list(Path(spec.series_dir).glob("*.dcm")))
+    if count == 1:
+        raise JobFailed("a single slice is not a volume")
+    if count == 2:
+        raise KeyError("two")  # a bug in a job
+    return counting_runner(spec)
+
+
+class RecordingOutbox:
+    """Stands in for H1b's outbox at the hand-off seam: records what the node enqueues."""
+
+    def __init__(self) -> None:
+        self.enqueued: list[tuple[str, list[Path], list[str]]] = []
+
+    def enqueue(self, job_id: str, files: list[Path], destinations: list[str]) -> None:
+        self.enqueued.append((job_id, files, destinations))
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    started: list[Node] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
+def start(nodes: list[Node], node: Node) -> Node:
+    node.start()
+    nodes.append(node)
+    return node
+
+
+def done_records(node: Node) -> list[JobRecord]:
+    return [r for r in node.jobs.all() if r.state.finished]
+
+
+def test_failed_jobs_are_recorded_and_the_node_keeps_going(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    node = start(
+        nodes,
+        Node(
+            node_config(tmp_path / "var", free_port()),
+            runner=picky_runner,
+            use_default_outbox=False,
+        ),
+    )
+    for n, name in ((1, "one"), (2, "two"), (3, "three")):
+        assert storescu(node.port, make_ct_series(tmp_path / name, n)).returncode == 0
+    records = wait_for(lambda: len(done_records(node)) == 3 and done_records(node))
+    by_count = {r.instance_count: r for r in records}
+    assert (
+        by_count[1].state is JobState.FAILED
+        and by_count[1].error == "a single slice is not a volume"
+    )
+    assert by_count[2].state is JobState.FAILED and "KeyError" in (
+        by_count[2].error or ""
+    )
+    assert by_count[3].state is JobState.DONE
+    manifest = Path(by_count[3].manifest_path or "").read_text()
+    assert '"instance_count": 3' in manifest
+
+
+def test_late_instances_rerun_and_supersede(nodes: list[Node], tmp_path: Path) -> None:
+    node = start(
+        nodes,
+        Node(
+            node_config(tmp_path / "var", free_port()),
+            runner=counting_runner,
+            use_default_outbox=False,
+        ),
+    )
+    study, series = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.1.2"
+    first = make_ct_series(tmp_path / "a", 3, study_uid=study, series_uid=series)
+    assert storescu(node.port, first).returncode == 0
+    (old,) = wait_for(lambda: [r for r in node.jobs.all() if r.state is JobState.DONE])
+    late = make_ct_series(
+        tmp_path / "b", 2, study_uid=study, series_uid=series, start=10
+    )
+    assert storescu(node.port, late).returncode == 0
+    new = wait_for(
+        lambda: [
+            r
+            for r in node.jobs.all()
+            if r.state is JobState.DONE and r.job_id != old.job_id
+        ]
+    )[0]
+    assert new.instance_count == 5 and new.supersedes == [old.job_id]
+    assert new.series_uid == old.series_uid and new.fingerprint != old.fingerprint
+    # The old record stays, superseded.
+    assert node.jobs.load(old.job_id).state is JobState.DONE
+
+
+def test_unrouted_series_is_kept_and_visible(nodes: list[Node], tmp_path: Path) -> None:
+    node = start(
+        nodes,
+        Node(
+            node_config(tmp_path / "var", free_port()),
+            runner=counting_runner,
+            use_default_outbox=False,
+        ),
+    )
+    files = make_ct_series(tmp_path / "mr", 2, modality="MR")
+    assert storescu(node.port, files).returncode == 0
+    (record,) = wait_for(lambda: node.jobs.all())
+    assert record.state is JobState.UNROUTED and record.route is None
+    assert "Modality" in (record.error or "") and "'MR'" in (record.error or "")
+    assert len(list(node.spool.root.rglob("*.dcm"))) == 2
+
+
+def test_results_handed_to_outbox_with_route_destinations(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    config = node_config(tmp_path / "var", free_port())
+    config = config.model_copy(
+        update={"routes": [config.routes[0].model_copy(update={"send_to": ["pacs"]})]}
+    )
+    outbox = RecordingOutbox()
+
+    def runner(spec: JobSpec) -> dict[str, Any]:
+        manifest = counting_runner(spec)
+        (Path(spec.result_dir) / "count.txt").write_text(
+            str(manifest["instance_count"])
+        )
+        return {**manifest, "files": ["count.txt"]}
+
+    node = start(nodes, Node(config, runner=runner, outbox=outbox))
+    assert storescu(node.port, make_ct_series(tmp_path / "ct", 2)).returncode == 0
+    wait_for(lambda: outbox.enqueued)
+    ((job_id, files, destinations),) = outbox.enqueued
+    assert destinations == ["pacs"]
+    assert (
+        files == [tmp_path / "var" / "results" / job_id / "count.txt"]
+        and files[0].read_text() == "2"
+    )
+
+
+def test_recovery_requeues_unfinished_and_waiting_series(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    port = free_port()
+    slow = Node(
+        node_config(tmp_path / "var", port, series_quiet_seconds=60),
+        runner=counting_runner,
+        use_default_outbox=False,
+    )
+    start(nodes, slow)
+    waiting = make_ct_series(tmp_path / "waiting", 3)
+    running = make_ct_series(tmp_path / "running", 2)
+    assert storescu(slow.port, waiting).returncode == 0
+    assert storescu(slow.port, running).returncode == 0
+    slow.stop()
+    nodes.remove(slow)
+    assert slow.jobs.all() == []  # quiet period not over: nothing processed yet
+
+    # Pretend the node died while a job of the second series was running.
+    (series,) = [s for s in slow.spool.scan() if len(s.sop_uids) == 2]
+    fp = instance_set_fingerprint(series.sop_uids)
+    job_id = make_job_id(series.study_uid, series.series_uid, fp, "ct-count")
+    spec = JobSpec(
+        job_id,
+        series.study_uid,
+        series.series_uid,
+        str(series.folder),
+        str(tmp_path / "var" / "results" / job_id),
+        "ct-count",
+        "Count.",
+        "rules",
+    )
+    slow.jobs.save(
+        JobRecord(
+            job_id,
+            series.study_uid,
+            series.series_uid,
+            JobState.RUNNING,
+            "ct-count",
+            fp,
+            2,
+            spec=spec.to_dict(),
+        )
+    )
+
+    fresh = start(
+        nodes,
+        Node(
+            node_config(tmp_path / "var", port),
+            runner=counting_runner,
+            use_default_outbox=False,
+        ),
+    )
+    records = wait_for(lambda: len(done_records(fresh)) == 2 and done_records(fresh))
+    by_count = {r.instance_count: r for r in records}
+    assert (
+        by_count[2].job_id == job_id
+        and by_count[2].attempt == 2
+        and by_count[2].state is JobState.DONE
+    )
+    assert by_count[3].state is JobState.DONE and by_count[3].attempt == 1
+
+
+def test_results_reach_a_real_pacs_through_the_outbox(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    """The node hands a finished job to the real outbox, which C-STOREs it to dcmtk storescp."""
+    pacs_port, received = free_port(), tmp_path / "pacs"
+    received.mkdir()
+    pacs = subprocess.Popen(
+        [
+            str(DCMTK_BIN / "storescp"),
+            "-aet",
+            "PACS",
+            "-od",
+            str(received),
+            str(pacs_port),
+        ],
+        env=dcmtk_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        overrides: dict[str, Any] = {
+            "node": {
+                "port": free_port(),
+                "data_dir": str(tmp_path / "var"),
+                "series_quiet_seconds": 0.3,
+            },
+            "destinations": {
+                "pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}
+            },
+            "routes": [
+                {
+                    "name": "ct-copy",
+                    "match": {"Modality": "CT"},
+                    "instruction": "Copy.",
+                    "send_to": ["pacs"],
+                }
+            ],
+        }
+        config = load_config(overrides=overrides)
+
+        def runner(spec: JobSpec) -> dict[str, Any]:
+            """Stand-in result: a derived copy of the first instance with its own UIDs."""
+            manifest = counting_runner(spec)
+            ds = pydicom.dcmread(min(Path(spec.series_dir).glob("*.dcm")))
+            ds.SeriesInstanceUID = generate_uid()
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.save_as(Path(spec.result_dir) / "derived.dcm", enforce_file_format=True)
+            return {
+                **manifest,
+                "files": ["derived.dcm"],
+                "derived_uid": str(ds.SOPInstanceUID),
+            }
+
+        node = start(nodes, Node(config, runner=runner))
+        assert storescu(node.port, make_ct_series(tmp_path / "ct", 2)).returncode == 0
+        (record,) = wait_for(
+            lambda: [r for r in node.jobs.all() if r.state is JobState.DONE]
+        )
+        manifest = json.loads(Path(record.manifest_path or "").read_text())
+        got = wait_for(lambda: list(received.iterdir()), timeout=20)
+        assert [str(pydicom.dcmread(p).SOPInstanceUID) for p in got] == [
+            manifest["derived_uid"]
+        ]
+        (delivery,) = wait_for(
+            lambda: [d for d in collect(config)["deliveries"] if d["state"] == "done"]
+        )
+        assert delivery["job_id"] == record.job_id and delivery["destination"] == "pacs"
+    finally:
+        pacs.terminate()
+        pacs.wait(10)
+
+
+class RefusingOutbox:
+    """An outbox whose disk is full: enqueue raises."""
+
+    def enqueue(self, job_id: str, files: list[Path], destinations: list[str]) -> None:
+        raise OSError(28, "No space left on device")
+
+
+def test_job_whose_results_cannot_be_queued_is_failed_not_done(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    config = node_config(tmp_path / "var", free_port())
+    config = config.model_copy(
+        update={"routes": [config.routes[0].model_copy(update={"send_to": ["pacs"]})]}
+    )
+    node = start(nodes, Node(config, runner=counting_runner, outbox=RefusingOutbox()))
+    assert storescu(node.port, make_ct_series(tmp_path / "ct", 2)).returncode == 0
+    (record,) = wait_for(lambda: done_records(node))
+    assert record.state is JobState.FAILED
+    assert "outbox" in (record.error or "") and "No space left" in (record.error or "")
+
+
+def test_late_instances_after_a_restart_still_supersede(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    port = free_port()
+    study, series = "1.2.826.0.1.3680043.10.1.2", "1.2.826.0.1.3680043.10.1.2.2"
+    first = start(
+        nodes,
+        Node(
+            node_config(tmp_path / "var", port),
+            runner=counting_runner,
+            use_default_outbox=False,
+        ),
+    )
+    assert (
+        storescu(
+            first.port,
+            make_ct_series(tmp_path / "a", 3, study_uid=study, series_uid=series),
+        ).returncode
+        == 0
+    )
+    (old,) = wait_for(lambda: [r for r in first.jobs.all() if r.state is JobState.DONE])
+    first.stop()
+    nodes.remove(first)
+
+    second = start(
+        nodes,
+        Node(
+            node_config(tmp_path / "var", port),
+            runner=counting_runner,
+            use_default_outbox=False,
+        ),
+    )
+    late = make_ct_series(
+        tmp_path / "b", 1, study_uid=study, series_uid=series, start=20
+    )
+    assert storescu(second.port, late).returncode == 0
+    (new,) = wait_for(
+        lambda: [
+            r
+            for r in second.jobs.all()
+            if r.state is JobState.DONE and r.job_id != old.job_id
+        ]
+    )
+    assert new.instance_count == 4 and new.supersedes == [old.job_id]
