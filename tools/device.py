@@ -1,0 +1,100 @@
+"""Where model-backed tools run, and in which floating-point precision.
+
+One helper for every tool so that a config's ``device:`` means the same thing everywhere:
+``None``/``"auto"`` picks the first CUDA device when one is present, else the CPU; anything else
+is handed to :class:`torch.device` (``"cpu"``, ``"cuda"``, ``"cuda:1"``...), and asking for CUDA on a
+machine without it fails at start with a readable message instead of at the first job.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import torch
+
+from tools.base import Availability
+
+#: Settings value meaning "CUDA if present, else CPU".
+AUTO = "auto"
+
+Precision = Literal["bf16", "fp16", "fp32"]
+M = TypeVar("M")
+
+_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class DeviceUnavailable(RuntimeError):
+    """The configured device does not exist on this machine."""
+
+
+def resolve_device(setting: str | None) -> torch.device:
+    """The torch device for a tool's ``device`` setting (None or "auto": CUDA when present)."""
+    if setting is None or setting.strip().lower() in ("", AUTO):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(setting.strip())
+    except RuntimeError as exc:
+        raise DeviceUnavailable(f"device {setting!r} is not a torch device: {exc}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(f"device {setting!r} configured but CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailable(
+                f"device {setting!r} configured but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+def model_dtype(device: torch.device, prefer: Precision = "bf16") -> torch.dtype:
+    """The dtype to hold a model's weights in on ``device``.
+
+    GPUs get the preferred half precision (bf16 falls back to fp16 on cards without bf16 support,
+    e.g. pre-Ampere); the CPU always gets fp32, since CPU half-precision kernels are slow or missing
+    for many ops. ``prefer="fp32"`` forces full precision everywhere (for models that overflow in
+    half precision).
+    """
+    if prefer not in _DTYPES:
+        raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {prefer!r}")
+    if device.type != "cuda" or prefer == "fp32":
+        return torch.float32
+    if prefer == "bf16" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return _DTYPES[prefer]
+
+
+def model_path_availability(model_path: Path | str | None) -> Availability:
+    """The availability of a tool whose model loads from ``model_path`` (file or folder)."""
+    if model_path is None or str(model_path).strip() == "":
+        return Availability(False, "no model_path configured")
+    if not Path(model_path).exists():
+        return Availability(False, f"model_path {model_path} does not exist")
+    return Availability(True)
+
+
+class ModelCache:
+    """Loaded models of this process keyed by (kind, settings): a model is loaded once per process
+    even when two tools (``grounding dino`` and ``grounding dino + MedSAM``) are configured with it.
+
+    Use one per process (the registry's tools share :data:`LOADED_MODELS`); loading happens under
+    the lock so two worker threads never load the same weights twice.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, kind: str, key: str, load: Callable[[], M]) -> M:
+        with self._lock:
+            if (kind, key) not in self._models:
+                self._models[(kind, key)] = load()
+            return self._models[(kind, key)]  # type: ignore[return-value]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+
+#: The process's model cache (holds weights, not configuration).
+LOADED_MODELS = ModelCache()

@@ -1,0 +1,460 @@
+"""``MedSAM``: box/point-prompted segmentation with a (Med)SAM model from segment-anything.
+
+MedSAM checkpoints are plain SAM state dicts (ViT-B by default). The architecture comes either
+from segment-anything's ``sam_model_registry[model_type]`` (the real sizes) or from an explicit
+``encoder`` config (any size; tests use a 2-block 64-wide encoder). Both then go through the same
+load path, :func:`load_state_dict`: ``torch.load(map_location="cpu", weights_only=True)``, unwrap a
+``{"model": ...}`` training checkpoint, strict ``load_state_dict``. (segment-anything's own
+``checkpoint=`` argument calls ``torch.load`` without ``map_location``, which fails on a CPU-only
+machine for checkpoints saved from CUDA, so it is not used.)
+
+Pre-processing is MedSAM's, not SAM's: the RGB slice is resized to the encoder's square input
+(1024) without keeping the aspect ratio, min-max scaled to 0-1, and boxes are scaled by the same
+factor; the low-resolution mask logits are resized back to the slice and thresholded at 0.5.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tools.base import (
+    AlgorithmInfo,
+    Availability,
+    Code,
+    Measurement,
+    Segment,
+    Tool,
+    ToolOutput,
+    ToolRefused,
+)
+from tools.device import (
+    LOADED_MODELS,
+    model_dtype,
+    model_path_availability,
+    resolve_device,
+)
+from tools.imaging import check_normalised, slice_indices, volume_to_rgb
+from tools.registry import register_tool
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+
+    from dicom_node.volume import Volume
+
+#: Mask probability threshold used by MedSAM's inference script.
+MASK_THRESHOLD = 0.5
+#: Keys under which training scripts nest the state dict.
+NESTED_STATE_KEYS = ("model", "state_dict")
+
+
+class SamArchitecture(BaseModel):
+    """An explicit SAM architecture, for checkpoints whose sizes the registry does not know."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    depth: int = Field(ge=1)
+    embed_dim: int = Field(ge=8)
+    num_heads: int = Field(ge=1)
+    img_size: int = Field(default=1024, ge=32)
+    patch_size: int = Field(default=16, ge=2)
+    window_size: int = Field(default=14, ge=0)
+    global_attn_indexes: list[int] = Field(default_factory=list)
+    #: Prompt/mask-decoder width (SAM: 256).
+    prompt_embed_dim: int = Field(default=256, ge=8)
+    decoder_mlp_dim: int = Field(default=2048, ge=8)
+    decoder_heads: int = Field(default=8, ge=1)
+    iou_head_hidden_dim: int = Field(default=256, ge=8)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamArchitecture:
+        if self.img_size % self.patch_size:
+            raise ValueError("encoder.img_size must be a multiple of encoder.patch_size")
+        if self.embed_dim % self.num_heads or self.prompt_embed_dim % self.decoder_heads:
+            raise ValueError("embedding widths must be divisible by their head counts")
+        if any(not 0 <= i < self.depth for i in self.global_attn_indexes):
+            raise ValueError("encoder.global_attn_indexes must name blocks 0..depth-1")
+        return self
+
+
+class SamSettings(BaseModel):
+    """The ``tools: {MedSAM: {...}}`` config section."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A SAM/MedSAM state dict file (e.g. medsam_vit_b.pth).
+    model_path: Path | None = None
+    device: str | None = None
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    #: Registry architecture (ignored when ``encoder`` is given).
+    model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
+    encoder: SamArchitecture | None = None
+    #: Slices per image-encoder forward pass.
+    batch_size: int = Field(default=4, ge=1)
+    mask_threshold: float = Field(default=MASK_THRESHOLD, gt=0, lt=1)
+
+
+def build_sam(settings: SamSettings) -> Sam:
+    """An untrained SAM of the configured architecture (weights come from :func:`load_state_dict`)."""
+    if settings.encoder is None:
+        from segment_anything import sam_model_registry
+
+        return sam_model_registry[settings.model_type](checkpoint=None)
+    return build_sam_from_architecture(settings.encoder)
+
+
+def build_sam_from_architecture(arch: SamArchitecture) -> Sam:
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    grid = arch.img_size // arch.patch_size
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=arch.depth,
+            embed_dim=arch.embed_dim,
+            img_size=arch.img_size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=arch.num_heads,
+            patch_size=arch.patch_size,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(arch.global_attn_indexes),
+            window_size=arch.window_size,
+            out_chans=arch.prompt_embed_dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_embed_dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(arch.img_size, arch.img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=arch.prompt_embed_dim, mlp_dim=arch.decoder_mlp_dim, num_heads=arch.decoder_heads
+            ),
+            transformer_dim=arch.prompt_embed_dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=arch.iou_head_hidden_dim,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    ).eval()
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A SAM state dict from ``path`` (tensors only; no pickled code runs)."""
+    state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
+    for key in NESTED_STATE_KEYS:
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise TypeError(f"{path} does not hold a state dict")
+    return state
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt on one image: a normalised box, and/or normalised points with labels
+    (1 foreground, 0 background)."""
+
+    box: tuple[float, float, float, float] | None = None
+    points: tuple[tuple[float, float], ...] = ()
+    point_labels: tuple[int, ...] = ()
+
+
+class SamModel:
+    """A loaded SAM on one device, in eval mode."""
+
+    def __init__(self, settings: SamSettings) -> None:
+        assert settings.model_path is not None
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.dtype = model_dtype(self.device, settings.precision)
+        sam = build_sam(settings)
+        sam.load_state_dict(load_state_dict(settings.model_path), strict=True)
+        # Only the image encoder (nearly all the compute) runs in half precision; the small prompt
+        # encoder and mask decoder stay fp32, as their random Fourier features lose precision.
+        self.sam = sam.to(device=self.device).eval()
+        self.sam.image_encoder.to(dtype=self.dtype)
+        self.img_size = int(self.sam.image_encoder.img_size)
+
+    def preprocess(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 RGB (n, rows, cols, 3) -> (n, 3, S, S) in 0-1, per image min-max (MedSAM)."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bicubic", align_corners=False, antialias=True)
+        x = x.clamp(0, 255)
+        low = x.amin(dim=(1, 2, 3), keepdim=True)
+        high = x.amax(dim=(1, 2, 3), keepdim=True)
+        return ((x - low) / (high - low).clamp(min=1e-8)).to(self.dtype)
+
+    @torch.inference_mode()
+    def embed(self, images: np.ndarray) -> torch.Tensor:
+        """Image-encoder embeddings for ``images``, batched."""
+        out = []
+        for start in range(0, len(images), self.settings.batch_size):
+            batch = self.preprocess(images[start : start + self.settings.batch_size])
+            out.append(self.sam.image_encoder(batch).float())
+        return torch.cat(out)
+
+    @torch.inference_mode()
+    def decode(self, embedding: torch.Tensor, prompts: Sequence[Prompt], rows: int, cols: int) -> np.ndarray:
+        """Masks (len(prompts), rows, cols) bool for the prompts on one embedded image.
+
+        Box-only prompts go through the mask decoder together (it repeats the image embedding
+        per prompt); point prompts, whose point counts may differ, go one at a time."""
+        out = np.zeros((len(prompts), rows, cols), dtype=bool)
+        size = float(self.img_size)
+        box_only = [n for n, p in enumerate(prompts) if p.box is not None and not p.points]
+        if box_only:
+            boxes = torch.tensor([prompts[n].box for n in box_only], dtype=torch.float32, device=self.device)
+            out[box_only] = self._masks(embedding, None, boxes * size, rows, cols)
+        for n, prompt in enumerate(prompts):
+            if n in box_only:
+                continue
+            box = None
+            if prompt.box is not None:
+                box = torch.tensor([prompt.box], dtype=torch.float32, device=self.device) * size
+            coords = torch.tensor([prompt.points], dtype=torch.float32, device=self.device) * size
+            labels = torch.tensor([prompt.point_labels or (1,) * len(prompt.points)], device=self.device)
+            out[n] = self._masks(embedding, (coords, labels), box, rows, cols)[0]
+        return out
+
+    def _masks(
+        self,
+        embedding: torch.Tensor,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        rows: int,
+        cols: int,
+    ) -> np.ndarray:
+        """Masks (prompts, rows, cols) for prompts in encoder-input pixel coordinates."""
+        sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+        low_res, _ = self.sam.mask_decoder(
+            image_embeddings=embedding[None],
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
+        prob = F.interpolate(torch.sigmoid(low_res), size=(rows, cols), mode="bilinear", align_corners=False)
+        return (prob[:, 0] > self.settings.mask_threshold).cpu().numpy()
+
+    def segment(self, images: np.ndarray, prompts: Sequence[Sequence[Prompt]]) -> list[np.ndarray]:
+        """For each image, the masks of its prompts; images without prompts are not encoded."""
+        rows, cols = images.shape[1:3]
+        wanted = [i for i, p in enumerate(prompts) if p]
+        out = [np.zeros((0, rows, cols), dtype=bool) for _ in prompts]
+        for start in range(0, len(wanted), self.settings.batch_size):
+            chunk = wanted[start : start + self.settings.batch_size]
+            embeddings = self.embed(images[chunk])
+            for embedding, i in zip(embeddings, chunk):
+                out[i] = self.decode(embedding, prompts[i], rows, cols)
+        return out
+
+
+# --- The tool -------------------------------------------------------------------------------------
+
+API_NAME = "MedSAM"
+VERSION = "1.0"
+#: PS3.16 CID 7162: the mask comes from a learned model.
+AI_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
+AREA = Code("42798000", "SCT", "Area")
+VOLUME = Code("118565006", "SCT", "Volume")
+SQUARE_MM = Code("mm2", "UCUM", "square millimeter")
+MILLILITRE = Code("mL", "UCUM", "milliliter")
+#: CID 7150 Segmentation Property Categories used here.
+TISSUE = Code("85756007", "SCT", "Tissue")
+ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
+ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+#: Prompt words naming an abnormality, and the SNOMED CT keyword (pydicom's code dictionary) for it.
+ABNORMALITY_KEYWORDS = {
+    "lesion": "Lesion", "tumor": "Neoplasm", "tumour": "Neoplasm", "neoplasm": "Neoplasm",
+    "mass": "Mass", "nodule": "Nodule", "cyst": "Cyst",
+}  # fmt: skip
+
+
+#: Laterality words (SCT codes of PS3.16 CID 244); they become the segment's laterality, not its type.
+LATERALITY = {"left": Code("7771000", "SCT", "Left"), "right": Code("24028007", "SCT", "Right")}
+
+
+def _words(label: str | None) -> list[str]:
+    return (label or "").lower().replace("-", " ").replace("_", " ").split()
+
+
+def laterality_of(label: str | None) -> Code | None:
+    """"left kidney" -> SCT Left; None when the label names no side."""
+    sides = {w for w in _words(label) if w in LATERALITY}
+    return LATERALITY[sides.pop()] if len(sides) == 1 else None
+
+
+def segment_codes(label: str | None) -> tuple[Code, Code]:
+    """(category, type) codes for a segment named ``label`` (PS3.16 CID 7150 / CID 7151).
+
+    Abnormality words map to "Morphologically Abnormal Structure"; a label that (without its
+    left/right word, see :func:`laterality_of`) names an entry of CID 7151 Segmentation Property
+    Types (pydicom's copy of the standard's table, e.g. "liver", "left kidney") maps to "Anatomical
+    Structure"; anything else, and unlabelled box prompts, to the generic "Tissue"/"Tissue" so that
+    a SEG can still be written.
+    """
+    from pydicom.sr.codedict import codes
+
+    words = _words(label)
+    for word in words:
+        if word in ABNORMALITY_KEYWORDS:
+            c = getattr(codes.SCT, ABNORMALITY_KEYWORDS[word])
+            return ABNORMAL_STRUCTURE, Code(c.value, c.scheme_designator, c.meaning)
+    keyword = "".join(w.capitalize() for w in words if w not in LATERALITY)
+    if keyword and keyword in codes.CID7151.dir():
+        c = getattr(codes.CID7151, keyword)
+        return ANATOMICAL_STRUCTURE, Code(c.value, c.scheme_designator, c.meaning)
+    return TISSUE, TISSUE
+
+
+def mask_measurements(mask: np.ndarray, volume: Volume) -> list[Measurement]:
+    """Area (mm2) of a one-slice mask, volume (mL) of a multi-slice one."""
+    count = int(mask.sum())
+    if not volume.is_3d:
+        _, dy, dx = volume.spacing
+        return [Measurement(AREA, count * dy * dx, SQUARE_MM)]
+    return [Measurement(VOLUME, count * volume.voxel_volume_ml, MILLILITRE)]
+
+
+def segments_summary(segments: Sequence[Segment]) -> dict[str, Any]:
+    """What the planner sees: per segment its label, size and slice range (no mask data)."""
+    items = []
+    for seg in segments:
+        filled = np.flatnonzero(seg.mask.reshape(seg.mask.shape[0], -1).any(axis=1))
+        item: dict[str, Any] = {"label": seg.label, "pixels": int(seg.mask.sum())}
+        for m in seg.measurements:
+            item[f"{m.name.meaning.lower()}_{m.unit.value}"] = round(m.value, 3)
+        if seg.mask.shape[0] > 1:
+            item["slices"] = [int(filled[0]), int(filled[-1])]
+        items.append(item)
+    return {"segments": items}
+
+
+def make_segment(label: str, mask: np.ndarray, volume: Volume) -> Segment:
+    category, seg_type = segment_codes(label)
+    laterality = laterality_of(label) if category == ANATOMICAL_STRUCTURE else None
+    return Segment(label, category, seg_type, mask, mask_measurements(mask, volume), laterality=laterality)
+
+
+@register_tool
+class MedSAMTool(Tool):
+    api_name = API_NAME
+    description = (
+        "Box- or point-prompted segmentation (MedSAM, SAM ViT-B): boxes/points normalised 0-1 -> masks, "
+        "on a 2D image or the chosen slices of a volume (default: every slice)."
+    )
+    params_schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {
+            "image": {"type": "string", "description": "image reference (the series being processed)"},
+            "boxes": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 4, "maxItems": 4},
+                "minItems": 1,
+            },
+            "points": {
+                "type": "array",
+                "items": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 2, "maxItems": 2},
+                "minItems": 1,
+            },
+            "point_labels": {"type": "array", "items": {"enum": [0, 1]}},
+            "labels": {"type": "array", "items": {"type": "string"}},
+            "slices": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        },
+        "anyOf": [{"required": ["boxes"]}, {"required": ["points"]}],
+        "additionalProperties": False,
+    }
+    queue = "gpu"
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        super().__init__(settings)
+        self.config = SamSettings.model_validate(self.settings)
+
+    def availability(self) -> Availability:
+        return model_path_availability(self.config.model_path)
+
+    def model(self) -> SamModel:
+        """The model, loaded on first use and shared by every tool with the same settings."""
+        config = self.config
+        return LOADED_MODELS.get("sam", config.model_dump_json(), lambda: SamModel(config))
+
+    def algorithm(self) -> AlgorithmInfo:
+        arch = self.config.model_type if self.config.encoder is None else "custom"
+        return AlgorithmInfo(
+            name="MedSAM",
+            version=VERSION,
+            family=AI_FAMILY,
+            parameters={"model": Path(str(self.config.model_path)).name, "architecture": arch},
+        )
+
+    def segment_slices(self, volume: Volume, requests: Sequence[tuple[int, Prompt]]) -> list[np.ndarray]:
+        """The 2D mask (rows, cols) of each (slice index, prompt) request, slices encoded once each."""
+        by_slice: dict[int, list[int]] = {}
+        for n, (index, _) in enumerate(requests):
+            by_slice.setdefault(index, []).append(n)
+        indices, model = sorted(by_slice), self.model()
+        out: list[np.ndarray] = [np.empty(0)] * len(requests)
+        # One encoder batch of slices at a time, so only that many RGB slices exist at once.
+        for start in range(0, len(indices), self.config.batch_size):
+            chunk = indices[start : start + self.config.batch_size]
+            per_image = model.segment(volume_to_rgb(volume, chunk), [[requests[n][1] for n in by_slice[i]] for i in chunk])
+            for index, masks in zip(chunk, per_image):
+                for n, mask in zip(by_slice[index], masks):
+                    out[n] = mask
+        return out
+
+    def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
+        prompts = _prompts_from_params(params)
+        labels = list(params.get("labels") or [])
+        try:
+            indices = slice_indices(volume, params.get("slices"))
+        except ValueError as exc:
+            raise ToolRefused(str(exc)) from None
+        requests = [(i, p) for p in prompts for i in indices]
+        masks = self.segment_slices(volume, requests)
+        segments: list[Segment] = []
+        for k, prompt in enumerate(prompts):
+            stacked = np.zeros(volume.shape, dtype=bool)
+            for j, index in enumerate(indices):
+                stacked[index] = masks[k * len(indices) + j]
+            if not stacked.any():
+                continue
+            label = labels[k] if k < len(labels) else f"MedSAM region {k + 1}"
+            segments.append(make_segment(label, stacked, volume))
+        summary = segments_summary(segments)
+        summary["empty_prompts"] = len(prompts) - len(segments)
+        return ToolOutput(api_name=self.api_name, algorithm=self.algorithm(), summary=summary, segments=segments)
+
+
+def _prompts_from_params(params: dict[str, Any]) -> list[Prompt]:
+    """Box prompts (one segment each), plus one prompt from all points together if given."""
+    try:
+        prompts = [Prompt(box=check_normalised(b)) for b in params.get("boxes") or []]
+    except ValueError as exc:
+        raise ToolRefused(str(exc)) from None
+    points = [tuple(float(v) for v in p) for p in params.get("points") or []]
+    if points:
+        labels = tuple(int(v) for v in params.get("point_labels") or [1] * len(points))
+        if len(labels) != len(points):
+            raise ToolRefused("point_labels must have one label per point")
+        prompts.append(Prompt(points=tuple(points), point_labels=labels))  # type: ignore[arg-type]
+    if not prompts:
+        raise ToolRefused("MedSAM needs at least one box or point prompt")
+    return prompts
