@@ -12,7 +12,10 @@ from tools.base import Availability, Tool
 T = TypeVar("T", bound=type[Tool])
 
 #: Modules that define tools; imported when a registry is built.
-TOOL_MODULES: tuple[str, ...] = ("tools.ct_lung",)
+TOOL_MODULES: tuple[str, ...] = (
+    "tools.ct_lung", "tools.grounding", "tools.medsam", "tools.grounded_sam",
+    "tools.organ3d", "tools.classify", "tools.report", "tools.retrieval",
+)
 
 _CLASSES: dict[str, type[Tool]] = {}
 
@@ -48,9 +51,15 @@ class ParamsInvalid(ValueError):
 class ToolRegistry:
     """The tools of one process, built from the config's ``tools`` section."""
 
-    def __init__(self, settings: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        settings: dict[str, dict[str, Any]] | None = None,
+        classes: dict[str, type[Tool]] | None = None,
+    ) -> None:
+        """``classes`` (default: every registered tool) lets tests and tools build a registry of
+        chosen tool classes, e.g. a test's own small tool."""
         settings = settings or {}
-        classes = known_tool_classes()
+        classes = dict(classes) if classes is not None else known_tool_classes()
         unknown = sorted(set(settings) - set(classes))
         if unknown:
             raise ValueError(f"tools: unknown tool(s) {unknown}; known: {sorted(classes)}")
