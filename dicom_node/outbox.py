@@ -21,7 +21,7 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -84,6 +84,9 @@ class Delivery:
     sent: list[str] = field(default_factory=list)
     #: Files deliberately not sent to this destination, with the reason.
     skipped: dict[str, str] = field(default_factory=dict)
+    #: Skipped files sent in another form: SEG path -> the secondary-capture overlays (also in
+    #: ``files``) that replace it for a destination with ``accepts_seg: false``.
+    replaced: dict[str, list[str]] = field(default_factory=dict)
     #: Files the destination refused for good (unreadable, SOP class not accepted), with the reason.
     rejected: dict[str, str] = field(default_factory=dict)
 
@@ -102,6 +105,8 @@ class Delivery:
         ]
         if self.skipped:
             parts.append(f"{len(self.skipped)} skipped")
+        for seg, overlays in self.replaced.items():
+            parts.append(f"{Path(seg).name} replaced by {len(overlays)} overlay image(s)")
         if self.state is DeliveryState.PENDING and self.next_attempt_at is not None:
             parts.append(f"next {self.next_attempt_at.isoformat(timespec='seconds')}")
         if self.last_error:
@@ -170,6 +175,34 @@ def _sop_class(path: Path) -> str | None:
         return None  # the sender reports the unreadable file when it tries to send it
 
 
+def _files_for(
+    destination: str,
+    dest: DestinationConfig,
+    paths: list[str],
+    seg_files: set[str],
+    replacements: dict[str, list[str]],
+) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
+    """Files, skipped and replaced of one delivery. A destination that refuses SEG gets each SEG
+    skipped, and its replacement files (if any) are sent in its place."""
+    send: list[str] = []
+    skipped: dict[str, str] = {}
+    replaced: dict[str, list[str]] = {}
+    if dest.accepts_seg:
+        return list(paths), skipped, replaced
+    for path in paths:
+        send.append(path)
+        if path not in seg_files:
+            continue
+        others = replacements.get(path, [])
+        why = f"destination {destination} does not accept Segmentation Storage"
+        if others:
+            why += f"; replaced by {len(others)} secondary-capture overlay image(s)"
+            replaced[path] = others
+            send.extend(others)
+        skipped[path] = why
+    return send, skipped, replaced
+
+
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     """Delay after the ``attempts``-th failed attempt: initial, 2x, 4x ... capped at maximum."""
     return float(min(initial * 2 ** max(attempts - 1, 0), maximum))
@@ -203,9 +236,24 @@ class Outbox:
 
     # ---- queueing
 
-    def enqueue(self, job_id: str, files: Iterable[Path | str], destinations: Iterable[str]) -> list[str]:
-        """Record one delivery per destination for these (already written) files; return ids."""
+    def enqueue(
+        self,
+        job_id: str,
+        files: Iterable[Path | str],
+        destinations: Iterable[str],
+        fallbacks: Mapping[str, Sequence[Path | str]] | None = None,
+    ) -> list[str]:
+        """Record one delivery per destination for these (already written) files; return ids.
+
+        ``fallbacks`` maps a SEG file to the files that replace it for destinations that do not
+        accept Segmentation Storage (the job's secondary-capture overlays); a SEG without them
+        is just skipped for such a destination. Destinations that take the SEG never get them.
+        """
         paths = [str(Path(f).resolve()) for f in files]
+        replacements = {
+            str(Path(seg).resolve()): [str(Path(f).resolve()) for f in others]
+            for seg, others in (fallbacks or {}).items() if others
+        }
         names = list(dict.fromkeys(destinations))
         unknown = [n for n in names if n not in self._config.destinations]
         if unknown:
@@ -213,15 +261,18 @@ class Outbox:
         seg_files = {p for p in paths if _sop_class(Path(p)) in SEGMENTATION_SOP_CLASSES}
         ids = []
         for name in names:
+            existing = self._existing(job_id, name)
+            if existing is not None:  # a job that ran twice (at-least-once queues) sends once
+                log.info("outbox: job %s already has delivery %s for %s", job_id, existing, name)
+                ids.append(existing)
+                continue
             now = self._clock()
-            skipped = {}
-            if not self._config.destinations[name].accepts_seg:
-                skipped = {p: f"destination {name} does not accept Segmentation Storage"
-                           for p in paths if p in seg_files}
+            send, skipped, replaced = _files_for(
+                name, self._config.destinations[name], paths, seg_files, replacements)
             delivery = Delivery(
                 delivery_id=f"{_safe(job_id)}.{_safe(name)}.{secrets.token_hex(4)}",
-                job_id=job_id, destination=name, files=paths, created_at=now, updated_at=now,
-                window_start=now, next_attempt_at=now, skipped=skipped,
+                job_id=job_id, destination=name, files=send, created_at=now, updated_at=now,
+                window_start=now, next_attempt_at=now, skipped=skipped, replaced=replaced,
             )
             if not delivery.remaining:
                 delivery.state, delivery.next_attempt_at = DeliveryState.DONE, None
@@ -232,6 +283,17 @@ class Outbox:
                 self._activate(delivery)
             ids.append(delivery.delivery_id)
         return ids
+
+    def _existing(self, job_id: str, destination: str) -> str | None:
+        """The id of this job's delivery to ``destination``, if one was recorded already."""
+        for path in self.directory.glob(f"{_safe(job_id)}.{_safe(destination)}.*.json"):
+            try:
+                delivery = load_delivery(path)
+            except ValueError:
+                continue
+            if delivery.job_id == job_id and delivery.destination == destination:
+                return delivery.delivery_id
+        return None
 
     def retry(self, delivery_id: str) -> Delivery:
         """Queue a failed delivery again with a fresh retry window (an operator's action)."""

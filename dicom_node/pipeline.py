@@ -3,7 +3,8 @@ and in Celery workers, so it takes only serialisable arguments (a :class:`JobSpe
 plus the per-process :class:`WorkerContext` that keeps models warm across jobs.
 
 Data flow (top to bottom): load series -> agent (planner + tools + aggregator) -> SEG + SR
--> files in the job's result folder -> manifest (the node's outbox sends the files).
+(the SR naming the SRs it supersedes; secondary-capture overlays too when a destination refuses
+SEG) -> files in the job's result folder -> manifest (the node's outbox sends the files).
 """
 from __future__ import annotations
 
@@ -12,19 +13,21 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 
 from agent.loop import run_agent
 from agent.planners.base import Planner, UnknownPlanner, build_planner
 from agent.protocol import to_plain
 from config import AppConfig
 from dicom_node.loader import LoadError, load_series
-from sr_templates.outputs import build_outputs
+from sr_templates.outputs import build_outputs, build_overlays
 from tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -48,12 +51,16 @@ class JobSpec:
     tools: list[str] | None = None
     destinations: list[str] = field(default_factory=list)
     attempt: int = 1
+    #: SR files of the earlier jobs on this series (before late instances arrived) whose results
+    #: this job replaces: the new SR lists them as predecessors (PS3.3 C.17.2.3). Paths, read
+    #: when the job runs; a missing one (its job failed or is not finished) is left out.
+    supersedes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "JobSpec":
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
         return cls(**data)
 
 
@@ -68,7 +75,7 @@ class WorkerContext:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def build(cls, config: AppConfig) -> "WorkerContext":
+    def build(cls, config: AppConfig) -> WorkerContext:
         return cls(config=config, registry=ToolRegistry(config.tools))
 
     def planner(self, name: str) -> Planner:
@@ -115,6 +122,57 @@ SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
 CONVERSATION_FILE = "conversation.json"
 MANIFEST_FILE = "manifest.json"
+#: Folder (in the result folder) of the secondary-capture overlays that replace the SEG for
+#: destinations with ``accepts_seg: false``; files ``0001.dcm``, ``0002.dcm``...
+OVERLAY_FOLDER = "overlay"
+#: What the predecessor check reads from an earlier SR (enough for a Predecessor Documents item).
+_PREDECESSOR_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
+
+def needs_overlays(spec: JobSpec, config: AppConfig) -> bool:
+    """Whether some destination of the job refuses Segmentation Storage (it gets overlays).
+
+    Overlays are written only then: one RGB image per segmented slice costs ~3x a source slice on
+    disk, wasted when every destination takes the SEG."""
+    return any(
+        name in config.destinations and not config.destinations[name].accepts_seg
+        for name in spec.destinations
+    )
+
+
+def predecessor_reports(spec: JobSpec) -> list[Dataset]:
+    """Headers of the earlier SRs named in ``spec.supersedes`` that exist and belong to the same
+    study (a Predecessor Documents item must name its study, series and instance)."""
+    found: list[Dataset] = []
+    for path in spec.supersedes:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PREDECESSOR_TAGS)
+        except (OSError, InvalidDicomError) as exc:
+            log.warning("job %s: predecessor report %s not readable (%s); not referenced",
+                        spec.job_id, path, exc)
+            continue
+        if any(keyword not in ds for keyword in _PREDECESSOR_TAGS) or ds.StudyInstanceUID != spec.study_uid:
+            log.warning("job %s: %s is not a report of study %s; not referenced",
+                        spec.job_id, path, spec.study_uid)
+            continue
+        found.append(ds)
+    return found
+
+
+def write_overlays(out_dir: Path, overlays: Sequence[Dataset]) -> dict[str, str]:
+    """Write the overlays as ``overlay/NNNN.dcm``, removing files a previous run left there that
+    this run did not write; returns {absolute path: SOP Instance UID}."""
+    folder = out_dir / OVERLAY_FOLDER
+    written: dict[str, str] = {}
+    for number, ds in enumerate(overlays, start=1):
+        path = folder / f"{number:04d}.dcm"
+        write_dataset_atomic(path, ds)
+        written[str(path)] = str(ds.SOPInstanceUID)
+    if folder.is_dir():
+        for stale in folder.glob("*.dcm"):
+            if str(stale) not in written:
+                stale.unlink()
+    return written
 
 
 def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
@@ -141,8 +199,10 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     called = [a for m in result.conversation.messages if m.turn for a in m.turn.actions]
     if called and not result.outputs:
         raise JobFailed("no tool could process this series: " + "; ".join(result.errors))
+    predecessors = predecessor_reports(spec)
     datasets = build_outputs(
-        volume, result.outputs, result.answer, config.output, spec.instruction, result.planner
+        volume, result.outputs, result.answer, config.output, spec.instruction, result.planner,
+        previous_reports=predecessors,
     )
     out_dir = Path(spec.result_dir)
     files: list[str] = []
@@ -152,6 +212,15 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
         write_dataset_atomic(out_dir / name, ds)
         files.append(str(out_dir / name))
         uids[name] = str(ds.SOPInstanceUID)
+    # The SEG's stand-in for destinations that refuse it: {SEG path: overlay paths}.
+    fallback_files: dict[str, list[str]] = {}
+    overlays: list[Dataset] = []
+    if SEG_FILE in uids and needs_overlays(spec, config):
+        overlays.extend(build_overlays(volume, result.outputs, config.output))
+    written = write_overlays(out_dir, overlays)
+    if written:
+        fallback_files[str(out_dir / SEG_FILE)] = list(written)
+        uids.update({f"{OVERLAY_FOLDER}/{Path(p).name}": uid for p, uid in written.items()})
     write_json_atomic(out_dir / CONVERSATION_FILE, result.conversation.to_llava_json())
     manifest = {
         "job_id": spec.job_id,
@@ -160,7 +229,12 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
         "route": spec.route,
         "instances": len(volume.datasets),
         "files": files,
+        "fallback_files": fallback_files,
         "sop_instance_uids": uids,
+        "supersedes": [
+            {"sop_instance_uid": str(ds.SOPInstanceUID), "series_uid": str(ds.SeriesInstanceUID)}
+            for ds in predecessors
+        ],
         "answer": result.answer,
         "planner": result.planner,
         "fallback_reason": result.fallback_reason,
@@ -169,8 +243,8 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     }
     write_json_atomic(out_dir / MANIFEST_FILE, manifest)
     log.info(
-        "job %s: %d output file(s), planner %s%s",
-        spec.job_id, len(files), result.planner,
+        "job %s: %d output file(s), %d overlay(s), %d predecessor report(s), planner %s%s",
+        spec.job_id, len(files), len(written), len(predecessors), result.planner,
         f" (fallback: {result.fallback_reason})" if result.fallback_reason else "",
     )
     return manifest

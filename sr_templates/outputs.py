@@ -8,7 +8,9 @@ from pydicom.dataset import Dataset
 from config.schema import OutputConfig
 from dicom_node.volume import Volume
 from sr_templates.identity import OutputIdentity
-from sr_templates.seg import build_seg_with_numbers
+from sr_templates.overlay import OverlayImage
+from sr_templates.overlay import build_overlays as render_overlays
+from sr_templates.seg import build_seg_with_numbers, encode_segments
 from sr_templates.sr import build_sr, segments_and_algorithms
 from tools.base import ToolOutput
 
@@ -32,13 +34,28 @@ def build_outputs(
     instruction: str,
     planner_name: str,
     identity: OutputIdentity | None = None,
+    previous_reports: Sequence[Dataset] = (),
 ) -> list[Dataset]:
-    """The SEG (only when some mask is non-empty) followed by the SR, ready to write."""
+    """The SEG (only when some mask is non-empty) followed by the SR, ready to write.
+    ``previous_reports``: headers of the earlier SRs this one supersedes (see :func:`build_sr`)."""
     identity = identity or identity_for(volume, output_cfg)
     segments, algorithms = segments_and_algorithms(outputs)
     seg, encoded = build_seg_with_numbers(volume, segments, algorithms, identity, output_cfg)
     sr = build_sr(
         volume, outputs, answer_text, seg, identity, output_cfg, instruction, planner_name,
-        encoded_segments=encoded,
+        encoded_segments=encoded, previous_versions=previous_reports,
     )
     return ([seg] if seg is not None else []) + [sr]
+
+
+def build_overlays(
+    volume: Volume,
+    outputs: Sequence[ToolOutput],
+    output_cfg: OutputConfig,
+    identity: OutputIdentity | None = None,
+) -> list[OverlayImage]:
+    """The secondary-capture overlays that stand in for the SEG (same segments, same numbering,
+    hence the same colours as the SEG's segment order); empty when the SEG would be."""
+    identity = identity or identity_for(volume, output_cfg)
+    encoded = encode_segments(*segments_and_algorithms(outputs))
+    return render_overlays(volume, encoded, identity, output_cfg)

@@ -91,10 +91,16 @@ def build_sr(
     instruction: str,
     planner_name: str,
     encoded_segments: Sequence[EncodedSegment] | None = None,
+    previous_versions: Sequence[Dataset] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the report. ``encoded_segments`` says which SEG segment number each tool segment
     got (from :func:`sr_templates.seg.build_seg_with_numbers`); when omitted it is recomputed
-    the same way the SEG encoder numbers segments (non-empty masks, in output order)."""
+    the same way the SEG encoder numbers segments (non-empty masks, in output order).
+
+    ``previous_versions``: headers (SOP Class/Instance, Study and Series UIDs) of earlier reports
+    this one replaces, e.g. the report on a series before late instances arrived; they go in the
+    Predecessor Documents Sequence (PS3.3 C.17.2.3) so a PACS or viewer knows this one supersedes
+    them."""
     equipment = Equipment.from_config(output_cfg)
     if seg is not None and encoded_segments is None:
         encoded_segments = encode_segments(*segments_and_algorithms(outputs))
@@ -120,6 +126,7 @@ def build_sr(
         manufacturer_model_name=equipment.model_name,
         software_versions=equipment.software_versions,
         series_description=SERIES_DESCRIPTION,
+        previous_versions=list(previous_versions) if previous_versions else None,
         **charset_kwargs(charset),
     )
 
