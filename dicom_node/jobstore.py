@@ -65,6 +65,8 @@ class JobRecord:
     started: float | None = None
     finished: float | None = None
     attempt: int = 1
+    #: Hostname of the Celery worker that ran the job last (None in the embedded queue).
+    worker: str | None = None
     #: Readable reason for ``failed`` / ``unrouted``.
     error: str | None = None
     result_dir: str | None = None

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     for j in report["jobs"]:
         err = f"  {j['error']}" if j.get("error") else ""
         print(
-            f"  {j['job_id']}  {j['state']:<8} route={j['route'] or '-'} n={j['instance_count']} series={j['series_uid']}{err}"
+            f"  {j['job_id']}  {j['state']:<8} route={j['route'] or '-'} n={j['instance_count']} series={j['series_uid']}"
+            f"{' worker=' + j['worker'] if j.get('worker') else ''}{err}"
         )
     print(f"deliveries ({len(report['deliveries'])}):")
     for d in report["deliveries"]:

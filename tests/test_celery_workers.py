@@ -1,0 +1,311 @@
+"""Celery + Redis end to end, with real peers: redis-server (AOF) on loopback, two ``mmed-node
+worker`` subprocesses (solo pool), an in-process node with ``queue.broker_url``, dcmtk storescu
+sending phantom CT series and dcmtk storescp (unique file names, so a second delivery would show
+as a second file) standing in as the PACS."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from config.loader import load_config
+from config.schema import AppConfig
+from dicom_node.celery_queue import CeleryQueue
+from dicom_node.commands.status import collect
+from dicom_node.jobstore import JobRecord, JobState, JobStore
+from dicom_node.node import Node
+from dicom_node.pipeline import JobSpec
+from dicom_node.shared_jobs import SharedJobState
+from tests.celery_helpers import (
+    RedisServer,
+    Worker,
+    celery_config,
+    wait_until,
+    write_yaml,
+)
+from tests.outbox_helpers import StoreSCP
+from tests.phantoms import write_ct_phantom
+from tests.receive_helpers import free_port, storescu
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Cluster:
+    root: Path
+    redis: RedisServer
+    workers: list[Worker]
+    worker_config: dict
+
+    def node_config(self, name: str) -> tuple[AppConfig, StoreSCP]:
+        pacs = StoreSCP(self.root / name / "pacs", free_port(), extra=["-uf"]).start()
+        data = celery_config(self.root / name / "var", free_port(), pacs.port, self.redis.url)
+        return load_config(overrides=data), pacs
+
+    def ensure_workers(self) -> None:
+        for worker in self.workers:
+            if worker.proc_ended():
+                worker.start()
+        for worker in self.workers:
+            worker.wait_ready()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    root = tmp_path_factory.mktemp("celery")
+    server = RedisServer(root / "redis", free_port()).start()
+    config = celery_config(root / "worker-var", free_port(), free_port(), server.url)
+    config_path = write_yaml(root / "worker.yaml", config)
+    workers = [Worker(config_path, f"w{i}", root / f"w{i}.log") for i in (1, 2)]
+    try:
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.wait_ready()
+        yield Cluster(root, server, workers, config)
+    finally:
+        for worker in workers:
+            worker.stop()
+        server.stop()
+
+
+def send_phantoms(node: Node, folder: Path, count: int, **grid: int) -> list[str]:
+    """Send ``count`` phantom series (one association each); return their Series UIDs."""
+    series = []
+    for i in range(count):
+        # A distinct seed per series: distinct UIDs, hence distinct jobs in the shared broker.
+        truth = write_ct_phantom(folder / f"ct{i}", seed=time.time_ns() % 2**31 + i, **grid)
+        result = storescu(node.port, truth.files)
+        assert result.returncode == 0, result.stderr
+        series.append(str(pydicom.dcmread(truth.files[0], stop_before_pixels=True).SeriesInstanceUID))
+    return series
+
+
+def results_by_series(pacs: StoreSCP, sources: list[str]) -> dict[str, Counter[str]]:
+    """Source Series UID -> Counter of result modalities, one count per file the PACS stored."""
+    out: dict[str, Counter[str]] = {}
+    for path in pacs.out_dir.iterdir():
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        if ds.Modality == "SEG":
+            referenced = {str(s.SeriesInstanceUID) for s in ds.ReferencedSeriesSequence}
+        else:
+            referenced = {str(s.SeriesInstanceUID)
+                          for study in ds.CurrentRequestedProcedureEvidenceSequence
+                          for s in study.ReferencedSeriesSequence}
+        (source,) = referenced & set(sources)
+        out.setdefault(source, Counter())[str(ds.Modality)] += 1
+    return out
+
+
+def assert_one_seg_one_sr_each(pacs: StoreSCP, series: list[str]) -> None:
+    files = list(pacs.out_dir.iterdir())
+    uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
+    assert len(files) == len(uids) == 2 * len(series), "a result was delivered twice"
+    got = results_by_series(pacs, series)
+    assert got == {s: Counter({"SEG": 1, "SR": 1}) for s in series}
+
+
+def wait_results(pacs: StoreSCP, expected_files: int, timeout: float) -> None:
+    wait_until(lambda: len(list(pacs.out_dir.iterdir())) >= expected_files, timeout)
+    time.sleep(1.0)  # a duplicate delivery would arrive now
+
+
+def test_several_series_one_seg_and_one_sr_each(cluster: Cluster) -> None:
+    cluster.ensure_workers()
+    config, pacs = cluster.node_config("several")
+    node = Node(config)
+    node.start()
+    try:
+        series = send_phantoms(node, cluster.root / "several" / "in", 4, slices=12, rows=48, cols=48)
+        wait_results(pacs, 2 * len(series), timeout=90)
+        assert_one_seg_one_sr_each(pacs, series)
+        records = [r for r in node.jobs.all() if r.route]
+        assert len(records) == len(series)
+        workers = {w.hostname for w in cluster.workers}
+        for record in records:
+            assert record.state is JobState.DONE and record.worker in workers, record
+            assert record.attempt == 1 and record.started and record.finished
+        # `mmed-node status` shows which worker ran each job.
+        shown = {j["job_id"]: j["worker"] for j in collect(config)["jobs"] if j["route"]}
+        assert shown == {r.job_id: r.worker for r in records}
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def test_worker_killed_mid_job_other_worker_finishes(cluster: Cluster) -> None:
+    cluster.ensure_workers()
+    config, pacs = cluster.node_config("kill")
+    state = SharedJobState.from_url(cluster.redis.url)
+    node = Node(config)
+    node.start()
+    try:
+        # A larger series: the job runs long enough to be caught mid-run.
+        series = send_phantoms(node, cluster.root / "kill" / "in", 1, slices=64, rows=192, cols=192)
+        running = wait_until(
+            lambda: next((s for r in node.jobs.all() if r.route
+                          for s in [state.get(r.job_id)] if s and s.state is JobState.RUNNING), None),
+            timeout=60, interval=0.02,
+        )
+        assert running is not None, "the job never ran"
+        victim = next(w for w in cluster.workers if w.hostname == running.worker)
+        victim.kill9()
+        assert state.get(running.job_id).state is JobState.RUNNING  # killed while holding the job
+        wait_results(pacs, 2, timeout=90)
+        assert_one_seg_one_sr_each(pacs, series)
+        (record,) = [r for r in node.jobs.all() if r.route]
+        assert record.state is JobState.DONE
+        assert record.worker != victim.hostname and record.attempt == 2
+    finally:
+        node.stop()
+        pacs.stop()
+        state.close()
+
+
+def test_redis_down_while_series_arrive(cluster: Cluster) -> None:
+    cluster.ensure_workers()
+    config, pacs = cluster.node_config("outage")
+    node = Node(config)
+    node.start()
+    try:
+        cluster.redis.stop()
+        series = send_phantoms(node, cluster.root / "outage" / "in", 2, slices=12, rows=48, cols=48)
+        # The node accepted and spooled everything; the jobs wait, queued, for the broker.
+        queued = wait_until(
+            lambda: len([r for r in node.jobs.all() if r.route and r.state is JobState.QUEUED]) == 2,
+            timeout=20,
+        )
+        assert queued
+        time.sleep(2.0)
+        assert not list(pacs.out_dir.iterdir())
+        cluster.redis.start()
+        wait_results(pacs, 2 * len(series), timeout=120)
+        assert_one_seg_one_sr_each(pacs, series)
+        assert all(r.state is JobState.DONE for r in node.jobs.all() if r.route)
+    finally:
+        node.stop()
+        pacs.stop()
+
+
+def test_poison_job_fails_with_reason_after_bounded_tries(cluster: Cluster, tmp_path: Path) -> None:
+    """A worker that cannot see the series (shared volume not mounted) retries with backoff, then
+    the job ends failed with the reason, mirrored into the node's job record."""
+    cluster.ensure_workers()
+    config = load_config(overrides=celery_config(tmp_path / "var", free_port(), free_port(),
+                                                 cluster.redis.url))
+    store = JobStore(tmp_path / "var" / "jobs")
+    missing = tmp_path / "not-mounted" / "series"
+    spec = JobSpec(
+        job_id=f"poison-{time.time_ns()}", study_uid="1.2.3", series_uid="1.2.3.4",
+        series_dir=str(missing), result_dir=str(tmp_path / "results"), route="ct-lungs",
+        instruction="Segment the lungs.", planner="rules",
+    )
+    store.save(JobRecord(job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid,
+                         state=JobState.QUEUED, route=spec.route, fingerprint="f",
+                         instance_count=3, spec=spec.to_dict()))
+    done: list[str] = []
+    queue = CeleryQueue(config, store, on_done=lambda record, manifest: done.append(record.job_id))
+    queue.start()
+    try:
+        queue.submit(spec)
+        assert queue.wait_idle(timeout=60)
+    finally:
+        queue.stop()
+    record = store.load(spec.job_id)
+    assert record.state is JobState.FAILED and not done
+    assert record.attempt == config.queue.max_retries + 1
+    assert record.error and "not found on worker host" in record.error and str(missing) in record.error
+    assert record.worker in {w.hostname for w in cluster.workers}
+
+
+def test_node_restart_while_workers_run_its_jobs(cluster: Cluster) -> None:
+    """The node stops after publishing; a worker finishes the job meanwhile; the restarted node
+    reads the shared state, hands the results to its outbox once and records who ran the job."""
+    cluster.ensure_workers()
+    config, pacs = cluster.node_config("restart")
+    state = SharedJobState.from_url(cluster.redis.url)
+    node = Node(config)
+    node.start()
+    try:
+        series = send_phantoms(node, cluster.root / "restart" / "in", 1, slices=12, rows=48, cols=48)
+        published = wait_until(
+            lambda: next((s for r in node.jobs.all() if r.route
+                          for s in [state.get(r.job_id)] if s and s.published), None),
+            timeout=30, interval=0.02,
+        )
+        assert published is not None
+    finally:
+        node.stop()
+    try:
+        assert wait_until(lambda: state.get(published.job_id).state is JobState.DONE, 60)
+        assert not list(pacs.out_dir.iterdir())  # nobody handed the results on yet
+        node = Node(config)
+        node.start()
+        try:
+            wait_results(pacs, 2, timeout=60)
+            assert_one_seg_one_sr_each(pacs, series)
+            record = node.jobs.load(published.job_id)
+            assert record.state is JobState.DONE and record.worker == state.get(record.job_id).worker
+        finally:
+            node.stop()
+    finally:
+        pacs.stop()
+        state.close()
+
+
+def test_lost_worker_attempts_are_bounded_and_done_jobs_never_rerun(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Each start of a job counts as an attempt in its hash (a worker dying mid-job leaves the
+    count raised). A job that already used every attempt ends failed without running; a
+    delivery of a job that is already done is acknowledged without running it again."""
+    cluster.ensure_workers()
+    config = load_config(overrides=celery_config(tmp_path / "var", free_port(), free_port(),
+                                                 cluster.redis.url))
+    store = JobStore(tmp_path / "var" / "jobs")
+    series = tmp_path / "series"
+    write_ct_phantom(series, slices=8, rows=32, cols=32, seed=time.time_ns() % 2**31)
+    specs = [
+        JobSpec(job_id=f"{name}-{time.time_ns()}", study_uid="1.2.3", series_uid="1.2.3.4",
+                series_dir=str(series), result_dir=str(tmp_path / "results" / name),
+                route="ct-lungs", instruction="Segment the lungs.", planner="rules")
+        for name in ("lost", "done")
+    ]
+    for spec in specs:
+        store.save(JobRecord(job_id=spec.job_id, study_uid=spec.study_uid,
+                             series_uid=spec.series_uid, state=JobState.QUEUED, route=spec.route,
+                             fingerprint="f", instance_count=8, spec=spec.to_dict()))
+    limit = config.queue.max_retries + 1 + config.queue.max_redeliveries
+    client = cluster.redis.client()
+    lost, done = specs
+    # Earlier deliveries of "lost" all ended with their worker killed.
+    client.hset(SharedJobState.key(lost.job_id), mapping={"state": "queued", "attempt": limit})
+    client.hset(SharedJobState.key(done.job_id),
+                mapping={"state": "done", "attempt": 1, "manifest": '{"files": []}'})
+    handed: list[str] = []
+    queue = CeleryQueue(config, store, on_done=lambda record, manifest: handed.append(record.job_id))
+    queue.start()
+    try:
+        queue.submit(lost)
+        # Deliver the done job straight to a worker, as a redelivery would.
+        from dicom_node.celery_app import TASK_NAME, make_celery_app
+
+        make_celery_app(config).send_task(TASK_NAME, args=[done.to_dict()], task_id=done.job_id)
+        assert queue.wait_idle(timeout=30)
+        assert wait_until(lambda: any(f"job {done.job_id} already done" in w.log.read_text()
+                                      for w in cluster.workers), 30)
+    finally:
+        queue.stop()
+    record = store.load(lost.job_id)
+    assert record.state is JobState.FAILED and record.error and "gave up after" in record.error
+    assert record.attempt == limit + 1
+    assert not Path(lost.result_dir).exists()  # it did not run
+    assert client.hget(SharedJobState.key(done.job_id), "attempt") == "1"
+    assert not Path(done.result_dir).exists() and handed == []
+    client.close()
