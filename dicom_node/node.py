@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Self
@@ -27,10 +27,13 @@ from pydicom.dataset import Dataset
 
 from config.schema import AppConfig, RouteConfig
 from dicom_node.assembly import DueSeries, SeriesTracker, instance_set_fingerprint
-from dicom_node.embedded_queue import EmbeddedQueue, JobRunner, pipeline_runner
+from dicom_node.embedded_queue import JobRunner
 from dicom_node.handlers import HandlerDeps
 from dicom_node.jobstore import JobRecord, JobState, JobStore, make_job_id
-from dicom_node.pipeline import JobSpec
+from dicom_node.pipeline import SR_FILE, JobSpec
+from dicom_node.qr_handlers import QRDeps
+from dicom_node.qr_index import QRIndex
+from dicom_node.queues import make_queue
 from dicom_node.scp import RunningSCP, policy_from_config, start_scp
 from dicom_node.spool import Spool
 
@@ -41,7 +44,11 @@ SCHEDULER_INTERVAL_SECONDS = 0.5
 
 class OutboxLike(Protocol):
     def enqueue(
-        self, job_id: str, files: list[Path], destinations: list[str]
+        self,
+        job_id: str,
+        files: list[Path],
+        destinations: list[str],
+        fallbacks: Mapping[str, list[Path]] | None = None,
     ) -> Any: ...
 
 
@@ -118,12 +125,8 @@ class Node:
             if outbox is not None
             else (default_outbox(config) if use_default_outbox else None)
         )
-        self.queue = EmbeddedQueue(
-            runner or pipeline_runner(config),
-            self.jobs,
-            config.node.workers,
-            on_done=self._job_done,
-        )
+        # Embedded pool, or Celery workers when queue.broker_url is set.
+        self.queue = make_queue(config, self.jobs, self._job_done, runner)
         self._scp: RunningSCP | None = None
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -147,7 +150,8 @@ class Node:
                 target=self._schedule, name="mmed-scheduler", daemon=True
             )
             self._scheduler.start()
-            self._scp = start_scp(self.config.node, deps)
+            qr = QRDeps(QRIndex(self.spool.root, self.results_dir, self.jobs.root), self.config)
+            self._scp = start_scp(self.config.node, deps, qr)
         except BaseException:
             self.stop()
             raise
@@ -301,6 +305,7 @@ class Node:
                 planner=route.planner or self.config.planner.backend,
                 tools=route.tools,
                 destinations=list(route.send_to),
+                supersedes=self._predecessor_reports(due.supersedes, route.name),
             )
             self.jobs.save(
                 JobRecord(
@@ -333,6 +338,26 @@ class Node:
             due.study_uid, due.series_uid, due.fingerprint, tuple(job_ids)
         )
         return job_ids
+
+    def _predecessor_reports(self, job_ids: Sequence[str], route: str) -> list[str]:
+        """SR files of the superseded jobs of ``route``, which the new job's SR replaces
+        (its Predecessor Documents, PS3.3 C.17.2.3). A superseded job that failed produced no
+        SR: the jobs it superseded stand in for it, so the chain of versions is not broken."""
+        reports: list[str] = []
+        pending, seen = list(job_ids), set()
+        while pending:
+            job_id = pending.pop(0)
+            if job_id in seen:
+                continue
+            seen.add(job_id)
+            record = self.jobs.get(job_id)
+            if record is None or record.route != route or record.result_dir is None:
+                continue
+            if record.state is JobState.FAILED:
+                pending.extend(record.supersedes)
+            else:
+                reports.append(str(Path(record.result_dir) / SR_FILE))
+        return reports
 
     def _record_unrouted(self, due: DueSeries, reason: str) -> str:
         job_id = make_job_id(due.study_uid, due.series_uid, due.fingerprint, None)
@@ -376,4 +401,14 @@ class Node:
             p if p.is_absolute() else base / p
             for p in (Path(f) for f in manifest.get("files", []))
         ]
-        self._outbox.enqueue(record.job_id, files, list(record.destinations))
+        # Overlays standing in for the SEG where a destination refuses it (accepts_seg: false).
+        fallbacks = {
+            str(base / seg): [base / p for p in others]  # base / absolute = absolute
+            for seg, others in (manifest.get("fallback_files") or {}).items()
+        }
+        if fallbacks:
+            self._outbox.enqueue(
+                record.job_id, files, list(record.destinations), fallbacks=fallbacks
+            )
+        else:
+            self._outbox.enqueue(record.job_id, files, list(record.destinations))

@@ -20,6 +20,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from config.schema import NodeConfig
 from dicom_node import handlers
 from dicom_node.handlers import AssociationPolicy, HandlerDeps
+from dicom_node.qr_handlers import QRDeps, add_qr_contexts, qr_event_handlers
+from dicom_node.tls import server_tls_context
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +106,17 @@ def build_ae(node: NodeConfig) -> AE:
     return ae
 
 
-def start_scp(node: NodeConfig, deps: HandlerDeps) -> RunningSCP:
-    """Start listening on ``node.host:node.port`` (port 0: any free port) in background threads."""
-    if node.tls.enabled:
-        raise NotImplementedError(
-            "DICOM TLS listener is not implemented yet (node.tls.enabled)"
-        )
+def start_scp(
+    node: NodeConfig, deps: HandlerDeps, qr: QRDeps | None = None
+) -> RunningSCP:
+    """Start listening on ``node.host:node.port`` (port 0: any free port) in background threads.
+
+    With ``qr`` the AE also answers C-FIND/C-MOVE/C-GET (qr_handlers.py); with ``node.tls``
+    enabled the listener accepts DICOM TLS only (tls.py)."""
+    ssl_context = server_tls_context(node.tls) if node.tls.enabled else None
     ae = build_ae(node)
+    if qr is not None:
+        add_qr_contexts(ae, STORAGE_SOP_CLASSES)
     ended = handlers.bind_notification(handlers.handle_association_ended, deps)
     evt_handlers: list[Any] = [
         (
@@ -123,8 +129,13 @@ def start_scp(node: NodeConfig, deps: HandlerDeps) -> RunningSCP:
         (evt.EVT_ABORTED, ended),
         (evt.EVT_CONN_CLOSE, ended),
     ]
+    if qr is not None:
+        evt_handlers.extend(qr_event_handlers(qr))
     server = ae.start_server(
-        (node.host, node.port), block=False, evt_handlers=evt_handlers
+        (node.host, node.port),
+        block=False,
+        evt_handlers=evt_handlers,
+        ssl_context=ssl_context,
     )
     assert server is not None  # block=False always returns the server
     log.info(

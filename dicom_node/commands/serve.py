@@ -12,6 +12,7 @@ from typing import Any
 
 from config.loader import ConfigError, load_config
 from dicom_node.embedded_queue import JobRunner
+from dicom_node.tls import TLSSetupError
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
     node = Node(config, runner=runner)
     try:
         node.start()
+    except TLSSetupError as exc:
+        print(exc)
+        return 2
     except OSError as exc:
         print(
             f"cannot listen on {config.node.host}:{config.node.port}: {exc.strerror or exc}"

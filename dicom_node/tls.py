@@ -1,0 +1,79 @@
+"""DICOM TLS on the listener (PS3.15 Annex B.1, the "TLS Secure Transport Connection Profile").
+
+``node.tls`` becomes a server-side :class:`ssl.SSLContext`: the node presents ``cert_file`` /
+``key_file``; with ``verify_peer`` it requires a client certificate signed by ``ca_file`` (mutual
+TLS, the usual hospital set-up), otherwise any client may connect and the allowlists decide.
+Outgoing associations use :func:`dicom_node.sender.tls_context`.
+
+pynetdicom performs the handshake while accepting the connection and drops a failed one
+silently; :class:`LoggingServerContext` logs why (peer address and the TLS error: no DICOM data
+has been exchanged, so no patient data can leak) and bounds the handshake time so a client that
+connects and says nothing cannot hold the listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+from typing import Any
+
+from config.schema import TLSConfig
+from dicom_node.sender import MIN_TLS_VERSION
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client gets to complete the TLS handshake.
+HANDSHAKE_TIMEOUT_SECONDS = 10.0
+#: OpenSSL reasons an operator meets most, in words.
+HANDSHAKE_HINTS: dict[str, str] = {
+    "WRONG_VERSION_NUMBER": "not a TLS client: plain DICOM to the TLS port?",
+    "HTTP_REQUEST": "not a TLS client: plain DICOM to the TLS port?",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client presented no certificate",
+    "CERTIFICATE_VERIFY_FAILED": "the client certificate is not signed by node.tls.ca_file",
+    "NO_SHARED_CIPHER": "no cipher suite in common",
+    "UNSUPPORTED_PROTOCOL": "the client offers only TLS versions older than 1.2",
+}
+
+
+class TLSSetupError(ValueError):
+    """The node's TLS settings cannot be used (missing or unreadable certificate or key)."""
+
+
+class LoggingServerContext(ssl.SSLContext):
+    """A server SSLContext whose failed handshakes are logged with their reason."""
+
+    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        try:
+            peer = "{}:{}".format(*sock.getpeername()[:2])
+        except OSError:
+            peer = "?"
+        sock.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        try:
+            wrapped = super().wrap_socket(sock, *args, **kwargs)
+        except (ssl.SSLError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
+            hint = HANDSHAKE_HINTS.get(str(reason))
+            log.warning("TLS connection from %s refused: %s%s", peer, reason, f" ({hint})" if hint else "")
+            sock.close()
+            raise
+        wrapped.settimeout(None)
+        return wrapped
+
+
+def server_tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """Build the listener's context from ``node.tls``; raises :class:`TLSSetupError`."""
+    if tls.cert_file is None or tls.key_file is None:
+        raise TLSSetupError("node.tls.enabled needs node.tls.cert_file and node.tls.key_file")
+    ctx = LoggingServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = MIN_TLS_VERSION
+    try:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+        if tls.verify_peer:
+            ctx.load_verify_locations(cafile=str(tls.ca_file))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        else:
+            ctx.verify_mode = ssl.CERT_NONE
+    except (OSError, ssl.SSLError) as exc:
+        raise TLSSetupError(f"node.tls: cannot load certificates: {exc}") from exc
+    return ctx
