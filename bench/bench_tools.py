@@ -53,9 +53,13 @@ def synthetic_ct(slices: int, size: int, seed: int = 0) -> Volume:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     body = ((xx - 0.5) ** 2 / 0.16 + (yy - 0.5) ** 2 / 0.12) < 1
-    lungs = (((xx - 0.33) ** 2 + (yy - 0.5) ** 2) < 0.02) | (((xx - 0.67) ** 2 + (yy - 0.5) ** 2) < 0.02)
+    lungs = (((xx - 0.33) ** 2 + (yy - 0.5) ** 2) < 0.02) | (
+        ((xx - 0.67) ** 2 + (yy - 0.5) ** 2) < 0.02
+    )
     plane = np.where(body, 40.0, -1000.0) + np.where(lungs, -890.0, 0.0)
-    pixels = plane[None].repeat(slices, axis=0) + rng.normal(0, 10, (slices, size, size))
+    pixels = plane[None].repeat(slices, axis=0) + rng.normal(
+        0, 10, (slices, size, size)
+    )
     positions = np.array([[0.0, 0.0, 2.5 * z] for z in range(slices)])
     return Volume(
         pixels=pixels.astype(np.float32),
@@ -77,13 +81,19 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
     return best, result
 
 
-def bench_tiny(work: Path, device: str, image: Volume, volume: Volume, repeat: int) -> list[Row]:
+def bench_tiny(
+    work: Path, device: str, image: Volume, volume: Volume, repeat: int
+) -> list[Row]:
     gd = write_tiny_grounding_dino(work / "gdino")
     sam = write_tiny_sam(work / "sam_tiny.pth")
     grounding = tiny_grounding_settings(gd, device=device)
     medsam = tiny_sam_settings(sam, device=device)
     tools: list[tuple[str, Any, dict[str, Any]]] = [
-        ("grounding dino", GroundingDinoTool(grounding), {"prompts": ["lung", "tumor"]}),
+        (
+            "grounding dino",
+            GroundingDinoTool(grounding),
+            {"prompts": ["lung", "tumor"]},
+        ),
         ("MedSAM", MedSAMTool(medsam), {"boxes": [BOX]}),
         (
             "grounding dino + MedSAM",
@@ -93,9 +103,14 @@ def bench_tiny(work: Path, device: str, image: Volume, volume: Volume, repeat: i
     ]
     rows: list[Row] = []
     for name, tool, params in tools:
-        loader: Callable[[], Any] | None = getattr(tool, "model", None)  # the chain reuses the two above
+        loader: Callable[[], Any] | None = getattr(
+            tool, "model", None
+        )  # the chain reuses the two above
         load = timed(loader, 1)[0] if loader is not None else None
-        for label, vol in (("512x512 image", image), (f"{volume.shape[0]}x512x512 volume", volume)):
+        for label, vol in (
+            ("512x512 image", image),
+            (f"{volume.shape[0]}x512x512 volume", volume),
+        ):
             seconds, out = timed(partial(tool.run, vol, params), repeat)
             note = f"{len(out.boxes)} boxes, {len(out.segments)} segments"
             rows.append(Row(name, "tiny", label, seconds, note))
@@ -106,9 +121,13 @@ def bench_tiny(work: Path, device: str, image: Volume, volume: Volume, repeat: i
 
 def bench_real_sam(work: Path, device: str, slices: int, repeat: int) -> list[Row]:
     path = write_random_sam_vit_b(work / "sam_vit_b_random.pth")
-    settings = SamSettings.model_validate({"model_path": str(path), "device": device, "model_type": "vit_b"})
+    settings = SamSettings.model_validate(
+        {"model_path": str(path), "device": device, "model_type": "vit_b"}
+    )
     load, model = timed(lambda: SamModel(settings), 1)
-    images = np.random.default_rng(0).integers(0, 255, (slices, 512, 512, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(
+        0, 255, (slices, 512, 512, 3), dtype=np.uint8
+    )
 
     def encode() -> torch.Tensor:
         out = model.embed(images)
@@ -118,12 +137,19 @@ def bench_real_sam(work: Path, device: str, slices: int, repeat: int) -> list[Ro
 
     encode()  # warm-up (kernels, allocator)
     seconds, embeddings = timed(encode, repeat)
-    decode, _ = timed(lambda: model.decode(embeddings[0], [model_prompt()], 512, 512), repeat)
+    decode, _ = timed(
+        lambda: model.decode(embeddings[0], [model_prompt()], 512, 512), repeat
+    )
     dtype = str(model.dtype).replace("torch.", "")
     return [
         Row("MedSAM", f"ViT-B random ({dtype})", "model load", load),
-        Row("MedSAM", f"ViT-B random ({dtype})", f"encoder, {slices} slices", seconds,
-            f"{slices / seconds:.2f} slices/s, batch {settings.batch_size}"),
+        Row(
+            "MedSAM",
+            f"ViT-B random ({dtype})",
+            f"encoder, {slices} slices",
+            seconds,
+            f"{slices / seconds:.2f} slices/s, batch {settings.batch_size}",
+        ),
         Row("MedSAM", f"ViT-B random ({dtype})", "decoder, 1 box", decode),
     ]
 
@@ -145,22 +171,40 @@ def print_table(rows: list[Row]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    parser.add_argument("--slices", type=int, default=100, help="slices in the volume (default 100)")
-    parser.add_argument("--repeat", type=int, default=2, help="runs per measurement; the best is kept")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--real-sam", action="store_true", help="also time a real-size random SAM ViT-B")
-    parser.add_argument("--real-slices", type=int, default=2, help="slices for the ViT-B encoder timing")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)"
+    )
+    parser.add_argument(
+        "--slices", type=int, default=100, help="slices in the volume (default 100)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=2, help="runs per measurement; the best is kept"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--real-sam", action="store_true", help="also time a real-size random SAM ViT-B"
+    )
+    parser.add_argument(
+        "--real-slices", type=int, default=2, help="slices for the ViT-B encoder timing"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads")
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads"
+    )
     image, volume = synthetic_ct(1, 512), synthetic_ct(args.slices, 512)
     with tempfile.TemporaryDirectory(prefix="bench-tools-") as tmp:
         rows = bench_tiny(Path(tmp), args.device, image, volume, args.repeat)
         if args.real_sam:
-            rows += bench_real_sam(Path(tmp), args.device, args.real_slices, args.repeat)
+            rows += bench_real_sam(
+                Path(tmp), args.device, args.real_slices, args.repeat
+            )
     print_table(rows)
     return 0
 
