@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pynetdicom logs whole C-FIND/C-MOVE/C-GET identifiers (patient names, IDs) at INFO: keep it
+    # at WARNING unless the operator asks for debug output (-vv), so logs carry no PHI by default.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
