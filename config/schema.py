@@ -62,7 +62,8 @@ class NodeConfig(_Strict):
     allowed_peer_addresses: list[str] = Field(default_factory=list)
     #: Threads in the embedded job pool.
     workers: int = Field(1, ge=1, le=64)
-    #: Write patient identifiers to the log (off by default: logs carry UIDs only).
+    #: Let pynetdicom log DIMSE identifiers (patient names/IDs) at INFO; off by default: logs
+    #: carry UIDs and AE titles only.
     log_phi: bool = False
     max_pdu: int = Field(0, ge=0)
     tls: TLSConfig = TLSConfig()

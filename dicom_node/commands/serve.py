@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc)
         return 2
+    if config.node.log_phi:
+        # The operator opted in: pynetdicom's INFO lines include query identifiers (PHI).
+        logging.getLogger("pynetdicom").setLevel(logging.INFO)
     runner = load_runner(args.runner) if args.runner else None
     stop = threading.Event()
 
