@@ -49,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     # pynetdicom logs whole C-FIND/C-MOVE/C-GET identifiers (patient names, IDs) at INFO: keep it
     # at WARNING unless the operator asks for debug output (-vv), so logs carry no PHI by default.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
+    # highdicom narrates every module it copies at INFO: only useful when debugging.
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -36,14 +36,28 @@ MANIFEST_NAME = "manifest.json"
 
 
 def pipeline_runner(config: AppConfig) -> JobRunner:
-    """The default runner: ``run_job`` with a per-process :class:`WorkerContext` built lazily."""
-    lock = threading.Lock()
+    """The default runner: ``run_job`` with one :class:`WorkerContext` per process.
+
+    The context (tool registry, imports of the model libraries) is built on a background thread
+    as soon as the runner exists, so the node listens at once and the first series does not pay
+    the warm-up; a job that arrives earlier waits for it.
+    """
     holder: list[WorkerContext] = []
+    failure: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            holder.append(WorkerContext.build(config))
+        except BaseException as exc:  # re-raised in the first job, which records it
+            failure.append(exc)
+
+    warm = threading.Thread(target=build, name="mmed-warmup", daemon=True)
+    warm.start()
 
     def run(spec: JobSpec) -> dict[str, Any]:
-        with lock:
-            if not holder:
-                holder.append(WorkerContext.build(config))
+        warm.join()
+        if failure:
+            raise failure[0]
         return run_job(spec, holder[0])
 
     return run
