@@ -33,7 +33,8 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(self.pixels.shape)  # type: ignore[return-value]
+        slices, rows, cols = self.pixels.shape
+        return int(slices), int(rows), int(cols)
 
     @property
     def is_3d(self) -> bool:
