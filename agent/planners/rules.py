@@ -9,6 +9,13 @@ on other tools' results (``DEFERRED_TOOLS``: report generation) follows them in 
 Aggregation (after the tool output messages): a final turn with no actions states every result in
 words (volumes in mL, HU, boxes, labels, reports, passages, and any refusal's reason).
 
+Before the tables are read, radiologist shorthand is expanded (``SHORTHAND``) and tokens one edit
+away from an intent word are corrected (``TYPO_TARGETS``); an intent keyword right after a negation
+cue ("don't segment", "no need for a report") is dropped. A clause the keywords cannot read is
+matched by sentence embedding against the labelled instruction templates
+(:mod:`agent.planners.intent_embed`), when that model is available; below its similarity threshold
+the clause asks for nothing (a direct answer).
+
 The planner is stateless: each call re-reads the instruction and the conversation so far, so it
 can take over a conversation another planner started (the loop's fallback).
 """
@@ -17,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.planners.aggregate import aggregate_turn
 from agent.planners.base import PlanContext, Planner, ToolSpec, register_planner
@@ -40,6 +47,7 @@ from agent.planners.rules_tables import (
     TOOL_CHOICES,
     WEAK_INTENT_PATTERNS,
 )
+from agent.planners.rules_text import negated_at, normalise_instruction
 from agent.protocol import (
     IMAGE_PLACEHOLDER,
     Action,
@@ -49,9 +57,15 @@ from agent.protocol import (
     parse_tool_outputs_message,
 )
 
+if TYPE_CHECKING:
+    from agent.planners.intent_embed import IntentBank
+    from config.schema import PlannerConfig
+
 _TARGET_RE = [(re.compile(p, re.IGNORECASE), canon) for p, canon in TARGET_TERMS]
 _INTENT_RE = {name: [re.compile(p, re.IGNORECASE) for p in pats] for name, pats in INTENT_PATTERNS.items()}
 _WEAK_RE = {name: [re.compile(p, re.IGNORECASE) for p in pats] for name, pats in WEAK_INTENT_PATTERNS.items()}
+#: Intent asks found by embedding carry this keyword position: no free-phrase target is read.
+EMBEDDED = -1
 
 
 @dataclass
@@ -112,26 +126,59 @@ def split_clauses(instruction: str) -> list[str]:
     return [c.strip() for c in re.split(CLAUSE_SPLIT, instruction, flags=re.IGNORECASE) if c and c.strip()]
 
 
-def find_asks(instruction: str) -> list[Ask]:
+def _keyword_intents(clause: str, targets: list[str]) -> tuple[list[tuple[int, Ask]], bool]:
+    """The clause's intents found by keyword (not negated), in order, and whether any was negated."""
+    found: list[tuple[int, Ask]] = []
+    negated = False
+    for intent, patterns in _INTENT_RE.items():
+        matches = [m for p in patterns for m in p.finditer(clause)]
+        if not matches and targets:
+            matches = [m for p in _WEAK_RE.get(intent, ()) for m in p.finditer(clause)]
+        kept = [m for m in matches if not negated_at(clause, m.start())]
+        negated = negated or len(kept) < len(matches)
+        if kept:
+            first = min(kept, key=lambda m: m.start())
+            found.append((first.start(), Ask(intent, list(targets), clause, first.end())))
+    found.sort(key=lambda f: f[0])
+    return found, negated
+
+
+def _arbitrate(found: list[tuple[int, Ask]], bank: IntentBank, clause: str) -> list[tuple[int, Ask]]:
+    """Several intents in one clause: keep those whose exemplars the clause resembles nearly as
+    well as the best one's (within CONFLICT_MARGIN); all of them if none is close at all."""
+    from agent.planners.intent_embed import CONFLICT_MARGIN
+
+    scores = bank.scores(clause)
+    sims = {ask.intent: scores.get(ask.intent, (0.0, ""))[0] for _, ask in found}
+    best = max(sims.values())
+    if best < bank.min_similarity:
+        return found
+    return [(pos, ask) for pos, ask in found if sims[ask.intent] >= best - CONFLICT_MARGIN]
+
+
+def find_asks(instruction: str, bank: IntentBank | None = None) -> list[Ask]:
     """The intents of the instruction, clause by clause, with their targets.
 
     A clause with targets but no intent (``... and the spleen``) adds them to the previous ask; a
     clause with an intent but no target (``... and measure their volumes``) inherits the previous
-    clause's targets.
+    clause's targets. A clause with no keyword intent (and nothing to add to a previous ask) is
+    read by the embedding ``bank`` when one is given.
     """
+    from agent.planners.intent_embed import NO_TOOL
+
     asks: list[Ask] = []
     previous_targets: list[str] = []
-    for clause in split_clauses(instruction):
+    for clause in split_clauses(normalise_instruction(instruction)):
         targets = find_targets(clause)
-        found: list[tuple[int, Ask]] = []
-        for intent, patterns in _INTENT_RE.items():
-            matches = [m for m in (p.search(clause) for p in patterns) if m is not None]
-            if not matches and targets:
-                matches = [m for m in (p.search(clause) for p in _WEAK_RE.get(intent, ())) if m is not None]
-            if matches:
-                first = min(matches, key=lambda m: m.start())
-                found.append((first.start(), Ask(intent, list(targets), clause, first.end())))
-        found.sort(key=lambda f: f[0])
+        found, negated = _keyword_intents(clause, targets)
+        if negated and not found:
+            continue
+        if not found and bank is not None and not (targets and asks):
+            match = bank.nearest(clause)
+            if match is not None and match.intent != NO_TOOL:
+                found = [(0, Ask(match.intent, list(targets), clause, EMBEDDED))]
+        elif len(found) > 1 and bank is not None:
+            found = _arbitrate(found, bank, clause)
         if not found:
             if targets and asks:
                 for t in targets:
@@ -142,18 +189,19 @@ def find_asks(instruction: str) -> list[Ask]:
         for _, ask in found:
             if not ask.targets and ask.intent in TARGET_REQUIRED:
                 ask.targets = list(previous_targets)
-                if not ask.targets:
+                if not ask.targets and ask.keyword_end != EMBEDDED:
                     phrase = _free_phrase(clause, ask.keyword_end)
                     if phrase and not re.search(DEICTIC, phrase, re.IGNORECASE):
                         ask.targets = [phrase]
         asks.extend(ask for _, ask in found)
         previous_targets = targets or previous_targets
-    return _resolve_conflicts(asks, instruction)
+    return _resolve_conflicts(asks)
 
 
-def _resolve_conflicts(asks: list[Ask], instruction: str) -> list[Ask]:
+def _resolve_conflicts(asks: list[Ask]) -> list[Ask]:
     """Drop asks another ask covers (SUPPRESSES), and generic knowledge questions that are really
-    about the image or sit beside image tasks (unless they use strong knowledge words)."""
+    about the image: their clause points at the image or asks for an image task too (unless they
+    use strong knowledge words)."""
     kept: list[Ask] = []
     for ask in asks:
         covered = any(
@@ -163,12 +211,15 @@ def _resolve_conflicts(asks: list[Ask], instruction: str) -> list[Ask]:
         )
         if not covered:
             kept.append(ask)
-    image_tasks = any(a.intent != "knowledge" for a in kept)
-    deictic = re.search(DEICTIC, instruction, re.IGNORECASE) is not None
+
+    def about_image(ask: Ask) -> bool:
+        beside_task = any(o.clause == ask.clause and o.intent != "knowledge" for o in kept)
+        return beside_task or re.search(DEICTIC, ask.clause, re.IGNORECASE) is not None
+
     return [
         a
         for a in kept
-        if a.intent != "knowledge" or re.search(KNOWLEDGE_STRONG, a.clause, re.IGNORECASE) or not (image_tasks or deictic)
+        if a.intent != "knowledge" or re.search(KNOWLEDGE_STRONG, a.clause, re.IGNORECASE) or not about_image(a)
     ]
 
 
@@ -304,14 +355,15 @@ def fill_params(spec: ToolSpec, targets: list[str], question: str) -> dict[str, 
     return params
 
 
-def make_plan(ctx: PlanContext) -> Plan:
-    """The tools for the instruction (all rounds), from its asks or the default asks."""
-    return choose_tools(ctx, find_asks(ctx.instruction) or default_asks(ctx))
+def make_plan(ctx: PlanContext, bank: IntentBank | None = None) -> Plan:
+    """The tools for the instruction (all rounds), from its asks or the default asks; ``bank``
+    reads clauses the keywords cannot (keywords alone when None)."""
+    return choose_tools(ctx, find_asks(ctx.instruction, bank) or default_asks(ctx))
 
 
-def plan_turn(ctx: PlanContext) -> AssistantTurn:
+def plan_turn(ctx: PlanContext, bank: IntentBank | None = None) -> AssistantTurn:
     """The first turn: tool calls for every ask a tool can serve now, or a direct answer."""
-    plan = make_plan(ctx)
+    plan = make_plan(ctx, bank)
     if not plan.actions:
         return direct_answer(ctx, plan.unserved)
     return turn_for_plan(ctx, plan)
@@ -394,14 +446,53 @@ class RulesPlanner(Planner):
 
     name = "rules"
 
+    def __init__(self, cfg: PlannerConfig | None = None, *, embeddings: bool | None = None) -> None:
+        super().__init__(cfg)
+        #: Whether to read clauses the keywords miss by sentence embedding (config
+        #: ``planner.intent_embedding``, default on); the bank loads on first need.
+        self.embeddings = embeddings if embeddings is not None else (cfg.intent_embedding if cfg is not None else True)
+        self._model_path = cfg.intent_model if cfg is not None else None
+
+    @property
+    def bank(self) -> IntentBank | None:
+        """The embedding bank (built once per process and model), or None: keywords only."""
+        if not self.embeddings:
+            return None
+        from agent.planners.intent_embed import load_intent_bank
+
+        return load_intent_bank(self._model_path)
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        """Every tool the instruction needs (all rounds), keywords first, embeddings for the rest."""
+        plan = make_plan(ctx)
+        if self.embeddings and _needs_bank(ctx.instruction):
+            plan = make_plan(ctx, self.bank)
+        return plan
+
     def next_turn(self, ctx: PlanContext) -> AssistantTurn:
         last = ctx.last_message
+        plan = self.plan(ctx)
         if last is not None and last.role == "human" and len(ctx.history) > 1:
             outputs = history_outputs(ctx.history)
             if outputs:
-                follow_up = deferred_turn(ctx, make_plan(ctx), outputs)
+                follow_up = deferred_turn(ctx, plan, outputs)
                 return follow_up or aggregate_turn(outputs, ctx.instruction)
-        return plan_turn(ctx)
+        if not plan.actions:
+            return direct_answer(ctx, plan.unserved)
+        return turn_for_plan(ctx, plan)
+
+
+def _needs_bank(instruction: str) -> bool:
+    """Some clause of the instruction has no keyword intent (and no negated one): only then is the
+    embedding model worth loading."""
+    asked = False
+    for clause in split_clauses(normalise_instruction(instruction)):
+        targets = find_targets(clause)
+        found, negated = _keyword_intents(clause, targets)
+        if (not found and not negated and not (targets and asked)) or len(found) > 1:
+            return True
+        asked = asked or bool(found)
+    return False
 
 
 def history_outputs(history: list[Message]) -> list[tuple[str, dict[str, Any]]]:

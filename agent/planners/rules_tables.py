@@ -5,10 +5,53 @@ new structure is an edit here, with a line in tests/test_agent_rules_*.py.
 """
 from __future__ import annotations
 
+#: Shorthand rewritten before anything else is read: (pattern, replacement), in order. Radiologist
+#: abbreviations ("r/o", "?PTX", "seg", "vols") become the words the intent tables know.
+SHORTHAND: tuple[tuple[str, str], ...] = (
+    (r"(?<![\w?])\?\s*(?=[a-z])", "query "),
+    (r"\br/o\b|\brule out\b", "rule out"),
+    (r"\bseg\b", "segment"),
+    (r"\bvols?\b", "volume"),
+    (r"\bpls\b|\bplz\b", "please"),
+    (r"\bu\b", "you"),
+    (r"\bddx\b", "differential diagnosis"),
+    (r"\bcxr\b", "chest x-ray"),
+    (r"\bptx\b", "pneumothorax"),
+    (r"\bpe\b", "pulmonary embolism"),
+    (r"\bggos?\b", "ground-glass opacity"),
+    (r"(?<=[a-z])\s*\+\s*(?=[a-z])", " and "),
+)
+
+#: Intent words a misspelt token is corrected to (one edit away: insertion, deletion, substitution,
+#: transposition), when the token is not itself a word below or in TYPO_PROTECTED.
+TYPO_TARGETS: tuple[str, ...] = (
+    "segment", "segmentation", "outline", "delineate", "contour", "locate", "localise", "localize",
+    "where", "detect", "measure", "measurement", "measurements", "volume", "volumes", "quantify",
+    "classify", "modality", "report", "findings", "impression", "summarise", "summarize",
+    "treatment", "symptoms", "explain", "lungs", "liver", "kidney", "kidneys", "spleen", "pancreas",
+    "tumour", "tumor", "nodule", "lesion",
+)
+
+#: Real words one edit away from a TYPO_TARGETS word: never "corrected".
+TYPO_PROTECTED = frozenset({
+    "were", "here", "there", "whore", "wheres", "lung", "lunges", "liner", "lover", "river", "sliver",
+    "deliver", "tumours", "tumors", "nodules", "lesions", "reports", "report", "volume", "volumes",
+    "measured", "measures", "treatments", "explains", "detects", "locates", "located", "outlines",
+    "contours", "segments", "kidney", "modal", "classic", "clarify",
+})
+
+#: Words just before an intent keyword (at most NEGATION_WINDOW words before it, in its clause)
+#: that cancel the ask: "don't segment", "no need for a report", "skip the measurements".
+NEGATION_CUES = (
+    r"\b(?:don'?t|do not|does not|doesn'?t|not|no|without|skip(?:ping)?|instead of|rather than|never"
+    r"|no need (?:to|for)|not interested in|no interest in|forget|omit|leave out)\b"
+)
+NEGATION_WINDOW = 4
+
 #: Where an instruction splits into clauses (sentences, ", and", " and then", " as well as"...).
 CLAUSE_SPLIT = (
     r"[.;?!]+\s*|\s*,\s*(?:and\s+|then\s+|also\s+)*|\s+and\s+(?:then\s+|also\s+)?"
-    r"|\s+then\s+|\s+as well as\s+|\s+plus\s+|\s+along with\s+|\s+after that\s+"
+    r"|\s+then\s+|\s+as well as\s+|\s+plus\s+|\s+along with\s+|\s+after that\s+|\s+[-\u2013\u2014]+\s+"
 )
 
 #: Intent -> patterns (the first that matches a clause counts).
@@ -17,20 +60,23 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bsegment\w*", r"\boutlin\w*", r"\bdelineat\w*", r"\bcontour\w*", r"\bmask\w*",
         r"\bborders?\b", r"\bboundar(?:y|ies)\b", r"\bcut out\b", r"\bisolat\w*", r"\bpixel[- ]?(?:wise|level)\b",
         r"\btrac(?:e|ing)\b", r"\bshade\b", r"\bcolou?r in\b", r"\bmap out\b", r"\bdraw (?:around|the (?:edges?|outline))",
-        r"\bextent of\b", r"\bseparate\b", r"\bcarve out\b", r"\bextract\w*",
+        r"\bextent of\b", r"\bseparate\b", r"\bcarv(?:e|ing)\b", r"\bextract\w*",
+        r"\bpaint\w*", r"\blabel ?maps?\b",
     ),
     "locate": (
         r"\blocat\w*", r"\blocali[sz]\w*", r"\bdetect\w*", r"\bfind\b", r"\bwhere\b", r"\bbounding[- ]box\w*",
         r"\bbox(?:es)? (?:around|over)\b", r"\bpoint (?:out|to)\b", r"\bspot\b", r"\bpinpoint\w*",
-        r"\b(?:position|location|site) of\b", r"\bground\w*", r"\bis there (?:a|an|any)\b", r"\bare there(?: any)?\b",
+        r"\b(?:position|location|site) of\b", r"\bground(?:ing|ed)?\b(?![- ]glass)", r"\bis there (?:a|an|any)\b", r"\bare there(?: any)?\b",
         r"\bmark\b", r"\bhighlight\w*", r"\bshow me where\b", r"\bsearch for\b", r"\blook for\b",
-        r"\bwhereabouts\b", r"\bscan for\b", r"\bcircl\w*",
+        r"\bwhereabouts\b", r"\bscan for\b", r"\bcircl\w*", r"\bindicat\w*", r"\bpick out\b",
+        r"\bbox(?:es)?\b", r"\brule out\b", r"\b(?:check|assess|evaluate|eval|screen)(?:ing)? for\b", r"\bflag\w*",
         r"\b(?:which|what) (?:part|region|area|side|quadrant|lobe|portion)\b",
     ),
     "measure": (
         r"\bmeasur\w*", r"(?<!ct )(?<!mr )(?<!3d )(?<!this )(?<!whole )\bvolumes?\b(?! rendering)", r"\bhow (?:big|large)\b", r"\bsizes?\b",
         r"\bquantif\w*", r"\bmean hu\b", r"\b(?:density|attenuation|hounsfield)\b", r"\bcapacity\b",
-        r"\bmillilit\w*", r"\bhow much air\b",
+        r"\bmillilit\w*", r"\bhow much air\b", r"\bdiameters?\b", r"\bdimensions?\b", r"\bvolumetr\w*",
+        r"\bhow (?:wide|long|thick|tall|deep)\b", r"\bhu\b", r"\b(?:ml|cc)\b",
     ),
     "classify": (
         r"\bmodalit\w*", r"\bclassif\w*", r"\bcategori[sz]\w*",
@@ -43,6 +89,9 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bimage (?:category|type|class|kind)\b", r"\bcategory\b",
         r"\bis (?:this|it) (?:image |scan |study |picture |exam )?(?:an? )?(?:ct|mri?|x-?ray|ultrasound|radiograph|pet|mammogram)\b",
         r"\bhow was (?:this|the) (?:image|scan|picture) (?:acquired|taken|made|obtained)",
+        r"\bwhat am i (?:looking at|seeing|viewing)\b", r"\bwhat is this (?:an? )?(?:image|scan|picture|photo) of\b",
+        r"\bscanner\b", r"\bused to (?:acquire|take|obtain|make|produce)\b",
+        r"\b(?:which|what) (?:exam|examination|study|scan) is (?:this|it)\b",
     ),
     "report": (
         r"\breports?\b(?! (?:on )?(?:the |its |their )?(?:size|volume|dimension|measure|area|diameter|length|location|position))",
@@ -53,6 +102,9 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bradiolog\w* (?:read|assessment|evaluation|opinion)", r"\bmedical (?:assessment|evaluation|analysis)\b",
         r"\bdiagnostic (?:summary|report|read)", r"\b(?:preliminary|wet|quick|formal|full) read\b",
         r"\bassessment\b", r"\bopinion\b", r"\bwhat do you (?:see|think|make of)\b", r"\bsummary of (?:this|the) (?:study|image|scan|x-?ray|radiograph|film|exam)",
+        r"\bsummar(?:i[sz]e|y)\b", r"\bwrite (?:it |this |that )?up\b", r"\b(?:your|a|the) read\b",
+        r"\b(?:what'?s|what is|anything|something) (?:abnormal|wrong)\b", r"\bwhat you (?:see|think|notice)\b",
+        r"\b(?:your|the) differential\b", r"\breview (?:this|the)\b", r"\blook over\b", r"\bnormal or abnormal\b",
     ),
     "knowledge": (
         r"\bwhat (?:is|are) (?:a |an |the )?", r"\bexplain\w*", r"\btreat\w*", r"\btherap\w*",
@@ -64,6 +116,10 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bwhat does .+ mean\b", r"\bmeaning of\b", r"\bpatients? with\b", r"\bavoid\b",
         r"\bcur(?:e|es|able|ed)\b", r"\bsurvival\b", r"\bcontagious\b", r"\bhereditary\b", r"\bpathophysiolog\w*",
         r"\bclinical (?:features|presentation|signs)\b", r"\bdrugs?\b", r"\bfirst-line\b",
+        r"\bwhat'?s (?:a |an |the )?", r"\breversible\b", r"\blife expectancy\b", r"\bwho (?:gets|develops)\b",
+        r"\bat risk\b", r"\b(?:fatal|deadly|lethal)\b", r"\bpresentation\b", r"\bstag(?:es?|ing)\b", r"\bbiops\w*",
+        r"\bwork(?:ed)?[- ]?up\b", r"\bpatholog\w*", r"\bantibiotics?\b", r"\bdifferential (?:diagnos\w* )?(?:for|of)\b",
+        r"\bwhen should\b",
     ),
 }
 
@@ -72,6 +128,7 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
 WEAK_INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
     "locate": (
         r"\bany\b", r"\bshow\b", r"\bvisible\b", r"\bpresent\b", r"\bsee\b", r"\bidentify\b", r"\bcontains?\b",
+        r"\bquery\b",
     ),
     "segment": (r"\blabel\b", r"\bpixels?\b", r"\bregion\b"),
 }
@@ -80,7 +137,9 @@ WEAK_INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
 KNOWLEDGE_STRONG = (
     r"\b(?:treat\w*|therap\w*|symptoms?|causes?|prognos\w*|risk factors?|manag\w*|medications?"
     r"|complications?|guidelines?|how (?:common|serious|dangerous)|prevent\w*|why (?:do|does|is|are|did|would)"
-    r"|avoid|patients? with|cur(?:e|es|able|ed)|survival|contagious|hereditary|drugs?)\b"
+    r"|avoid|patients? with|cur(?:e|es|able|ed)|survival|contagious|hereditary|drugs?|reversible|life expectancy"
+    r"|at risk|fatal|deadly|lethal|stag(?:es?|ing)|biops\w*|patholog\w*|antibiotics?|differential (?:diagnos\w* )?(?:for|of))\b"
+    r"|\bwhat does .+ mean\b"
 )
 
 #: Words that point at the image itself (a question about it is visual, not encyclopaedic).
@@ -104,7 +163,7 @@ SUPPRESSES: dict[str, tuple[str, ...]] = {
 ALL_STRUCTURES = "all organs"
 
 TARGET_TERMS: tuple[tuple[str, str], ...] = (
-    (r"\b(?:all|every|each)(?: of)? (?:the )?(?:organs?|structures?|anatom\w*)\b|\beverything\b|\bmulti-?organ\b", ALL_STRUCTURES),
+    (r"\b(?:all|every|each)(?: of)? (?:the )?(?:[a-z]+ )?(?:organs?|structures?|anatom\w*)\b|\beverything\b|\bmulti-?organ\b", ALL_STRUCTURES),
     (r"\b(?:lung|pulmonary) nodules?\b", "nodule"),
     (r"\b(?:brain|liver|kidney|renal|hepatic|lung) (?:tumou?rs?|masses)\b", "tumor"),
     (r"\b(?:brain|liver|kidney|renal|hepatic|lung|skin) lesions?\b", "lesion"),
@@ -238,3 +297,14 @@ PHRASE_STOP = frozenset({
     "x-ray", "xray", "ct", "mri", "mr", "radiograph", "film", "volume", "slice", "slices", "here", "where",
     "located", "be", "do", "does", "show", "see", "at", "by", "into", "onto", "over", "under",
 })
+
+#: Extra labelled exemplars for the embedding fallback (agent.planners.intent_embed), beside the
+#: instruction templates: phrasings the templates lack. Tuned on tests/agent_rules_devset.py only.
+#: Intent "none" means a question answered without a tool.
+INTENT_EXEMPLARS: dict[str, tuple[str, ...]] = {
+    "none": (
+        "Hello.",
+        "Thank you.",
+        "Is the image rotated?",
+    ),
+}
