@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from dicom_node import status
 from dicom_node.assembly import SeriesTracker
-from dicom_node.spool import CorruptInstance, Spool, parse_instance
+from dicom_node.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
 from dicom_node.uids import InvalidUID
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,13 @@ def handle_echo(event: Event, deps: HandlerDeps) -> int:
 def handle_store(event: Event, deps: HandlerDeps) -> int:
     """C-STORE (PS3.4 B.2): durably spool the bytes as received, then tell the tracker.
 
-    SUCCESS is returned only after the instance is on disk (fsynced, renamed). A SOP instance
-    already held is answered SUCCESS and not stored or counted again.
+    SUCCESS is returned only after the instance is on disk (data flushed, name linked, folder
+    synced: spool.py). A SOP instance already held is answered SUCCESS and not stored or counted
+    again.
     """
-    data = event.encoded_dataset(include_meta=True)
-    info = parse_instance(data)
+    dataset = event.encoded_dataset(include_meta=False)
+    # Parsed as received (the context's transfer syntax), header only: no decode of the rest.
+    info = parse_dataset(dataset, str(event.context.transfer_syntax))
     requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(
         "\x00 "
     )
@@ -133,6 +136,7 @@ def handle_store(event: Event, deps: HandlerDeps) -> int:
         )
     calling = _ae(event.assoc.requestor.ae_title)
     called = _ae(event.assoc.acceptor.ae_title)
+    data = b"".join((PART10_PREFIX, encode_file_meta(event.file_meta), dataset))
     result = deps.spool.store(data, info, calling_ae=calling, called_ae=called)
     deps.tracker.instance_received(
         info.study_uid,

@@ -1,0 +1,573 @@
+"""Benchmark (not a test): C-STORE receive throughput of the node against reference receivers.
+
+200 CT slices of 512x512 (16-bit, explicit VR little endian) are sent by dcmtk ``storescu`` over
+1 and over 4 parallel associations (the files split over 4 storescu processes) to each receiver:
+
+- ``dcmtk``       dcmtk storescp (C++), ``-od`` into a temp folder, no fsync; 4 associations use
+                  ``--fork`` (without it storescp serves one association at a time)
+- ``orthanc``     Orthanc with a generated config, storage and index in a temp folder (its
+                  defaults otherwise)
+- ``pynetdicom``  bench/minimal_scp.py: pynetdicom writing the raw bytes (no fsync, no parse)
+- ``node``        ``mmed-node serve`` of the working tree, data_dir in a temp folder, a route
+                  that matches nothing and a quiet period of an hour (no job runs), and a
+                  stand-in job runner, so the pipeline's warm-up (model-library imports on a
+                  background thread at start) does not compete with the receive path
+- ``node@REF``    the working tree's node with the receive path (spool.py, handlers.py) taken
+                  from git ref REF (``--node-ref``, e.g. HEAD), or with the modules of a
+                  folder (variants): before/after in one run on one machine
+
+Every run starts each receiver fresh, checks every instance was stored, and reports instances/s
+as the best and the median of ``--reps`` runs (receivers take turns within each repetition),
+the ratio of bests to dcmtk measured in the same invocation, and the receiver's CPU time per
+instance (user + system, from /proc; less sensitive to other load on the machine than wall
+time). Absolute numbers drift with machine load; compare ratios. Run inside a private network
+namespace:
+
+    bench/run.sh bench.bench_receive [--reps 3] [--node-ref HEAD] [--json bench/results/x.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+#: By absolute path: a pyenv shim named storescp (pynetdicom's app) shadows dcmtk's on PATH.
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+ECHOSCU = "/usr/bin/echoscu"
+ORTHANC = "/usr/sbin/Orthanc"
+CALLED_AE = "BENCH"
+READY_TIMEOUT_S = 60.0
+SEND_TIMEOUT_S = 600.0
+
+
+def dcmtk_env() -> dict[str, str]:
+    """dcmtk and Orthanc leave Nagle on unless TCP_NODELAY=1 (MISSION: ~45 ms per instance)."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- input series ---------------------------------------------------------------------------------
+
+
+def write_ct_series(out_dir: Path, slices: int, rows: int, cols: int) -> list[Path]:
+    """A CT series of ``slices`` files (one header template, per-slice UIDs and positions).
+
+    Faster than tests.phantoms for 512x512x200; pixel content does not matter to the receivers.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    base = (rng.normal(0, 30, (rows, cols)) + 40).astype(np.int16)
+    paths = []
+    for i in range(slices):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.FrameOfReferenceUID = frame
+        ds.PatientName, ds.PatientID = "BENCH^RECEIVE", "BENCH0001"
+        ds.Modality, ds.SeriesNumber, ds.InstanceNumber = "CT", 1, i + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [-250.0, -250.0, float(i)]
+        ds.PixelSpacing, ds.SliceThickness = [0.98, 0.98], 1.0
+        ds.Rows, ds.Columns = rows, cols
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = (
+            16,
+            16,
+            15,
+            1,
+        )
+        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+        ds.PixelData = np.roll(base, i, axis=0).tobytes()
+        path = out_dir / f"IM{i + 1:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+# -- receivers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Receiver:
+    """One receiver process on a free loopback port, storing under ``workdir``."""
+
+    name: str
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path | None = None
+
+    def command(self, parallel: int) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dcmtk_env()
+
+    def cwd(self) -> Path:
+        return PROJECT_ROOT
+
+    def prepare(self) -> None:
+        """Write config files etc. into ``workdir`` before the process starts."""
+
+    def stored(self) -> int:
+        raise NotImplementedError
+
+    def start(self, parallel: int) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.prepare()
+        self.log = self.workdir / "receiver.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(parallel),
+                cwd=self.cwd(),
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.name} exited: {self.log.read_text()[-2000:]}"
+                )
+            echo = subprocess.run(
+                [ECHOSCU, "-aec", CALLED_AE, "127.0.0.1", str(self.port)],
+                capture_output=True,
+                env=dcmtk_env(),
+                check=False,
+            )
+            if echo.returncode == 0:
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready after {READY_TIMEOUT_S} s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def _count_files(root: Path, suffix: str = "") -> int:
+    return sum(
+        1
+        for p in root.rglob(f"*{suffix}")
+        if p.is_file() and not p.name.startswith(".")
+    )
+
+
+@dataclass
+class Dcmtk(Receiver):
+    def command(self, parallel: int) -> list[str]:
+        out = self.workdir / "out"
+        out.mkdir(exist_ok=True)
+        fork = ["--fork"] if parallel > 1 else []
+        return [STORESCP, *fork, "-aet", CALLED_AE, "-od", str(out), str(self.port)]
+
+    def stored(self) -> int:
+        return _count_files(self.workdir / "out")
+
+
+@dataclass
+class Orthanc(Receiver):
+    def prepare(self) -> None:
+        config = {
+            "Name": "bench",
+            "StorageDirectory": str(self.workdir / "storage"),
+            "IndexDirectory": str(self.workdir / "index"),
+            "DicomAet": CALLED_AE,
+            "DicomPort": self.port,
+            "HttpPort": free_port(),
+            "RemoteAccessAllowed": False,
+            "Plugins": [],
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "DicomCheckCalledAet": False,
+        }
+        (self.workdir / "orthanc.json").write_text(json.dumps(config))
+
+    def command(self, parallel: int) -> list[str]:
+        return [ORTHANC, str(self.workdir / "orthanc.json")]
+
+    def stored(self) -> int:
+        return _count_files(self.workdir / "storage")
+
+
+@dataclass
+class MinimalPynetdicom(Receiver):
+    mode: str = "raw"
+
+    def command(self, parallel: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "bench.minimal_scp",
+            str(self.port),
+            str(self.workdir / "out"),
+            "--mode",
+            self.mode,
+        ]
+
+    def stored(self) -> int:
+        return _count_files(self.workdir / "out", ".dcm") if self.mode != "none" else -1
+
+
+@dataclass
+class NodeServe(Receiver):
+    """``mmed-node serve`` from ``source`` (the working tree, or a ``git archive`` of a ref)."""
+
+    source: Path = PROJECT_ROOT
+    extra_node: dict[str, object] = field(default_factory=dict)
+
+    def prepare(self) -> None:
+        config = {
+            "node": {
+                "ae_title": CALLED_AE,
+                "port": self.port,
+                "data_dir": str(self.workdir / "var"),
+                # No series completes during the measurement: no job competes for the CPU.
+                "series_quiet_seconds": 3600,
+                **self.extra_node,
+            },
+            "routes": [
+                {
+                    "name": "bench-nothing",
+                    "match": {"Modality": "NONE"},
+                    "instruction": "Nothing.",
+                    "send_to": [],
+                }
+            ],
+        }
+        (self.workdir / "node.yaml").write_text(json.dumps(config))  # JSON is YAML
+
+    def cwd(self) -> Path:
+        return self.source
+
+    def env(self) -> dict[str, str]:
+        # The source tree first on sys.path, ahead of the editable install's finder; the
+        # project root after it for bench.bench_receive:no_job_runner.
+        return {**dcmtk_env(), "PYTHONPATH": f"{self.source}{os.pathsep}{PROJECT_ROOT}"}
+
+    def command(self, parallel: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "dicom_node.cli",
+            "serve",
+            "--config",
+            str(self.workdir / "node.yaml"),
+            # Not the pipeline: its runner imports the model libraries on a background thread
+            # at start, which would compete with the receive path for the CPU.
+            "--runner",
+            "bench.bench_receive:no_job_runner",
+        ]
+
+    def stored(self) -> int:
+        return _count_files(self.workdir / "var" / "spool", ".dcm")
+
+
+#: Top-level packages ``mmed-node serve`` imports (copied for a ``--node-ref`` baseline).
+PACKAGES = ("agent", "config", "dicom_node", "sr_templates", "tools")
+#: The receive-path modules a ``--node-ref`` baseline takes from the ref.
+RECEIVE_MODULES = ("dicom_node/spool.py", "dicom_node/handlers.py")
+
+
+def no_job_runner(spec: Any) -> dict[str, Any]:
+    """The node's job runner during the benchmark: no series completes, so it is never called."""
+    raise RuntimeError(f"bench_receive runs no jobs (got {spec!r})")
+
+
+def export_ref(ref: str, dest: Path) -> Path:
+    """A copy of the working tree whose receive-path modules are those at git ``ref``.
+
+    Only :data:`RECEIVE_MODULES` come from the ref (``git show``; the repository is not touched):
+    the rest of the tree keeps moving under other work, so a whole old tree may not even import.
+    """
+    for package in PACKAGES:
+        shutil.copytree(
+            PROJECT_ROOT / package,
+            dest / package,
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+    overlay = Path(ref)
+    if overlay.is_dir():
+        # A folder instead of a ref: its copies of node modules (for trying out variants).
+        for module in overlay.glob("dicom_node/*.py"):
+            shutil.copyfile(module, dest / "dicom_node" / module.name)
+        return dest
+    for name in RECEIVE_MODULES:
+        shown = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "show", f"{ref}:{name}"],
+            check=True,
+            capture_output=True,
+        )
+        (dest / name).write_bytes(shown.stdout)
+    return dest
+
+
+# -- sending --------------------------------------------------------------------------------------
+
+
+def send(port: int, files: Sequence[Path], parallel: int) -> float:
+    """Send ``files`` over ``parallel`` storescu processes at once; seconds until all finished."""
+    chunks = [list(files[i::parallel]) for i in range(parallel)]
+    start = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [STORESCU, "-aec", CALLED_AE, "127.0.0.1", str(port), *map(str, chunk)],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for chunk in chunks
+    ]
+    errors = []
+    for proc in procs:
+        _, err = proc.communicate(timeout=SEND_TIMEOUT_S)
+        if proc.returncode != 0:
+            errors.append(err.decode(errors="replace")[-1000:])
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError("storescu failed: " + "\n".join(errors))
+    return elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` and its reaped children (/proc/PID/stat, proc(5))."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    # After the command name: state is field 3, utime..cstime are fields 14..17.
+    ticks = sum(int(v) for v in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Result:
+    receiver: str
+    parallel: int
+    rates: list[float] = field(default_factory=list)
+    #: Receiver CPU (user + system) per instance, in ms, per run.
+    cpu_ms: list[float] = field(default_factory=list)
+
+    @property
+    def best(self) -> float:
+        return max(self.rates)
+
+    @property
+    def median(self) -> float:
+        return float(np.median(self.rates))
+
+    @property
+    def cpu(self) -> float:
+        return min(self.cpu_ms)
+
+
+def measure_once(
+    make: Callable[[Path], Receiver],
+    files: Sequence[Path],
+    parallel: int,
+    workdir: Path,
+    result: Result,
+) -> None:
+    receiver = make(workdir)
+    receiver.start(parallel)
+    assert receiver.proc is not None
+    try:
+        cpu0 = cpu_seconds(receiver.proc.pid)
+        elapsed = send(receiver.port, files, parallel)
+        time.sleep(
+            0.2
+        )  # let a forking storescp reap its children (their CPU counts then)
+        cpu = cpu_seconds(receiver.proc.pid) - cpu0
+        stored = receiver.stored()
+    finally:
+        receiver.stop()
+    if stored not in (-1, len(files)):
+        raise RuntimeError(
+            f"{receiver.name}: {stored} of {len(files)} instances stored"
+        )
+    result.rates.append(len(files) / elapsed)
+    result.cpu_ms.append(cpu / len(files) * 1000)
+    shutil.rmtree(workdir, ignore_errors=True)
+    print(
+        f"  {receiver.name:<24} x{parallel}  {result.rates[-1]:7.1f} inst/s"
+        f"  {result.cpu_ms[-1]:6.2f} ms CPU/inst",
+        flush=True,
+    )
+
+
+def print_table(results: list[Result], parallels: Sequence[int]) -> None:
+    by = {(r.receiver, r.parallel): r for r in results}
+    names = list(dict.fromkeys(r.receiver for r in results))
+    print()
+    print(
+        f"| {'receiver':<24} |"
+        + "".join(
+            f" {p} assoc best | median | vs dcmtk | CPU ms/inst (min) |"
+            for p in parallels
+        )
+    )
+    print(
+        "|"
+        + "-" * 26
+        + "|"
+        + "--------------|--------|----------|-------------------|" * len(parallels)
+    )
+    for name in names:
+        row = f"| {name:<24} |"
+        for p in parallels:
+            r = by.get((name, p))
+            ref = by.get(("dcmtk storescp", p))
+            if r is None:
+                row += " - | - | - | - |"
+                continue
+            ratio = f"{r.best / ref.best:.2f}" if ref else "-"
+            row += f" {r.best:12.1f} | {r.median:6.1f} | {ratio:>8} | {r.cpu:17.2f} |"
+        print(row)
+
+
+def make_receiver(kind: str) -> Callable[[Path], Receiver]:
+    """A factory (work folder -> receiver) for one ``--receivers`` choice."""
+    if kind == "dcmtk":
+        return partial(Dcmtk, "dcmtk storescp")
+    if kind == "orthanc":
+        return partial(Orthanc, "orthanc")
+    if kind.startswith("pynetdicom"):
+        mode = kind.partition("-")[2] or "raw"
+        return partial(MinimalPynetdicom, f"pynetdicom minimal {mode}", mode=mode)
+    if kind == "node":
+        return partial(NodeServe, "node (working tree)")
+    raise ValueError(f"unknown receiver {kind!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="C-STORE receive throughput benchmark")
+    parser.add_argument("--slices", type=int, default=200)
+    parser.add_argument("--size", type=int, default=512, help="rows = columns")
+    parser.add_argument(
+        "--reps", type=int, default=2, help="runs per cell; the best is reported"
+    )
+    parser.add_argument("--parallel", type=int, nargs="+", default=[1, 4])
+    parser.add_argument(
+        "--receivers",
+        nargs="+",
+        default=["dcmtk", "orthanc", "pynetdicom", "node"],
+        choices=[
+            "dcmtk",
+            "orthanc",
+            "pynetdicom",
+            "pynetdicom-fsync",
+            "pynetdicom-none",
+            "node",
+        ],
+    )
+    parser.add_argument(
+        "--node-ref",
+        action="append",
+        default=[],
+        help="also run the node with the receive path (spool.py, handlers.py) of this git ref, "
+        "or with the modules in this folder (FOLDER/dicom_node/*.py) over the working tree's",
+    )
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+
+    if os.environ.get("MMED_IN_NETNS") != "1":
+        print(
+            "note: not in a private network namespace (use bench/run.sh)",
+            file=sys.stderr,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="bench-receive-") as tmp_name:
+        tmp = Path(tmp_name)
+        t0 = time.perf_counter()
+        files = write_ct_series(tmp / "series", args.slices, args.size, args.size)
+        print(
+            f"{len(files)} CT slices {args.size}x{args.size} "
+            f"({sum(p.stat().st_size for p in files) / 1e6:.0f} MB) written in "
+            f"{time.perf_counter() - t0:.1f} s"
+        )
+        makers = [make_receiver(kind) for kind in args.receivers]
+        for ref in args.node_ref:
+            makers.append(
+                partial(
+                    NodeServe,
+                    f"node@{ref}",
+                    source=export_ref(ref, tmp / f"ref-{len(makers)}"),
+                )
+            )
+
+        # Receivers take turns within each repetition, so load from elsewhere on the machine
+        # spreads over all of them instead of skewing one.
+        results: dict[tuple[int, int], Result] = {}
+        for parallel in args.parallel:
+            for rep in range(args.reps):
+                for index, make in enumerate(makers):
+                    result = results.get((parallel, index))
+                    workdir = tmp / f"rx-{parallel}-{rep}-{index}"
+                    if result is None:
+                        result = results[(parallel, index)] = Result(
+                            make(workdir).name, parallel
+                        )
+                    measure_once(make, files, parallel, workdir, result)
+        print_table(list(results.values()), args.parallel)
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "slices": args.slices,
+                        "size": args.size,
+                        "results": [
+                            {
+                                "receiver": r.receiver,
+                                "parallel": r.parallel,
+                                "rates": r.rates,
+                                "best": r.best,
+                                "median": r.median,
+                                "cpu_ms_per_instance": r.cpu_ms,
+                            }
+                            for r in results.values()
+                        ],
+                    },
+                    indent=2,
+                )
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
