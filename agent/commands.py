@@ -71,13 +71,11 @@ def _tool_classes() -> dict[str, Any]:
 
 def run_make_data(args: argparse.Namespace) -> int:
     from agent.dataset import make_data
-    from config.loader import ConfigError, load_config
+    from dicom_node.commands import load_config_or_report
     from tools.registry import ToolRegistry
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_report(args.config, sys.stderr)
+    if config is None:
         return 2
     if args.images is not None and not args.images.is_dir():
         print(f"--images {args.images}: not a folder", file=sys.stderr)

@@ -28,6 +28,8 @@ from agent.protocol import (
     ProtocolError,
     first_human_message,
 )
+from agent.records import load_record_image, read_records
+from agent.render import metadata_text, volume_meta
 
 
 @dataclass(frozen=True)
@@ -39,19 +41,6 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def read_records(path: Path) -> list[Conversation]:
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(Conversation.from_llava_json(line))
-            except ProtocolError as exc:
-                raise ProtocolError(f"{path}:{number}: {exc}") from None
-    return records
 
 
 def normalise(value: Any) -> Any:
@@ -87,16 +76,12 @@ def _context(conv: Conversation, base: Path, tools: list[ToolSpec]) -> PlanConte
     text = str(meta.get("text") or "")
     extra = dict(meta.get("meta") or {})
     if conv.image is not None:
-        path = base / conv.image
-        if path.suffix.lower() in (".dcm", "") or path.is_dir():
-            image, modality, shape, text, extra = _from_dicom(path)
-        else:
-            from PIL import Image
-
-            with Image.open(path) as img:
-                image = np.asarray(img.convert("RGB"))
-            if not shape:
-                shape = (1, image.shape[0], image.shape[1])
+        loaded = load_record_image(base / conv.image)
+        image, volume = loaded.rgb, loaded.volume
+        if volume is not None:
+            modality, shape, text, extra = volume.modality, volume.shape, metadata_text(volume), volume_meta(volume)
+        elif not shape:
+            shape = (1, image.shape[0], image.shape[1])
     return PlanContext(
         instruction=question,
         metadata_text=text,
@@ -107,14 +92,6 @@ def _context(conv: Conversation, base: Path, tools: list[ToolSpec]) -> PlanConte
         volume_shape=shape,
         meta=extra,
     )
-
-
-def _from_dicom(path: Path) -> tuple[np.ndarray, str, tuple[int, ...], str, dict[str, Any]]:
-    from agent.render import metadata_text, render_key_image, volume_meta
-    from dicom_node.loader import load_series
-
-    volume = load_series(path)
-    return render_key_image(volume), volume.modality, volume.shape, metadata_text(volume), volume_meta(volume)
 
 
 def evaluate(path: Path, planner: Planner, tools: list[ToolSpec]) -> EvalResult:

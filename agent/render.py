@@ -8,24 +8,23 @@ shows its key slice (the one with most signal) or a montage of three slices.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from dicom_node.volume import Volume
-
-
-@dataclass(frozen=True)
-class Window:
-    center: float
-    width: float
-
+from tools.imaging import (
+    CT_DEFAULT_WINDOW,
+    META_KEYS,
+    STRETCH_PERCENTILES,
+    Window,
+    first_number,
+)
 
 #: CT windows by name (centre, width in HU), the usual radiology presets.
 CT_WINDOWS: dict[str, Window] = {
     "lung": Window(-600.0, 1500.0),
-    "soft_tissue": Window(40.0, 400.0),
+    "soft_tissue": CT_DEFAULT_WINDOW,
     "bone": Window(400.0, 1800.0),
     "brain": Window(40.0, 80.0),
 }
@@ -51,14 +50,6 @@ METADATA_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
-#: ``Volume.meta`` keys the loader (``dicom_node.loader``) uses for these DICOM keywords.
-META_KEYS: dict[str, str] = {
-    "WindowCenter": "window_center",
-    "WindowWidth": "window_width",
-    "PhotometricInterpretation": "photometric_interpretation",
-}
-
-
 def meta_value(volume: Volume, keyword: str) -> Any:
     """A header value: ``volume.meta`` first (the loader's key, or the keyword itself), then the
     first source dataset (for multi-frame sources, the loader's meta is the reliable one); None if absent."""
@@ -72,21 +63,6 @@ def meta_value(volume: Volume, keyword: str) -> Any:
     return None
 
 
-def _first_float(value: Any) -> float | None:
-    """WindowCenter/Width may be multi-valued (VM 1-n): the first value is the default."""
-    if value is None:
-        return None
-    if isinstance(value, (list, tuple)) or (hasattr(value, "__iter__") and not isinstance(value, str)):
-        items = list(value)
-        if not items:
-            return None
-        value = items[0]
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
 def choose_window(volume: Volume, hint: str = "") -> Window:
     """CT: preset by instruction hint, else the series' window, else soft tissue. Others: the
     series' window, else the 0.5-99.5 percentile range of the pixels."""
@@ -94,20 +70,19 @@ def choose_window(volume: Volume, hint: str = "") -> Window:
         for pattern, name in WINDOW_HINTS:
             if re.search(pattern, hint, re.IGNORECASE):
                 return CT_WINDOWS[name]
-    center = _first_float(meta_value(volume, "WindowCenter"))
-    width = _first_float(meta_value(volume, "WindowWidth"))
+    center = first_number(meta_value(volume, "WindowCenter"))
+    width = first_number(meta_value(volume, "WindowWidth"))
     if center is not None and width is not None and width > 0:
         return Window(center, width)
     if volume.modality == "CT":
         return CT_WINDOWS["soft_tissue"]
-    lo, hi = np.percentile(volume.pixels, [0.5, 99.5])
+    lo, hi = np.percentile(volume.pixels, STRETCH_PERCENTILES)
     return Window(float(lo + hi) / 2.0, max(float(hi - lo), 1e-6))
 
 
 def apply_window(pixels: np.ndarray, window: Window, invert: bool = False) -> np.ndarray:
     """Linear VOI LUT (PS3.3 C.11.2.1.2, simplified to the linear form) to uint8."""
-    lo = window.center - window.width / 2.0
-    scaled = (pixels.astype(np.float32) - lo) / window.width
+    scaled = (pixels.astype(np.float32) - window.low) / window.width
     out = np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return 255 - out if invert else out
 

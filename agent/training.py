@@ -34,7 +34,8 @@ from typing import Any
 from agent.planners.base import ToolSpec
 from agent.planners.hf import MODEL_TURN_FORM, load_llava, starts_with_bos
 from agent.prompting import history_messages, to_hf_chat
-from agent.protocol import Conversation, ProtocolError
+from agent.protocol import Conversation
+from agent.records import load_record_image, read_records
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +115,8 @@ def data_file(path: Path) -> Path:
 
 
 def read_conversations(path: Path) -> list[Conversation]:
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(Conversation.from_llava_json(line))
-        except ProtocolError as exc:
-            raise ProtocolError(f"{path}:{lineno}: {exc}") from None
+    """The records of a training file; a file without any is an error."""
+    records = read_records(path)
     if not records:
         raise ValueError(f"{path}: no records")
     return records
@@ -194,17 +189,11 @@ def encode_conversation(conv: Conversation, image: Any, processor: Any, chat_tem
 
 
 def record_image(image_path: Path) -> Any:
-    """The record's image as the planner would see it: a PNG/JPEG as RGB, or a DICOM file or
-    series folder rendered by :func:`agent.render.render_key_image` (windowing, key slice)."""
+    """The record's image as the planner would see it (:func:`agent.records.load_record_image`),
+    as the PIL image the processor takes."""
     from PIL import Image
 
-    if image_path.is_dir() or image_path.suffix.lower() in (".dcm", ""):
-        from agent.render import render_key_image
-        from dicom_node.loader import load_series
-
-        return Image.fromarray(render_key_image(load_series(image_path)), "RGB")
-    with Image.open(image_path) as img:
-        return img.convert("RGB")
+    return Image.fromarray(load_record_image(image_path).rgb, "RGB")
 
 
 def load_examples(path: Path, processor: Any, chat_template: str, tools: list[ToolSpec],

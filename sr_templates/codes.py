@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from importlib import resources
-from typing import Any
-
-from highdicom.sr import CodedConcept
+from typing import TYPE_CHECKING, Any
 
 from tools.base import Code
+
+if TYPE_CHECKING:
+    from highdicom.sr import CodedConcept
 
 _TABLE_FILE = "codes.json"
 _CODE_SECTIONS = ("concepts", "units", "procedures")
@@ -64,5 +65,10 @@ def text_role(role: str) -> Code:
 
 
 def coded(code: Code) -> CodedConcept:
-    """A :class:`tools.base.Code` as highdicom's CodedConcept (PS3.3 Section 8.8)."""
+    """A :class:`tools.base.Code` as highdicom's CodedConcept (PS3.3 Section 8.8).
+
+    highdicom is imported here, not at module level, so that tools read their codes from this
+    module without loading it (building a tool registry stays fast)."""
+    from highdicom.sr import CodedConcept
+
     return CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)

@@ -4,7 +4,6 @@ the SR. Tool accuracy and IOD conformance are tested beside the tools and encode
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -15,8 +14,9 @@ from config.loader import load_config
 from dicom_node.commands.status import collect
 from dicom_node.jobstore import JobState
 from dicom_node.node import Node
+from tests.outbox_helpers import StoreSCP
 from tests.phantoms import write_ct_phantom
-from tests.receive_helpers import DCMTK_BIN, dcmtk_env, free_port, storescu, wait_for
+from tests.receive_helpers import free_port, storescu, wait_for
 
 
 @pytest.mark.slow
@@ -25,20 +25,7 @@ def test_ct_series_in_seg_and_sr_out(tmp_path: Path) -> None:
         tmp_path / "ct", slices=16, rows=64, cols=64, slice_spacing=8.0
     )
     pacs_port, received = free_port(), tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        [
-            str(DCMTK_BIN / "storescp"),
-            "-aet",
-            "PACS",
-            "-od",
-            str(received),
-            str(pacs_port),
-        ],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    pacs = StoreSCP(received, pacs_port).start()
     config = load_config(
         overrides={
             "node": {
@@ -82,5 +69,4 @@ def test_ct_series_in_seg_and_sr_out(tmp_path: Path) -> None:
         assert delivery["state"] == "done" and delivery["job_id"] == job.job_id
     finally:
         node.stop()
-        pacs.terminate()
-        pacs.wait(10)
+        pacs.stop()

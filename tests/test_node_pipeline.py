@@ -7,7 +7,6 @@ real pipeline is wired by the integrator and tested elsewhere.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +21,9 @@ from dicom_node.commands.status import collect
 from dicom_node.jobstore import JobRecord, JobState, make_job_id
 from dicom_node.node import Node
 from dicom_node.pipeline import JobFailed, JobSpec
+from tests.outbox_helpers import StoreSCP
 from tests.receive_helpers import (
-    DCMTK_BIN,
     counting_runner,
-    dcmtk_env,
     free_port,
     make_ct_series,
     node_config,
@@ -68,6 +66,12 @@ def start(nodes: list[Node], node: Node) -> Node:
     return node
 
 
+def start_counting(nodes: list[Node], data_dir: Path, port: int | None = None, **node_overrides: Any) -> Node:
+    """A started node (on ``port``, else a free one) whose jobs run :func:`counting_runner`, no outbox."""
+    config = node_config(data_dir, free_port() if port is None else port, **node_overrides)
+    return start(nodes, Node(config, runner=counting_runner, use_default_outbox=False))
+
+
 def done_records(node: Node) -> list[JobRecord]:
     return [r for r in node.jobs.all() if r.state.finished]
 
@@ -100,14 +104,7 @@ def test_failed_jobs_are_recorded_and_the_node_keeps_going(
 
 
 def test_late_instances_rerun_and_supersede(nodes: list[Node], tmp_path: Path) -> None:
-    node = start(
-        nodes,
-        Node(
-            node_config(tmp_path / "var", free_port()),
-            runner=counting_runner,
-            use_default_outbox=False,
-        ),
-    )
+    node = start_counting(nodes, tmp_path / "var")
     study, series = "1.2.826.0.1.3680043.10.1.1", "1.2.826.0.1.3680043.10.1.1.2"
     first = make_ct_series(tmp_path / "a", 3, study_uid=study, series_uid=series)
     assert storescu(node.port, first).returncode == 0
@@ -130,14 +127,7 @@ def test_late_instances_rerun_and_supersede(nodes: list[Node], tmp_path: Path) -
 
 
 def test_unrouted_series_is_kept_and_visible(nodes: list[Node], tmp_path: Path) -> None:
-    node = start(
-        nodes,
-        Node(
-            node_config(tmp_path / "var", free_port()),
-            runner=counting_runner,
-            use_default_outbox=False,
-        ),
-    )
+    node = start_counting(nodes, tmp_path / "var")
     files = make_ct_series(tmp_path / "mr", 2, modality="MR")
     assert storescu(node.port, files).returncode == 0
     (record,) = wait_for(lambda: node.jobs.all())
@@ -177,12 +167,7 @@ def test_recovery_requeues_unfinished_and_waiting_series(
     nodes: list[Node], tmp_path: Path
 ) -> None:
     port = free_port()
-    slow = Node(
-        node_config(tmp_path / "var", port, series_quiet_seconds=60),
-        runner=counting_runner,
-        use_default_outbox=False,
-    )
-    start(nodes, slow)
+    slow = start_counting(nodes, tmp_path / "var", port, series_quiet_seconds=60)
     waiting = make_ct_series(tmp_path / "waiting", 3)
     running = make_ct_series(tmp_path / "running", 2)
     assert storescu(slow.port, waiting).returncode == 0
@@ -218,14 +203,7 @@ def test_recovery_requeues_unfinished_and_waiting_series(
         )
     )
 
-    fresh = start(
-        nodes,
-        Node(
-            node_config(tmp_path / "var", port),
-            runner=counting_runner,
-            use_default_outbox=False,
-        ),
-    )
+    fresh = start_counting(nodes, tmp_path / "var", port)
     records = wait_for(lambda: len(done_records(fresh)) == 2 and done_records(fresh))
     by_count = {r.instance_count: r for r in records}
     assert (
@@ -241,20 +219,7 @@ def test_results_reach_a_real_pacs_through_the_outbox(
 ) -> None:
     """The node hands a finished job to the real outbox, which C-STOREs it to dcmtk storescp."""
     pacs_port, received = free_port(), tmp_path / "pacs"
-    received.mkdir()
-    pacs = subprocess.Popen(
-        [
-            str(DCMTK_BIN / "storescp"),
-            "-aet",
-            "PACS",
-            "-od",
-            str(received),
-            str(pacs_port),
-        ],
-        env=dcmtk_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    pacs = StoreSCP(received, pacs_port).start()
     try:
         overrides: dict[str, Any] = {
             "node": {
@@ -304,8 +269,7 @@ def test_results_reach_a_real_pacs_through_the_outbox(
         )
         assert delivery["job_id"] == record.job_id and delivery["destination"] == "pacs"
     finally:
-        pacs.terminate()
-        pacs.wait(10)
+        pacs.stop()
 
 
 class RefusingOutbox:
@@ -334,14 +298,7 @@ def test_late_instances_after_a_restart_still_supersede(
 ) -> None:
     port = free_port()
     study, series = "1.2.826.0.1.3680043.10.1.2", "1.2.826.0.1.3680043.10.1.2.2"
-    first = start(
-        nodes,
-        Node(
-            node_config(tmp_path / "var", port),
-            runner=counting_runner,
-            use_default_outbox=False,
-        ),
-    )
+    first = start_counting(nodes, tmp_path / "var", port)
     assert (
         storescu(
             first.port,
@@ -353,14 +310,7 @@ def test_late_instances_after_a_restart_still_supersede(
     first.stop()
     nodes.remove(first)
 
-    second = start(
-        nodes,
-        Node(
-            node_config(tmp_path / "var", port),
-            runner=counting_runner,
-            use_default_outbox=False,
-        ),
-    )
+    second = start_counting(nodes, tmp_path / "var", port)
     late = make_ct_series(
         tmp_path / "b", 1, study_uid=study, series_uid=series, start=20
     )

@@ -76,6 +76,28 @@ def test_tools_list_json(setup: dict[str, Path]) -> None:
     assert table.returncode == 0 and "organ segmentation 3d" in table.stdout and "no-such-clip" in table.stdout
 
 
+#: Model frameworks the tool modules import only where a model is loaded or run.
+HEAVY_MODULES = ("torch", "torchvision", "transformers", "monai", "segment_anything", "open_clip",
+                 "sentence_transformers")
+
+
+def test_building_a_registry_imports_no_model_framework(setup: dict[str, Path]) -> None:
+    """Every ``mmed-node`` process builds a ToolRegistry (``tools list``, ``serve``, workers); with
+    tools configured it must still not import torch & co. (seconds of start-up each)."""
+    code = (
+        "import json, sys\n"
+        "from config.loader import load_config\n"
+        "from tools.registry import ToolRegistry\n"
+        f"registry = ToolRegistry(dict(load_config({str(setup['config'])!r}).tools))\n"
+        "print(json.dumps([registry.available_names(), sorted(sys.modules)]))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    available, modules = json.loads(proc.stdout)
+    assert "organ segmentation 3d" in available and "retrieval" in available
+    assert [m for m in HEAVY_MODULES if m in modules] == []
+
+
 def test_tools_run_organ3d_writes_summary_seg_and_sr(setup: dict[str, Path]) -> None:
     out = setup["root"] / "out-organ"
     proc = _cli("tools", "run", "organ segmentation 3d", "--series", str(setup["series"]),

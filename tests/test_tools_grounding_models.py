@@ -20,9 +20,13 @@ from dicom_node.volume import Volume
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
 from tests.phantoms import write_ct_phantom
-from tests.tools_tiny_models import tiny_grounding_settings, write_tiny_grounding_dino
+from tests.tools_tiny_models import (
+    one_torch_thread,
+    tiny_grounding_settings,
+    write_tiny_grounding_dino,
+)
 from tools.base import ToolRefused
-from tools.device import LOADED_MODELS, model_path_availability
+from tools.device import model_path_availability
 from tools.grounding import (
     GroundingDinoTool,
     GroundingSettings,
@@ -47,12 +51,8 @@ OPEN = {"box_threshold": 0.0, "text_threshold": 0.0}
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    """Two shared cores: torch's default intra-op threads make tiny models ~50x slower here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    LOADED_MODELS.clear()
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,14 @@ from tests.phantoms import write_ct_phantom
 from tests.tools_tiny_models import (
     TINY_SAM_ENCODER,
     build_tiny_sam,
+    one_torch_thread,
     tiny_grounding_settings,
     tiny_sam_settings,
     write_tiny_grounding_dino,
     write_tiny_sam,
 )
 from tools.base import ToolOutput, ToolRefused
-from tools.device import LOADED_MODELS, model_dtype, resolve_device
+from tools.device import model_dtype, resolve_device
 from tools.grounded_sam import GroundedMedSAMTool
 from tools.grounding import GroundingDinoTool
 from tools.medsam import (
@@ -51,12 +52,8 @@ BOX = [0.2, 0.25, 0.7, 0.75]
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread() -> Iterator[None]:
-    """Two shared cores: torch's default intra-op threads make tiny models ~50x slower here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-    LOADED_MODELS.clear()
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from dicom_node.volume import Volume
 
 
@@ -100,6 +102,14 @@ class Availability:
     reason: str = ""
 
 
+def invalid_settings_reason(exc: ValidationError) -> str:
+    """The unavailability reason of a tool whose config section does not validate: the first
+    error and where it is (``invalid settings: labels.0.index: ...``)."""
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "settings"
+    return f"invalid settings: {where}: {err['msg']}"
+
+
 class Tool(ABC):
     """Base class for tools. Subclasses set the class attributes and implement :meth:`run`.
 
@@ -124,6 +134,6 @@ class Tool(ABC):
         return Availability(True)
 
     @abstractmethod
-    def run(self, volume: "Volume", params: dict[str, Any]) -> ToolOutput:
+    def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
         """Run on ``volume`` with validated ``params``; raise :class:`ToolRefused` with a reason."""
         raise NotImplementedError

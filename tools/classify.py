@@ -16,21 +16,24 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sr_templates.codes import concept
 from tools.base import (
     AlgorithmInfo,
     Availability,
-    Code,
     LabelScore,
     Tool,
     ToolOutput,
     ToolRefused,
+    invalid_settings_reason,
 )
+from tools.device import inference_mode, model_dtype, resolve_device
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
+    import torch
+
     from dicom_node.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -55,13 +58,8 @@ MMEDAGENT_LABELS: tuple[str, ...] = (
 #: MMedAgent's zero-shot prompt.
 MMEDAGENT_TEMPLATE = "the photo can be classified as {label}"
 #: The algorithm family of both classifiers' results (PS3.16 CID 7162 style).
-_AI_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
-_RULES_FAMILY = Code("123109", "DCM", "Manual Processing")
-
-
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    return f"invalid settings: {'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+_AI_FAMILY = concept("artificial_intelligence")
+_RULES_FAMILY = concept("manual_processing")
 
 
 # =============================================================================================
@@ -101,8 +99,6 @@ class _ClipScorer:
     """A loaded CLIP-style model: softmax over label prompts for one RGB image."""
 
     def __init__(self, cfg: ClipSettings, backend: str, device: torch.device) -> None:
-        from tools.device import model_dtype
-
         self.backend, self.device = backend, device
         self.dtype = model_dtype(device)
         path = str(cfg.model_path)
@@ -121,8 +117,10 @@ class _ClipScorer:
         self.model.to(device).eval()
         self.context_length = cfg.context_length
 
-    @torch.inference_mode()
+    @inference_mode
     def probabilities(self, rgb: np.ndarray, prompts: list[str]) -> np.ndarray:
+        import torch
+
         if self.backend == "transformers":
             text = self.tokenizer(prompts, padding=True, truncation=True, return_tensors="pt")
             pixels = self.image_processor(images=[rgb], return_tensors="pt")["pixel_values"]
@@ -177,7 +175,7 @@ class BiomedClip(Tool):
         try:
             self._config = ClipSettings.model_validate(self.settings)
         except ValidationError as exc:
-            self._error = _first_error(exc)
+            self._error = invalid_settings_reason(exc)
 
     def _backend(self) -> str | None:
         assert self._config is not None
@@ -199,8 +197,6 @@ class BiomedClip(Tool):
     def scorer(self) -> _ClipScorer:
         """The model, loaded on first use and kept for the life of the tool."""
         if self._scorer is None:
-            from tools.device import resolve_device
-
             if self._config is None:
                 raise ToolRefused(f"BiomedClip is not available: {self._error}")
             backend = self._backend()
@@ -319,7 +315,7 @@ class MetadataClassification(Tool):
         try:
             self._config = MetadataSettings.model_validate(self.settings)
         except ValidationError as exc:
-            self._error = _first_error(exc)
+            self._error = invalid_settings_reason(exc)
 
     def availability(self) -> Availability:
         return Availability(self._config is not None, self._error)

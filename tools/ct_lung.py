@@ -38,7 +38,6 @@ from dicom_node.geometry import slice_normal, slice_thicknesses
 from sr_templates.codes import concept, unit
 from tools.base import (
     AlgorithmInfo,
-    Code,
     Measurement,
     Segment,
     Tool,
@@ -53,7 +52,7 @@ if TYPE_CHECKING:
 ALGORITHM_NAME = "mmed-node HU lung segmentation"
 ALGORITHM_VERSION = "1.0"
 #: CID 7162 "Morphological Operations": thresholds, connected components, erosion (no learning).
-FAMILY = Code("123104", "DCM", "Morphological Operations")
+FAMILY = concept("morphological_operations")
 ANATOMICAL_STRUCTURE = concept("anatomical_structure")  # CID 7150
 LUNG = concept("lung")
 LEFT = concept("left")

@@ -7,22 +7,27 @@ machine without it fails at start with a readable message instead of at the firs
 """
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TypeVar
-
-import torch
+from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
 from tools.base import Availability
+
+if TYPE_CHECKING:
+    import torch
 
 #: Settings value meaning "CUDA if present, else CPU".
 AUTO = "auto"
 
 Precision = Literal["bf16", "fp16", "fp32"]
 M = TypeVar("M")
+P = ParamSpec("P")
+R = TypeVar("R")
 
-_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+#: The precisions a setting may name (torch dtypes: :func:`model_dtype`).
+PRECISIONS: tuple[str, ...] = ("bf16", "fp16", "fp32")
 
 
 class DeviceUnavailable(RuntimeError):
@@ -31,6 +36,8 @@ class DeviceUnavailable(RuntimeError):
 
 def resolve_device(setting: str | None) -> torch.device:
     """The torch device for a tool's ``device`` setting (None or "auto": CUDA when present)."""
+    import torch  # here, not at module level: listing tools must not pay for importing torch
+
     if setting is None or setting.strip().lower() in ("", AUTO):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -55,13 +62,29 @@ def model_dtype(device: torch.device, prefer: Precision = "bf16") -> torch.dtype
     for many ops. ``prefer="fp32"`` forces full precision everywhere (for models that overflow in
     half precision).
     """
-    if prefer not in _DTYPES:
-        raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {prefer!r}")
+    import torch
+
+    if prefer not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {prefer!r}")
     if device.type != "cuda" or prefer == "fp32":
         return torch.float32
     if prefer == "bf16" and not torch.cuda.is_bf16_supported():
         return torch.float16
-    return _DTYPES[prefer]
+    return torch.bfloat16 if prefer == "bf16" else torch.float16
+
+
+def inference_mode(fn: Callable[P, R]) -> Callable[P, R]:
+    """``@torch.inference_mode()`` for model code in tool modules, importing torch at the first
+    call instead of when the module is imported (building a registry must not load torch)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        import torch
+
+        with torch.inference_mode():
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def model_path_availability(model_path: Path | str | None) -> Availability:

@@ -17,51 +17,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-from pydantic import BaseModel, ConfigDict, Field
-from torchvision.ops import box_convert, nms
+from pydantic import Field
 
-from tools.base import (
-    AlgorithmInfo,
-    Availability,
-    Box,
-    Code,
-    Tool,
-    ToolOutput,
-    ToolRefused,
-)
-from tools.device import (
-    LOADED_MODELS,
-    model_dtype,
-    model_path_availability,
-    resolve_device,
-)
+from sr_templates.codes import concept
+from tools.base import AlgorithmInfo, Box, ToolOutput, ToolRefused
+from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import slice_indices, volume_to_rgb
+from tools.model_tool import CachedModelTool, ModelPathSettings
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
+    import torch
+
     from dicom_node.volume import Volume
 
 API_NAME = "grounding dino"
 VERSION = "1.0"
 #: PS3.16 CID 7162 Surface Processing Algorithm Families has no detector entry; SEG/SR need a
 #: family, and "Artificial Intelligence" (DCM 123110) is what the DICOM AI profiles use.
-AI_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
+AI_FAMILY = concept("artificial_intelligence")
 
 BOX_THRESHOLD = 0.3
 TEXT_THRESHOLD = 0.25
 NMS_IOU = 0.8
 
 
-class GroundingSettings(BaseModel):
-    """The ``tools: {"grounding dino": {...}}`` config section."""
+class GroundingSettings(ModelPathSettings):
+    """The ``tools: {"grounding dino": {...}}`` config section. ``model_path``: the folder written
+    by ``save_pretrained`` (config.json, weights, processor + tokenizer files)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: Folder written by ``save_pretrained`` (config.json, weights, processor + tokenizer files).
-    model_path: Path | None = None
-    #: "auto" (CUDA when present), "cpu", "cuda", "cuda:N".
-    device: str | None = None
     precision: Literal["bf16", "fp16", "fp32"] = "fp32"
     box_threshold: float = Field(default=BOX_THRESHOLD, ge=0, le=1)
     text_threshold: float = Field(default=TEXT_THRESHOLD, ge=0, le=1)
@@ -123,6 +107,9 @@ def select_detections(
 ) -> list[Detection]:
     """Thresholds + NMS for one image. ``probs`` (queries, text_len) sigmoid token probabilities,
     ``boxes_cxcywh`` (queries, 4) normalised centre/size boxes as the model predicts them."""
+    import torch
+    from torchvision.ops import box_convert, nms
+
     per_prompt = torch.stack(
         [probs[:, idx].max(dim=1).values if idx else torch.zeros(probs.shape[0]) for idx in prompt_tokens],
         dim=1,
@@ -158,7 +145,7 @@ class GroundingModel:
         self.model = model.to(self.device).eval()  # type: ignore[arg-type]  # transformers' stubs
         self.max_text_len = int(model.config.max_text_len)
 
-    @torch.inference_mode()
+    @inference_mode
     def detect(
         self, images: np.ndarray, prompts: Sequence[str], settings: GroundingSettings | None = None
     ) -> list[list[Detection]]:
@@ -187,7 +174,7 @@ class GroundingModel:
 
 
 @register_tool
-class GroundingDinoTool(Tool):
+class GroundingDinoTool(CachedModelTool[GroundingSettings, GroundingModel]):
     api_name = API_NAME
     description = (
         "Open-set detection: text prompts -> boxes (normalised 0-1) with scores, on a 2D image or "
@@ -206,18 +193,11 @@ class GroundingDinoTool(Tool):
         "additionalProperties": False,
     }
     queue = "gpu"
+    settings_class = GroundingSettings
+    model_kind = "grounding-dino"
 
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        self.config = GroundingSettings.model_validate(self.settings)
-
-    def availability(self) -> Availability:
-        return model_path_availability(self.config.model_path)
-
-    def model(self) -> GroundingModel:
-        """The model, loaded on first use and shared by every tool with the same settings."""
-        config = self.config
-        return LOADED_MODELS.get("grounding-dino", config.model_dump_json(), lambda: GroundingModel(config))
+    def load_model(self, config: GroundingSettings) -> GroundingModel:
+        return GroundingModel(config)
 
     def algorithm(self) -> AlgorithmInfo:
         return AlgorithmInfo(

@@ -22,8 +22,6 @@ import numpy as np
 if TYPE_CHECKING:
     from dicom_node.volume import Volume
 
-#: Soft-tissue window (centre, width) in HU for CT without a window of its own.
-CT_DEFAULT_WINDOW: tuple[float, float] = (40.0, 400.0)
 #: Percentiles used to stretch non-CT images without a window (robust to a few hot pixels).
 STRETCH_PERCENTILES: tuple[float, float] = (0.5, 99.5)
 
@@ -46,7 +44,11 @@ class Window:
         return self.center + self.width / 2.0
 
 
-def _first_number(value: Any) -> float | None:
+#: Soft-tissue window (centre 40, width 400 HU) for CT without a window of its own.
+CT_DEFAULT_WINDOW = Window(40.0, 400.0)
+
+
+def first_number(value: Any) -> float | None:
     """WindowCenter/Width are multi-valued (VM 1-n); the first pair is the default view."""
     if value is None:
         return None
@@ -62,7 +64,7 @@ def _first_number(value: Any) -> float | None:
 
 
 #: Where the loader (``dicom_node.loader``) puts each display attribute in ``Volume.meta``.
-META_KEYS = {
+META_KEYS: dict[str, str] = {
     "WindowCenter": "window_center",
     "WindowWidth": "window_width",
     "PhotometricInterpretation": "photometric_interpretation",
@@ -82,12 +84,12 @@ def _hint(volume: Volume, keyword: str) -> Any:
 
 def display_window(volume: Volume) -> Window | None:
     """The window to show ``volume`` with: its own, a CT default, or None (stretch per slice)."""
-    center = _first_number(_hint(volume, "WindowCenter"))
-    width = _first_number(_hint(volume, "WindowWidth"))
+    center = first_number(_hint(volume, "WindowCenter"))
+    width = first_number(_hint(volume, "WindowWidth"))
     if center is not None and width is not None and width > 0:
         return Window(center, width)
     if volume.modality.upper() == "CT":
-        return Window(*CT_DEFAULT_WINDOW)
+        return CT_DEFAULT_WINDOW
     return None
 
 

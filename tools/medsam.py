@@ -21,30 +21,25 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydicom.sr.codedict import codes
 
+from sr_templates.codes import concept, unit
 from tools.base import (
     AlgorithmInfo,
-    Availability,
     Code,
     Measurement,
     Segment,
-    Tool,
     ToolOutput,
     ToolRefused,
 )
-from tools.device import (
-    LOADED_MODELS,
-    model_dtype,
-    model_path_availability,
-    resolve_device,
-)
+from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import check_normalised, slice_indices, volume_to_rgb
+from tools.model_tool import CachedModelTool, ModelPathSettings
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
+    import torch
     from segment_anything.modeling import Sam
 
     from dicom_node.volume import Volume
@@ -84,14 +79,10 @@ class SamArchitecture(BaseModel):
         return self
 
 
-class SamSettings(BaseModel):
-    """The ``tools: {MedSAM: {...}}`` config section."""
+class SamSettings(ModelPathSettings):
+    """The ``tools: {MedSAM: {...}}`` config section. ``model_path``: a SAM/MedSAM state dict file
+    (e.g. medsam_vit_b.pth)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    #: A SAM/MedSAM state dict file (e.g. medsam_vit_b.pth).
-    model_path: Path | None = None
-    device: str | None = None
     precision: Literal["bf16", "fp16", "fp32"] = "bf16"
     #: Registry architecture (ignored when ``encoder`` is given).
     model_type: Literal["vit_b", "vit_l", "vit_h"] = "vit_b"
@@ -111,6 +102,7 @@ def build_sam(settings: SamSettings) -> Sam:
 
 
 def build_sam_from_architecture(arch: SamArchitecture) -> Sam:
+    import torch
     from segment_anything.modeling import (
         ImageEncoderViT,
         MaskDecoder,
@@ -157,6 +149,8 @@ def build_sam_from_architecture(arch: SamArchitecture) -> Sam:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A SAM state dict from ``path`` (tensors only; no pickled code runs)."""
+    import torch
+
     state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
     for key in NESTED_STATE_KEYS:
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -194,6 +188,9 @@ class SamModel:
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 RGB (n, rows, cols, 3) -> (n, 3, S, S) in 0-1, per image min-max (MedSAM)."""
+        import torch
+        import torch.nn.functional as F
+
         x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2).float()
         x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bicubic", align_corners=False, antialias=True)
         x = x.clamp(0, 255)
@@ -201,21 +198,25 @@ class SamModel:
         high = x.amax(dim=(1, 2, 3), keepdim=True)
         return ((x - low) / (high - low).clamp(min=1e-8)).to(self.dtype)
 
-    @torch.inference_mode()
+    @inference_mode
     def embed(self, images: np.ndarray) -> torch.Tensor:
         """Image-encoder embeddings for ``images``, batched."""
+        import torch
+
         out = []
         for start in range(0, len(images), self.settings.batch_size):
             batch = self.preprocess(images[start : start + self.settings.batch_size])
             out.append(self.sam.image_encoder(batch).float())
         return torch.cat(out)
 
-    @torch.inference_mode()
+    @inference_mode
     def decode(self, embedding: torch.Tensor, prompts: Sequence[Prompt], rows: int, cols: int) -> np.ndarray:
         """Masks (len(prompts), rows, cols) bool for the prompts on one embedded image.
 
         Box-only prompts go through the mask decoder together (it repeats the image embedding
         per prompt); point prompts, whose point counts may differ, go one at a time."""
+        import torch
+
         out = np.zeros((len(prompts), rows, cols), dtype=bool)
         size = float(self.img_size)
         box_only = [n for n, p in enumerate(prompts) if p.box is not None and not p.points]
@@ -242,6 +243,9 @@ class SamModel:
         cols: int,
     ) -> np.ndarray:
         """Masks (prompts, rows, cols) for prompts in encoder-input pixel coordinates."""
+        import torch
+        import torch.nn.functional as F
+
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
         low_res, _ = self.sam.mask_decoder(
             image_embeddings=embedding[None],
@@ -268,18 +272,29 @@ class SamModel:
 
 # --- The tool -------------------------------------------------------------------------------------
 
+def _code(entry: Any) -> Code:
+    """A pydicom code dictionary entry (``codes.SCT.Liver``) as a :class:`tools.base.Code`."""
+    return Code(entry.value, entry.scheme_designator, entry.meaning)
+
+
+def _cid7150(keyword: str) -> Code:
+    return _code(getattr(codes.CID7150, keyword))
+
+
 API_NAME = "MedSAM"
 VERSION = "1.0"
 #: PS3.16 CID 7162: the mask comes from a learned model.
-AI_FAMILY = Code("123110", "DCM", "Artificial Intelligence")
-AREA = Code("42798000", "SCT", "Area")
-VOLUME = Code("118565006", "SCT", "Volume")
-SQUARE_MM = Code("mm2", "UCUM", "square millimeter")
-MILLILITRE = Code("mL", "UCUM", "milliliter")
-#: CID 7150 Segmentation Property Categories used here.
-TISSUE = Code("85756007", "SCT", "Tissue")
-ANATOMICAL_STRUCTURE = Code("91723000", "SCT", "Anatomical Structure")
-ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Abnormal Structure")
+AI_FAMILY = concept("artificial_intelligence")
+AREA = concept("area")
+VOLUME = concept("volume")
+SQUARE_MM = unit("mm2")
+MILLILITRE = unit("mL")
+#: CID 7150 Segmentation Property Categories used here, from pydicom's copy of the standard's table
+#: (the one :func:`segment_codes` reads CID 7151 types from). Its Anatomical Structure is
+#: SCT 91723000, not the 123037004 that codes.json's ``anatomical_structure`` holds.
+TISSUE = _cid7150("Tissue")
+ANATOMICAL_STRUCTURE = _cid7150("AnatomicalStructure")
+ABNORMAL_STRUCTURE = _cid7150("MorphologicallyAbnormalStructure")
 #: Prompt words naming an abnormality, and the SNOMED CT keyword (pydicom's code dictionary) for it.
 ABNORMALITY_KEYWORDS = {
     "lesion": "Lesion", "tumor": "Neoplasm", "tumour": "Neoplasm", "neoplasm": "Neoplasm",
@@ -288,7 +303,7 @@ ABNORMALITY_KEYWORDS = {
 
 
 #: Laterality words (SCT codes of PS3.16 CID 244); they become the segment's laterality, not its type.
-LATERALITY = {"left": Code("7771000", "SCT", "Left"), "right": Code("24028007", "SCT", "Right")}
+LATERALITY = {"left": concept("left"), "right": concept("right")}
 
 
 def _words(label: str | None) -> list[str]:
@@ -310,17 +325,13 @@ def segment_codes(label: str | None) -> tuple[Code, Code]:
     Structure"; anything else, and unlabelled box prompts, to the generic "Tissue"/"Tissue" so that
     a SEG can still be written.
     """
-    from pydicom.sr.codedict import codes
-
     words = _words(label)
     for word in words:
         if word in ABNORMALITY_KEYWORDS:
-            c = getattr(codes.SCT, ABNORMALITY_KEYWORDS[word])
-            return ABNORMAL_STRUCTURE, Code(c.value, c.scheme_designator, c.meaning)
+            return ABNORMAL_STRUCTURE, _code(getattr(codes.SCT, ABNORMALITY_KEYWORDS[word]))
     keyword = "".join(w.capitalize() for w in words if w not in LATERALITY)
     if keyword and keyword in codes.CID7151.dir():
-        c = getattr(codes.CID7151, keyword)
-        return ANATOMICAL_STRUCTURE, Code(c.value, c.scheme_designator, c.meaning)
+        return ANATOMICAL_STRUCTURE, _code(getattr(codes.CID7151, keyword))
     return TISSUE, TISSUE
 
 
@@ -354,7 +365,7 @@ def make_segment(label: str, mask: np.ndarray, volume: Volume) -> Segment:
 
 
 @register_tool
-class MedSAMTool(Tool):
+class MedSAMTool(CachedModelTool[SamSettings, SamModel]):
     api_name = API_NAME
     description = (
         "Box- or point-prompted segmentation (MedSAM, SAM ViT-B): boxes/points normalised 0-1 -> masks, "
@@ -382,18 +393,11 @@ class MedSAMTool(Tool):
         "additionalProperties": False,
     }
     queue = "gpu"
+    settings_class = SamSettings
+    model_kind = "sam"
 
-    def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        super().__init__(settings)
-        self.config = SamSettings.model_validate(self.settings)
-
-    def availability(self) -> Availability:
-        return model_path_availability(self.config.model_path)
-
-    def model(self) -> SamModel:
-        """The model, loaded on first use and shared by every tool with the same settings."""
-        config = self.config
-        return LOADED_MODELS.get("sam", config.model_dump_json(), lambda: SamModel(config))
+    def load_model(self, config: SamSettings) -> SamModel:
+        return SamModel(config)
 
     def algorithm(self) -> AlgorithmInfo:
         arch = self.config.model_type if self.config.encoder is None else "custom"

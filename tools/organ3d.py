@@ -24,9 +24,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sr_templates.codes import concept, unit
 from tools.base import (
     AlgorithmInfo,
     Availability,
@@ -36,10 +36,14 @@ from tools.base import (
     Tool,
     ToolOutput,
     ToolRefused,
+    invalid_settings_reason,
 )
+from tools.device import model_dtype, resolve_device
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
+    import torch
+
     from dicom_node.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -186,6 +190,8 @@ def plan_mapping(volume: Volume, axcodes: str, spacing: tuple[float, float, floa
 
 def to_network_grid(pixels: np.ndarray, mapping: GridMapping) -> torch.Tensor:
     """(slices, rows, cols) -> float tensor (1, 1, *network_shape), trilinear, field of view kept."""
+    import torch
+
     arr = np.transpose(pixels, mapping.perm)
     flip_axes = [k for k in range(3) if mapping.flips[k]]
     if flip_axes:
@@ -204,6 +210,8 @@ def from_network_grid(labels: torch.Tensor, mapping: GridMapping) -> np.ndarray:
     "nearest-exact" samples at voxel centres, the same correspondence trilinear
     ``align_corners=False`` used on the way in.
     """
+    import torch
+
     lab = labels.to("cpu")
     if tuple(lab.shape) != mapping.oriented_shape:
         lab = torch.nn.functional.interpolate(
@@ -287,6 +295,8 @@ def _bundle_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -302,6 +312,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 def load_bundle(bundle: Path) -> LoadedNetwork:
     """Instantiate ``network_def`` from a MONAI bundle folder and load ``models/model.pt``."""
+    import torch
     from monai.bundle import ConfigParser
 
     config_file = _bundle_config_file(bundle)
@@ -337,6 +348,7 @@ def load_bundle(bundle: Path) -> LoadedNetwork:
 
 def load_architecture(name: str, kwargs: dict[str, Any], weights: Path) -> LoadedNetwork:
     """Build ``monai.networks.nets.<name>(**kwargs)`` and load ``weights``."""
+    import torch
     from monai.networks import nets
 
     cls = getattr(nets, name, None)
@@ -383,9 +395,7 @@ class OrganSegmentation3D(Tool):
         try:
             self._config = Organ3DSettings.model_validate(self.settings)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "settings"
-            self._config_error = f"invalid settings: {where}: {first['msg']}"
+            self._config_error = invalid_settings_reason(exc)
 
     def availability(self) -> Availability:
         if self._config is None:
@@ -406,8 +416,6 @@ class OrganSegmentation3D(Tool):
     def _ensure_loaded(self) -> tuple[LoadedNetwork, torch.device]:
         if self._loaded is not None and self._device is not None:
             return self._loaded, self._device
-        from tools.device import resolve_device
-
         cfg = self._require_config()
         if cfg.bundle_dir is not None:
             loaded = load_bundle(cfg.bundle_dir)
@@ -468,7 +476,7 @@ class OrganSegmentation3D(Tool):
         algorithm = AlgorithmInfo(
             name=loaded.name,
             version=cfg.version or loaded.version,
-            family=_concept("artificial_intelligence"),
+            family=concept("artificial_intelligence"),
             parameters={k: str(v) for k, v in info.items()},
         )
         summary = {"labels": list(volumes_ml), "volumes_ml": volumes_ml, "not_found": missing}
@@ -476,9 +484,8 @@ class OrganSegmentation3D(Tool):
 
     def segment(self, volume: Volume) -> tuple[np.ndarray, dict[str, Any]]:
         """Label map (slices, rows, cols) on the source grid, and the inference parameters used."""
+        import torch
         from monai.inferers import sliding_window_inference
-
-        from tools.device import model_dtype
 
         cfg = self._require_config()
         loaded, device = self._ensure_loaded()
@@ -523,32 +530,26 @@ class OrganSegmentation3D(Tool):
 
 def _percentiles(image: torch.Tensor) -> tuple[float, float]:
     """0.5/99.5 percentile window for MR (no absolute intensity scale)."""
+    import torch
+
     sample = image.flatten()[:: max(1, image.numel() // 1_000_000)].to(torch.float32)
     lo, hi = torch.quantile(sample, torch.tensor([0.005, 0.995])).tolist()
     return float(lo), float(hi)
 
 
-def _concept(name: str) -> Code:
-    from sr_templates.codes import concept
-
-    return concept(name)
-
-
 def _segment(lab: LabelSetting, mask: np.ndarray, ml: float) -> Segment:
-    from sr_templates.codes import unit
-
     if lab.code is not None:
         type_code = lab.code.as_code()
     elif lab.name.lower() in KNOWN_ORGAN_CODES:
         value, meaning = KNOWN_ORGAN_CODES[lab.name.lower()]
         type_code = Code(value, "SCT", meaning)
     else:
-        type_code = _concept("organ")
-    category = lab.category.as_code() if lab.category else _concept("anatomical_structure")
+        type_code = concept("organ")
+    category = lab.category.as_code() if lab.category else concept("anatomical_structure")
     return Segment(
         label=lab.name,
         category=category,
         type=type_code,
         mask=mask,
-        measurements=[Measurement(_concept("volume"), round(ml, 3), unit("mL"))],
+        measurements=[Measurement(concept("volume"), round(ml, 3), unit("mL"))],
     )

@@ -16,13 +16,23 @@ import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tools.base import AlgorithmInfo, Availability, Code, Tool, ToolOutput, ToolRefused
+from sr_templates.codes import concept
+from tools.base import (
+    AlgorithmInfo,
+    Availability,
+    Tool,
+    ToolOutput,
+    ToolRefused,
+    invalid_settings_reason,
+)
+from tools.device import inference_mode, model_dtype, resolve_device
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
+    import torch
+
     from dicom_node.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -33,8 +43,8 @@ SYSTEM_PROMPT = (
     "You are a radiologist. Write a concise radiology report with the sections Findings and "
     "Impression, using only the measurements and tool findings given. Do not invent findings."
 )
-_FAMILY_AI = Code("123110", "DCM", "Artificial Intelligence")
-_FAMILY_RULES = Code("123109", "DCM", "Manual Processing")
+_FAMILY_AI = concept("artificial_intelligence")
+_FAMILY_RULES = concept("manual_processing")
 #: Header attributes a report may quote (never patient identifiers: PS3.15 Annex E lists those).
 STUDY_KEYWORDS = ("Modality", "BodyPartExamined", "StudyDescription", "SeriesDescription", "StudyDate")
 
@@ -100,8 +110,6 @@ class LanguageModel:
     def _load(self) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from tools.device import model_dtype, resolve_device
-
         assert self.cfg.model_path is not None
         self._device = resolve_device(self.cfg.device)
         path = str(self.cfg.model_path)
@@ -110,7 +118,7 @@ class LanguageModel:
         self._model = model.to(self._device).eval()  # type: ignore[arg-type]
         log.info("language model %s loaded on %s", self.name, self._device)
 
-    @torch.inference_mode()
+    @inference_mode
     def _generate_local(self, system: str, user: str) -> str:
         if self._model is None:
             self._load()
@@ -246,8 +254,7 @@ class ReportGeneration(Tool):
         try:
             self._cfg = LanguageModelSettings.model_validate(self.settings)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            self._error = f"invalid settings: {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}"
+            self._error = invalid_settings_reason(exc)
             return
         if self._cfg.backend != "none":
             self._lm = LanguageModel(self._cfg)

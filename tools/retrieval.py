@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tools.base import AlgorithmInfo, Availability, Code, Tool, ToolOutput, ToolRefused
+from sr_templates.codes import concept
+from tools.base import (
+    AlgorithmInfo,
+    Availability,
+    Tool,
+    ToolOutput,
+    ToolRefused,
+    invalid_settings_reason,
+)
+from tools.device import resolve_device
 from tools.registry import register_tool
 from tools.report import LanguageModel, LanguageModelSettings
 
@@ -38,7 +47,7 @@ INDEX_FORMAT = "1"
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
 _TOKEN = re.compile(r"[a-z0-9]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-_FAMILY_AI = Code("123110", "DCM", "Artificial Intelligence")
+_FAMILY_AI = concept("artificial_intelligence")
 ANSWER_PROMPT = (
     "Answer the question using only the numbered passages. Cite passages as [n]. If they do not "
     "contain the answer, say so."
@@ -223,8 +232,6 @@ def _atomic_write(path: Path, write: Any) -> None:
 def load_embedder(path: Path, device: str | None) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    from tools.device import resolve_device
-
     return SentenceTransformer(str(path), device=str(resolve_device(device)), local_files_only=True)
 
 
@@ -266,8 +273,7 @@ class Retrieval(Tool):
         try:
             self._cfg = RetrievalSettings.model_validate(self.settings)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            self._error = f"invalid settings: {'.'.join(map(str, err['loc'])) or 'settings'}: {err['msg']}"
+            self._error = invalid_settings_reason(exc)
             return
         if self._cfg.language_model is not None and self._cfg.language_model.backend != "none":
             self._lm = LanguageModel(self._cfg.language_model)

@@ -17,8 +17,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from config.loader import ConfigError, load_config
 from config.schema import AppConfig
+from dicom_node.commands import load_config_or_report
 from dicom_node.routing import (
     RouteMatch,
     choose,
@@ -137,10 +137,8 @@ def _print_text(
 
 
 def run_test(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+    config = load_config_or_report(args.config, sys.stderr)
+    if config is None:
         return EXIT_ERROR
     try:
         source, ds = first_dicom_file(args.path)

@@ -8,11 +8,12 @@ import logging
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from config.loader import ConfigError, load_config
-from dicom_node.embedded_queue import JobRunner
-from dicom_node.tls import TLSSetupError
+from dicom_node.commands import load_config_or_report
+
+if TYPE_CHECKING:
+    from dicom_node.embedded_queue import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,12 @@ def load_runner(spec: str) -> JobRunner:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here: every mmed-node command builds this parser, only ``serve`` needs the node.
     from dicom_node.node import Node
+    from dicom_node.tls import TLSSetupError
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     if config.node.log_phi:
         # The operator opted in: pynetdicom's INFO lines include query identifiers (PHI).

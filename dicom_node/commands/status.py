@@ -12,8 +12,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from config.loader import ConfigError, load_config
 from dicom_node.assembly import instance_set_fingerprint
+from dicom_node.commands import load_config_or_report
 from dicom_node.jobstore import JobStore
 from dicom_node.spool import Spool
 
@@ -73,10 +73,8 @@ def collect(config: Any) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc)
+    config = load_config_or_report(args.config)
+    if config is None:
         return 2
     report = collect(config)
     if args.json:

@@ -15,8 +15,8 @@ import os
 import socket
 from typing import Any
 
-from config.loader import ConfigError, load_config
 from dicom_node.celery_app import QUEUES
+from dicom_node.commands import load_config_or_report
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +78,8 @@ def celery_argv(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     if args.gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(args.gpu)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(exc)
+    config = load_config_or_report(args.config)
+    if config is None:
         return EXIT_CONFIG
     if not config.queue.broker_url:
         print("queue.broker_url is not set: workers need a Redis broker (see docs/scaling.md)")
