@@ -42,7 +42,7 @@ class TLSConfig(_Strict):
     verify_peer: bool = True
 
     @model_validator(mode="after")
-    def _paths_when_enabled(self) -> "TLSConfig":
+    def _paths_when_enabled(self) -> TLSConfig:
         if self.enabled and self.ca_file is None and self.verify_peer:
             raise ValueError("tls.verify_peer needs tls.ca_file")
         return self
@@ -111,7 +111,7 @@ class Condition(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     @model_validator(mode="after")
-    def _not_empty(self) -> "Condition":
+    def _not_empty(self) -> Condition:
         if all(getattr(self, name) is None for name in type(self).model_fields):
             raise ValueError("condition has no test (use equals, regex, in, not_in, contains, "
                              "excludes, gt, ge, lt, le or present)")
@@ -222,6 +222,19 @@ class QueueConfig(_Strict):
     poll_seconds: float = Field(0.5, gt=0)
 
 
+class ApiConfig(_Strict):
+    """The node's HTTP API (dicom_node/http_api.py): health, status, jobs, questions about a
+    study in a PACS. Off by default; without ``token_env`` anyone who can reach it may use it."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    #: 0 picks a free port (tests); the node exposes the bound one.
+    port: int = Field(8089, ge=0, le=65535)
+    #: Name of an environment variable holding the bearer token every request must carry
+    #: (``Authorization: Bearer <token>``); null: no authentication.
+    token_env: str | None = None
+
+
 class AppConfig(_Strict):
     node: NodeConfig = NodeConfig()
     destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
@@ -233,11 +246,12 @@ class AppConfig(_Strict):
     output: OutputConfig = OutputConfig()
     planner: PlannerConfig = PlannerConfig()
     queue: QueueConfig = QueueConfig()
+    api: ApiConfig = ApiConfig()
     #: Per-tool settings keyed by API_name (model paths, device, thresholds); each tool validates its own.
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _references(self) -> "AppConfig":
+    def _references(self) -> AppConfig:
         names = set()
         for i, route in enumerate(self.routes):
             if route.name in names:

@@ -29,9 +29,9 @@ from kombu.exceptions import OperationalError
 
 from config.schema import AppConfig
 from dicom_node.celery_app import TASK_NAME, make_celery_app
-from dicom_node.embedded_queue import MANIFEST_NAME, DoneCallback
+from dicom_node.embedded_queue import DoneCallback
 from dicom_node.jobstore import JobRecord, JobState, JobStore
-from dicom_node.pipeline import JobSpec
+from dicom_node.pipeline import MANIFEST_FILE, JobSpec
 from dicom_node.shared_jobs import SharedJob, SharedJobState
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ class CeleryQueue:
         if record.state is JobState.DONE:
             return  # already handed on (a duplicate completion)
         manifest = shared.manifest or {}
-        manifest_path = str(Path(spec.result_dir) / MANIFEST_NAME)
+        manifest_path = str(Path(spec.result_dir) / MANIFEST_FILE)
         record.manifest_path = manifest_path
         record.worker = shared.worker
         if self._on_done is not None:

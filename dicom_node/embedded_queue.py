@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from config import AppConfig
+from dicom_node.atomic import write_json_atomic
 from dicom_node.jobstore import JobRecord, JobState, JobStore
 from dicom_node.pipeline import (
+    MANIFEST_FILE,
     JobFailed,
     JobSpec,
     WorkerContext,
     run_job,
-    write_json_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ JobRunner = Callable[[JobSpec], dict[str, Any]]
 #: Called when a job succeeded, with its record and manifest, before the record says ``done``.
 DoneCallback = Callable[[JobRecord, dict[str, Any]], None]
 
-MANIFEST_NAME = "manifest.json"
 
 
 def pipeline_runner(config: AppConfig) -> JobRunner:
@@ -43,12 +43,12 @@ def pipeline_runner(config: AppConfig) -> JobRunner:
     the warm-up; a job that arrives earlier waits for it.
     """
     holder: list[WorkerContext] = []
-    failure: list[BaseException] = []
+    failure: list[Exception] = []
 
     def build() -> None:
         try:
             holder.append(WorkerContext.build(config))
-        except BaseException as exc:  # re-raised in the first job, which records it
+        except Exception as exc:  # noqa: BLE001 - re-raised in the first job, which records it
             failure.append(exc)
 
     warm = threading.Thread(target=build, name="mmed-warmup", daemon=True)
@@ -142,7 +142,7 @@ class EmbeddedQueue:
             log.exception("job %s crashed", spec.job_id)
             self._fail(spec, f"{type(exc).__name__}: {exc}")
             return
-        manifest_path = Path(spec.result_dir) / MANIFEST_NAME
+        manifest_path = Path(spec.result_dir) / MANIFEST_FILE
         # The returned manifest is the record of truth (overwrites what the runner wrote).
         write_json_atomic(manifest_path, manifest)
         record.manifest_path = str(manifest_path)

@@ -19,7 +19,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from dicom_node.pipeline import write_json_atomic
+from dicom_node.atomic import write_json_atomic
 
 log = logging.getLogger(__name__)
 

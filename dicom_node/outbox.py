@@ -34,7 +34,7 @@ from pydicom.filereader import read_file_meta_info
 from pydicom.uid import SurfaceSegmentationStorage
 
 from config.schema import AppConfig, DestinationConfig
-from dicom_node.pipeline import write_json_atomic
+from dicom_node.atomic import write_json_atomic
 from dicom_node.sender import SendReport, send_files
 
 log = logging.getLogger(__name__)

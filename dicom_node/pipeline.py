@@ -8,15 +8,12 @@ SEG) -> files in the job's result folder -> manifest (the node's outbox sends th
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -26,6 +23,7 @@ from agent.loop import run_agent
 from agent.planners.base import Planner, UnknownPlanner, build_planner
 from agent.protocol import to_plain
 from config import AppConfig
+from dicom_node.atomic import write_dataset_atomic, write_json_atomic
 from dicom_node.loader import LoadError, load_series
 from sr_templates.outputs import build_outputs, build_overlays
 from tools.registry import ToolRegistry
@@ -91,30 +89,6 @@ class WorkerContext:
 
 class JobFailed(Exception):
     """The series cannot be processed; the message is the reason recorded in job state."""
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON via temp file + fsync + rename, so readers never see a partial file."""
-    _write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, default=str).encode("utf-8")))
-
-
-def write_dataset_atomic(path: Path, ds: Dataset) -> None:
-    """Write a DICOM file (Part 10, PS3.10 7.1) via temp file + fsync + rename."""
-    _write_atomic(path, lambda fh: ds.save_as(fh, enforce_file_format=True))
-
-
-def _write_atomic(path: Path, write: Callable[[BinaryIO], Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 #: File names in a job's result folder.

@@ -42,7 +42,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
-from dicom_node.pipeline import write_json_atomic
+from dicom_node.atomic import write_json_atomic
 from dicom_node.uids import InvalidUID, validate_uid
 
 log = logging.getLogger(__name__)

@@ -289,11 +289,11 @@ AREA = concept("area")
 VOLUME = concept("volume")
 SQUARE_MM = unit("mm2")
 MILLILITRE = unit("mL")
-#: CID 7150 Segmentation Property Categories used here, from pydicom's copy of the standard's table
-#: (the one :func:`segment_codes` reads CID 7151 types from). Its Anatomical Structure is
-#: SCT 91723000, not the 123037004 that codes.json's ``anatomical_structure`` holds.
+#: CID 7150 Segmentation Property Categories used here. Anatomical Structure comes from the
+#: project's code table (SCT 123037004, the current code; pydicom's older copy of CID 7150 still
+#: lists the retired 91723000), so every tool's SEG uses the same category for organs.
 TISSUE = _cid7150("Tissue")
-ANATOMICAL_STRUCTURE = _cid7150("AnatomicalStructure")
+ANATOMICAL_STRUCTURE = concept("anatomical_structure")
 ABNORMAL_STRUCTURE = _cid7150("MorphologicallyAbnormalStructure")
 #: Prompt words naming an abnormality, and the SNOMED CT keyword (pydicom's code dictionary) for it.
 ABNORMALITY_KEYWORDS = {
