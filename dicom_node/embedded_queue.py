@@ -36,29 +36,12 @@ DoneCallback = Callable[[JobRecord, dict[str, Any]], None]
 
 
 def pipeline_runner(config: AppConfig) -> JobRunner:
-    """The default runner: ``run_job`` with one :class:`WorkerContext` per process.
-
-    The context (tool registry, imports of the model libraries) is built on a background thread
-    as soon as the runner exists, so the node listens at once and the first series does not pay
-    the warm-up; a job that arrives earlier waits for it.
-    """
-    holder: list[WorkerContext] = []
-    failure: list[Exception] = []
-
-    def build() -> None:
-        try:
-            holder.append(WorkerContext.build(config))
-        except Exception as exc:  # noqa: BLE001 - re-raised in the first job, which records it
-            failure.append(exc)
-
-    warm = threading.Thread(target=build, name="mmed-warmup", daemon=True)
-    warm.start()
+    """The default runner: ``run_job`` with one :class:`WorkerContext` per process, built now
+    (tool settings are checked at start; models load on first use and stay warm)."""
+    ctx = WorkerContext.build(config)
 
     def run(spec: JobSpec) -> dict[str, Any]:
-        warm.join()
-        if failure:
-            raise failure[0]
-        return run_job(spec, holder[0])
+        return run_job(spec, ctx)
 
     return run
 

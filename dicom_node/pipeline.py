@@ -74,7 +74,12 @@ class WorkerContext:
 
     @classmethod
     def build(cls, config: AppConfig) -> WorkerContext:
-        return cls(config=config, registry=ToolRegistry(config.tools))
+        """Raises ValueError naming the tool and key when a configured tool's settings are invalid,
+        so a node or worker refuses to start rather than run without the tool."""
+        registry = ToolRegistry(config.tools)
+        if registry.settings_errors:
+            raise ValueError("; ".join(f"tools.{name}: {why}" for name, why in registry.settings_errors.items()))
+        return cls(config=config, registry=registry)
 
     def planner(self, name: str) -> Planner:
         """The planner backend ``name``, built on first use; unknown names fail the job."""

@@ -102,12 +102,16 @@ class Availability:
     reason: str = ""
 
 
+#: How the reason of a tool whose config section does not validate begins.
+INVALID_SETTINGS = "invalid settings:"
+
+
 def invalid_settings_reason(exc: ValidationError) -> str:
     """The unavailability reason of a tool whose config section does not validate: the first
     error and where it is (``invalid settings: labels.0.index: ...``)."""
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "settings"
-    return f"invalid settings: {where}: {err['msg']}"
+    return f"{INVALID_SETTINGS} {where}: {err['msg']}"
 
 
 class Tool(ABC):

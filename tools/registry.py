@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import jsonschema
+from pydantic import ValidationError
 
-from tools.base import Availability, Tool
+from tools.base import INVALID_SETTINGS, Availability, Tool, invalid_settings_reason
 
 T = TypeVar("T", bound=type[Tool])
 
@@ -63,16 +64,25 @@ class ToolRegistry:
         unknown = sorted(set(settings) - set(classes))
         if unknown:
             raise ValueError(f"tools: unknown tool(s) {unknown}; known: {sorted(classes)}")
+        self._classes = classes
         self._tools: dict[str, Tool] = {}
         self._status: dict[str, Availability] = {}
+        #: Configured tools whose settings do not validate, with the reason.
+        self.settings_errors: dict[str, str] = {}
         for name, cls in sorted(classes.items()):
-            tool = cls(settings.get(name))
-            self._tools[name] = tool
-            self._status[name] = tool.availability()
+            try:
+                tool = cls(settings.get(name))
+            except ValidationError as exc:  # a tool that validates its settings eagerly
+                self._status[name] = Availability(False, invalid_settings_reason(exc))
+            else:
+                self._tools[name] = tool
+                self._status[name] = tool.availability()
+            if self._status[name].reason.startswith(INVALID_SETTINGS):
+                self.settings_errors[name] = self._status[name].reason
 
     def statuses(self) -> list[ToolStatus]:
         return [
-            ToolStatus(name, st.available, st.reason, self._tools[name].description, self._tools[name].queue)
+            ToolStatus(name, st.available, st.reason, self._classes[name].description, self._classes[name].queue)
             for name, st in self._status.items()
         ]
 
@@ -81,7 +91,7 @@ class ToolRegistry:
 
     def get(self, name: str) -> Tool:
         """The tool for ``name``; KeyError with the reason if unknown or unavailable."""
-        if name not in self._tools:
+        if name not in self._status:
             raise KeyError(f"unknown tool {name!r}")
         status = self._status[name]
         if not status.available:

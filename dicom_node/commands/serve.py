@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import signal
+import sys
 import threading
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -71,7 +72,11 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    node = Node(config, runner=runner)
+    try:
+        node = Node(config, runner=runner)
+    except ValueError as exc:  # e.g. an unknown tool name in the config's tools section
+        print(f"config: {exc}", file=sys.stderr)
+        return 2
     try:
         node.start()
     except TLSSetupError as exc:
