@@ -169,7 +169,7 @@ def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
 
 def test_serve_refuses_invalid_tool_settings_naming_tool_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad-tools.yaml"
-    bad.write_text(f"node: {{data_dir: {tmp_path / 'var'}, port: 0}}\ntools:\n  MedSAM: {{model_pth: /models/x.pth}}\n")
+    bad.write_text(f"node: {{data_dir: {tmp_path / 'var'}, port: 11112}}\ntools:\n  MedSAM: {{model_pth: /models/x.pth}}\n")
     result = subprocess.run(
         [*mmed_node(), "serve", "--config", str(bad)],
         cwd=PROJECT_ROOT,
