@@ -42,9 +42,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from config.schema import AppConfig
+from dicom_node.atomic import write_json_atomic
 from dicom_node.embedded_queue import JobRunner
 from dicom_node.jobstore import JobStore
-from dicom_node.pipeline import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 #: identifier holding them could match (and pull) many.
 MATCHING_CHARACTERS = frozenset("*?\\")
 
-#: Builds the job runner for a question's config (:func:`retrieve.question_config`).
+#: Builds the job runner questions run with, from the node's config.
 QuestionRunnerFactory = Callable[[AppConfig], JobRunner]
 
 
@@ -155,7 +155,8 @@ class QuestionRecord:
     send_to: list[str] | None
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
-    #: Series found on the PACS and instances pulled, by Series Instance UID.
+    #: Studies the PACS matched; instances pulled by Series Instance UID.
+    study_uids: list[str] = field(default_factory=list)
     pulled: dict[str, int] = field(default_factory=dict)
     #: ``{"job_id", "state", "series_uid", "error"}`` per job.
     jobs: list[dict[str, Any]] = field(default_factory=list)
@@ -197,8 +198,9 @@ class QuestionStore:
 
 class SharedRegistryRunners:
     """Question runners (the real pipeline) sharing one tool registry and one set of planners,
-    built on the first question: each question needs a config of its own (its output UIDs
-    derive from it), but models should load once per process, not once per question."""
+    built on the first question, so models load once per process, not once per question. (A
+    question's output UIDs differ from a routed result's through its instruction: see
+    :func:`dicom_node.pipeline.output_variant`.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -235,6 +237,7 @@ class HttpApi:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._asking: dict[str, threading.Thread] = {}
+        self._asking_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -274,7 +277,9 @@ class HttpApi:
             self._thread.join(timeout)
             self._thread = None
         deadline = time.monotonic() + timeout
-        for request_id, thread in list(self._asking.items()):
+        with self._asking_lock:
+            asking = list(self._asking.items())
+        for request_id, thread in asking:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 log.warning("question %s still running at API stop", request_id)
@@ -305,24 +310,29 @@ class HttpApi:
             patient_id=body.patient_id, question=body.question, send_to=body.send_to,
         )
         self.questions.save(record)
+        accepted = QuestionRecord.from_dict(record.to_dict())  # the thread goes on with `record`
         thread = threading.Thread(target=self._answer, args=(record, body),
                                   name=f"mmed-question-{record.request_id[:8]}", daemon=True)
-        self._asking = {k: t for k, t in self._asking.items() if t.is_alive()}
-        self._asking[record.request_id] = thread
-        log.info("question %s accepted: %s from %s by C-%s%s", record.request_id,
-                 f"study {body.study_uid}" if body.study_uid else "study by identifier",
-                 body.source, body.method.upper(), "")
+        with self._asking_lock:
+            self._asking = {k: t for k, t in self._asking.items() if t.is_alive()}
+            self._asking[record.request_id] = thread
+        # Accession numbers and patient IDs stay out of the log: the study UID, when given, only.
+        log.info("question %s accepted: %s on %s, C-%s", record.request_id,
+                 f"study {body.study_uid}" if body.study_uid else "study by accession/patient",
+                 body.source, body.method.upper())
         thread.start()
-        return record
+        return accepted
 
     def wait(self, request_id: str, seconds: float) -> QuestionRecord | None:
-        thread = self._asking.get(request_id)
+        """The request's record once it finished, or after ``seconds``."""
+        with self._asking_lock:
+            thread = self._asking.get(request_id)
         if thread is not None:
             thread.join(seconds)
         return self.questions.get(request_id)
 
     def _answer(self, record: QuestionRecord, body: QuestionBody) -> None:
-        from dicom_node.retrieve import RetrieveError, RetrieveQuery, question_config, retrieve_and_process
+        from dicom_node.retrieve import RetrieveError, RetrieveQuery, retrieve_and_process
 
         record.state = RequestState.RUNNING
         self.questions.save(record)
@@ -333,7 +343,7 @@ class HttpApi:
             result = retrieve_and_process(
                 self.config, body.source, query, method=body.method, instruction=body.question,
                 send_to=body.send_to, send_timeout=self.config.outbox.retry_window_seconds,
-                runner=self._runner_factory(question_config(self.config, body.question)),
+                runner=self._runner_factory(self.config),
             )
         except RetrieveError as exc:
             record.errors.append(str(exc))
@@ -341,6 +351,7 @@ class HttpApi:
             log.exception("question %s failed", record.request_id)
             record.errors.append(f"{type(exc).__name__}: {exc}")
         else:
+            record.study_uids = sorted({s.study_uid for s in result.series})
             record.pulled = dict(result.pulled)
             record.jobs = [{"job_id": j.job_id, "series_uid": j.series_uid, "state": j.state.value,
                             "error": j.error} for j in result.jobs]
@@ -349,7 +360,8 @@ class HttpApi:
         ok = not record.errors and bool(record.jobs) and all(j["state"] == "done" for j in record.jobs)
         record.state = RequestState.DONE if ok else RequestState.FAILED
         self.questions.save(record)
-        log.info("question %s %s: jobs %s", record.request_id, record.state.value,
+        log.info("question %s %s: study %s, jobs %s", record.request_id, record.state.value,
+                 ", ".join(record.study_uids) or "none",
                  ", ".join(f"{j['job_id']}={j['state']}" for j in record.jobs) or "none")
 
 
@@ -365,10 +377,12 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "mmed-node"
     protocol_version = "HTTP/1.1"
+    #: Socket timeout: an idle keep-alive connection does not hold its thread for ever.
+    timeout = 60
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's name)
+    def log_message(self, format: str, *args: Any) -> None:
         # Paths hold job/request ids only; bodies (which may hold patient IDs) are never logged.
         log.debug("%s %s", self.address_string(), format % args)
 
@@ -396,7 +410,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- endpoints ---------------------------------------------------------------------------
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         if not self._allowed():
             return
         api, parts = self.server.api, self._path()
@@ -424,7 +438,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._error(HTTPStatus.NOT_FOUND, "unknown path (GET /health, /status, /jobs/ID, /questions/ID)")
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         if not self._allowed():
             return
         if self._path() != ["questions"]:
@@ -458,6 +472,10 @@ class _Handler(BaseHTTPRequestHandler):
             length = int(self.headers.get("Content-Length", ""))
         except ValueError:
             self._error(HTTPStatus.LENGTH_REQUIRED, "Content-Length required")
+            return None
+        if length < 0:
+            self._error(HTTPStatus.BAD_REQUEST, "bad Content-Length")
+            self.close_connection = True
             return None
         if length > MAX_BODY_BYTES:
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")

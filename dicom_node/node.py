@@ -7,6 +7,9 @@ Data flow (top to bottom, one series):
         -> JobRecord (jobstore.py, state queued) -> EmbeddedQueue (embedded_queue.py)
     worker: job runner(JobSpec) -> manifest -> Outbox.enqueue(job_id, files, destinations)
 
+With ``api.enabled`` an HTTP API (http_api.py) runs beside them: status, job records, and
+questions about a study in a PACS (pulled with retrieve.py, answered by a question job).
+
 A restart rebuilds everything from disk (:meth:`Node.recover`): spool folders are the truth for
 instances, job records for what was processed.
 """
@@ -20,7 +23,7 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -36,6 +39,9 @@ from dicom_node.qr_index import QRIndex
 from dicom_node.queues import make_queue
 from dicom_node.scp import RunningSCP, policy_from_config, start_scp
 from dicom_node.spool import Spool
+
+if TYPE_CHECKING:
+    from dicom_node.http_api import HttpApi
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +115,10 @@ class Node:
         router: Router | None = None,
         outbox: OutboxLike | None = None,
         use_default_outbox: bool = True,
+        question_runner: Callable[[AppConfig], JobRunner] | None = None,
     ) -> None:
+        """``question_runner`` builds the runner of an HTTP API question for its config
+        (default: the pipeline, see :class:`dicom_node.http_api.SharedRegistryRunners`)."""
         self.config = config
         # Absolute, so job specs stay valid for workers running elsewhere (another cwd, Celery).
         data_dir = Path(config.node.data_dir).resolve()
@@ -130,6 +139,8 @@ class Node:
         self._scp: RunningSCP | None = None
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
+        self._question_runner = question_runner
+        self._api: HttpApi | None = None  # imported only when api.enabled
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -152,6 +163,11 @@ class Node:
             self._scheduler.start()
             qr = QRDeps(QRIndex(self.spool.root, self.results_dir, self.jobs.root), self.config)
             self._scp = start_scp(self.config.node, deps, qr)
+            if self.config.api.enabled:
+                from dicom_node.http_api import HttpApi
+
+                self._api = HttpApi(self.config, self._question_runner)
+                self._api.start()
         except BaseException:
             self.stop()
             raise
@@ -162,8 +178,18 @@ class Node:
             raise RuntimeError("node not started")
         return self._scp.port
 
+    @property
+    def api_port(self) -> int:
+        """The HTTP API's bound port (``api.port: 0`` picks a free one)."""
+        if self._api is None:
+            raise RuntimeError("HTTP API not running (api.enabled is false or node not started)")
+        return self._api.port
+
     def stop(self, timeout: float = 30.0) -> None:
         """Stop accepting, stop scheduling, let running jobs finish, stop the outbox."""
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
         if self._scp is not None:
             self._scp.stop()
             self._scp = None

@@ -25,7 +25,7 @@ from agent.protocol import to_plain
 from config import AppConfig
 from dicom_node.atomic import write_dataset_atomic, write_json_atomic
 from dicom_node.loader import LoadError, load_series
-from sr_templates.outputs import build_outputs, build_overlays
+from sr_templates.outputs import build_outputs, build_overlays, identity_for
 from tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,13 @@ def write_overlays(out_dir: Path, overlays: Sequence[Dataset]) -> dict[str, str]
     return written
 
 
+def output_variant(spec: JobSpec) -> str:
+    """What, besides the instance set and pipeline version, sets a job's output UIDs: its route
+    and instruction. A re-run of the same job gets the same UIDs (the PACS keeps one copy); two
+    routes on one series, or a question about a routed series, get their own."""
+    return f"route={spec.route}\ninstruction={spec.instruction}"
+
+
 def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     """Process one series; return the manifest (also written to ``result_dir/manifest.json``).
 
@@ -179,9 +186,10 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     if called and not result.outputs:
         raise JobFailed("no tool could process this series: " + "; ".join(result.errors))
     predecessors = predecessor_reports(spec)
+    identity = identity_for(volume, config.output, variant=output_variant(spec))
     datasets = build_outputs(
         volume, result.outputs, result.answer, config.output, spec.instruction, result.planner,
-        previous_reports=predecessors,
+        identity=identity, previous_reports=predecessors,
     )
     out_dir = Path(spec.result_dir)
     files: list[str] = []
@@ -195,7 +203,7 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     fallback_files: dict[str, list[str]] = {}
     overlays: list[Dataset] = []
     if SEG_FILE in uids and needs_overlays(spec, config):
-        overlays.extend(build_overlays(volume, result.outputs, config.output))
+        overlays.extend(build_overlays(volume, result.outputs, config.output, identity))
     written = write_overlays(out_dir, overlays)
     if written:
         fallback_files[str(out_dir / SEG_FILE)] = list(written)

@@ -253,14 +253,6 @@ def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, sp
 # ---- processing ---------------------------------------------------------------------------
 
 
-def question_config(config: AppConfig, instruction: str) -> AppConfig:
-    """The config a question job runs with: the question's hash joins the pipeline version,
-    from which output UIDs are derived (sr_templates.identity), so answers get their own UIDs."""
-    tag = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:10]
-    output = config.output.model_copy(update={"pipeline_version": f"{config.output.pipeline_version}+q{tag}"})
-    return config.model_copy(update={"output": output})
-
-
 def _record(spec: JobSpec, fingerprint: str, count: int, calling: str, called: str) -> JobRecord:
     return JobRecord(
         job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid,
@@ -426,7 +418,6 @@ def retrieve_and_process(
             result.skipped.append(why)
         planned.extend(jobs)
     if planned:
-        job_config = question_config(config, instruction) if instruction else config
-        result.jobs.extend(run_jobs(job_config, planned, runner or pipeline_runner(job_config),
+        result.jobs.extend(run_jobs(config, planned, runner or pipeline_runner(config),
                                     source.ae_title, send_timeout))
     return result

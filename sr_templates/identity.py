@@ -60,6 +60,13 @@ class OutputIdentity:
     sr_instance_uid: str
     seg_series_number: int
     sr_series_number: int
+    #: What else tells two results on the same instances apart (the job's route and
+    #: instruction): two routes, or a question asked about a routed series, never share UIDs.
+    variant: str = ""
+
+    @property
+    def _key(self) -> str:
+        return self.pipeline_version if not self.variant else f"{self.pipeline_version}\n{self.variant}"
 
     @classmethod
     def derive(
@@ -69,11 +76,13 @@ class OutputIdentity:
         pipeline_version: str,
         seg_series_number: int,
         sr_series_number: int,
+        variant: str = "",
     ) -> OutputIdentity:
         fingerprint = instance_set_fingerprint(instance_uids)
+        key = pipeline_version if not variant else f"{pipeline_version}\n{variant}"
 
         def uid(kind: OutputKind) -> str:
-            return derived_uid(source_series_uid, fingerprint, pipeline_version, kind.value)
+            return derived_uid(source_series_uid, fingerprint, key, kind.value)
 
         return cls(
             source_series_uid=source_series_uid,
@@ -85,8 +94,9 @@ class OutputIdentity:
             sr_instance_uid=uid(OutputKind.SR_INSTANCE),
             seg_series_number=seg_series_number,
             sr_series_number=sr_series_number,
+            variant=variant,
         )
 
     def item_uid(self, *key: str) -> str:
         """A stable UID for an item inside the outputs (e.g. an SR tracking UID for one segment)."""
-        return derived_uid(self.source_series_uid, self.fingerprint, self.pipeline_version, "item", *key)
+        return derived_uid(self.source_series_uid, self.fingerprint, self._key, "item", *key)

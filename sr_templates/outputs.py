@@ -15,14 +15,16 @@ from sr_templates.sr import build_sr, segments_and_algorithms
 from tools.base import ToolOutput
 
 
-def identity_for(volume: Volume, output_cfg: OutputConfig) -> OutputIdentity:
-    """The derived identity of the outputs for the instances in ``volume``."""
+def identity_for(volume: Volume, output_cfg: OutputConfig, variant: str = "") -> OutputIdentity:
+    """The derived identity of the outputs for the instances in ``volume`` (``variant``: what
+    else distinguishes this result, see :attr:`OutputIdentity.variant`)."""
     return OutputIdentity.derive(
         source_series_uid=volume.series_instance_uid,
         instance_uids=(str(ds.SOPInstanceUID) for ds in volume.datasets),
         pipeline_version=output_cfg.pipeline_version,
         seg_series_number=output_cfg.seg_series_number,
         sr_series_number=output_cfg.sr_series_number,
+        variant=variant,
     )
 
 

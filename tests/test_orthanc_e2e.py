@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.jobstore import JobState
 from dicom_node.node import Node
-from dicom_node.retrieve import RetrieveQuery, question_config, retrieve_and_process
+from dicom_node.retrieve import RetrieveQuery, retrieve_and_process
 from tests.orthanc_helpers import ORTHANC_AET, Orthanc, start_orthanc
 from tests.qr_helpers import node_config, pipeline_runner, write_study
 from tests.receive_helpers import PROJECT_ROOT, free_port, storescu, wait_for
@@ -113,7 +113,7 @@ def test_retrieve_by_accession_with_a_question_via_c_get(
     question = "How large is the left lung?"
     result = retrieve_and_process(config, "pacs", RetrieveQuery(accession="ACC-RET-9"),
                                   method="get", instruction=question,
-                                  runner=pipeline_runner(question_config(config, question)))
+                                  runner=pipeline_runner(config))
     assert result.ok, (result.errors, [j.error for j in result.jobs])
     assert [s.series_uid for s in result.series] == [truth.series_uid]
     assert result.pulled == {truth.series_uid: len(truth.files)}
@@ -128,7 +128,7 @@ def test_retrieve_by_accession_with_a_question_via_c_get(
     # and the same question on the same instances is not run twice.
     again = retrieve_and_process(config, "pacs", RetrieveQuery(accession="ACC-RET-9"),
                                  method="get", instruction=question,
-                                 runner=pipeline_runner(question_config(config, question)))
+                                 runner=pipeline_runner(config))
     assert [s.modality for s in again.series] == ["CT"]
     assert again.ok and [j.job_id for j in again.jobs] == [job.job_id]
     assert set(_series_by_modality(orthanc, study_id)) == {"CT", "SEG", "SR"}

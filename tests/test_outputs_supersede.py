@@ -167,3 +167,22 @@ def test_node_late_instance_job_supersedes_the_first_sr(tmp_path: Path) -> None:
     new_sr = Path(second.result_dir or "") / SR_FILE
     assert [uid for _, _, uid in predecessors(new_sr)] == [old["sop_instance_uids"]["sr.dcm"]]
     assert dciodvfy_errors(new_sr) == []
+
+
+def test_route_and_question_get_their_own_uids_and_a_rerun_the_same(
+    ctx: WorkerContext, slices: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Output identity = instance set + pipeline version + the job's route and instruction: a
+    second route, or a question about a routed series, must not overwrite the routed result."""
+    _, series = slices
+    base = spec_for(series, tmp_path / "a")
+    routed = result_uids(run_job(base, ctx))
+    again = result_uids(run_job(JobSpec.from_dict({**base.to_dict(), "result_dir": str(tmp_path / "b")}), ctx))
+    other_route = result_uids(run_job(JobSpec.from_dict(
+        {**base.to_dict(), "route": "ct-lungs-research", "result_dir": str(tmp_path / "c")}), ctx))
+    question = result_uids(run_job(JobSpec.from_dict(
+        {**base.to_dict(), "instruction": "How big are the lungs?", "result_dir": str(tmp_path / "d")}), ctx))
+    assert again == routed
+    assert set(other_route.values()).isdisjoint(routed.values())
+    assert set(question.values()).isdisjoint(routed.values())
+    assert set(question.values()).isdisjoint(other_route.values())

@@ -54,6 +54,7 @@ def load_runner(spec: str) -> JobRunner:
 
 def run(args: argparse.Namespace) -> int:
     # Imported here: every mmed-node command builds this parser, only ``serve`` needs the node.
+    from dicom_node.http_api import ApiSetupError
     from dicom_node.node import Node
     from dicom_node.tls import TLSSetupError
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         node.start()
-    except TLSSetupError as exc:
+    except (TLSSetupError, ApiSetupError) as exc:
         print(exc)
         return 2
     except OSError as exc:
