@@ -332,6 +332,7 @@ class Node:
                 tools=route.tools,
                 destinations=list(route.send_to),
                 supersedes=self._predecessor_reports(due.supersedes, route.name),
+                instance_uids=sorted(due.sop_uids),
             )
             self.jobs.save(
                 JobRecord(

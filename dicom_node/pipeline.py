@@ -25,6 +25,7 @@ from agent.protocol import to_plain
 from config import AppConfig
 from dicom_node.atomic import write_dataset_atomic, write_json_atomic
 from dicom_node.loader import LoadError, load_series
+from dicom_node.spool import INSTANCE_SUFFIX
 from sr_templates.outputs import build_outputs, build_overlays, identity_for
 from tools.registry import ToolRegistry
 
@@ -53,6 +54,11 @@ class JobSpec:
     #: this job replaces: the new SR lists them as predecessors (PS3.3 C.17.2.3). Paths, read
     #: when the job runs; a missing one (its job failed or is not finished) is left out.
     supersedes: list[str] = field(default_factory=list)
+    #: SOP Instance UIDs of the instance set this job was created for (spool files
+    #: ``<uid>.dcm`` in ``series_dir``). A job still queued when late instances arrive must not
+    #: take them in: the job created for the enlarged set supersedes it, and two jobs on one set
+    #: would produce the same output UIDs. None: every file in ``series_dir``.
+    instance_uids: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,6 +167,18 @@ def output_variant(spec: JobSpec) -> str:
     return f"route={spec.route}\ninstruction={spec.instruction}"
 
 
+def _instance_files(spec: JobSpec) -> Path | list[Path]:
+    """The files of the job's instance set (the whole folder when the spec names none)."""
+    folder = Path(spec.series_dir)
+    if spec.instance_uids is None:
+        return folder
+    paths = [folder / f"{uid}{INSTANCE_SUFFIX}" for uid in sorted(set(spec.instance_uids))]
+    missing = sum(1 for path in paths if not path.is_file())
+    if missing:
+        raise JobFailed(f"{missing} of {len(paths)} instances of the job are missing from {folder}")
+    return paths
+
+
 def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     """Process one series; return the manifest (also written to ``result_dir/manifest.json``).
 
@@ -170,7 +188,7 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     """
     config = ctx.config
     try:
-        volume = load_series(Path(spec.series_dir))
+        volume = load_series(_instance_files(spec))
     except LoadError as exc:
         raise JobFailed(f"cannot load series: {exc}") from None
     planner = ctx.planner(spec.planner or config.planner.backend)

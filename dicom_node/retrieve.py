@@ -285,7 +285,7 @@ def plan_jobs(
             job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
             series_dir=folder, result_dir=str(data_dir / "results" / job_id), route=route_name,
             instruction=text, planner=planner or config.planner.backend, tools=tools,
-            destinations=destinations,
+            destinations=destinations, instance_uids=sorted(sops),
         ), fingerprint, len(sops)
 
     if instruction:

@@ -14,6 +14,21 @@ from sr_templates.seg import build_seg_with_numbers, encode_segments
 from sr_templates.sr import build_sr, segments_and_algorithms
 from tools.base import ToolOutput
 
+#: De-identification Method for a source that sets Patient Identity Removed but does not say
+#: how (PS3.3 C.7.1.1: then Type 1C); the outputs copy the flag, so they must carry a method.
+UNSTATED_DEIDENTIFICATION = "unstated in source (Patient Identity Removed: YES)"
+
+
+def complete_deidentification(ds: Dataset) -> Dataset:
+    """Add De-identification Method where ``ds`` says its identity was removed but not how."""
+    if (
+        str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+        and not ds.get("DeidentificationMethod")
+        and not ds.get("DeidentificationMethodCodeSequence")
+    ):
+        ds.DeidentificationMethod = UNSTATED_DEIDENTIFICATION
+    return ds
+
 
 def identity_for(volume: Volume, output_cfg: OutputConfig, variant: str = "") -> OutputIdentity:
     """The derived identity of the outputs for the instances in ``volume`` (``variant``: what
@@ -47,7 +62,7 @@ def build_outputs(
         volume, outputs, answer_text, seg, identity, output_cfg, instruction, planner_name,
         encoded_segments=encoded, previous_versions=previous_reports,
     )
-    return ([seg] if seg is not None else []) + [sr]
+    return [complete_deidentification(ds) for ds in ([seg] if seg is not None else []) + [sr]]
 
 
 def build_overlays(
@@ -60,4 +75,7 @@ def build_overlays(
     hence the same colours as the SEG's segment order); empty when the SEG would be."""
     identity = identity or identity_for(volume, output_cfg)
     encoded = encode_segments(*segments_and_algorithms(outputs))
-    return render_overlays(volume, encoded, identity, output_cfg)
+    overlays = render_overlays(volume, encoded, identity, output_cfg)
+    for image in overlays:
+        complete_deidentification(image)
+    return overlays

@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from config.schema import OutputConfig
 from dicom_node.volume import Volume
-from sr_templates.charset import character_set_for, charset_kwargs
+from sr_templates.charset import character_set_for, charset_kwargs, source_charset
 from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity
 from sr_templates.seg import EncodedSegment
@@ -239,7 +239,7 @@ def build_overlays(
     monochrome1 = bool(volume.meta.get("monochrome1"))
     equipment = Equipment.from_config(output_cfg)
     description = f"mmed-node overlay of {legend(encoded)}; {DISCLAIMER}"
-    charset = character_set_for([description])
+    charset = character_set_for([description], source_charset(volume))
     orientation = patient_orientation(volume)
     spacing = (float(volume.spacing[1]), float(volume.spacing[2]))
     series_uid = overlay_series_uid(identity)

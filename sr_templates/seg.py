@@ -20,7 +20,7 @@ from pydicom.tag import Tag
 
 from config.schema import OutputConfig
 from dicom_node.volume import Volume
-from sr_templates.charset import character_set_for, charset_kwargs
+from sr_templates.charset import character_set_for, charset_kwargs, source_charset
 from sr_templates.codes import coded
 from sr_templates.equipment import CONTENT_LABEL, Equipment
 from sr_templates.identity import OutputIdentity
@@ -198,7 +198,8 @@ def build_seg_with_numbers(
         return None, []
     equipment = Equipment.from_config(output_cfg)
     charset = character_set_for(
-        text for item in encoded for text in (item.segment.label, item.algorithm.name, item.algorithm.version)
+        (text for item in encoded for text in (item.segment.label, item.algorithm.name, item.algorithm.version)),
+        source_charset(volume),
     )
     seg = Segmentation(
         source_images=source_headers(volume),

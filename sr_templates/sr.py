@@ -21,7 +21,7 @@ from pydicom.sr.codedict import codes as std_codes
 
 from config.schema import OutputConfig
 from dicom_node.volume import Volume
-from sr_templates.charset import character_set_for, charset_kwargs
+from sr_templates.charset import character_set_for, charset_kwargs, source_charset
 from sr_templates.codes import coded, procedure_for
 from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity, derived_uid
@@ -113,7 +113,9 @@ def build_sr(
         ),
     )
     evidence: list[Dataset] = list(volume.datasets) + ([seg] if seg is not None else [])
-    charset = character_set_for(_added_texts(outputs, answer_text, instruction, planner_name))
+    charset = character_set_for(
+        _added_texts(outputs, answer_text, instruction, planner_name), source_charset(volume)
+    )
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
         content=report,

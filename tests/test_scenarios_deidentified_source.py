@@ -1,0 +1,50 @@
+"""End-user scenario: a de-identified source (Patient Identity Removed = YES) that does not say
+how it was de-identified, as pydicom-data's real CT slice ``693_UNCI.dcm`` (CQ500). highdicom
+copies the flag into the SEG, SR and overlays, where it makes De-identification Method a Type 1C
+requirement (PS3.3 C.7.1.1): the outputs must still pass dciodvfy with zero errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+from pydicom.data import get_testdata_file
+
+from config.schema import OutputConfig
+from sr_templates.outputs import build_outputs, build_overlays
+from tests.dicom_validate import dciodvfy_errors
+from tests.outputs_helpers import classification_output, load_volume, two_lung_output, write_ct_series
+
+CFG = OutputConfig(seg_series_number=77, sr_series_number=78, pipeline_version="9.9")
+METHOD_ERRORS = ("DeidentificationMethod",)
+
+
+def _method_errors(path: Path) -> list[str]:
+    return [e for e in dciodvfy_errors(path) if any(k in e for k in METHOD_ERRORS)]
+
+
+def test_real_deidentified_slice_sr_has_no_method_error(tmp_path: Path) -> None:
+    source = Path(get_testdata_file("693_UNCI.dcm"))
+    assert pydicom.dcmread(source, stop_before_pixels=True).PatientIdentityRemoved == "YES"
+    volume = load_volume([source])
+    (sr,) = build_outputs(volume, [classification_output()], "A CT slice.", CFG, "What is this?", "rules")
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path)
+    # The source itself lacks FrameOfReferenceUID and Laterality; none of that reaches an SR.
+    assert dciodvfy_errors(path) == []
+    assert pydicom.dcmread(path).PatientIdentityRemoved == "YES"  # the flag is kept, not dropped
+
+
+def test_seg_sr_overlay_of_a_deidentified_series(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientIdentityRemoved = "YES"
+        ds.save_as(p)
+    volume = load_volume(paths)
+    outputs = [two_lung_output(volume)]
+    seg, sr = build_outputs(volume, outputs, "Both lungs.", CFG, "Segment the lungs.", "rules")
+    overlay = build_overlays(volume, outputs, CFG)[0]
+    for name, ds in (("seg", seg), ("sr", sr), ("overlay", overlay)):
+        path = tmp_path / f"{name}.dcm"
+        ds.save_as(path)
+        assert dciodvfy_errors(path) == [], name
