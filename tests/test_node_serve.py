@@ -180,3 +180,14 @@ def test_serve_refuses_invalid_tool_settings_naming_tool_and_key(tmp_path: Path)
     )
     assert result.returncode == 2
     assert "tools.MedSAM" in result.stderr and "model_pth" in result.stderr
+
+
+def test_second_serve_on_the_same_data_dir_is_refused(servers: list[Serve], tmp_path: Path) -> None:
+    data_dir = tmp_path / "var"
+    servers.append(Serve(write_config(tmp_path / "a.yaml", data_dir, free_port(), quiet=1), tmp_path / "a.log"))
+    result = subprocess.run(
+        [*mmed_node(), "serve", "--config", str(write_config(tmp_path / "b.yaml", data_dir, free_port(), quiet=1))],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2
+    assert "another mmed-node serve already uses" in result.stderr

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from dicom_node.commands import load_config_or_report
 
@@ -52,6 +55,28 @@ def load_runner(spec: str) -> JobRunner:
     return runner
 
 
+#: Held (flock) by the serving node for its lifetime: two nodes on one data_dir would both
+#: re-run the same queued jobs after a restart and race on the same records.
+DATA_DIR_LOCK = "node.lock"
+
+
+def lock_data_dir(data_dir: Path) -> TextIO | None:
+    """Take the data_dir's exclusive lock; None if another process holds it. The returned file
+    must stay open: the lock is released when the process exits, even after ``kill -9``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(data_dir / DATA_DIR_LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def run(args: argparse.Namespace) -> int:
     # Imported here: every mmed-node command builds this parser, only ``serve`` needs the node.
     from dicom_node.http_api import ApiSetupError
@@ -64,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
     if config.node.log_phi:
         # The operator opted in: pynetdicom's INFO lines include query identifiers (PHI).
         logging.getLogger("pynetdicom").setLevel(logging.INFO)
+    lock = lock_data_dir(Path(config.node.data_dir))
+    if lock is None:
+        print(
+            f"another mmed-node serve already uses {config.node.data_dir} "
+            f"(lock {Path(config.node.data_dir) / DATA_DIR_LOCK}); refusing to start a second one",
+            file=sys.stderr,
+        )
+        return 2
     runner = load_runner(args.runner) if args.runner else None
     stop = threading.Event()
 
@@ -98,5 +131,6 @@ def run(args: argparse.Namespace) -> int:
             pass
     finally:
         node.stop()
+        lock.close()
         log.info("stopped")
     return 0
