@@ -6,11 +6,20 @@ tests/agent_rules_devset.py). It is the honest "unseen wording" figure of issue 
 tests/test_agent_rules_paraphrases.py: lungs on a CT volume -> ct lung segmentation; an organ on a
 CT/MR volume -> organ segmentation 3d; any other structure to segment or measure -> grounding dino
 + MedSAM; measuring covers locating the same structure; "where/spot/any X?" -> grounding dino;
-no tool -> [] (a direct answer).
+no tool -> [] (a direct answer); a yes/no size question ("Is the heart enlarged?") is measured only
+by a volumetric tool; a clause naming only a finding ("Fracture?") -> grounding dino.
 
 Figures (tool-set accuracy over all rounds, 138 items): before this set existed the planner got
 99/138 (71.7%); after tuning on the dev set only, 132/138 (95.7%) with keywords alone and
 134/138 (97.1%) with the embedding fallback. The tests hold those floors and print the misses.
+The second tuning round (sets 3 and 4 below) saw this set's remaining keyword misses in its
+regression runs and fixed them through synonym classes and clause precedence: 138/138 since.
+
+Sets, in the order they were written, and what each figure means:
+  1 HELDOUT (138)              unseen before round 1: 97.1%; seen since.
+  2 HELDOUT_AFTER_TUNING (40)  unseen after round 1: 90.0%; read by mechanism in round 2.
+  3 HELDOUT_VOICES (95)        unseen before round 2: 80.0%; read by mechanism in round 2.
+  4 HELDOUT_FINAL (40)         unseen after round 2: 90.0% (keywords alone 82.5%). The honest one.
 """
 from __future__ import annotations
 
@@ -185,10 +194,10 @@ HELDOUT: list[tuple[str, tuple[str, tuple[int, int, int]], list[str]]] = [
 ]
 
 
-#: A second held-out batch, written AFTER all tuning in another voice (longer, politer sentences,
-#: British spelling) and measured once, never tuned against: 34/40 (85%) with keywords alone,
-#: 36/40 (90%) with the embedding fallback; the original planner got 30/40 (75%). Expect the
-#: issue's unseen paraphrases to land nearer this figure than the first set's.
+#: A second held-out batch, written AFTER the first round of tuning in another voice (longer, politer
+#: sentences, British spelling) and measured once: 34/40 (85%) with keywords alone, 36/40 (90%) with
+#: the embedding fallback; the original planner got 30/40 (75%). Its misses were then read by
+#: mechanism in the second round (see set 3), so it now passes 40/40 and is no longer unseen.
 HELDOUT_AFTER_TUNING: list[tuple[str, tuple[str, tuple[int, int, int]], list[str]]] = [
     ("Hi, could you figure out how much volume the left and right lungs have?", CT_VOL, [L]),
     ("I'm after a volumetric measurement of the pancreas.", CT_VOL, [O]),
@@ -232,6 +241,180 @@ HELDOUT_AFTER_TUNING: list[tuple[str, tuple[str, tuple[int, int, int]], list[str
     ("quick read pls", CR, [R]),
 ]
 
+#: A third held-out batch, written BEFORE the second round of tuning in yet other voices (referring
+#: clinicians, ED shorthand, patients' lay wording through a portal, non-native English, one-word
+#: asks, long multi-sentence requests, polite framings, clinical context before the ask). Measured
+#: before that round: 75/95 (78.9%) with keywords alone, 76/95 (80.0%) with the embedding fallback;
+#: those are its floors, the honest unseen figure. The round then read its misses (and set 2's) by
+#: mechanism and changed the mechanisms, not the phrases (lemmatised verbs, bare-structure clauses,
+#: clinical-context clauses, clause precedence, comma continuations, wider synonym classes, exemplars
+#: in other voices; the new wording was checked on tests/agent_rules_devset.py): afterwards 95/95,
+#: which no longer says anything about unseen wording. Set 4 below does.
+HELDOUT_VOICES: list[tuple[str, tuple[str, tuple[int, int, int]], list[str]]] = [
+    # --- referring clinicians -------------------------------------------------------------
+    ("Could you check whether there's a pneumothorax after the chest drain was removed?", CR, [G]),
+    ("Is the liver enlarged on this CT?", CT_VOL, [O]),
+    ("Has the patient got a pleural effusion on the right?", CR, [G]),
+    ("Can you give me the volumes of both lungs before the lobectomy?", CT_VOL, [L]),
+    ("I'd be grateful if you could contour the pancreas for the surgical planning meeting.", CT_VOL, [O]),
+    ("Could you tell me if there's any sign of a brain bleed?", MR_2D, [G]),
+    ("What does the radiograph show?", CR, [R]),
+    ("Please give us a formal report for the MDT.", CT_VOL, [R]),
+    ("Can you confirm the scan type for our records?", MR_2D, [B]),
+    ("Where is the mass relative to the kidney?", CT_2D, [G]),
+    ("How big is the spleen compared with normal?", CT_VOL, [O]),
+    ("Is the heart size normal?", CR, [GS]),
+    # --- ED shorthand ---------------------------------------------------------------------
+    ("CT head ?bleed", CT_VOL, [G]),
+    ("CXR ?effusion ?consolidation", CR, [G]),
+    ("pt SOB, ?PTX on film", CR, [G]),
+    ("CTA chest r/o PE", CT_VOL, [G]),
+    ("CXR post intubation, where's the ETT tip?", CR, [G]),
+    ("spleen vol stat", CT_VOL, [O]),
+    ("L kidney seg pls", CT_VOL, [O]),
+    ("quick prelim read CXR", CR, [R]),
+    ("trauma pan-scan, any fractures?", CT_VOL, [G]),
+    ("modality?", CT_2D, [B]),
+    ("findings?", CR, [R]),
+    # --- patients, lay wording through a portal -------------------------------------------
+    ("My doctor mentioned a shadow on my lung. Can you show me where it is?", CR, [G]),
+    ("Can you explain what my x-ray shows in plain English?", CR, [R]),
+    ("What kind of scan did I have?", MR_2D, [B]),
+    ("Is my liver a normal size?", CT_VOL, [O]),
+    ("What is a pulmonary nodule and should I be worried?", CT_VOL, [K]),
+    ("How do people usually get kidney stones?", CR, [K]),
+    ("What did my scan find?", CT_VOL, [R]),
+    ("I was told I have an enlarged spleen, what can cause that?", CT_VOL, [K]),
+    ("Is pneumonia something that goes away on its own?", CR, [K]),
+    ("Hello, I just got my results in the app, thank you.", CR, []),
+    ("Can you draw around my tumour so I can see how big it is?", MR_2D, [GS]),
+    ("Is there anything wrong with my lungs?", CR, [R]),
+    # --- non-native English ---------------------------------------------------------------
+    ("Please to make segmentation of the liver.", CT_VOL, [O]),
+    ("Where is located the tumor in this picture?", MR_2D, [G]),
+    ("You can tell me which type is this image?", CR, [B]),
+    ("Make for me the report of this radiography.", CR, [R]),
+    ("How much is volume of lungs?", CT_VOL, [L]),
+    ("I want know what is the treatment of stroke.", MR_2D, [K]),
+    ("Please find me where is nodule.", CT_VOL, [G]),
+    ("Kidneys, you can outline them?", CT_VOL, [O]),
+    ("What size have the cyst?", MR_2D, [GS]),
+    ("Is possible to know the modality of this exam?", CT_2D, [B]),
+    # --- very short -----------------------------------------------------------------------
+    ("lungs?", CT_VOL, [L]),
+    ("report", CR, [R]),
+    ("liver volume", CT_VOL, [O]),
+    ("nodules?", CT_VOL, [G]),
+    ("type of scan?", MR_VOL, [B]),
+    ("segment spleen", CT_VOL, [O]),
+    ("pneumonia treatment?", CR, [K]),
+    ("effusion?", CR, [G]),
+    ("thanks", CT_VOL, []),
+    ("impression?", MR_2D, [R]),
+    # --- long, several sentences ----------------------------------------------------------
+    (("Good afternoon. I am looking after a 72-year-old woman with a long history of COPD who was "
+     "admitted last night with worsening breathlessness. Her oxygen requirement has gone up. Could you "
+     "have a look at the chest film and tell me whether there is a pneumothorax?"), CR, [G]),
+    (("We are planning a liver resection next week for this patient. The surgeons would like to know the "
+     "liver volume before they decide how much to take. Can you measure it on this CT? Many thanks."), CT_VOL, [O]),
+    (("This is a follow-up MRI for a patient treated for glioblastoma last year. Please write a report on "
+     "the current study."), MR_VOL, [R]),
+    (("The patient is a 40-year-old man with flank pain. I want to know what kind of imaging this is and I "
+     "would also like a short report."), CT_2D, [B, R]),
+    (("I have two questions. First, where is the nodule on this scan? Second, what are the usual causes of "
+     "lung nodules?"), CT_VOL, [G, K]),
+    (("Our patient is short of breath and has a fever. We suspect pneumonia. Please locate any "
+     "consolidation and then explain how pneumonia is treated."), CR, [G, K]),
+    ("Please outline the kidneys. After that, measure the spleen. Finally, write a brief report.", CT_VOL, [O, R]),
+    (("I'm a medical student and I'm trying to understand this image. Can you tell me what modality it "
+     "is, and what the main findings are?"), MR_2D, [B, R]),
+    # --- polite framings ------------------------------------------------------------------
+    ("Would you be so kind as to segment the lungs?", CT_VOL, [L]),
+    ("If it's not too much trouble, could you identify the imaging modality?", CT_VOL, [B]),
+    ("I'd really appreciate it if you could find the fracture.", CR, [G]),
+    ("Would you mind writing up this MRI?", MR_VOL, [R]),
+    ("May I ask you to outline the heart, please?", CR, [GS]),
+    ("Could I trouble you for the brain volume?", MR_VOL, [O]),
+    ("Please, if possible, tell me what causes emphysema.", CT_VOL, [K]),
+    ("Thank you so much for your help today!", MR_2D, []),
+    # --- clinical context before the ask --------------------------------------------------
+    ("65M smoker, cough \u2014 any mass?", CR, [G]),
+    ("30F, pleuritic chest pain, ?PE", CT_VOL, [G]),
+    ("58M alcoholic, jaundice - liver size?", CT_VOL, [O]),
+    ("Known lung cancer, restaging: measure the tumour.", CT_VOL, [GS]),
+    ("Elderly fall, hip pain. Fracture?", CR, [G]),
+    ("Child with fever and cough, please report the chest film.", CR, [R]),
+    ("Post-op day 2 after liver transplant: segment the liver.", CT_VOL, [O]),
+    ("Headache and vomiting. Is there a haemorrhage?", CT_VOL, [G]),
+    ("Diabetic with renal failure: kidney volumes please.", CT_VOL, [O]),
+    # --- negations ------------------------------------------------------------------------
+    ("I don't need a report, I just want to know where the lesion is.", MR_2D, [G]),
+    ("No need to classify it; please measure the liver.", CT_VOL, [O]),
+    ("Please don't outline anything, just tell me what you see.", CR, [R]),
+    # --- no tool --------------------------------------------------------------------------
+    ("How thick are the slices?", CT_VOL, []),
+    ("Is the patient rotated on this film?", CR, []),
+    ("What date was this scan done?", CT_VOL, []),
+    ("Is the image good enough to read?", MR_2D, []),
+    # --- several asks ---------------------------------------------------------------------
+    ("Locate the nodule, measure it and tell me what modality this is.", CT_VOL, [GS, B]),
+    ("What sort of scan is this and is there a pneumothorax?", CR, [B, G]),
+    ("Outline the spleen and what are the causes of splenomegaly?", CT_VOL, [O, K]),
+    ("Give me the lung volumes and your impression.", CT_VOL, [L, R]),
+    # --- knowledge, clinicians' and patients' ---------------------------------------------
+    ("What's the recommended anticoagulation for a PE?", CT_VOL, [K]),
+    ("How long does a pleural effusion take to resolve?", CR, [K]),
+    ("Is a 4 mm nodule something to worry about?", CT_VOL, [K]),
+    ("Was this an MRI or a CT scan?", MR_2D, [B]),
+]
+
+#: A fourth held-out batch, written AFTER the second round of tuning (mixed voices) and measured
+#: once, never tuned against; its floors are that measurement: 33/40 (82.5%) with keywords alone,
+#: 36/40 (90.0%) with the embedding fallback (the planner before the second round got 31/40 and
+#: 34/40). Expect the issue's unseen paraphrases to land near this figure.
+HELDOUT_FINAL: list[tuple[str, tuple[str, tuple[int, int, int]], list[str]]] = [
+    ("Could you kindly segment the left kidney for volumetry?", CT_VOL, [O]),
+    ("Draw me the shape of the liver.", CT_VOL, [O]),
+    ("Please shade in the mass so I can see its extent.", MR_2D, [GS]),
+    ("Need the gallbladder contoured.", CT_VOL, [O]),
+    ("Where on the film is the nodule?", CR, [G]),
+    ("Do you see any fractures of the ribs?", CR, [G]),
+    ("Pneumothorax present or not?", CR, [G]),
+    ("Find and box any polyps.", MR_2D, [G]),
+    ("Is there blood in the brain?", MR_2D, [G]),
+    ("Tell me the volume of each lung separately.", CT_VOL, [L]),
+    ("How big would you say the cyst is?", MR_2D, [GS]),
+    ("Measure the heart, please.", CR, [GS]),
+    ("Has the spleen grown? Give me its volume.", CT_VOL, [O]),
+    ("What is the liver volume in litres?", CT_VOL, [O]),
+    ("Imaging modality?", CT_2D, [B]),
+    ("Is this picture an ultrasound or an MRI?", MR_2D, [B]),
+    ("Which technique was used here, CT or plain radiography?", CR, [B]),
+    ("What did they use to image this?", MR_VOL, [B]),
+    ("Could I get a report on this film?", CR, [R]),
+    ("Summarise what's abnormal.", CT_VOL, [R]),
+    ("Please give your impression of the brain MRI.", MR_VOL, [R]),
+    ("Just tell me if this chest film is normal.", CR, [R]),
+    ("What are the symptoms of a collapsed lung?", CR, [K]),
+    ("Is stroke preventable?", MR_2D, [K]),
+    ("What's the survival rate for glioblastoma?", MR_2D, [K]),
+    ("My dad has emphysema; what can he do to breathe better?", CT_VOL, [K]),
+    ("How do you treat a pleural effusion?", CR, [K]),
+    ("What is the image resolution?", CT_VOL, []),
+    ("Is the scan in axial orientation?", CT_VOL, []),
+    ("Great, appreciate it.", CR, []),
+    ("No segmentation please, I only want the modality.", MR_VOL, [B]),
+    ("Don't bother measuring; just find the lesion.", CT_2D, [G]),
+    ("Outline the lungs and tell me their volume, plus a report.", CT_VOL, [L, R]),
+    ("What type of scan is this, and are there any nodules?", CT_VOL, [B, G]),
+    ("Segment the liver; what causes cirrhosis?", CT_VOL, [O, K]),
+    ("80M, fall, confused. CT head: bleed?", CT_VOL, [G]),
+    ("?pneumonia RLL", CR, [G]),
+    ("Is my scan normal? Please explain in simple words.", MR_2D, [R]),
+    ("Pls segment spleen & measure vol", CT_VOL, [O]),
+    ("I would like to know what kind of medical imaging was performed.", CR, [B]),
+]
+
 #: Floors below the measured figures (keywords alone; keywords + embedding fallback).
 KEYWORD_FLOOR = 0.95
 ENSEMBLE_FLOOR = 0.96
@@ -264,6 +447,10 @@ def test_heldout_is_big_and_varied() -> None:
         ("HELDOUT", True, ENSEMBLE_FLOOR),
         ("HELDOUT_AFTER_TUNING", False, 0.85),
         ("HELDOUT_AFTER_TUNING", True, 0.9),
+        ("HELDOUT_VOICES", False, 0.789),
+        ("HELDOUT_VOICES", True, 0.8),
+        ("HELDOUT_FINAL", False, 0.825),
+        ("HELDOUT_FINAL", True, 0.9),
     ],
 )
 def test_heldout_accuracy(items: str, embeddings: bool, floor: float) -> None:

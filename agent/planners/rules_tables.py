@@ -13,6 +13,13 @@ SHORTHAND: tuple[tuple[str, str], ...] = (
     (r"\bseg\b", "segment"),
     (r"\bvols?\b", "volume"),
     (r"\bpls\b|\bplz\b", "please"),
+    (r"\bprelim\b", "preliminary"),
+    (r"\bmeas\b", "measure"),
+    (r"\bloc\b", "locate"),
+    (r"\bimp\b", "impression"),
+    (r"\bsegs\b", "segment"),
+    (r"\bmod\b", "modality"),
+    (r"\brep\b", "report"),
     (r"\bu\b", "you"),
     (r"\bddx\b", "differential diagnosis"),
     (r"\bcxr\b", "chest x-ray"),
@@ -21,6 +28,25 @@ SHORTHAND: tuple[tuple[str, str], ...] = (
     (r"\bggos?\b", "ground-glass opacity"),
     (r"(?<=[a-z])\s*\+\s*(?=[a-z])", " and "),
 )
+
+#: Verbs whose regular inflections (-s, -es, -ed, -d, -ing, a doubled final consonant, y -> ies/ied)
+#: are read as the base form, so one pattern per verb serves "writing up", "drawn around", "mapped".
+LEMMA_BASES: tuple[str, ...] = (
+    "write", "draw", "read", "outline", "trace", "shade", "colour", "color", "map", "spot", "point",
+    "pick", "search", "look", "box", "describe", "summarise", "summarize", "review", "check", "screen",
+    "show", "label", "separate", "isolate", "cut", "carve", "walk", "talk", "go", "size", "demarcate",
+    "classify", "categorise", "categorize", "identify", "tell", "give", "sketch",
+)
+
+#: Irregular forms of LEMMA_BASES verbs.
+LEMMA_IRREGULAR: dict[str, str] = {
+    "wrote": "write", "written": "write", "drew": "draw", "drawn": "draw", "went": "go", "gone": "go",
+    "told": "tell", "gave": "give", "given": "give",
+}
+
+#: Inflected-looking words that are not inflections of a LEMMA_BASES verb (or must stay as written:
+#: "findings" is a report word, "shown" points at the image).
+LEMMA_KEEP = frozenset({"shown", "findings", "classes"})
 
 #: Intent words a misspelt token is corrected to (one edit away: insertion, deletion, substitution,
 #: transposition), when the token is not itself a word below or in TYPO_PROTECTED.
@@ -54,6 +80,12 @@ CLAUSE_SPLIT = (
     r"|\s+then\s+|\s+as well as\s+|\s+plus\s+|\s+along with\s+|\s+after that\s+|\s+[-\u2013\u2014]+\s+"
 )
 
+#: A comma-separated piece that opens with one of these words continues the clause before it
+#: ("the volume, roughly, of the right kidney"); so does a piece of one word ("roughly", "please").
+CONTINUATION_WORDS = frozenset({
+    "of", "in", "on", "for", "from", "within", "inside", "at", "with", "to", "into", "over", "by",
+})
+
 #: Intent -> patterns (the first that matches a clause counts).
 INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
     "segment": (
@@ -61,22 +93,31 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bborders?\b", r"\bboundar(?:y|ies)\b", r"\bcut out\b", r"\bisolat\w*", r"\bpixel[- ]?(?:wise|level)\b",
         r"\btrac(?:e|ing)\b", r"\bshade\b", r"\bcolou?r in\b", r"\bmap out\b", r"\bdraw (?:around|the (?:edges?|outline))",
         r"\bextent of\b", r"\bseparate\b", r"\bcarv(?:e|ing)\b", r"\bextract\w*",
-        r"\bpaint\w*", r"\blabel ?maps?\b",
+        r"\bpaint\w*", r"\blabel ?maps?\b", r"\bdemarcat\w*", r"\bmargins?\b", r"\bedges?\b", r"\bsketch (?:around|out)\b",
+        r"\bsilhouette of\b", r"\bfill in\b", r"\bpixels? (?:belonging|of|that|which|in|within|inside)\b",
+        r"\bvoxels?\b", r"\bstand out\b", r"\bfrom the (?:background|rest)\b", r"\bcolou?r[- ]?(?:in|code\w*|each)\b",
+        r"\b(?:its|their) own colou?rs?\b", r"\bcarve up\b", r"\bauto-?contour\w*", r"\bROIs?\b", r"\bregions? of interest\b",
     ),
     "locate": (
-        r"\blocat\w*", r"\blocali[sz]\w*", r"\bdetect\w*", r"\bfind\b", r"\bwhere\b", r"\bbounding[- ]box\w*",
-        r"\bbox(?:es)? (?:around|over)\b", r"\bpoint (?:out|to)\b", r"\bspot\b", r"\bpinpoint\w*",
+        r"\blocat\w*", r"\blocali[sz]\w*", r"\bdetect\w*", r"\bfind\b", r"\bwhere(?:'?s)?\b", r"\bbounding[- ]box\w*",
+        r"\bbox(?:es)? (?:around|over)\b", r"\bpoint (?:me |us )?(?:out|to)\b", r"\bspot\b", r"\bpinpoint\w*",
         r"\b(?:position|location|site) of\b", r"\bground(?:ing|ed)?\b(?![- ]glass)", r"\bis there (?:a|an|any)\b", r"\bare there(?: any)?\b",
         r"\bmark\b", r"\bhighlight\w*", r"\bshow me where\b", r"\bsearch for\b", r"\blook for\b",
         r"\bwhereabouts\b", r"\bscan for\b", r"\bcircl\w*", r"\bindicat\w*", r"\bpick out\b",
-        r"\bbox(?:es)?\b", r"\brule out\b", r"\b(?:check|assess|evaluate|eval|screen)(?:ing)? for\b", r"\bflag\w*",
-        r"\b(?:which|what) (?:part|region|area|side|quadrant|lobe|portion)\b",
+        r"\bbox(?:es)?\b", r"\brule out\b", r"\b(?:check|assess|evaluate|eval|screen)(?:ing)? for\b", r"\bflag(?:ged|ging)?\b",
+        r"\b(?:which|what) (?:part|region|area|side|quadrant|lobe|portion)\b(?! of the body)",
+        r"\bcheck (?:whether|if)\b", r"\bwhether (?:there|it)\b", r"\bthere(?:'s| is| are) (?:a|an|any|some)\b",
+        r"\bany (?:evidence|sign|signs|trace) of\b", r"\bevidence of\b", r"\bshow (?:me )?(?:the )?location\b",
+        r"\bcoordinates?\b",
+        r"\bidentify (?:the |its )?(?:region|area|location|position|site|spot)\b", r"\b(?:be|been|is|are|was|were) found\b",
     ),
     "measure": (
         r"\bmeasur\w*", r"(?<!ct )(?<!mr )(?<!3d )(?<!this )(?<!whole )\bvolumes?\b(?! rendering)", r"\bhow (?:big|large)\b", r"\bsizes?\b",
         r"\bquantif\w*", r"\bmean hu\b", r"\b(?:density|attenuation|hounsfield)\b", r"\bcapacity\b",
         r"\bmillilit\w*", r"\bhow much air\b", r"\bdiameters?\b", r"\bdimensions?\b", r"\bvolumetr\w*",
-        r"\bhow (?:wide|long|thick|tall|deep)\b", r"\bhu\b", r"\b(?:ml|cc)\b",
+        r"\bhow (?:wide|thick|tall|deep|much space)\b", r"\bhow long\b(?! (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have)\b)",
+        r"\bhu\b", r"\b(?:ml|cc|cm3|mm3|litres?|liters?)\b", r"\bestimat\w*", r"\bcalculat\w*", r"\bcomput\w*",
+        r"\bwhat size\b", r"\bsized?\b", r"\bcubic\b", r"\b(?:centi|milli)met(?:re|er)s?\b", r"\bmagnitude\b", r"\bmetrics?\b", r"\bnumbers? (?:for|on)\b",
     ),
     "classify": (
         r"\bmodalit\w*", r"\bclassif\w*", r"\bcategori[sz]\w*",
@@ -89,7 +130,18 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bimage (?:category|type|class|kind)\b", r"\bcategory\b",
         r"\bis (?:this|it) (?:image |scan |study |picture |exam )?(?:an? )?(?:ct|mri?|x-?ray|ultrasound|radiograph|pet|mammogram)\b",
         r"\bhow was (?:this|the) (?:image|scan|picture) (?:acquired|taken|made|obtained)",
-        r"\bwhat am i (?:looking at|seeing|viewing)\b", r"\bwhat is this (?:an? )?(?:image|scan|picture|photo) of\b",
+        r"\bwhat am i (?:look(?:ing)? at|seeing|viewing)\b",
+        r"\b(?:scan|study|exam|examination|imaging|image|picture) (?:type|category|class|kind|modality)\b",
+        r"\b(?:part|region|area|section) of (?:the )?body\b", r"\bwhich (?:organ|anatomy)\b",
+        r"\b(?:type|kind|sort|category|form) of (?:\w+ )?(?:scan|image|imaging|study|exam\w*|picture|modality)\b",
+        r"\bplain (?:film|x-?ray|radiograph)\b", r"\bmachine\b",
+        r"^(?=.*\b(?:x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram)\b)\s*(?:(?:is it|or|an?|x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram)\b[\s,/]*)+$",
+        r"\b(?:if|whether) (?:this|it) (?:is|was) (?:an? )?(?:ct|mri?|x-?ray|ultrasound|radiograph|pet|mammogram)\b",
+        r"\b(?:what|which) (?:technique|method|technology|equipment|device)\b",
+        r"\bproduced? (?:this|the) (?:image|scan|picture)\b",
+        r"\b(?:taken|acquired|obtained|made|produced|performed|imaged) (?:with|on|using|by)\b",
+        r"\bwhat (?:kind|type|sort) (?:is|was) (?:this|it)\b", r"\bwhich type is\b",
+        r"\b(?:x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram) (?:or|vs\.?|versus) (?:an? )?(?:x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram)\b", r"\bwhat is this (?:an? )?(?:image|scan|picture|photo) of\b",
         r"\bscanner\b", r"\bused to (?:acquire|take|obtain|make|produce)\b",
         r"\b(?:which|what) (?:exam|examination|study|scan) is (?:this|it)\b",
     ),
@@ -105,21 +157,39 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bsummar(?:i[sz]e|y)\b", r"\bwrite (?:it |this |that )?up\b", r"\b(?:your|a|the) read\b",
         r"\b(?:what'?s|what is|anything|something) (?:abnormal|wrong)\b", r"\bwhat you (?:see|think|notice)\b",
         r"\b(?:your|the) differential\b", r"\breview (?:this|the)\b", r"\blook over\b", r"\bnormal or abnormal\b",
+        r"\b(?:walk|talk|take) (?:me|us) through\b", r"\bgo (?:through|over)\b", r"\bbottom line\b", r"\boverview\b",
+        r"\brundown\b", r"\bconclusions?\b", r"\b(?:your|a|the) take on\b", r"\bgist\b", r"\bverdict\b",
+        r"\bwhat (?:does|do|did) (?:this|the|my|our|these|his|her|it)\b(?: [\w-]+){0,3} (?:show|reveal|find|demonstrate|say)\b",
+        r"\bwhat (?:this|the|my|our|his|her|it|they)\b(?: [\w-]+){0,3} (?:show|reveal|find|demonstrate|say)\b",
+        r"\bexplain (?:the |my |these |his |her |our )?(?:results?|images?|scans?|x-?rays?|films?|findings|report)\b",
+        r"\btell (?:me|us) (?:\w+ )?about (?:this|the|my|these|his|her|our) (?:image|scan|study|film|x-?ray|ct|mri|picture|radiograph)",
+        r"\bread\b(?: \w+){0,2} (?:chest x-ray|film|study|image|x-?ray|radiograph|scan|ct|mri|mr|exam)\b",
+        r"\b(?:results?|outcome) of (?:this|the|my)\b", r"\bwhat'?s going on\b", r"\banything (?:unusual|concerning|of note|worrying|suspicious)\b",
+        r"\bkey (?:points|observations)\b", r"\bobservations\b", r"\bcomment\w* on\b", r"\bremarks?\b",
+        r"\b(?:your|any) thoughts\b", r"\b(?:everything|anything) (?:you )?(?:see|notice|observe)\b", r"\bpreliminary\b", r"\bwhat'?s (?:there|here|going on|happening|visible)\b",
     ),
     "knowledge": (
-        r"\bwhat (?:is|are) (?:a |an |the )?", r"\bexplain\w*", r"\btreat\w*", r"\btherap\w*",
+        r"\bwhat (?:is|are) (?!(?:it|this|that|these|those|they)\b)(?:a |an |the )?", r"\bexplain\w*", r"\btreat\w*", r"\btherap\w*",
         r"\bsymptoms?\b", r"\bcauses?\b", r"\bprognos\w*", r"\brisk factors?\b", r"\bmanag\w*", r"\bdefin\w*",
         r"\btell me about\b", r"\bmedications?\b", r"\bcomplications?\b", r"\bdiagnos\w*", r"\bsigns of\b",
         r"\bguidelines?\b", r"\bhow (?:common|serious|dangerous)\b",
         r"\bwhy (?:do|does|is|are|did|would)\b", r"\bprevent\w*", r"\bdifference between\b",
-        r"\bhow (?:do|does|can) (?:people|patients|someone|one) (?:get|develop|catch)\b", r"\bepidemiolog\w*",
+        r"\bhow (?:do|does|can) (?:people|patients|someone|one|you|i) (?:\w+ly )?(?:get|develop|catch)\b",
+        r"\brevers(?:ed?|al)\b", r"\bepidemiolog\w*",
         r"\bwhat does .+ mean\b", r"\bmeaning of\b", r"\bpatients? with\b", r"\bavoid\b",
         r"\bcur(?:e|es|able|ed)\b", r"\bsurvival\b", r"\bcontagious\b", r"\bhereditary\b", r"\bpathophysiolog\w*",
         r"\bclinical (?:features|presentation|signs)\b", r"\bdrugs?\b", r"\bfirst-line\b",
         r"\bwhat'?s (?:a |an |the )?", r"\breversible\b", r"\blife expectancy\b", r"\bwho (?:gets|develops)\b",
         r"\bat risk\b", r"\b(?:fatal|deadly|lethal)\b", r"\bpresentation\b", r"\bstag(?:es?|ing)\b", r"\bbiops\w*",
         r"\bwork(?:ed)?[- ]?up\b", r"\bpatholog\w*", r"\bantibiotics?\b", r"\bdifferential (?:diagnos\w* )?(?:for|of)\b",
-        r"\bwhen should\b",
+        r"\bwhen should\b", r"\bhow long (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have)\b",
+        r"\bworr(?:y|ied|ying)\b", r"\bgo away\b", r"\brecommend\w*", r"\boutlook\b", r"\bheal\w*", r"\brecover\w*",
+        r"\bmortality\b", r"\bcommon (?:in|among)\b", r"\bwhat happens\b", r"\bside effects?\b",
+        r"\btell (?:me|us) (?:\w+ )?about\b", r"\binfo(?:rmation)? (?:about|on)\b", r"\blearn about\b", r"\bmore about\b",
+        r"\bcourse of\b", r"\bnatural history\b", r"\bserious\b", r"\bdangerous\b",
+        r"\bleads? to\b", r"\btriggers?\b", r"\bresponsible for\b", r"\bcontribut\w* to\b", r"\bdescribe\b", r"\brisks?\b",
+        r"\bchances? of\b", r"\bhow (?:fast|quickly|often|soon|likely)\b", r"\brun in (?:the )?famil\w*",
+        r"\bgenetic\b", r"\binherit\w*", r"\bpainful\b",
     ),
 }
 
@@ -128,9 +198,62 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
 WEAK_INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
     "locate": (
         r"\bany\b", r"\bshow\b", r"\bvisible\b", r"\bpresent\b", r"\bsee\b", r"\bidentify\b", r"\bcontains?\b",
-        r"\bquery\b",
+        r"\bquery\b", r"\b(?:has|have|got) (?:\w+ ){0,3}(?:a|an|any)\b", r"\bsuspect\w*", r"\bsuspicious\b",
+        r"\bsigns? of\b", r"\b(?:clear|free) of\b", r"\b(?:is|are|was|were) there\b", r"\banything\b", r"\bgrow\w*", r"\bthere be\b",
+        r"\b(?:somewhere|anywhere|hiding)\b",
+        r"\btell (?:me|us) (?:if|whether)\b", r"\blet (?:me|us) know (?:if|whether)\b",
+        r"\b(?:do|does|did) (?:i|he|she|they|we|you|it|the patient|patient|my \w+) (?:still )?have\b",
     ),
     "segment": (r"\blabel\b", r"\bpixels?\b", r"\bregion\b"),
+    "report": (r"\b(?:look|is|are|seem)s? (?:\w+ )?(?:okay|ok|alright|all right|fine|normal|healthy)\b",),
+    "measure": (
+        r"\benlarge\w*", r"\bswollen\b", r"\bshrunk\w*", r"\batroph\w*", r"\b(?:bigger|larger|smaller)\b",
+        r"\bnormal size\b", r"\bhypertroph\w*",
+    ),
+}
+
+#: Findings (not anatomy): a clause naming only findings ("Fracture?", "?effusion", "any nodules")
+#: asks where they are; a clause naming only organs ("lungs?") adds them to the asks around it.
+FINDING_TARGETS = frozenset({
+    "tumor", "nodule", "lesion", "mass", "polyp", "cyst", "fracture", "effusion", "pneumothorax",
+    "hemorrhage", "opacity", "consolidation", "cell", "fluid",
+})
+
+#: Words that may stand around the structure names of a bare clause ("query L effusion on film").
+BARE_CLAUSE_WORDS = frozenset({
+    "query", "left", "right", "l", "r", "bilateral", "both", "small", "large", "big", "new", "possible",
+    "probable", "likely", "suspected", "acute", "chest", "x-ray", "film", "cxr", "ok", "now", "still",
+    "again", "too", "also", "or", "and", "not", "lobe", "side", "upper", "lower", "mid",
+})
+
+#: A clause that opens like this states the clinical context ("65M smoker", "Known lung cancer",
+#: "This is a follow-up MRI for a patient treated for ...", "I was told I have ..."): beside a real
+#: ask, what only its weak words, knowledge words or its embedding suggest is context, not an ask.
+CONTEXT_OPENING = (
+    r"^(?:this (?:is|was)|these are|it (?:is|was)|it's|the patient|patient|pt|he|she|they|known|history|hx|h/o"
+    r"|s/p|status post|post[- ]\w+|follow[- ]?up|previous|prior|background|clinical (?:details|history|info\w*)"
+    r"|i (?:was|have|had|got)|i'(?:ve|m) (?:been|got|had)|i(?: am|'m) (?!after|looking|hoping|wondering|asking|interested|keen)|we (?:are|were|have|had|suspect|think)"
+    r"|my (?:doctor|gp|physician|consultant|surgeon)|our patient|elderly|diabetic|smoker|child|adult|male|female|man|woman"
+    r"|\d+\s*-?\s*(?:y/?o|yo|yrs?|years?|[mf])\b|\d+-year-old)\b"
+)
+
+#: Within one clause, asks of a key intent win over those of the listed intents ("tell me what this
+#: image shows: is it an MRI or a CT?" asks for the modality, not a report; "your differential for
+#: this film" is a read of the image, not a textbook question).
+CLAUSE_PRECEDENCE: dict[str, tuple[str, ...]] = {
+    "classify": ("report",),
+    "report": ("knowledge", "locate"),
+}
+
+#: Vague asks: patterns that ask for an intent only when the instruction asks nothing else ("have a
+#: look at the film" alone wants a read; "have a look at the film and tell me whether there is a
+#: pneumothorax" wants the pneumothorax found).
+VAGUE_INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
+    "report": (
+        r"\b(?:have|take) a (?:quick )?look\b", r"\blook at (?:this|the|my|our|these)\b", r"\bred flags?\b",
+        r"\b(?:everything|all|it|this|things) (?:look )?(?:okay|ok|alright|all right|fine|normal|good)\b",
+        r"\bcheck (?:this|it|these) (?:out|over)\b", r"\bcheck (?:over |out )?(?:this|the|my) (?:image|scan|film|x-?ray|study|ct|mri)\b",
+    ),
 }
 
 #: Knowledge words that keep a retrieval ask even next to image tasks or "this image".
@@ -138,7 +261,8 @@ KNOWLEDGE_STRONG = (
     r"\b(?:treat\w*|therap\w*|symptoms?|causes?|prognos\w*|risk factors?|manag\w*|medications?"
     r"|complications?|guidelines?|how (?:common|serious|dangerous)|prevent\w*|why (?:do|does|is|are|did|would)"
     r"|avoid|patients? with|cur(?:e|es|able|ed)|survival|contagious|hereditary|drugs?|reversible|life expectancy"
-    r"|at risk|fatal|deadly|lethal|stag(?:es?|ing)|biops\w*|patholog\w*|antibiotics?|differential (?:diagnos\w* )?(?:for|of))\b"
+    r"|at risk|fatal|deadly|lethal|stag(?:es?|ing)|biops\w*|patholog\w*|antibiotics?|differential (?:diagnos\w* )?(?:for|of)"
+    r"|how long (?:does|do|will|would|can|until|to)|worr(?:y|ied|ying)|go away|recommend\w*|outlook|side effects?|risks?)\b"
     r"|\bwhat does .+ mean\b"
 )
 
@@ -146,7 +270,8 @@ KNOWLEDGE_STRONG = (
 DEICTIC = (
     r"\b(?:this|these|shown|visible|seen|here|slices?|thickness|spacing|resolution|pixels?|orientation"
     r"|window\w*|series|matrix|field of view|fov|dimensions?)\b"
-    r"|\bthe (?:image|scan|picture|study|radiograph|film|x-?ray|ct|mri)\b"
+    r"|\b(?:the|my|our|his|her|their|patient'?s) (?:image|scan|picture|study|radiograph|film|x-?ray|ct|mri|results?)\b"
+    r"|\b(?:the )?patient'?s?\b(?! with)|\b(?:position|view|projection|contrast|artifacts?|artefacts?|noise|quality|exposure)\b"
 )
 
 #: Intents that need a target; without one they inherit the previous clause's targets.
@@ -163,9 +288,9 @@ SUPPRESSES: dict[str, tuple[str, ...]] = {
 ALL_STRUCTURES = "all organs"
 
 TARGET_TERMS: tuple[tuple[str, str], ...] = (
-    (r"\b(?:all|every|each)(?: of)? (?:the )?(?:[a-z]+ )?(?:organs?|structures?|anatom\w*)\b|\beverything\b|\bmulti-?organ\b", ALL_STRUCTURES),
+    (r"\b(?:all|every|each)(?: of)? (?:the )?(?:[a-z]+ )?(?:organs?|structures?|anatom\w*)\b|\beverything\b|\bmulti-?organ\b|\borgans\b", ALL_STRUCTURES),
     (r"\b(?:lung|pulmonary) nodules?\b", "nodule"),
-    (r"\b(?:brain|liver|kidney|renal|hepatic|lung) (?:tumou?rs?|masses)\b", "tumor"),
+    (r"\b(?:brain|liver|kidney|renal|hepatic|lung|pulmonary) (?:tumou?rs?|mass(?:es)?|cancers?|growths?)\b", "tumor"),
     (r"\b(?:brain|liver|kidney|renal|hepatic|lung|skin) lesions?\b", "lesion"),
     (r"\bpleural effusions?\b", "effusion"),
     (r"\bhead of (?:the )?femur\b|\bfemoral heads?\b", "head of femur"),
@@ -188,10 +313,11 @@ TARGET_TERMS: tuple[tuple[str, str], ...] = (
     (r"\bintestin\w*|\bbowels?\b", "intestine"),
     (r"\brect(?:um|al)\b", "rectum"),
     (r"\btrachea\w*", "trachea"),
-    (r"\btumou?rs?\b|\bneoplasms?\b|\bmalignan\w*", "tumor"),
+    (r"\btumou?rs?\b|\bneoplasms?\b|\bmalignan\w*|\bcancers?\b|\bcarcinoma\w*", "tumor"),
     (r"\bnodules?\b", "nodule"),
     (r"\blesions?\b", "lesion"),
     (r"\bmass(?:es)?\b", "mass"),
+    (r"\b(?:free )?fluid(?: collections?)?\b", "fluid"),
     (r"\bpolyps?\b", "polyp"),
     (r"\bcells?\b|\bnucle(?:i|us)\b", "cell"),
     (r"\bcysts?\b", "cyst"),
@@ -222,7 +348,7 @@ TOOL_CHOICES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
     "measure": (
         ("ct lung segmentation", ("lung_target", "ct_volume")),
         ("organ segmentation 3d", ("volume", "organ_targets")),
-        ("grounding dino + MedSAM", ("has_target",)),
+        ("grounding dino + MedSAM", ("has_target", "explicit")),
         ("ct lung segmentation", ("ct_volume", "chest")),
     ),
     "locate": (
@@ -288,6 +414,22 @@ UNIT_SUFFIXES: dict[str, str] = {
     "pct": "%", "percent": "%", "s": "s",
 }
 
+#: First words of a free phrase that name a property of the image, not a structure to find
+#: ("are there any artefacts?"): such a phrase is no target.
+NOT_STRUCTURES = frozenset({
+    "artifact", "artifacts", "artefact", "artefacts", "contrast", "noise", "motion", "blur", "blurring",
+    "text", "labels", "markers", "annotations", "problems", "issues", "errors", "differences", "changes",
+    "abnormalities", "abnormality", "findings", "anything", "something", "other", "more", "slices",
+    "missing", "ruler", "marker", "writing", "annotation", "label", "lettering", "date",
+})
+
+#: Properties of the image itself: a clause about one ("describe the image orientation", "are any
+#: slices missing") asks for no report and no search for an unnamed structure.
+IMAGE_PROPERTIES = (
+    r"\b(?:orientation|quality|resolution|spacing|thickness|matrix|window(?:ing)?|format|field of view|fov"
+    r"|exposure|artefacts?|artifacts?|noise|bit depth|contrast phase|pixel size|header|metadata)\b"
+)
+
 #: Words skipped when a target is read as a free phrase after the intent keyword.
 PHRASE_STOP = frozenset({
     "the", "a", "an", "any", "all", "this", "these", "that", "those", "in", "on", "of", "from", "within",
@@ -296,15 +438,5 @@ PHRASE_STOP = frozenset({
     "seen", "present", "can", "you", "could", "would", "will", "i", "want", "need", "study", "series",
     "x-ray", "xray", "ct", "mri", "mr", "radiograph", "film", "volume", "slice", "slices", "here", "where",
     "located", "be", "do", "does", "show", "see", "at", "by", "into", "onto", "over", "under",
+    "was", "were", "been", "still", "exactly", "precisely", "lies", "sits",
 })
-
-#: Extra labelled exemplars for the embedding fallback (agent.planners.intent_embed), beside the
-#: instruction templates: phrasings the templates lack. Tuned on tests/agent_rules_devset.py only.
-#: Intent "none" means a question answered without a tool.
-INTENT_EXEMPLARS: dict[str, tuple[str, ...]] = {
-    "none": (
-        "Hello.",
-        "Thank you.",
-        "Is the image rotated?",
-    ),
-}

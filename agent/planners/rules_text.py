@@ -1,13 +1,17 @@
-"""Text the rules planner reads: radiologist shorthand expanded, typos corrected, negations found.
+"""Text the rules planner reads: radiologist shorthand expanded, typos corrected, verb inflections
+reduced to their base form, negations found.
 
 All word lists are data in :mod:`agent.planners.rules_tables` (SHORTHAND, TYPO_TARGETS,
-TYPO_PROTECTED, NEGATION_CUES); this module only applies them.
+TYPO_PROTECTED, LEMMA_BASES, LEMMA_IRREGULAR, LEMMA_KEEP, NEGATION_CUES); this module only applies them.
 """
 from __future__ import annotations
 
 import re
 
 from agent.planners.rules_tables import (
+    LEMMA_BASES,
+    LEMMA_IRREGULAR,
+    LEMMA_KEEP,
     NEGATION_CUES,
     NEGATION_WINDOW,
     SHORTHAND,
@@ -49,12 +53,41 @@ def correct_typos(text: str) -> str:
     return _WORD_RE.sub(fix, text)
 
 
+def inflections(base: str) -> set[str]:
+    """The regular inflected forms of the verb ``base`` (a superset: forms no word has do no harm)."""
+    forms = {base + "s", base + "es", base + "ed", base + "ing"}
+    if base.endswith("e"):
+        forms |= {base + "d", base[:-1] + "ing"}
+    if base.endswith("y"):
+        forms |= {base[:-1] + "ies", base[:-1] + "ied"}
+    if len(base) >= 3 and base[-1] not in "aeiouwxy" and base[-2] in "aeiou" and base[-3] not in "aeiou":
+        forms |= {base + base[-1] + "ed", base + base[-1] + "ing"}
+    return forms
+
+
+def _lemma_table() -> dict[str, str]:
+    table = {form: base for base in LEMMA_BASES for form in inflections(base)}
+    table.update(LEMMA_IRREGULAR)
+    for word in (*LEMMA_BASES, *LEMMA_KEEP):
+        table.pop(word, None)
+    return table
+
+
+_LEMMAS = _lemma_table()
+_TOKEN_RE = re.compile(r"[A-Za-z]+")
+
+
+def lemmatise(text: str) -> str:
+    """Inflected forms of the intent verbs replaced by their base form ("writing up" -> "write up")."""
+    return _TOKEN_RE.sub(lambda m: _LEMMAS.get(m.group(0).lower(), m.group(0)), text)
+
+
 def normalise_instruction(instruction: str) -> str:
-    """Shorthand expanded and typos corrected: what the keyword tables read."""
+    """Shorthand expanded, typos corrected and intent verbs lemmatised: what the keyword tables read."""
     text = instruction
     for pattern, replacement in _SHORTHAND_RE:
         text = pattern.sub(replacement, text)
-    return correct_typos(text)
+    return lemmatise(correct_typos(text))
 
 
 def negated_at(clause: str, start: int) -> bool:
