@@ -58,6 +58,8 @@ class AgentResult:
     planner: str
     fallback_reason: str | None = None
     errors: list[str] = field(default_factory=list)
+    #: Asks the planner found no available tool for (see ``AssistantTurn.unserved``).
+    unserved: list[str] = field(default_factory=list)
 
 
 def run_agent(
@@ -107,7 +109,10 @@ def run_agent(
         summaries.extend(round_summaries)
         history.append(Message.human(tool_outputs_message(round_summaries, instruction)))
     conversation = Conversation(image=None, messages=list(history))
-    return AgentResult(conversation, outputs, answer, state.planner.name, state.fallback_reason, state.errors)
+    unserved = list(dict.fromkeys(u for m in history if m.turn for u in m.turn.unserved))
+    return AgentResult(
+        conversation, outputs, answer, state.planner.name, state.fallback_reason, state.errors, unserved
+    )
 
 
 class _State:

@@ -92,6 +92,9 @@ class AssistantTurn:
     thoughts: str
     actions: list[Action]
     value: str
+    #: What the user asked that no available tool can do on this series (planner bookkeeping,
+    #: not part of the MMedAgent text or JSON forms): a job whose asks all went unserved fails.
+    unserved: tuple[str, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The MMedAgent JSON message form (``from`` included)."""

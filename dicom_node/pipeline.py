@@ -203,6 +203,12 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     called = [a for m in result.conversation.messages if m.turn for a in m.turn.actions]
     if called and not result.outputs:
         raise JobFailed("no tool could process this series: " + "; ".join(result.errors))
+    if not called and result.unserved:
+        # E.g. a CR sent to a CT-lung route: the planner found the ask but no tool for it.
+        raise JobFailed(
+            f"no available tool can {', '.join(result.unserved)} for this {volume.modality} series "
+            f"({'x'.join(str(n) for n in volume.shape)} voxels)"
+        )
     predecessors = predecessor_reports(spec)
     identity = identity_for(volume, config.output, variant=output_variant(spec))
     datasets = build_outputs(

@@ -531,9 +531,9 @@ def direct_answer(ctx: PlanContext, unserved: list[Ask]) -> AssistantTurn:
         missing = ", ".join(_intent_phrase(a) for a in unserved)
         thoughts = f"The user asks to {missing}, but no available tool can do this; I answer from the image information."
         value = f"No available tool can {missing} for this series. What is known about it: {facts}."
-    else:
-        thoughts = "This is a visual question that needs no tool; I answer directly from the image and its metadata."
-        value = f"From the image and its metadata: {facts}."
+        return AssistantTurn(thoughts, [], value, unserved=tuple(_intent_phrase(a) for a in unserved))
+    thoughts = "This is a visual question that needs no tool; I answer directly from the image and its metadata."
+    value = f"From the image and its metadata: {facts}."
     return AssistantTurn(thoughts, [], value)
 
 
