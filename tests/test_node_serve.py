@@ -78,6 +78,14 @@ class Serve:
         assert self.proc.poll() is None, log.read_text()
 
 
+def serve_once(config: Path) -> subprocess.CompletedProcess[str]:
+    """``mmed-node serve`` expected to refuse to start: it must exit on its own."""
+    return subprocess.run(
+        [*mmed_node(), "serve", "--config", str(config)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )
+
+
 @pytest.fixture
 def servers() -> Iterator[list[Serve]]:
     started: list[Serve] = []
@@ -155,14 +163,7 @@ def test_kill_9_then_restart_processes_every_acknowledged_instance(
 def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("node: {port: 11112, series_quiet_secs: 5}\n")
-    result = subprocess.run(
-        [*mmed_node(), "serve", "--config", str(bad)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = serve_once(bad)
     assert result.returncode == 2
     assert "node.series_quiet_secs" in result.stdout + result.stderr
 
@@ -170,14 +171,7 @@ def test_serve_refuses_a_bad_config_naming_the_key(tmp_path: Path) -> None:
 def test_serve_refuses_invalid_tool_settings_naming_tool_and_key(tmp_path: Path) -> None:
     bad = tmp_path / "bad-tools.yaml"
     bad.write_text(f"node: {{data_dir: {tmp_path / 'var'}, port: 11112}}\ntools:\n  MedSAM: {{model_pth: /models/x.pth}}\n")
-    result = subprocess.run(
-        [*mmed_node(), "serve", "--config", str(bad)],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = serve_once(bad)
     assert result.returncode == 2
     assert "tools.MedSAM" in result.stderr and "model_pth" in result.stderr
 
@@ -185,9 +179,6 @@ def test_serve_refuses_invalid_tool_settings_naming_tool_and_key(tmp_path: Path)
 def test_second_serve_on_the_same_data_dir_is_refused(servers: list[Serve], tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     servers.append(Serve(write_config(tmp_path / "a.yaml", data_dir, free_port(), quiet=1), tmp_path / "a.log"))
-    result = subprocess.run(
-        [*mmed_node(), "serve", "--config", str(write_config(tmp_path / "b.yaml", data_dir, free_port(), quiet=1))],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )
+    result = serve_once(write_config(tmp_path / "b.yaml", data_dir, free_port(), quiet=1))
     assert result.returncode == 2
     assert "another mmed-node serve already uses" in result.stderr
