@@ -12,11 +12,12 @@ period, and the new job supersedes the old one (its record names the job it supe
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+
+from sr_templates.identity import instance_set_fingerprint
 
 
 def series_complete(
@@ -35,15 +36,6 @@ def series_complete(
     if require_release and open_associations > 0:
         return False
     return now - last_arrival >= quiet_seconds
-
-
-def instance_set_fingerprint(sop_uids: Iterable[str]) -> str:
-    """A stable digest of a set of SOP Instance UIDs (order-free): equal sets, equal fingerprints."""
-    digest = hashlib.sha256()
-    for uid in sorted(set(sop_uids)):
-        digest.update(uid.encode("ascii"))
-        digest.update(b"\n")
-    return digest.hexdigest()
 
 
 SeriesKey = tuple[str, str]  # (StudyInstanceUID, SeriesInstanceUID)

@@ -32,7 +32,6 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -62,10 +61,6 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 #: value separator of list-of-UID matching (PS3.4 C.2.2.2.2). A question names one study: an
 #: identifier holding them could match (and pull) many.
 MATCHING_CHARACTERS = frozenset("*?\\")
-
-#: Builds the job runner questions run with, from the node's config.
-QuestionRunnerFactory = Callable[[AppConfig], JobRunner]
-
 
 class ApiSetupError(ValueError):
     """The API cannot start (token variable unset, port unavailable); the message says why."""
@@ -196,43 +191,18 @@ class QuestionStore:
             return None
 
 
-class SharedRegistryRunners:
-    """Question runners (the real pipeline) sharing one tool registry and one set of planners,
-    built on the first question, so models load once per process, not once per question. (A
-    question's output UIDs differ from a routed result's through its instruction: see
-    :func:`dicom_node.pipeline.output_variant`.)"""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._registry: Any = None
-        self._planners: dict[str, Any] = {}
-        self._planner_lock = threading.Lock()
-
-    def __call__(self, config: AppConfig) -> JobRunner:
-        from dicom_node.pipeline import JobSpec, WorkerContext, run_job
-        from tools.registry import ToolRegistry
-
-        with self._lock:
-            if self._registry is None:
-                self._registry = ToolRegistry(config.tools)
-            ctx = WorkerContext(config=config, registry=self._registry, planners=self._planners,
-                                _lock=self._planner_lock)
-
-        def run(spec: JobSpec) -> dict[str, Any]:
-            return run_job(spec, ctx)
-
-        return run
-
-
 class HttpApi:
     """The HTTP server plus the questions it started. See the module docstring."""
 
-    def __init__(self, config: AppConfig, runner_factory: QuestionRunnerFactory | None = None) -> None:
+    def __init__(self, config: AppConfig, runner: JobRunner | None = None) -> None:
+        """``runner`` runs question jobs (default: a pipeline runner built on the first question,
+        then reused, so models load once)."""
         self.config = config
         data_dir = Path(config.node.data_dir).resolve()
         self.jobs = JobStore(data_dir / "jobs")
         self.questions = QuestionStore(data_dir / QUESTIONS_FOLDER)
-        self._runner_factory = runner_factory or SharedRegistryRunners()
+        self._runner: JobRunner | None = runner
+        self._runner_lock = threading.Lock()
         self._token: str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -240,6 +210,15 @@ class HttpApi:
         self._asking_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def _question_runner(self) -> JobRunner:
+        with self._runner_lock:
+            runner = self._runner
+            if runner is None:
+                from dicom_node.embedded_queue import pipeline_runner
+
+                runner = self._runner = pipeline_runner(self.config)
+            return runner
 
     def start(self) -> None:
         api = self.config.api
@@ -343,7 +322,7 @@ class HttpApi:
             result = retrieve_and_process(
                 self.config, body.source, query, method=body.method, instruction=body.question,
                 send_to=body.send_to, send_timeout=self.config.outbox.retry_window_seconds,
-                runner=self._runner_factory(self.config),
+                runner=self._question_runner(),
             )
         except RetrieveError as exc:
             record.errors.append(str(exc))

@@ -4,7 +4,8 @@ Data flow (top to bottom, one series):
 
     SCP (scp.py, handlers.py) --C-STORE--> Spool (spool.py) + SeriesTracker (assembly.py)
     scheduler thread, every ~0.5 s: SeriesTracker.due() -> routing.select_routes()
-        -> JobRecord (jobstore.py, state queued) -> EmbeddedQueue (embedded_queue.py)
+        -> JobRecord (jobstore.py, state queued) -> queue (queues.py: the embedded pool, or
+           Celery workers when queue.broker_url is set)
     worker: job runner(JobSpec) -> manifest -> Outbox.enqueue(job_id, files, destinations)
 
 With ``api.enabled`` an HTTP API (http_api.py) runs beside them: status, job records, and
@@ -29,8 +30,8 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from config.schema import AppConfig, RouteConfig
-from dicom_node.assembly import DueSeries, SeriesTracker, instance_set_fingerprint
-from dicom_node.embedded_queue import JobRunner
+from dicom_node.assembly import DueSeries, SeriesTracker
+from dicom_node.embedded_queue import JobRunner, pipeline_runner
 from dicom_node.handlers import HandlerDeps
 from dicom_node.jobstore import JobRecord, JobState, JobStore, make_job_id
 from dicom_node.pipeline import SR_FILE, JobSpec
@@ -39,6 +40,7 @@ from dicom_node.qr_index import QRIndex
 from dicom_node.queues import make_queue
 from dicom_node.scp import RunningSCP, policy_from_config, start_scp
 from dicom_node.spool import Spool
+from sr_templates.identity import instance_set_fingerprint
 
 if TYPE_CHECKING:
     from dicom_node.http_api import HttpApi
@@ -115,10 +117,11 @@ class Node:
         router: Router | None = None,
         outbox: OutboxLike | None = None,
         use_default_outbox: bool = True,
-        question_runner: Callable[[AppConfig], JobRunner] | None = None,
+        question_runner: JobRunner | None = None,
     ) -> None:
-        """``question_runner`` builds the runner of an HTTP API question for its config
-        (default: the pipeline, see :class:`dicom_node.http_api.SharedRegistryRunners`)."""
+        """``question_runner`` runs the HTTP API's question jobs (default: the embedded pool's
+        pipeline runner, so models load once per process; with Celery, a pipeline runner the
+        API builds on its first question)."""
         self.config = config
         # Absolute, so job specs stay valid for workers running elsewhere (another cwd, Celery).
         data_dir = Path(config.node.data_dir).resolve()
@@ -134,12 +137,15 @@ class Node:
             if outbox is not None
             else (default_outbox(config) if use_default_outbox else None)
         )
+        shared: JobRunner | None = None
+        if runner is None and not config.queue.broker_url:
+            runner = shared = pipeline_runner(config)  # also runs the HTTP API's questions
         # Embedded pool, or Celery workers when queue.broker_url is set.
         self.queue = make_queue(config, self.jobs, self._job_done, runner)
         self._scp: RunningSCP | None = None
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
-        self._question_runner = question_runner
+        self._question_runner = question_runner or shared
         self._api: HttpApi | None = None  # imported only when api.enabled
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -39,7 +39,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from config.schema import AppConfig, DestinationConfig
-from dicom_node.assembly import instance_set_fingerprint
 from dicom_node.embedded_queue import EmbeddedQueue, JobRunner, pipeline_runner
 from dicom_node.jobstore import JobRecord, JobState, JobStore, make_job_id
 from dicom_node.pipeline import JobSpec
@@ -48,6 +47,7 @@ from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from dicom_node.sender import DEFAULT_TIMEOUT_SECONDS, tls_context
 from dicom_node.spool import CorruptInstance, Spool, parse_instance
 from dicom_node.status import QRStatus, Status
+from sr_templates.identity import instance_set_fingerprint
 
 log = logging.getLogger(__name__)
 

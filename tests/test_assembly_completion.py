@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.assembly import SeriesTracker, instance_set_fingerprint, series_complete
+from dicom_node.assembly import SeriesTracker, series_complete
+from sr_templates.identity import instance_set_fingerprint
 
 
 @pytest.mark.parametrize(

@@ -161,7 +161,7 @@ def test_question_by_accession_answered_into_orthanc(
     config = api_config(tmp_path, orthanc.dicom_port, token_env=TOKEN_ENV)
     question = "How large is the left lung?"
     # The node's own runner never runs here (nothing is routed); questions run the pipeline.
-    with Node(config, runner=counting_runner, question_runner=pipeline_runner) as node:
+    with Node(config, runner=counting_runner, question_runner=pipeline_runner(config)) as node:
         port = node.api_port
         status, answer, headers = call(port, "POST", "/questions", {
             "from": "pacs", "accession": "ACC-API-7", "question": question, "wait": 240})

@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from dicom_node.assembly import instance_set_fingerprint
 from dicom_node.commands import load_config_or_report
 from dicom_node.jobstore import JobStore
 from dicom_node.spool import Spool
+from sr_templates.identity import instance_set_fingerprint
 
 log = logging.getLogger(__name__)
 
