@@ -41,8 +41,9 @@ from dicom_node.qr_index import (
     QRIndex,
     visible_keys,
 )
-from dicom_node.sender import MAX_PRESENTATION_CONTEXTS, tls_context
+from dicom_node.sender import MAX_PRESENTATION_CONTEXTS
 from dicom_node.status import QRStatus
+from dicom_node.tls import tls_context
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,12 +38,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from config.schema import AppConfig, DestinationConfig
+from dicom_node.association import AssociationFailed, open_association
 from dicom_node.embedded_queue import EmbeddedQueue, JobRunner, pipeline_runner
 from dicom_node.jobstore import JobRecord, JobState, JobStore, make_job_id
 from dicom_node.pipeline import JobSpec
 from dicom_node.routing import select_routes, series_tags_from_dataset
 from dicom_node.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from dicom_node.sender import DEFAULT_TIMEOUT_SECONDS, tls_context
 from dicom_node.spool import CorruptInstance, Spool, parse_instance
 from dicom_node.status import QRStatus, Status
 from sr_templates.identity import instance_set_fingerprint
@@ -109,17 +108,10 @@ class RetrieveResult:
 
 
 def _associate(config: AppConfig, source: DestinationConfig, ae: AE, **kwargs: Any) -> Association:
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = DEFAULT_TIMEOUT_SECONDS
-    tls_args = None
-    if source.tls.enabled:
-        try:
-            tls_args = (tls_context(source.tls), source.host)
-        except (OSError, ssl.SSLError) as exc:
-            raise RetrieveError(f"TLS setup for {source.ae_title} failed: {exc}") from exc
-    assoc = ae.associate(source.host, source.port, ae_title=source.ae_title, tls_args=tls_args, **kwargs)
-    if not assoc.is_established:
-        raise RetrieveError(f"cannot associate with {source.ae_title}@{source.host}:{source.port}")
-    return assoc
+    try:
+        return open_association(ae, source, **kwargs)
+    except AssociationFailed as exc:
+        raise RetrieveError(str(exc)) from exc
 
 
 def _calling_ae(config: AppConfig, source: DestinationConfig) -> str:

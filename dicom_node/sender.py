@@ -10,7 +10,6 @@ No patient data goes to the log: only AE titles, addresses, SOP Class/Instance U
 from __future__ import annotations
 
 import logging
-import ssl
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,21 +22,18 @@ from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
-from config.schema import DestinationConfig, TLSConfig
+from config.schema import DestinationConfig
+from dicom_node.association import DEFAULT_TIMEOUT_SECONDS, AssociationFailed, open_association
 from dicom_node.status import Status
 
 log = logging.getLogger(__name__)
 
-#: Seconds allowed for the TCP connect, association negotiation, and each DIMSE response.
-DEFAULT_TIMEOUT_SECONDS = 30.0
 #: PS3.8 9.3.2.2: presentation context IDs are odd numbers 1-255, so at most 128 per association.
 MAX_PRESENTATION_CONTEXTS = 128
 #: Offered for every uncompressed file besides its own syntax (PS3.5 A.1, A.2).
 UNCOMPRESSED_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 #: Status categories meaning the instance was stored (PS3.7 C.1, C.3; PS3.4 B.2.3 warnings).
 DELIVERED_CATEGORIES = frozenset({STATUS_SUCCESS, STATUS_WARNING})
-#: Oldest TLS version allowed on DICOM TLS associations (PS3.15 B.9 follows BCP 195).
-MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 
 
 @dataclass(frozen=True)
@@ -132,38 +128,6 @@ def _contexts(metas: list[_FileMeta]) -> list[PresentationContext]:
     return contexts
 
 
-def tls_context(tls: TLSConfig) -> ssl.SSLContext:
-    """Client-side DICOM TLS (PS3.15 B.1): verify the peer against ``ca_file`` (chain and host
-    name) when ``verify_peer``; present ``cert_file``/``key_file`` when the peer asks for them."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = MIN_TLS_VERSION
-    if tls.verify_peer:
-        ctx.load_verify_locations(cafile=str(tls.ca_file))
-    else:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if tls.cert_file is not None:
-        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
-    return ctx
-
-
-def _association_error(assoc: Association, dest: DestinationConfig) -> tuple[str, bool]:
-    """Why ``assoc`` is not established, and whether retrying cannot help."""
-    peer = f"{dest.ae_title}@{dest.host}:{dest.port}"
-    if assoc.is_rejected:
-        rsp = assoc.acceptor.primitive
-        detail = f"{rsp.result_str}; source: {rsp.source_str}; reason: {rsp.reason_str}" if rsp else ""
-        return f"association rejected by {peer} ({detail})", False
-    answered = assoc.acceptor.primitive is not None
-    if answered and not assoc.accepted_contexts:
-        refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
-        return f"{peer} accepted none of the proposed SOP classes: {', '.join(refused)}", True
-    if answered:
-        return f"association to {peer} aborted during negotiation", False
-    tls = " over TLS (the log has the handshake error)" if dest.tls.enabled else ""
-    return f"cannot connect to {peer}{tls}: refused, unreachable, timed out or aborted", False
-
-
 def _send_one(assoc: Association, meta: _FileMeta, msg_id: int) -> FileOutcome:
     def outcome(status: int | None, error: str | None = None, permanent: bool = False) -> FileOutcome:
         return FileOutcome(meta.path, meta.sop_class, meta.sop_instance, status, error, permanent)
@@ -208,26 +172,15 @@ def send_files(
         return SendReport(peer, error, tuple(unreadable + failed))
 
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
     try:
-        tls_args = (tls_context(dest.tls), dest.host) if dest.tls.enabled else None
-    except (OSError, ssl.SSLError) as exc:
-        error = f"TLS setup for {peer} failed: {exc}"
-        log.error("%s", error)
-        failed = [FileOutcome(m.path, m.sop_class, m.sop_instance, None, error) for m in metas]
-        return SendReport(peer, error, tuple(unreadable + failed))
-
-    assoc = ae.associate(
-        dest.host, dest.port, contexts=contexts, ae_title=dest.ae_title, tls_args=tls_args
-    )
-    if not assoc.is_established:
-        error, permanent = _association_error(assoc, dest)
-        log.warning("%s", error)
+        assoc = open_association(ae, dest, contexts=contexts, timeout=timeout)
+    except AssociationFailed as exc:
+        log.warning("%s", exc)
         failed = [
-            FileOutcome(m.path, m.sop_class, m.sop_instance, None, error, permanent) for m in metas
+            FileOutcome(m.path, m.sop_class, m.sop_instance, None, str(exc), exc.permanent)
+            for m in metas
         ]
-        return SendReport(peer, error, tuple(unreadable + failed))
+        return SendReport(peer, str(exc), tuple(unreadable + failed))
 
     outcomes: list[FileOutcome] = []
     try:

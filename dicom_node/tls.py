@@ -3,7 +3,7 @@
 ``node.tls`` becomes a server-side :class:`ssl.SSLContext`: the node presents ``cert_file`` /
 ``key_file``; with ``verify_peer`` it requires a client certificate signed by ``ca_file`` (mutual
 TLS, the usual hospital set-up), otherwise any client may connect and the allowlists decide.
-Outgoing associations use :func:`dicom_node.sender.tls_context`.
+Outgoing associations use :func:`tls_context` (client side).
 
 pynetdicom performs the handshake while accepting the connection and drops a failed one
 silently; :class:`LoggingServerContext` logs why (peer address and the TLS error: no DICOM data
@@ -19,9 +19,11 @@ import ssl
 from typing import Any
 
 from config.schema import TLSConfig
-from dicom_node.sender import MIN_TLS_VERSION
 
 log = logging.getLogger(__name__)
+
+#: Oldest TLS version allowed on DICOM TLS associations (PS3.15 B.9 follows BCP 195).
+MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 
 #: Seconds a client gets to complete the TLS handshake.
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
@@ -76,4 +78,19 @@ def server_tls_context(tls: TLSConfig) -> ssl.SSLContext:
             ctx.verify_mode = ssl.CERT_NONE
     except (OSError, ssl.SSLError) as exc:
         raise TLSSetupError(f"node.tls: cannot load certificates: {exc}") from exc
+    return ctx
+
+
+def tls_context(tls: TLSConfig) -> ssl.SSLContext:
+    """Client-side DICOM TLS (PS3.15 B.1): verify the peer against ``ca_file`` (chain and host
+    name) when ``verify_peer``; present ``cert_file``/``key_file`` when the peer asks for them."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = MIN_TLS_VERSION
+    if tls.verify_peer:
+        ctx.load_verify_locations(cafile=str(tls.ca_file))
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if tls.cert_file is not None:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file) if tls.key_file else None)
     return ctx

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pydicom.uid import JPEG2000, ImplicitVRLittleEndian
+from pynetdicom import AE
 
 from config.schema import DestinationConfig
 from dicom_node.sender import send_files
@@ -183,3 +184,21 @@ def test_status_from_a_pynetdicom_pacs(tmp_path: Path) -> None:
     assert first.status == Status.DUPLICATE_SOP_INSTANCE and first.delivered
     assert second.status == Status.OUT_OF_RESOURCES and not second.delivered
     assert not second.permanent and "OUT_OF_RESOURCES" in (second.error or "")
+
+
+def test_reject_seen_on_the_wire_is_reported_when_pynetdicom_aborted_first() -> None:
+    """storescp --refuse sends A-ASSOCIATE-RJ and closes at once; under load pynetdicom can see
+    the closed socket before it takes the reply and aborts (seen in CI). The reject PDU kept by
+    the EVT_PDU_RECV handler still gives the reason."""
+    from pynetdicom.association import Association
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    from dicom_node.association import describe_failure
+
+    assoc = Association(AE(), "requestor")
+    reject = A_ASSOCIATE_RJ()
+    reject.result, reject.source, reject.reason_diagnostic = 0x01, 0x01, 0x07
+    message, permanent = describe_failure(assoc, dest(4242), reject)
+    assert message.startswith("association rejected by PACS@127.0.0.1:4242")
+    assert "Called AE title not recognised" in message and not permanent
+    assert describe_failure(assoc, dest(4242))[0].startswith("cannot connect to PACS@127.0.0.1:4242")

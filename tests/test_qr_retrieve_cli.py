@@ -30,6 +30,6 @@ def test_retrieve_errors_are_readable(tmp_path: Path) -> None:
     assert "unknown PACS 'elsewhere'" in unknown.stdout
     down = _retrieve(config, "--accession", "A1", "--from", "pacs")
     assert down.returncode == 1
-    assert "cannot associate with DOWN@127.0.0.1" in down.stdout
+    assert "cannot connect to DOWN@127.0.0.1" in down.stdout
     usage = _retrieve(config, "--from", "pacs")
     assert usage.returncode == 2 and "one of the arguments --study --accession --patient" in usage.stderr
