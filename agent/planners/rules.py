@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from agent.planners.aggregate import aggregate_turn
 from agent.planners.base import PlanContext, Planner, ToolSpec, register_planner
 from agent.planners.rules_tables import (
+    ACQUISITION_PARAMETERS,
     ALL_STRUCTURES,
     BARE_CLAUSE_WORDS,
     CLAUSE_PRECEDENCE,
@@ -51,6 +52,7 @@ from agent.planners.rules_tables import (
     DEFAULT_ASKS,
     DEFERRED_TOOLS,
     DEICTIC,
+    FINDING_FORM,
     FINDING_TARGETS,
     IMAGE_PROPERTIES,
     INTENT_PATTERNS,
@@ -122,7 +124,7 @@ def find_targets(text: str) -> list[str]:
     hits: list[tuple[int, int, str]] = []
     for pattern, canon in _TARGET_RE:
         for m in pattern.finditer(text):
-            hits.append((m.start(), m.end(), canon))
+            hits.append((m.start(), m.end(), canon or m.group(0).lower()))
     hits.sort(key=lambda h: (h[0], -(h[1] - h[0])))
     out: list[str] = []
     covered_until = -1
@@ -133,6 +135,14 @@ def find_targets(text: str) -> list[str]:
         if canon not in out:
             out.append(canon)
     return out
+
+
+_FINDING_FORM_RE = re.compile(FINDING_FORM, re.IGNORECASE)
+
+
+def is_finding(target: str) -> bool:
+    """A finding (something to look for), not anatomy: listed, or a disease word by its form."""
+    return target in FINDING_TARGETS or _FINDING_FORM_RE.fullmatch(target) is not None
 
 
 def _free_phrase(clause: str, start: int) -> str | None:
@@ -187,7 +197,7 @@ def _keyword_intents(clause: str, targets: list[str]) -> tuple[list[tuple[int, A
         vague = not matches
         if vague:
             matches = [m for p in _VAGUE_RE.get(intent, ()) for m in p.finditer(clause)]
-        kept = [m for m in matches if not negated_at(clause, m.start())]
+        kept = [m for m in matches if not negated_at(clause, m.start(), m.end())]
         negated = negated or len(kept) < len(matches)
         if kept:
             first = min(kept, key=lambda m: m.start())
@@ -200,6 +210,7 @@ def _keyword_intents(clause: str, targets: list[str]) -> tuple[list[tuple[int, A
 
 
 _CONTEXT_RE = re.compile(CONTEXT_OPENING, re.IGNORECASE)
+_STRONG_KNOWLEDGE_RE = re.compile(KNOWLEDGE_STRONG, re.IGNORECASE)
 _TERM_RE = [p for p, _ in _TARGET_RE]
 
 
@@ -248,7 +259,7 @@ def find_asks(instruction: str, bank: IntentBank | None = None) -> list[Ask]:
         if negated and not found:
             continue
         bare = bool(targets) and is_bare(clause)
-        if bare and not found and not asks and any(t in FINDING_TARGETS for t in targets):
+        if bare and not found and not asks and any(is_finding(t) for t in targets):
             found = [(0, Ask("locate", list(targets), clause, len(clause), weak=True))]
         elif not found and bank is not None and not bare and not (targets and asks):
             match = bank.nearest(clause)
@@ -266,6 +277,10 @@ def find_asks(instruction: str, bank: IntentBank | None = None) -> list[Ask]:
                         asks[-1].targets.append(t)
             previous_targets = targets or previous_targets
             continue
+        if not targets and any(a.intent == "knowledge" for _, a in found) and _STRONG_KNOWLEDGE_RE.search(clause):
+            # "How long is recovery after surgery?": a textbook question; its "how long" asks
+            # for no measurement of what an earlier clause named.
+            found = [(p, a) for p, a in found if a.intent not in TARGET_REQUIRED]
         for _, ask in found:
             if not ask.targets and ask.intent in TARGET_REQUIRED:
                 ask.targets = list(previous_targets)
@@ -277,6 +292,9 @@ def find_asks(instruction: str, bank: IntentBank | None = None) -> list[Ask]:
         if re.search(IMAGE_PROPERTIES, clause, re.IGNORECASE):
             # A question about the image itself: no report, no search for an unnamed structure.
             found = [(p, a) for p, a in found if a.intent != "report" and not a.free_target]
+        if re.search(ACQUISITION_PARAMETERS, clause, re.IGNORECASE):
+            # An acquisition parameter: the header answers it, not a classifier.
+            found = [(p, a) for p, a in found if a.intent not in ("classify", "report")]
         if any(a.intent not in TARGET_REQUIRED for _, a in found):
             # "Which part of the body was scanned": beside a non-image-task intent, a task whose
             # target is only a guessed phrase is that intent's wording, not a second ask.

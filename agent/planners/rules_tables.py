@@ -26,6 +26,16 @@ SHORTHAND: tuple[tuple[str, str], ...] = (
     (r"\bptx\b", "pneumothorax"),
     (r"\bpe\b", "pulmonary embolism"),
     (r"\bggos?\b", "ground-glass opacity"),
+    (r"\brpt\b", "report"),
+    (r"\bw[ao]t\b", "what"),
+    (r"^\s*were(?= (?:is|are|was|'?s)\b)", "where"),
+    (r"\bmets\b", "metastases"),
+    (r"\babdo\b", "abdomen"),
+    (r"\baaa\b", "abdominal aortic aneurysm"),
+    (r"\bett\b", "endotracheal tube"),
+    (r"\bngt?\b", "nasogastric tube"),
+    (r"\b(?:rul|rml|rll)\b", "right lung"),
+    (r"\b(?:lul|lll)\b", "left lung"),
     (r"(?<=[a-z])\s*\+\s*(?=[a-z])", " and "),
 )
 
@@ -55,7 +65,15 @@ TYPO_TARGETS: tuple[str, ...] = (
     "where", "detect", "measure", "measurement", "measurements", "volume", "volumes", "quantify",
     "classify", "modality", "report", "findings", "impression", "summarise", "summarize",
     "treatment", "symptoms", "explain", "lungs", "liver", "kidney", "kidneys", "spleen", "pancreas",
-    "tumour", "tumor", "nodule", "lesion",
+    "tumour", "tumor", "nodule", "lesion", "which", "image", "between", "difference",
+)
+
+#: Words a token is corrected to when it is exactly them with two adjacent letters swapped ("waht",
+#: "riks"): a swap rarely makes a real word, so short and common words are safe here.
+SWAP_TARGETS: tuple[str, ...] = (
+    "what", "where", "which", "this", "risk", "risks", "factors", "cause", "causes", "treat", "size",
+    "scan", "image", "lung", "lungs", "brain", "heart", "show", "find", "mass", "cyst", "type",
+    "normal", "report", "volume", "segment", "measure", "locate", "please", "liver", "kidney",
 )
 
 #: Real words one edit away from a TYPO_TARGETS word: never "corrected".
@@ -63,7 +81,8 @@ TYPO_PROTECTED = frozenset({
     "were", "here", "there", "whore", "wheres", "lung", "lunges", "liner", "lover", "river", "sliver",
     "deliver", "tumours", "tumors", "nodules", "lesions", "reports", "report", "volume", "volumes",
     "measured", "measures", "treatments", "explains", "detects", "locates", "located", "outlines",
-    "contours", "segments", "kidney", "modal", "classic", "clarify",
+    "contours", "segments", "kidney", "modal", "classic", "clarify", "witch", "whichever", "images",
+    "imaged", "imago", "imager",
 })
 
 #: Words just before an intent keyword (at most NEGATION_WINDOW words before it, in its clause)
@@ -73,6 +92,13 @@ NEGATION_CUES = (
     r"|no need (?:to|for)|not interested in|no interest in|forget|omit|leave out)\b"
 )
 NEGATION_WINDOW = 4
+
+#: Words just after an intent keyword that cancel the ask: "report not required", "segmentation
+#: isn't needed", "measurements unnecessary".
+POST_NEGATION_CUES = (
+    r"^\W*(?:(?:is|are|was|will be)\s+)?(?:not\s+(?:\w+\s+)?(?:required|needed|necessary|wanted|requested)"
+    r"|(?:isn'?t|aren'?t)\s+(?:\w+\s+)?(?:required|needed|necessary|wanted)|unnecessary|unneeded)\b"
+)
 
 #: Where an instruction splits into clauses (sentences, ", and", " and then", " as well as"...).
 CLAUSE_SPLIT = (
@@ -86,6 +112,13 @@ CONTINUATION_WORDS = frozenset({
     "of", "in", "on", "for", "from", "within", "inside", "at", "with", "to", "into", "over", "by",
 })
 
+#: Body regions, as a user names them when asking which one an image shows ("chest or belly?").
+BODY_REGION = (
+    r"(?:head|skull|brain|cranial|neck|chest|thorax|thoracic|abdomen|abdominal|belly|tummy|stomach|pelvis|pelvic|hip"
+    r"|spine|spinal|back|arm|leg|knee"
+    r"|hand|wrist|foot|ankle|shoulder|elbow|limb|extremity)\b"
+)
+
 #: Intent -> patterns (the first that matches a clause counts).
 INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
     "segment": (
@@ -96,7 +129,7 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bpaint\w*", r"\blabel ?maps?\b", r"\bdemarcat\w*", r"\bmargins?\b", r"\bedges?\b", r"\bsketch (?:around|out)\b",
         r"\bsilhouette of\b", r"\bfill in\b", r"\bpixels? (?:belonging|of|that|which|in|within|inside)\b",
         r"\bvoxels?\b", r"\bstand out\b", r"\bfrom the (?:background|rest)\b", r"\bcolou?r[- ]?(?:in|code\w*|each)\b",
-        r"\b(?:its|their) own colou?rs?\b", r"\bcarve up\b", r"\bauto-?contour\w*", r"\bROIs?\b", r"\bregions? of interest\b",
+        r"\b(?:its|their) own colou?rs?\b", r"\bcolou?r (?:it|them|that|this) in\b", r"\bshape of\b", r"\bcarve up\b", r"\bauto-?contour\w*", r"\bROIs?\b", r"\bregions? of interest\b",
     ),
     "locate": (
         r"\blocat\w*", r"\blocali[sz]\w*", r"\bdetect\w*", r"\bfind\b", r"\bwhere(?:'?s)?\b", r"\bbounding[- ]box\w*",
@@ -105,7 +138,8 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bmark\b", r"\bhighlight\w*", r"\bshow me where\b", r"\bsearch for\b", r"\blook for\b",
         r"\bwhereabouts\b", r"\bscan for\b", r"\bcircl\w*", r"\bindicat\w*", r"\bpick out\b",
         r"\bbox(?:es)?\b", r"\brule out\b", r"\b(?:check|assess|evaluate|eval|screen)(?:ing)? for\b", r"\bflag(?:ged|ging)?\b",
-        r"\b(?:which|what) (?:part|region|area|side|quadrant|lobe|portion)\b(?! of the body)",
+        r"\b(?:which|what) (?:part|region|area|side|quadrant|lobe|portion)\b(?! of (?:the |my )?(?:body|anatomy))",
+        r"\bin what (?:place|location|position|spot)\b", r"\bsituated\b", r"\btips? of\b",
         r"\bcheck (?:whether|if)\b", r"\bwhether (?:there|it)\b", r"\bthere(?:'s| is| are) (?:a|an|any|some)\b",
         r"\bany (?:evidence|sign|signs|trace) of\b", r"\bevidence of\b", r"\bshow (?:me )?(?:the )?location\b",
         r"\bcoordinates?\b",
@@ -115,9 +149,11 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bmeasur\w*", r"(?<!ct )(?<!mr )(?<!3d )(?<!this )(?<!whole )\bvolumes?\b(?! rendering)", r"\bhow (?:big|large)\b", r"\bsizes?\b",
         r"\bquantif\w*", r"\bmean hu\b", r"\b(?:density|attenuation|hounsfield)\b", r"\bcapacity\b",
         r"\bmillilit\w*", r"\bhow much air\b", r"\bdiameters?\b", r"\bdimensions?\b", r"\bvolumetr\w*",
-        r"\bhow (?:wide|thick|tall|deep|much space)\b", r"\bhow long\b(?! (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have)\b)",
+        r"\bhow (?:wide|thick|tall|deep|much space)\b", r"\bhow long\b(?! (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have|they|it|he|she|you|i|we|(?:is|are) (?:the )?(?:recovery|healing|treatment|rehab\w*|stay|wait|course|survival))\b)",
         r"\bhu\b", r"\b(?:ml|cc|cm3|mm3|litres?|liters?)\b", r"\bestimat\w*", r"\bcalculat\w*", r"\bcomput\w*",
         r"\bwhat size\b", r"\bsized?\b", r"\bcubic\b", r"\b(?:centi|milli)met(?:re|er)s?\b", r"\bmagnitude\b", r"\bmetrics?\b", r"\bnumbers? (?:for|on)\b",
+        r"\b(?:span|craniocaudal|length|width|height|long axis|short axis|longest axis)\b", r"\bhow many (?:cm|mm|ml|cc)\b",
+        r"\b(?:in|how many) (?:cm|mm)\b",
     ),
     "classify": (
         r"\bmodalit\w*", r"\bclassif\w*", r"\bcategori[sz]\w*",
@@ -128,11 +164,13 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bidentify the (?:type|modality|imaging|kind)\b", r"\bwhat is this (?:image|scan|picture)\b",
         r"\b(?:what|which) (?:type|kind|sort|category|class)e?s? of (?:\w+ ){0,2}(?:image|scan|imaging|study|picture|exam\w*|modality|data)",
         r"\bimage (?:category|type|class|kind)\b", r"\bcategory\b",
-        r"\bis (?:this|it) (?:image |scan |study |picture |exam )?(?:an? )?(?:ct|mri?|x-?ray|ultrasound|radiograph|pet|mammogram)\b",
+        (r"\bis (?:this|it) (?:image |scan |study |picture |exam )?(?:an? )?(?:ct|mri?|x-?ray|ultrasound|radiograph|pet|mammogram)\b"
+        r"(?!(?: [\w-]+)? (?:normal|abnormal|ok|okay|clear|fine|healthy|unremarkable|alright)\b)"),
+        r"\b(?:what|which) [a-z]{3,8} of (?:image|scan|imaging|picture|exam|study|radiograph) (?:is|was) (?:this|it)\b",
         r"\bhow was (?:this|the) (?:image|scan|picture) (?:acquired|taken|made|obtained)",
         r"\bwhat am i (?:look(?:ing)? at|seeing|viewing)\b",
         r"\b(?:scan|study|exam|examination|imaging|image|picture) (?:type|category|class|kind|modality)\b",
-        r"\b(?:part|region|area|section) of (?:the )?body\b", r"\bwhich (?:organ|anatomy)\b",
+        r"\b(?:part|region|area|section) of (?:the |my |your |his |her )?body\b", r"\bwhich (?:organ|anatomy)\b",
         r"\b(?:type|kind|sort|category|form) of (?:\w+ )?(?:scan|image|imaging|study|exam\w*|picture|modality)\b",
         r"\bplain (?:film|x-?ray|radiograph)\b", r"\bmachine\b",
         r"^(?=.*\b(?:x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram)\b)\s*(?:(?:is it|or|an?|x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram)\b[\s,/]*)+$",
@@ -144,6 +182,9 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\b(?:x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram) (?:or|vs\.?|versus) (?:an? )?(?:x-?ray|ct|mri?|ultrasound|radiograph|pet|mammogram)\b", r"\bwhat is this (?:an? )?(?:image|scan|picture|photo) of\b",
         r"\bscanner\b", r"\bused to (?:acquire|take|obtain|make|produce)\b",
         r"\b(?:which|what) (?:exam|examination|study|scan) is (?:this|it)\b",
+        r"\b(?:part|region|area|section|bit) of (?:the |my )?anatomy\b",
+        rf"\b{BODY_REGION}(?: (?:scan|image|film|study|x-?ray|ct|mri?))?,? or (?:my |the |an? )?{BODY_REGION}",
+        r"\bused? to image\b",
     ),
     "report": (
         r"\breports?\b(?! (?:on )?(?:the |its |their )?(?:size|volume|dimension|measure|area|diameter|length|location|position))",
@@ -166,10 +207,13 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bread\b(?: \w+){0,2} (?:chest x-ray|film|study|image|x-?ray|radiograph|scan|ct|mri|mr|exam)\b",
         r"\b(?:results?|outcome) of (?:this|the|my)\b", r"\bwhat'?s going on\b", r"\banything (?:unusual|concerning|of note|worrying|suspicious)\b",
         r"\bkey (?:points|observations)\b", r"\bobservations\b", r"\bcomment\w* on\b", r"\bremarks?\b",
+        (r"\b(?:if|whether|is|does|do|did) (?:this|the|my|our|his|her)(?: [\w-]+){0,2} (?:scan|image|film|x-?ray|study|mri|ct|radiograph|picture|results?|exam)"
+        r"(?: [\w-]+)? (?:is |look |looks |seem |seems |appear |appears )?(?:\w+ )?(?:normal|healthy|ok|okay|fine|clear|abnormal|alright|all right|unremarkable)\b"),
         r"\b(?:your|any) thoughts\b", r"\b(?:everything|anything) (?:you )?(?:see|notice|observe)\b", r"\bpreliminary\b", r"\bwhat'?s (?:there|here|going on|happening|visible)\b",
     ),
     "knowledge": (
-        r"\bwhat (?:is|are) (?!(?:it|this|that|these|those|they)\b)(?:a |an |the )?", r"\bexplain\w*", r"\btreat\w*", r"\btherap\w*",
+        r"\bwhat (?:is|are) (?!(?:it|this|that|these|those|they)\b)(?:a |an |the )?", r"\bexplain\w*(?! (?:(?:it|this|that|them) )?(?:(?:to )?(?:me|us) )?(?:in (?:simple|plain|lay(?:man'?s?)?|easy|everyday|simpler) (?:words|english|terms|language)|simply)\b)",
+        r"\btreat\w*", r"\btherap\w*",
         r"\bsymptoms?\b", r"\bcauses?\b", r"\bprognos\w*", r"\brisk factors?\b", r"\bmanag\w*", r"\bdefin\w*",
         r"\btell me about\b", r"\bmedications?\b", r"\bcomplications?\b", r"\bdiagnos\w*", r"\bsigns of\b",
         r"\bguidelines?\b", r"\bhow (?:common|serious|dangerous)\b",
@@ -182,7 +226,7 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bwhat'?s (?:a |an |the )?", r"\breversible\b", r"\blife expectancy\b", r"\bwho (?:gets|develops)\b",
         r"\bat risk\b", r"\b(?:fatal|deadly|lethal)\b", r"\bpresentation\b", r"\bstag(?:es?|ing)\b", r"\bbiops\w*",
         r"\bwork(?:ed)?[- ]?up\b", r"\bpatholog\w*", r"\bantibiotics?\b", r"\bdifferential (?:diagnos\w* )?(?:for|of)\b",
-        r"\bwhen should\b", r"\bhow long (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have)\b",
+        r"\bwhen should\b", r"\bhow long (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have|they|it|he|she|you|i|we|(?:is|are) (?:the )?(?:recovery|healing|treatment|rehab\w*|stay|wait|course|survival))\b",
         r"\bworr(?:y|ied|ying)\b", r"\bgo away\b", r"\brecommend\w*", r"\boutlook\b", r"\bheal\w*", r"\brecover\w*",
         r"\bmortality\b", r"\bcommon (?:in|among)\b", r"\bwhat happens\b", r"\bside effects?\b",
         r"\btell (?:me|us) (?:\w+ )?about\b", r"\binfo(?:rmation)? (?:about|on)\b", r"\blearn about\b", r"\bmore about\b",
@@ -190,6 +234,17 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bleads? to\b", r"\btriggers?\b", r"\bresponsible for\b", r"\bcontribut\w* to\b", r"\bdescribe\b", r"\brisks?\b",
         r"\bchances? of\b", r"\bhow (?:fast|quickly|often|soon|likely)\b", r"\brun in (?:the )?famil\w*",
         r"\bgenetic\b", r"\binherit\w*", r"\bpainful\b",
+        r"\bhow (?:does|do|did|can|could|would) (?:an? |the )?[\w-]+(?: [\w-]+)? (?:develop|form|spread|progress|occur|happen|start|arise)\b",
+        r"\bsurveillance\b", r"\b(?:follow-?up|screening|surveillance|imaging) (?:intervals?|schedule|frequency)\b",
+        r"\bmost (?:often|commonly|frequently)\b",
+        r"\b(?:usually|typically|generally|commonly) (?:cancerous|benign|malignant|serious|fatal|hereditary|treatable|curable|painful|dangerous)\b",
+        r"\b(?:is|are) [\w-]+ (?:usually|typically|generally|always|often|ever|normally)\b",
+        r"\bwhich (?:cancers|tumou?rs|diseases|conditions|infections|organisms|bacteria|viruses|drugs|medications|patients|people)\b",
+        r"\bwhat (?:can|should|could) (?:he|she|i|they|we|you|one|patients?) do\b", r"\bbreathe better\b",
+        (r"\bhow (?:is|are|was|were) (?:an? |the )?[\w-]+(?: [\w-]+){0,3} (?:repaired|treated|managed|removed|fixed|operated on"
+        r"|diagnosed|prevented|cured|done|performed|staged|followed up)\b"),
+        r"\brepair\w*", r"\bsurg(?:ery|ical (?:options?|treatment|repair))\b", r"\boperations?\b", r"\bprocedures?\b",
+        r"\bwhat (?:an? |the )?(?!(?:it|this|that|these|those|they|you|i|we)\b)[\w-]+(?: [\w-]+){0,3} (?:is|are|means?)\s*[.?!]*$",
     ),
 }
 
@@ -200,7 +255,7 @@ WEAK_INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bany\b", r"\bshow\b", r"\bvisible\b", r"\bpresent\b", r"\bsee\b", r"\bidentify\b", r"\bcontains?\b",
         r"\bquery\b", r"\b(?:has|have|got) (?:\w+ ){0,3}(?:a|an|any)\b", r"\bsuspect\w*", r"\bsuspicious\b",
         r"\bsigns? of\b", r"\b(?:clear|free) of\b", r"\b(?:is|are|was|were) there\b", r"\banything\b", r"\bgrow\w*", r"\bthere be\b",
-        r"\b(?:somewhere|anywhere|hiding)\b",
+        r"\b(?:somewhere|anywhere|hiding)\b", r"\b(?:position|positioned|placement|placed|sited)\b",
         r"\btell (?:me|us) (?:if|whether)\b", r"\blet (?:me|us) know (?:if|whether)\b",
         r"\b(?:do|does|did) (?:i|he|she|they|we|you|it|the patient|patient|my \w+) (?:still )?have\b",
     ),
@@ -216,14 +271,29 @@ WEAK_INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
 #: asks where they are; a clause naming only organs ("lungs?") adds them to the asks around it.
 FINDING_TARGETS = frozenset({
     "tumor", "nodule", "lesion", "mass", "polyp", "cyst", "fracture", "effusion", "pneumothorax",
-    "hemorrhage", "opacity", "consolidation", "cell", "fluid",
+    "hemorrhage", "opacity", "consolidation", "cell", "fluid", "metastasis", "abscess", "aneurysm",
+    "infarct", "embolism", "thrombus", "stone", "kidney stone", "gallstone", "calcification",
+    "obstruction", "perforation", "free air", "edema", "dissection", "hernia", "collection",
+    "pneumonia", "infection", "collapse", "stenosis", "dislocation", "central line",
+    "endotracheal tube", "nasogastric tube", "chest drain", "pacemaker", "stent", "catheter",
 })
+
+#: Finding words recognised by their form (disease suffixes: appendicitis, glioma, atelectasis,
+#: cardiomegaly, hydronephrosis, nephrolithiasis...): the matched word is the target. Words with
+#: these endings that are no finding are excluded.
+FINDING_FORM = (
+    r"\b(?!(?:diagnosis|prognosis|osmosis|hypnosis|diploma|aroma|coma|stoma|soma|sarcasm|enthusiasm)\b)"
+    r"[a-z]{3,}(?:itis|omas?|omata|osis|ectasis|megaly|iasis|ocele|ysms?|pathy|plasia)\b"
+)
 
 #: Words that may stand around the structure names of a bare clause ("query L effusion on film").
 BARE_CLAUSE_WORDS = frozenset({
     "query", "left", "right", "l", "r", "bilateral", "both", "small", "large", "big", "new", "possible",
     "probable", "likely", "suspected", "acute", "chest", "x-ray", "film", "cxr", "ok", "now", "still",
     "again", "too", "also", "or", "and", "not", "lobe", "side", "upper", "lower", "mid",
+    # modality and region prefixes of a request line: "CT head: bleed", "CT abdomen/pelvis query ..."
+    "ct", "cta", "ctpa", "mr", "mri", "mra", "xr", "us", "pet", "head", "abdomen", "abdominal", "pelvis",
+    "pelvic", "neck", "spine", "thorax", "thoracic", "brain", "kub", "contrast", "non-contrast", "plain",
 })
 
 #: A clause that opens like this states the clinical context ("65M smoker", "Known lung cancer",
@@ -262,13 +332,14 @@ KNOWLEDGE_STRONG = (
     r"|complications?|guidelines?|how (?:common|serious|dangerous)|prevent\w*|why (?:do|does|is|are|did|would)"
     r"|avoid|patients? with|cur(?:e|es|able|ed)|survival|contagious|hereditary|drugs?|reversible|life expectancy"
     r"|at risk|fatal|deadly|lethal|stag(?:es?|ing)|biops\w*|patholog\w*|antibiotics?|differential (?:diagnos\w* )?(?:for|of)"
-    r"|how long (?:does|do|will|would|can|until|to)|worr(?:y|ied|ying)|go away|recommend\w*|outlook|side effects?|risks?)\b"
+    r"|how long (?:does|do|will|would|can|until|to)|worr(?:y|ied|ying)|go away|recommend\w*|outlook|side effects?|risks?"
+    r"|recover\w*|repair\w*)\b"
     r"|\bwhat does .+ mean\b"
 )
 
 #: Words that point at the image itself (a question about it is visual, not encyclopaedic).
 DEICTIC = (
-    r"\b(?:this|these|shown|visible|seen|here|slices?|thickness|spacing|resolution|pixels?|orientation"
+    r"\b(?:this|these|shown|visible|seen|here|slices?|thickness|spacing|resolution|pixels?|voxels?|orientation"
     r"|window\w*|series|matrix|field of view|fov|dimensions?)\b"
     r"|\b(?:the|my|our|his|her|their|patient'?s) (?:image|scan|picture|study|radiograph|film|x-?ray|ct|mri|results?)\b"
     r"|\b(?:the )?patient'?s?\b(?! with)|\b(?:position|view|projection|contrast|artifacts?|artefacts?|noise|quality|exposure)\b"
@@ -313,7 +384,36 @@ TARGET_TERMS: tuple[tuple[str, str], ...] = (
     (r"\bintestin\w*|\bbowels?\b", "intestine"),
     (r"\brect(?:um|al)\b", "rectum"),
     (r"\btrachea\w*", "trachea"),
+    (r"\b(?:abdominal )?aortic aneur[yi]sms?\b|\baneur[yi]sm\w*", "aneurysm"),
+    (r"\b(?:kidney|renal|ureteric|ureteral) (?:stones?|calcul(?:i|us))\b", "kidney stone"),
+    (r"\bgall ?stones?\b|\bgall ?bladder stones?\b", "gallstone"),
+    (r"\bpulmonary emboli\w*|\bemboli\w*", "embolism"),
+    (r"\b(?:central|picc|arterial|venous|cv) (?:venous )?(?:lines?|catheters?)\b|\bcvc\b|\bpicc\b", "central line"),
+    (r"\b(?:endotracheal|tracheal|et|breathing) tubes?\b", "endotracheal tube"),
+    (r"\b(?:nasogastric|feeding) tubes?\b", "nasogastric tube"),
+    (r"\bchest (?:drains?|tubes?)\b|\bdrains?\b", "chest drain"),
+    (r"\bpacemakers?\b|\bpacing (?:wires?|leads?)\b", "pacemaker"),
     (r"\btumou?rs?\b|\bneoplasms?\b|\bmalignan\w*|\bcancers?\b|\bcarcinoma\w*", "tumor"),
+    (r"\bmetasta\w*", "metastasis"),
+    (r"\babscess\w*", "abscess"),
+    (r"\binfarct\w*", "infarct"),
+    (r"\bthromb\w*|\bclots?\b", "thrombus"),
+    (r"\bstones?\b|\bcalcul(?:i|us)\b", "stone"),
+    (r"\bcalcifi\w*", "calcification"),
+    (r"\bobstruct\w*", "obstruction"),
+    (r"\bperforat\w*", "perforation"),
+    (r"\bfree (?:air|gas)\b|\bpneumoperitoneum\b", "free air"),
+    (r"\bo?edema\w*", "edema"),
+    (r"\bdissections?\b", "dissection"),
+    (r"\bhernia\w*", "hernia"),
+    (r"\bcollections?\b", "collection"),
+    (r"\bpneumonia\b", "pneumonia"),
+    (r"\binfections?\b", "infection"),
+    (r"\bcollapsed?\b", "collapse"),
+    (r"\bstenos[ie]s\b|\bnarrowing\b", "stenosis"),
+    (r"\bdislocat\w*", "dislocation"),
+    (r"\bstents?\b", "stent"),
+    (r"\bcatheters?\b", "catheter"),
     (r"\bnodules?\b", "nodule"),
     (r"\blesions?\b", "lesion"),
     (r"\bmass(?:es)?\b", "mass"),
@@ -321,12 +421,13 @@ TARGET_TERMS: tuple[tuple[str, str], ...] = (
     (r"\bpolyps?\b", "polyp"),
     (r"\bcells?\b|\bnucle(?:i|us)\b", "cell"),
     (r"\bcysts?\b", "cyst"),
-    (r"\bfractures?\b", "fracture"),
+    (r"\bfractures?\b|\bfractured\b|\bbroken\b|\bcracked\b", "fracture"),
     (r"\beffusions?\b", "effusion"),
     (r"\bpneumothora\w*", "pneumothorax"),
     (r"\bh(?:a)?emorrhag\w*|\bbleed\w*", "hemorrhage"),
     (r"\bopacit\w*", "opacity"),
     (r"\bconsolidation\w*", "consolidation"),
+    (FINDING_FORM, ""),  # "": the matched word itself is the target
 )
 
 #: Organs a 3D organ segmentation network usually knows (used when its schema has no enum).
@@ -423,11 +524,19 @@ NOT_STRUCTURES = frozenset({
     "missing", "ruler", "marker", "writing", "annotation", "label", "lettering", "date",
 })
 
+#: Acquisition parameters: a clause asking for one is answered from the header, not by classifying
+#: the image ("What echo time was this acquired with?").
+ACQUISITION_PARAMETERS = (
+    r"\b(?:echo time|repetition time|inversion time|flip angle|kvp|kv|mas|tube current|exposure time|ctdi\w*|dlp"
+    r"|field strength|tesla|b-?values?|sequence parameters|reconstruction kernel|kernel|pitch|rotation time)\b"
+)
+
 #: Properties of the image itself: a clause about one ("describe the image orientation", "are any
 #: slices missing") asks for no report and no search for an unnamed structure.
 IMAGE_PROPERTIES = (
     r"\b(?:orientation|quality|resolution|spacing|thickness|matrix|window(?:ing)?|format|field of view|fov"
-    r"|exposure|artefacts?|artifacts?|noise|bit depth|contrast phase|pixel size|header|metadata)\b"
+    r"|exposure|artefacts?|artifacts?|noise|bit depth|contrast phase|pixel size|header|metadata"
+    r"|voxel (?:size|spacing|dimensions?)|pixel spacing)\b"
 )
 
 #: Words skipped when a target is read as a free phrase after the intent keyword.

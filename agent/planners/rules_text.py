@@ -2,7 +2,7 @@
 reduced to their base form, negations found.
 
 All word lists are data in :mod:`agent.planners.rules_tables` (SHORTHAND, TYPO_TARGETS,
-TYPO_PROTECTED, LEMMA_BASES, LEMMA_IRREGULAR, LEMMA_KEEP, NEGATION_CUES); this module only applies them.
+SWAP_TARGETS, TYPO_PROTECTED, LEMMA_BASES, LEMMA_IRREGULAR, LEMMA_KEEP, NEGATION_CUES); this module only applies them.
 """
 from __future__ import annotations
 
@@ -14,13 +14,16 @@ from agent.planners.rules_tables import (
     LEMMA_KEEP,
     NEGATION_CUES,
     NEGATION_WINDOW,
+    POST_NEGATION_CUES,
     SHORTHAND,
+    SWAP_TARGETS,
     TYPO_PROTECTED,
     TYPO_TARGETS,
 )
 
 _SHORTHAND_RE = [(re.compile(p, re.IGNORECASE), r) for p, r in SHORTHAND]
 _NEGATION_RE = re.compile(NEGATION_CUES, re.IGNORECASE)
+_POST_NEGATION_RE = re.compile(POST_NEGATION_CUES, re.IGNORECASE)
 #: Tokens considered for typo correction (shorter ones are too ambiguous).
 _WORD_RE = re.compile(r"[A-Za-z]{4,}")
 
@@ -39,8 +42,25 @@ def _one_edit_apart(a: str, b: str) -> bool:
     return short[i:] == long_[i + 1:]
 
 
+def _swapped(a: str, b: str) -> bool:
+    """True if ``a`` is ``b`` with two adjacent letters swapped ("waht" / "what")."""
+    if len(a) != len(b) or a == b:
+        return False
+    diff = [i for i in range(len(a)) if a[i] != b[i]]
+    return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+
+
+_SWAP_WORD_RE = re.compile(r"[A-Za-z]{3,}")
+
+
 def correct_typos(text: str) -> str:
-    """Tokens one edit away from exactly one intent word (``segmnet`` -> ``segment``) corrected."""
+    """Tokens that are a SWAP_TARGETS word with two adjacent letters swapped (``riks`` -> ``risk``),
+    or one edit away from exactly one intent word (``segmnet`` -> ``segment``), corrected."""
+
+    def unswap(m: re.Match[str]) -> str:
+        low = m.group(0).lower()
+        near = [t for t in SWAP_TARGETS if _swapped(low, t)]
+        return near[0] if len(near) == 1 else m.group(0)
 
     def fix(m: re.Match[str]) -> str:
         word = m.group(0)
@@ -50,7 +70,7 @@ def correct_typos(text: str) -> str:
         near = [t for t in TYPO_TARGETS if len(t) >= 5 and _one_edit_apart(low, t)]
         return near[0] if len(near) == 1 else word
 
-    return _WORD_RE.sub(fix, text)
+    return _WORD_RE.sub(fix, _SWAP_WORD_RE.sub(unswap, text))
 
 
 def inflections(base: str) -> set[str]:
@@ -90,7 +110,10 @@ def normalise_instruction(instruction: str) -> str:
     return lemmatise(correct_typos(text))
 
 
-def negated_at(clause: str, start: int) -> bool:
-    """A negation cue among the NEGATION_WINDOW words before ``start`` ("don't segment")."""
+def negated_at(clause: str, start: int, end: int | None = None) -> bool:
+    """A negation cue among the NEGATION_WINDOW words before ``start`` ("don't segment"), or one
+    right after ``end`` ("report not required")."""
     before = clause[:start].split()[-NEGATION_WINDOW:]
-    return _NEGATION_RE.search(" ".join(before)) is not None
+    if _NEGATION_RE.search(" ".join(before)) is not None:
+        return True
+    return end is not None and _POST_NEGATION_RE.search(clause[end:]) is not None
