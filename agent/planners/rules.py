@@ -473,7 +473,12 @@ def fill_params(spec: ToolSpec, targets: list[str], question: str) -> dict[str, 
 def make_plan(ctx: PlanContext, bank: IntentBank | None = None) -> Plan:
     """The tools for the instruction (all rounds), from its asks or the default asks; ``bank``
     reads clauses the keywords cannot (keywords alone when None)."""
-    return choose_tools(ctx, find_asks(ctx.instruction, bank) or default_asks(ctx))
+    asks = find_asks(ctx.instruction, bank)
+    if not asks and not re.search(f"{IMAGE_PROPERTIES}|{ACQUISITION_PARAMETERS}", ctx.instruction, re.IGNORECASE):
+        # A question about the image itself ("how many slices does this volume contain?") is
+        # answered directly, not with the default task.
+        asks = default_asks(ctx)
+    return choose_tools(ctx, asks)
 
 
 def plan_turn(ctx: PlanContext, bank: IntentBank | None = None) -> AssistantTurn:

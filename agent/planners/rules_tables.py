@@ -27,6 +27,8 @@ SHORTHAND: tuple[tuple[str, str], ...] = (
     (r"\bpe\b", "pulmonary embolism"),
     (r"\bggos?\b", "ground-glass opacity"),
     (r"\brpt\b", "report"),
+    (r"\bcat scan\b|\bcomputed tomography\b|\bcomputeri[sz]ed tomography\b", "ct"),
+    (r"\bmagnetic resonance(?: imaging)?\b", "mri"),
     (r"\bw[ao]t\b", "what"),
     (r"^\s*were(?= (?:is|are|was|'?s)\b)", "where"),
     (r"\bmets\b", "metastases"),
@@ -65,13 +67,14 @@ TYPO_TARGETS: tuple[str, ...] = (
     "where", "detect", "measure", "measurement", "measurements", "volume", "volumes", "quantify",
     "classify", "modality", "report", "findings", "impression", "summarise", "summarize",
     "treatment", "symptoms", "explain", "lungs", "liver", "kidney", "kidneys", "spleen", "pancreas",
-    "tumour", "tumor", "nodule", "lesion", "which", "image", "between", "difference",
+    "tumour", "tumor", "nodule", "lesion", "which", "image", "between", "difference", "stomach", "aorta",
+    "prostate", "gallbladder", "bladder", "adrenal", "oesophagus", "esophagus",
 )
 
 #: Words a token is corrected to when it is exactly them with two adjacent letters swapped ("waht",
 #: "riks"): a swap rarely makes a real word, so short and common words are safe here.
 SWAP_TARGETS: tuple[str, ...] = (
-    "what", "where", "which", "this", "risk", "risks", "factors", "cause", "causes", "treat", "size",
+    "the", "how", "what", "where", "which", "this", "risk", "risks", "factors", "cause", "causes", "treat", "size",
     "scan", "image", "lung", "lungs", "brain", "heart", "show", "find", "mass", "cyst", "type",
     "normal", "report", "volume", "segment", "measure", "locate", "please", "liver", "kidney",
 )
@@ -82,7 +85,7 @@ TYPO_PROTECTED = frozenset({
     "deliver", "tumours", "tumors", "nodules", "lesions", "reports", "report", "volume", "volumes",
     "measured", "measures", "treatments", "explains", "detects", "locates", "located", "outlines",
     "contours", "segments", "kidney", "modal", "classic", "clarify", "witch", "whichever", "images",
-    "imaged", "imago", "imager",
+    "imaged", "imago", "imager", "stomachs", "aortic", "prostrate", "ladder", "bladders", "adrenals",
 })
 
 #: Words just before an intent keyword (at most NEGATION_WINDOW words before it, in its clause)
@@ -102,7 +105,7 @@ POST_NEGATION_CUES = (
 
 #: Where an instruction splits into clauses (sentences, ", and", " and then", " as well as"...).
 CLAUSE_SPLIT = (
-    r"[.;?!]+\s*|\s*,\s*(?:and\s+|then\s+|also\s+)*|\s+and\s+(?:then\s+|also\s+)?"
+    r"[.;?!]+\s*|\s*,\s*(?:and\s+|then\s+|also\s+)*|(?<!\bleft)(?<!\bright)\s+and\s+(?:then\s+|also\s+)?"
     r"|\s+then\s+|\s+as well as\s+|\s+plus\s+|\s+along with\s+|\s+after that\s+|\s+[-\u2013\u2014]+\s+"
 )
 
@@ -139,7 +142,8 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bwhereabouts\b", r"\bscan for\b", r"\bcircl\w*", r"\bindicat\w*", r"\bpick out\b",
         r"\bbox(?:es)?\b", r"\brule out\b", r"\b(?:check|assess|evaluate|eval|screen)(?:ing)? for\b", r"\bflag(?:ged|ging)?\b",
         r"\b(?:which|what) (?:part|region|area|side|quadrant|lobe|portion)\b(?! of (?:the |my )?(?:body|anatomy))",
-        r"\bin what (?:place|location|position|spot)\b", r"\bsituated\b", r"\btips? of\b",
+        r"\bin what (?:place|location|position|spot)\b", r"\bin (?:which|what) [a-z]+ (?:is|are|was|were|lies|sits)\b",
+        r"\b(?:which|what) (?:hemisphere|segment|level|compartment|zone|vertebra|rib|lobe)\b", r"\bsituated\b", r"\btips? of\b",
         r"\bcheck (?:whether|if)\b", r"\bwhether (?:there|it)\b", r"\bthere(?:'s| is| are) (?:a|an|any|some)\b",
         r"\bany (?:evidence|sign|signs|trace) of\b", r"\bevidence of\b", r"\bshow (?:me )?(?:the )?location\b",
         r"\bcoordinates?\b",
@@ -159,7 +163,7 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bmodalit\w*", r"\bclassif\w*", r"\bcategori[sz]\w*",
         r"\b(?:what|which) (?:type|kind|sort) of (?:image|scan|imaging|study|picture|exam|examination|modality)",
         r"\bimaging (?:technique|type|method|test)\b", r"\bwhat (?:imaging|scan)\b",
-        r"\b(?:x-?ray|ct|mri?|ultrasound|radiograph|pet) or (?:an? )?(?:x-?ray|ct|mri?|ultrasound|radiograph|pet)\b",
+        r"\b(?:x-?ray|ct|mri?|ultrasound|radiograph|pet)(?: (?:scan|image|study|exam))? or (?:an? )?(?:x-?ray|ct|mri?|ultrasound|radiograph|pet)\b",
         r"\bwhat (?:body part|organ|region|anatomy) (?:is|does|do)\b", r"\bbody (?:part|region)\b",
         r"\bidentify the (?:type|modality|imaging|kind)\b", r"\bwhat is this (?:image|scan|picture)\b",
         r"\b(?:what|which) (?:type|kind|sort|category|class)e?s? of (?:\w+ ){0,2}(?:image|scan|imaging|study|picture|exam\w*|modality|data)",
@@ -209,6 +213,8 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bkey (?:points|observations)\b", r"\bobservations\b", r"\bcomment\w* on\b", r"\bremarks?\b",
         (r"\b(?:if|whether|is|does|do|did) (?:this|the|my|our|his|her)(?: [\w-]+){0,2} (?:scan|image|film|x-?ray|study|mri|ct|radiograph|picture|results?|exam)"
         r"(?: [\w-]+)? (?:is |look |looks |seem |seems |appear |appears )?(?:\w+ )?(?:normal|healthy|ok|okay|fine|clear|abnormal|alright|all right|unremarkable)\b"),
+        r"\bwhat (?:can|could|do|did) you (?:see|notice|find|make out)\b",
+        r"\b(?:does|did|do) (?:it|this|everything|all|that) (?:look|seem|appear) (?:\w+ )?(?:normal|healthy|ok|okay|fine|clear|abnormal|alright|all right|unremarkable)\b",
         r"\b(?:your|any) thoughts\b", r"\b(?:everything|anything) (?:you )?(?:see|notice|observe)\b", r"\bpreliminary\b", r"\bwhat'?s (?:there|here|going on|happening|visible)\b",
     ),
     "knowledge": (
@@ -236,13 +242,16 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bgenetic\b", r"\binherit\w*", r"\bpainful\b",
         r"\bhow (?:does|do|did|can|could|would) (?:an? |the )?[\w-]+(?: [\w-]+)? (?:develop|form|spread|progress|occur|happen|start|arise)\b",
         r"\bsurveillance\b", r"\b(?:follow-?up|screening|surveillance|imaging) (?:intervals?|schedule|frequency)\b",
-        r"\bmost (?:often|commonly|frequently)\b",
+        r"\bmost (?:often|commonly|frequently)\b", r"\bmeaning\b",
+        (r"\b(?:can|could|should|may|when can) (?:i|he|she|they|we|you|patients?|one) (?:still |safely )?(?:go back|return|exercise|fly|drive"
+        r"|work|play|travel|swim|lift)\b"),
         r"\b(?:usually|typically|generally|commonly) (?:cancerous|benign|malignant|serious|fatal|hereditary|treatable|curable|painful|dangerous)\b",
         r"\b(?:is|are) [\w-]+ (?:usually|typically|generally|always|often|ever|normally)\b",
         r"\bwhich (?:cancers|tumou?rs|diseases|conditions|infections|organisms|bacteria|viruses|drugs|medications|patients|people)\b",
         r"\bwhat (?:can|should|could) (?:he|she|i|they|we|you|one|patients?) do\b", r"\bbreathe better\b",
         (r"\bhow (?:is|are|was|were) (?:an? |the )?[\w-]+(?: [\w-]+){0,3} (?:repaired|treated|managed|removed|fixed|operated on"
-        r"|diagnosed|prevented|cured|done|performed|staged|followed up)\b"),
+        r"|diagnosed|prevented|cured|done|performed|staged|followed up|drained|excised|resected|ablated|embolised|embolized"
+        r"|stented|coiled|clipped|monitored|biopsied|detected|screened for|graded|classified)\b"),
         r"\brepair\w*", r"\bsurg(?:ery|ical (?:options?|treatment|repair))\b", r"\boperations?\b", r"\bprocedures?\b",
         r"\bwhat (?:an? |the )?(?!(?:it|this|that|these|those|they|you|i|we)\b)[\w-]+(?: [\w-]+){0,3} (?:is|are|means?)\s*[.?!]*$",
     ),
@@ -283,7 +292,7 @@ FINDING_TARGETS = frozenset({
 #: these endings that are no finding are excluded.
 FINDING_FORM = (
     r"\b(?!(?:diagnosis|prognosis|osmosis|hypnosis|diploma|aroma|coma|stoma|soma|sarcasm|enthusiasm)\b)"
-    r"[a-z]{3,}(?:itis|omas?|omata|osis|ectasis|megaly|iasis|ocele|ysms?|pathy|plasia)\b"
+    r"[a-z]{3,}(?:itis|omas?|omata|osis|ectasis|megaly|iasis|ocele|ysms?|pathy|plasia|liths?)\b"
 )
 
 #: Words that may stand around the structure names of a bare clause ("query L effusion on film").
@@ -536,7 +545,7 @@ ACQUISITION_PARAMETERS = (
 IMAGE_PROPERTIES = (
     r"\b(?:orientation|quality|resolution|spacing|thickness|matrix|window(?:ing)?|format|field of view|fov"
     r"|exposure|artefacts?|artifacts?|noise|bit depth|contrast phase|pixel size|header|metadata"
-    r"|voxel (?:size|spacing|dimensions?)|pixel spacing)\b"
+    r"|voxel (?:size|spacing|dimensions?)|pixel spacing|how many (?:slices|images|frames|series|instances))\b"
 )
 
 #: Words skipped when a target is read as a free phrase after the intent keyword.
