@@ -294,7 +294,7 @@ def find_asks(instruction: str, bank: IntentBank | None = None) -> list[Ask]:
             found = [(p, a) for p, a in found if a.intent != "report" and not a.free_target]
         if re.search(ACQUISITION_PARAMETERS, clause, re.IGNORECASE):
             # An acquisition parameter: the header answers it, not a classifier.
-            found = [(p, a) for p, a in found if a.intent not in ("classify", "report")]
+            found = [(p, a) for p, a in found if a.intent not in ("classify", "report", "knowledge")]
         if any(a.intent not in TARGET_REQUIRED for _, a in found):
             # "Which part of the body was scanned": beside a non-image-task intent, a task whose
             # target is only a guessed phrase is that intent's wording, not a second ask.

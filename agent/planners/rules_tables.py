@@ -27,6 +27,8 @@ SHORTHAND: tuple[tuple[str, str], ...] = (
     (r"\bpe\b", "pulmonary embolism"),
     (r"\bggos?\b", "ground-glass opacity"),
     (r"\brpt\b", "report"),
+    (r"\bbodypart\b", "body part"),
+    (r"\bdis\b", "this"),
     (r"\bcat scan\b|\bcomputed tomography\b|\bcomputeri[sz]ed tomography\b", "ct"),
     (r"\bmagnetic resonance(?: imaging)?\b", "mri"),
     (r"\bw[ao]t\b", "what"),
@@ -68,7 +70,7 @@ TYPO_TARGETS: tuple[str, ...] = (
     "classify", "modality", "report", "findings", "impression", "summarise", "summarize",
     "treatment", "symptoms", "explain", "lungs", "liver", "kidney", "kidneys", "spleen", "pancreas",
     "tumour", "tumor", "nodule", "lesion", "which", "image", "between", "difference", "stomach", "aorta",
-    "prostate", "gallbladder", "bladder", "adrenal", "oesophagus", "esophagus",
+    "prostate", "gallbladder", "bladder", "adrenal", "oesophagus", "esophagus", "something", "anything",
 )
 
 #: Words a token is corrected to when it is exactly them with two adjacent letters swapped ("waht",
@@ -132,7 +134,8 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bpaint\w*", r"\blabel ?maps?\b", r"\bdemarcat\w*", r"\bmargins?\b", r"\bedges?\b", r"\bsketch (?:around|out)\b",
         r"\bsilhouette of\b", r"\bfill in\b", r"\bpixels? (?:belonging|of|that|which|in|within|inside)\b",
         r"\bvoxels?\b", r"\bstand out\b", r"\bfrom the (?:background|rest)\b", r"\bcolou?r[- ]?(?:in|code\w*|each)\b",
-        r"\b(?:its|their) own colou?rs?\b", r"\bcolou?r (?:it|them|that|this) in\b", r"\bshape of\b", r"\bcarve up\b", r"\bauto-?contour\w*", r"\bROIs?\b", r"\bregions? of interest\b",
+        r"\b(?:its|their) own colou?rs?\b", r"\bcolou?r (?:it|them|that|this) in\b", r"\bshape of\b",
+        r"\b3-?d (?:model|reconstruction|rendering|render|print)\b", r"\bcarve up\b", r"\bauto-?contour\w*", r"\bROIs?\b", r"\bregions? of interest\b",
     ),
     "locate": (
         r"\blocat\w*", r"\blocali[sz]\w*", r"\bdetect\w*", r"\bfind\b", r"\bwhere(?:'?s)?\b", r"\bbounding[- ]box\w*",
@@ -153,7 +156,7 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bmeasur\w*", r"(?<!ct )(?<!mr )(?<!3d )(?<!this )(?<!whole )\bvolumes?\b(?! rendering)", r"\bhow (?:big|large)\b", r"\bsizes?\b",
         r"\bquantif\w*", r"\bmean hu\b", r"\b(?:density|attenuation|hounsfield)\b", r"\bcapacity\b",
         r"\bmillilit\w*", r"\bhow much air\b", r"\bdiameters?\b", r"\bdimensions?\b", r"\bvolumetr\w*",
-        r"\bhow (?:wide|thick|tall|deep|much space)\b", r"\bhow long\b(?! (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have|they|it|he|she|you|i|we|(?:is|are) (?:the )?(?:recovery|healing|treatment|rehab\w*|stay|wait|course|survival))\b)",
+        r"\bhow (?:wide|thick|tall|deep|much space)\b", r"\bhow long\b(?! (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have|they|it|he|she|you|i|we|till|until|(?:is|are) (?:the )?(?:recovery|healing|treatment|rehab\w*|stay|wait|course|survival))\b)",
         r"\bhu\b", r"\b(?:ml|cc|cm3|mm3|litres?|liters?)\b", r"\bestimat\w*", r"\bcalculat\w*", r"\bcomput\w*",
         r"\bwhat size\b", r"\bsized?\b", r"\bcubic\b", r"\b(?:centi|milli)met(?:re|er)s?\b", r"\bmagnitude\b", r"\bmetrics?\b", r"\bnumbers? (?:for|on)\b",
         r"\b(?:span|craniocaudal|length|width|height|long axis|short axis|longest axis)\b", r"\bhow many (?:cm|mm|ml|cc)\b",
@@ -164,11 +167,11 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\b(?:what|which) (?:type|kind|sort) of (?:image|scan|imaging|study|picture|exam|examination|modality)",
         r"\bimaging (?:technique|type|method|test)\b", r"\bwhat (?:imaging|scan)\b",
         r"\b(?:x-?ray|ct|mri?|ultrasound|radiograph|pet)(?: (?:scan|image|study|exam))? or (?:an? )?(?:x-?ray|ct|mri?|ultrasound|radiograph|pet)\b",
-        r"\bwhat (?:body part|organ|region|anatomy) (?:is|does|do)\b", r"\bbody (?:part|region)\b",
+        r"\bwhat (?:body part|organ|region|anatomy) (?:is|does|do)\b", r"\bbody (?:part|region|area)\b",
         r"\bidentify the (?:type|modality|imaging|kind)\b", r"\bwhat is this (?:image|scan|picture)\b",
         r"\b(?:what|which) (?:type|kind|sort|category|class)e?s? of (?:\w+ ){0,2}(?:image|scan|imaging|study|picture|exam\w*|modality|data)",
         r"\bimage (?:category|type|class|kind)\b", r"\bcategory\b",
-        (r"\bis (?:this|it) (?:image |scan |study |picture |exam )?(?:an? )?(?:ct|mri?|x-?ray|ultrasound|radiograph|pet|mammogram)\b"
+        (r"\bis (?:this|it)(?: one)? (?:image |scan |study |picture |exam )?(?:an? )?(?:ct|mri?|x-?ray|ultrasound|radiograph|pet|mammogram)\b"
         r"(?!(?: [\w-]+)? (?:normal|abnormal|ok|okay|clear|fine|healthy|unremarkable|alright)\b)"),
         r"\b(?:what|which) [a-z]{3,8} of (?:image|scan|imaging|picture|exam|study|radiograph) (?:is|was) (?:this|it)\b",
         r"\bhow was (?:this|the) (?:image|scan|picture) (?:acquired|taken|made|obtained)",
@@ -213,7 +216,8 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bkey (?:points|observations)\b", r"\bobservations\b", r"\bcomment\w* on\b", r"\bremarks?\b",
         (r"\b(?:if|whether|is|does|do|did) (?:this|the|my|our|his|her)(?: [\w-]+){0,2} (?:scan|image|film|x-?ray|study|mri|ct|radiograph|picture|results?|exam)"
         r"(?: [\w-]+)? (?:is |look |looks |seem |seems |appear |appears )?(?:\w+ )?(?:normal|healthy|ok|okay|fine|clear|abnormal|alright|all right|unremarkable)\b"),
-        r"\bwhat (?:can|could|do|did) you (?:see|notice|find|make out)\b",
+        r"\bwhat (?:can|could|do|did) you (?:see|notice|find|make out)\b", r"\bwhat (?:is|does) show(?:ing)? (?:this|the|my)\b",
+        r"\b(?:something|anything) (?:off|amiss|wrong|abnormal|not right)\b", r"\bclean (?:film|scan|study|x-?ray|image)\b",
         r"\b(?:does|did|do) (?:it|this|everything|all|that) (?:look|seem|appear) (?:\w+ )?(?:normal|healthy|ok|okay|fine|clear|abnormal|alright|all right|unremarkable)\b",
         r"\b(?:your|any) thoughts\b", r"\b(?:everything|anything) (?:you )?(?:see|notice|observe)\b", r"\bpreliminary\b", r"\bwhat'?s (?:there|here|going on|happening|visible)\b",
     ),
@@ -233,7 +237,7 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bat risk\b", r"\b(?:fatal|deadly|lethal)\b", r"\bpresentation\b", r"\bstag(?:es?|ing)\b", r"\bbiops\w*",
         r"\bwork(?:ed)?[- ]?up\b", r"\bpatholog\w*", r"\bantibiotics?\b", r"\bdifferential (?:diagnos\w* )?(?:for|of)\b",
         r"\bwhen should\b", r"\bhow long (?:does|do|did|will|would|can|could|should|until|before|after|to|has|have|they|it|he|she|you|i|we|(?:is|are) (?:the )?(?:recovery|healing|treatment|rehab\w*|stay|wait|course|survival))\b",
-        r"\bworr(?:y|ied|ying)\b", r"\bgo away\b", r"\brecommend\w*", r"\boutlook\b", r"\bheal\w*", r"\brecover\w*",
+        r"\bworr(?:y|ied|ying)\b", r"\bgo away\b", r"\brecommend\w*", r"\boutlook\b", r"\bheal(?:s|ed|ing)?\b", r"\brecover\w*",
         r"\bmortality\b", r"\bcommon (?:in|among)\b", r"\bwhat happens\b", r"\bside effects?\b",
         r"\btell (?:me|us) (?:\w+ )?about\b", r"\binfo(?:rmation)? (?:about|on)\b", r"\blearn about\b", r"\bmore about\b",
         r"\bcourse of\b", r"\bnatural history\b", r"\bserious\b", r"\bdangerous\b",
@@ -242,7 +246,7 @@ INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bgenetic\b", r"\binherit\w*", r"\bpainful\b",
         r"\bhow (?:does|do|did|can|could|would) (?:an? |the )?[\w-]+(?: [\w-]+)? (?:develop|form|spread|progress|occur|happen|start|arise)\b",
         r"\bsurveillance\b", r"\b(?:follow-?up|screening|surveillance|imaging) (?:intervals?|schedule|frequency)\b",
-        r"\bmost (?:often|commonly|frequently)\b", r"\bmeaning\b",
+        r"\bmost (?:often|commonly|frequently)\b", r"\bmeaning\b", r"\bwith (?:age|ageing|aging)\b", r"\bage-related\b",
         (r"\b(?:can|could|should|may|when can) (?:i|he|she|they|we|you|patients?|one) (?:still |safely )?(?:go back|return|exercise|fly|drive"
         r"|work|play|travel|swim|lift)\b"),
         r"\b(?:usually|typically|generally|commonly) (?:cancerous|benign|malignant|serious|fatal|hereditary|treatable|curable|painful|dangerous)\b",
@@ -264,7 +268,7 @@ WEAK_INTENT_PATTERNS: dict[str, tuple[str, ...]] = {
         r"\bany\b", r"\bshow\b", r"\bvisible\b", r"\bpresent\b", r"\bsee\b", r"\bidentify\b", r"\bcontains?\b",
         r"\bquery\b", r"\b(?:has|have|got) (?:\w+ ){0,3}(?:a|an|any)\b", r"\bsuspect\w*", r"\bsuspicious\b",
         r"\bsigns? of\b", r"\b(?:clear|free) of\b", r"\b(?:is|are|was|were) there\b", r"\banything\b", r"\bgrow\w*", r"\bthere be\b",
-        r"\b(?:somewhere|anywhere|hiding)\b", r"\b(?:position|positioned|placement|placed|sited)\b",
+        r"\b(?:somewhere|anywhere|hiding|something)\b", r"\b(?:position|positioned|placement|placed|sited)\b",
         r"\btell (?:me|us) (?:if|whether)\b", r"\blet (?:me|us) know (?:if|whether)\b",
         r"\b(?:do|does|did) (?:i|he|she|they|we|you|it|the patient|patient|my \w+) (?:still )?have\b",
     ),
@@ -283,7 +287,7 @@ FINDING_TARGETS = frozenset({
     "hemorrhage", "opacity", "consolidation", "cell", "fluid", "metastasis", "abscess", "aneurysm",
     "infarct", "embolism", "thrombus", "stone", "kidney stone", "gallstone", "calcification",
     "obstruction", "perforation", "free air", "edema", "dissection", "hernia", "collection",
-    "pneumonia", "infection", "collapse", "stenosis", "dislocation", "central line",
+    "pneumonia", "empyema", "bulla", "cavity", "infection", "collapse", "stenosis", "dislocation", "central line",
     "endotracheal tube", "nasogastric tube", "chest drain", "pacemaker", "stent", "catheter",
 })
 
@@ -311,6 +315,7 @@ BARE_CLAUSE_WORDS = frozenset({
 CONTEXT_OPENING = (
     r"^(?:this (?:is|was)|these are|it (?:is|was)|it's|the patient|patient|pt|he|she|they|known|history|hx|h/o"
     r"|s/p|status post|post[- ]\w+|follow[- ]?up|previous|prior|background|clinical (?:details|history|info\w*)"
+    r"|my (?:mum|mom|mother|dad|father|son|daughter|wife|husband|partner|child|baby|brother|sister|friend|grand\w+|aunt|uncle)"
     r"|i (?:was|have|had|got)|i'(?:ve|m) (?:been|got|had)|i(?: am|'m) (?!after|looking|hoping|wondering|asking|interested|keen)|we (?:are|were|have|had|suspect|think)"
     r"|my (?:doctor|gp|physician|consultant|surgeon)|our patient|elderly|diabetic|smoker|child|adult|male|female|man|woman"
     r"|\d+\s*-?\s*(?:y/?o|yo|yrs?|years?|[mf])\b|\d+-year-old)\b"
@@ -342,7 +347,7 @@ KNOWLEDGE_STRONG = (
     r"|avoid|patients? with|cur(?:e|es|able|ed)|survival|contagious|hereditary|drugs?|reversible|life expectancy"
     r"|at risk|fatal|deadly|lethal|stag(?:es?|ing)|biops\w*|patholog\w*|antibiotics?|differential (?:diagnos\w* )?(?:for|of)"
     r"|how long (?:does|do|will|would|can|until|to)|worr(?:y|ied|ying)|go away|recommend\w*|outlook|side effects?|risks?"
-    r"|recover\w*|repair\w*)\b"
+    r"|recover\w*|repair\w*|heal(?:s|ed|ing)?|operations?|surgery|with (?:age|ageing|aging)|age-related)\b"
     r"|\bwhat does .+ mean\b"
 )
 
@@ -417,6 +422,9 @@ TARGET_TERMS: tuple[tuple[str, str], ...] = (
     (r"\bhernia\w*", "hernia"),
     (r"\bcollections?\b", "collection"),
     (r"\bpneumonia\b", "pneumonia"),
+    (r"\bempyemas?\b", "empyema"),
+    (r"\bbullae?\b", "bulla"),
+    (r"\bcavit(?:y|ies|ation)\b", "cavity"),
     (r"\binfections?\b", "infection"),
     (r"\bcollapsed?\b", "collapse"),
     (r"\bstenos[ie]s\b|\bnarrowing\b", "stenosis"),
