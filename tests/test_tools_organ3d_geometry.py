@@ -14,13 +14,8 @@ from tests.tools_models_helpers import (
     threshold_conv_state,
     write_bundle,
 )
-from tools.organ3d import (
-    OrganSegmentation3D,
-    array_axis_directions,
-    from_network_grid,
-    plan_mapping,
-    to_network_grid,
-)
+from tools.network_grid import array_axis_directions, from_network_grid, plan_mapping, to_network_grid
+from tools.organ3d import OrganSegmentation3D
 
 GEOMETRIES = [
     pytest.param(False, False, id="ascending"),

@@ -37,6 +37,7 @@ from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import check_normalised, slice_indices, volume_to_rgb
 from tools.model_tool import CachedModelTool, ModelPathSettings
 from tools.registry import register_tool
+from tools.weights import read_state_dict
 
 if TYPE_CHECKING:
     import torch
@@ -149,15 +150,7 @@ def build_sam_from_architecture(arch: SamArchitecture) -> Sam:
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A SAM state dict from ``path`` (tensors only; no pickled code runs)."""
-    import torch
-
-    state: Any = torch.load(str(path), map_location="cpu", weights_only=True)
-    for key in NESTED_STATE_KEYS:
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise TypeError(f"{path} does not hold a state dict")
-    return state
+    return read_state_dict(path, NESTED_STATE_KEYS)
 
 
 @dataclass(frozen=True)

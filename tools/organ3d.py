@@ -5,20 +5,14 @@ Beyond MMedAgent (2D only): the network comes from the config as either a MONAI 
 ``configs/metadata.json``) or ``architecture`` (a class in :mod:`monai.networks.nets`) + kwargs +
 a weights file + a label list.
 
-Geometry, in patient space: the volume's array axes (slice, row, col) are mapped to the network's
-axis codes (MONAI's ``Orientationd(axcodes="RAS")`` convention: an axis coded "R" increases
-towards the patient's right) by a permutation and flips read from ImageOrientationPatient and the
-slice positions (PS3.3 C.7.6.2.1.1: DICOM patient coordinates are LPS). The oriented array is
-resampled to the network's voxel spacing (field of view kept, trilinear), segmented, and the
-label map goes back the same way (nearest), so every mask voxel sits on its source voxel.
+Geometry (:mod:`tools.network_grid`): the volume is oriented to the network's axis codes and
+resampled to its spacing, and the label map goes back the same way, so every mask voxel sits on
+its source voxel. Loading: :mod:`tools.monai_loading`.
 """
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
-from itertools import permutations
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -39,6 +33,8 @@ from tools.base import (
     invalid_settings_reason,
 )
 from tools.device import model_dtype, resolve_device
+from tools.monai_loading import LoadedNetwork, bundle_config_file, load_architecture, load_bundle
+from tools.network_grid import AXIS_CODES, from_network_grid, plan_mapping, to_network_grid
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
@@ -68,11 +64,6 @@ KNOWN_ORGAN_CODES: Mapping[str, tuple[str, str]] = MappingProxyType({
     "bladder": ("89837001", "Urinary bladder"),
 })
 
-#: Where each axis code points, in RAS world axes: (world axis, sign).
-_AXIS_CODES: Mapping[str, tuple[int, int]] = MappingProxyType(
-    {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
-)
-_LPS_TO_RAS = np.array([-1.0, -1.0, 1.0])
 
 
 class CodeSetting(BaseModel):
@@ -131,7 +122,7 @@ class Organ3DSettings(BaseModel):
             if not self.labels:
                 raise ValueError("architecture needs labels: [{index, name, code?}]")
         codes = sorted(self.axcodes.upper())
-        if len(self.axcodes) != 3 or sorted({_AXIS_CODES[c][0] for c in codes if c in _AXIS_CODES}) != [0, 1, 2]:
+        if len(self.axcodes) != 3 or sorted({AXIS_CODES[c][0] for c in codes if c in AXIS_CODES}) != [0, 1, 2]:
             raise ValueError(f"axcodes must name each of R/L, A/P, S/I once, got {self.axcodes!r}")
         return self
 
@@ -139,224 +130,6 @@ class Organ3DSettings(BaseModel):
 DEFAULT_WINDOW_CT = (-1000.0, 1000.0)
 DEFAULT_ROI = (96, 96, 96)
 DEFAULT_OVERLAP = 0.25
-
-
-# ---------------------------------------------------------------------------------------------
-# Geometry: source array <-> network grid
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GridMapping:
-    """How the volume's (slice, row, col) array becomes the network's oriented, resampled grid."""
-
-    #: Network axis k takes source array axis ``perm[k]``.
-    perm: tuple[int, int, int]
-    #: Network axis k is flipped after the permutation.
-    flips: tuple[bool, bool, bool]
-    #: Source shape after permutation, and the network grid shape.
-    oriented_shape: tuple[int, int, int]
-    network_shape: tuple[int, int, int]
-
-
-def array_axis_directions(volume: Volume) -> np.ndarray:
-    """Unit vectors (RAS) along which the slice, row and col indices increase, shape (3, 3).
-
-    Column index runs along the first ImageOrientationPatient triplet, row index along the second
-    (PS3.3 C.7.6.2.1.1); the slice direction comes from the slice positions (so a descending
-    series is handled), or the normal for a single slice.
-    """
-    o = np.asarray(volume.orientation, dtype=float)
-    along_col, along_row = o[:3], o[3:]
-    positions = np.asarray(volume.positions, dtype=float).reshape(-1, 3)
-    step = positions[-1] - positions[0] if len(positions) > 1 else np.cross(along_col, along_row)
-    norm = float(np.linalg.norm(step))
-    along_slice = step / norm if norm > 0 else np.cross(along_col, along_row)
-    return np.stack([along_slice, along_row, along_col]) * _LPS_TO_RAS
-
-
-def plan_mapping(volume: Volume, axcodes: str, spacing: tuple[float, float, float] | None) -> GridMapping:
-    """The permutation/flips that best align the array with ``axcodes``, and the target shape."""
-    dirs = array_axis_directions(volume)
-    targets = [_AXIS_CODES[c] for c in axcodes.upper()]
-    best = max(permutations(range(3)), key=lambda p: sum(abs(dirs[p[k], targets[k][0]]) for k in range(3)))
-    flips = tuple(bool(dirs[best[k], targets[k][0]] * targets[k][1] < 0) for k in range(3))
-    oriented = tuple(volume.pixels.shape[a] for a in best)
-    src_spacing = [float(volume.spacing[a]) for a in best]
-    if spacing is None:
-        network = oriented
-    else:
-        network = tuple(max(1, round(n * s / t)) for n, s, t in zip(oriented, src_spacing, spacing))
-    return GridMapping(best, flips, oriented, network)  # type: ignore[arg-type]
-
-
-def to_network_grid(pixels: np.ndarray, mapping: GridMapping) -> torch.Tensor:
-    """(slices, rows, cols) -> float tensor (1, 1, *network_shape), trilinear, field of view kept."""
-    import torch
-
-    arr = np.transpose(pixels, mapping.perm)
-    flip_axes = [k for k in range(3) if mapping.flips[k]]
-    if flip_axes:
-        arr = np.flip(arr, axis=tuple(flip_axes))
-    tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None]
-    if tuple(tensor.shape[2:]) != mapping.network_shape:
-        tensor = torch.nn.functional.interpolate(
-            tensor, size=mapping.network_shape, mode="trilinear", align_corners=False
-        )
-    return tensor
-
-
-def from_network_grid(labels: torch.Tensor, mapping: GridMapping) -> np.ndarray:
-    """Label map on the network grid (X, Y, Z) -> (slices, rows, cols) uint16 on the source grid.
-
-    "nearest-exact" samples at voxel centres, the same correspondence trilinear
-    ``align_corners=False`` used on the way in.
-    """
-    import torch
-
-    lab = labels.to("cpu")
-    if tuple(lab.shape) != mapping.oriented_shape:
-        lab = torch.nn.functional.interpolate(
-            lab[None, None].to(torch.float32), size=mapping.oriented_shape, mode="nearest-exact"
-        )[0, 0]
-    arr = lab.numpy().astype(np.uint16)
-    flip_axes = [k for k in range(3) if mapping.flips[k]]
-    if flip_axes:
-        arr = np.flip(arr, axis=tuple(flip_axes))
-    return np.ascontiguousarray(np.transpose(arr, np.argsort(mapping.perm)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading: bundle folder or architecture + weights
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoadedNetwork:
-    network: torch.nn.Module
-    #: channel index -> label name (background excluded)
-    label_names: dict[int, str]
-    name: str
-    version: str
-    #: defaults read from the bundle's inference config (None when absent)
-    spacing: tuple[float, float, float] | None = None
-    window: tuple[float, float] | None = None
-    roi_size: tuple[int, int, int] | None = None
-    overlap: float | None = None
-    axcodes: str | None = None
-
-
-def _bundle_config_file(bundle: Path) -> Path | None:
-    for name in ("inference.json", "inference.yaml", "inference.yml"):
-        candidate = bundle / "configs" / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _walk(node: Any) -> list[dict[str, Any]]:
-    """Every mapping with a ``_target_`` in a parsed bundle config (raw, unresolved)."""
-    found: list[dict[str, Any]] = []
-    if isinstance(node, dict):
-        if "_target_" in node:
-            found.append(node)
-        for value in node.values():
-            found.extend(_walk(value))
-    elif isinstance(node, list):
-        for value in node:
-            found.extend(_walk(value))
-    return found
-
-
-def _numbers(value: Any, n: int) -> tuple[float, ...] | None:
-    """A literal numeric sequence of length ``n`` (bundle values may be '@refs': ignored then)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return (float(value),) * n
-    if isinstance(value, list) and len(value) == n and all(isinstance(v, (int, float)) for v in value):
-        return tuple(float(v) for v in value)
-    return None
-
-
-def _bundle_defaults(raw: dict[str, Any]) -> dict[str, Any]:
-    """Spacing, intensity window, ROI, overlap and axcodes from the bundle's transforms/inferer."""
-    out: dict[str, Any] = {}
-    for comp in _walk(raw):
-        target = str(comp["_target_"]).rsplit(".", 1)[-1]
-        if target in ("Spacingd", "Spacing") and "pixdim" in comp:
-            out.setdefault("spacing", _numbers(comp["pixdim"], 3))
-        elif target in ("ScaleIntensityRanged", "ScaleIntensityRange"):
-            lo, hi = comp.get("a_min"), comp.get("a_max")
-            if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-                out.setdefault("window", (float(lo), float(hi)))
-        elif target in ("Orientationd", "Orientation") and isinstance(comp.get("axcodes"), str):
-            out.setdefault("axcodes", comp["axcodes"])
-        elif target in ("SlidingWindowInferer", "SlidingWindowInfererAdapt"):
-            roi = _numbers(comp.get("roi_size"), 3)
-            out.setdefault("roi_size", tuple(int(v) for v in roi) if roi else None)
-            if isinstance(comp.get("overlap"), (int, float)):
-                out.setdefault("overlap", float(comp["overlap"]))
-    return {k: v for k, v in out.items() if v is not None}
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    import torch
-
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise TypeError(f"{path}: not a state dict")
-    return state
-
-
-def load_bundle(bundle: Path) -> LoadedNetwork:
-    """Instantiate ``network_def`` from a MONAI bundle folder and load ``models/model.pt``."""
-    import torch
-    from monai.bundle import ConfigParser
-
-    config_file = _bundle_config_file(bundle)
-    if config_file is None:
-        raise FileNotFoundError(f"{bundle}: no configs/inference.json or .yaml")
-    parser = ConfigParser()
-    parser.read_config(str(config_file))
-    parser["bundle_root"] = str(bundle)
-    network = parser.get_parsed_content("network_def", instantiate=True)
-    if not isinstance(network, torch.nn.Module):
-        raise TypeError(f"{config_file}: network_def is not a torch module")
-    weights = bundle / "models" / "model.pt"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{bundle}: no models/model.pt")
-    network.load_state_dict(_read_state_dict(weights))
-    meta: dict[str, Any] = {}
-    meta_file = bundle / "configs" / "metadata.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    channel_def = (
-        meta.get("network_data_format", {}).get("outputs", {}).get("pred", {}).get("channel_def", {})
-    )
-    names = {int(k): str(v) for k, v in channel_def.items() if int(k) != 0}
-    defaults = _bundle_defaults(parser.get() or {})
-    return LoadedNetwork(
-        network=network,
-        label_names=names,
-        name=str(meta.get("name") or bundle.name),
-        version=str(meta.get("version") or "unknown"),
-        **defaults,
-    )
-
-
-def load_architecture(name: str, kwargs: dict[str, Any], weights: Path) -> LoadedNetwork:
-    """Build ``monai.networks.nets.<name>(**kwargs)`` and load ``weights``."""
-    import torch
-    from monai.networks import nets
-
-    cls = getattr(nets, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
-        raise TypeError(f"architecture {name!r} is not a network class in monai.networks.nets")
-    network = cls(**kwargs)
-    network.load_state_dict(_read_state_dict(weights))
-    return LoadedNetwork(network=network, label_names={}, name=f"MONAI {name}", version="unknown")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,7 +177,7 @@ class OrganSegmentation3D(Tool):
         if cfg.bundle_dir is not None:
             if not cfg.bundle_dir.is_dir():
                 return Availability(False, f"bundle folder {cfg.bundle_dir} does not exist")
-            if _bundle_config_file(cfg.bundle_dir) is None:
+            if bundle_config_file(cfg.bundle_dir) is None:
                 return Availability(False, f"bundle {cfg.bundle_dir} has no configs/inference.json|yaml")
             if not (cfg.bundle_dir / "models" / "model.pt").is_file():
                 return Availability(False, f"bundle {cfg.bundle_dir} has no models/model.pt")
