@@ -19,6 +19,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 
 from config.schema import DestinationConfig
@@ -91,11 +92,9 @@ def describe_failure(
     """
     peer = peer_name(dest)
     rsp = assoc.acceptor.primitive
-    if assoc.is_rejected and rsp is not None:
-        reject_text = f"{rsp.result_str}; source: {rsp.source_str}; reason: {rsp.reason_str}"
-        return f"association rejected by {peer} ({reject_text})", False
-    if reject is not None:
-        reject_text = f"{reject.result_str}; source: {reject.source_str}; reason: {reject.reason_str}"
+    said: A_ASSOCIATE | A_ASSOCIATE_RJ | None = rsp if assoc.is_rejected and rsp is not None else reject
+    if said is not None:
+        reject_text = f"{said.result_str}; source: {said.source_str}; reason: {said.reason_str}"
         return f"association rejected by {peer} ({reject_text})", False
     if rsp is not None and not assoc.accepted_contexts:
         refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})

@@ -273,7 +273,7 @@ def _resolve_conflicts(asks: list[Ask]) -> list[Ask]:
     return [
         a
         for a in kept
-        if a.intent != "knowledge" or re.search(KNOWLEDGE_STRONG, a.clause, re.IGNORECASE) or not about_image(a)
+        if a.intent != "knowledge" or _STRONG_KNOWLEDGE_RE.search(a.clause) or not about_image(a)
     ]
 
 
