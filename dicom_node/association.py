@@ -30,11 +30,13 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
 class AssociationFailed(Exception):
-    """No association with a peer; the message says why, ``permanent`` whether retrying can help."""
+    """No association with a peer; the message says why, ``permanent`` whether retrying can help,
+    ``local`` whether our own settings are at fault (the TLS certificates), not the peer."""
 
-    def __init__(self, message: str, permanent: bool = False):
+    def __init__(self, message: str, permanent: bool = False, local: bool = False):
         super().__init__(message)
         self.permanent = permanent
+        self.local = local
 
 
 def peer_name(dest: DestinationConfig) -> str:
@@ -61,7 +63,7 @@ def open_association(
     try:
         tls_args = (tls_context(dest.tls), dest.host) if dest.tls.enabled else None
     except (OSError, ssl.SSLError) as exc:
-        raise AssociationFailed(f"TLS setup for {peer} failed: {exc}") from exc
+        raise AssociationFailed(f"TLS setup for {peer} failed: {exc}", local=True) from exc
 
     rejects: list[A_ASSOCIATE_RJ] = []
 

@@ -23,7 +23,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from config.schema import DestinationConfig
-from dicom_node.association import DEFAULT_TIMEOUT_SECONDS, AssociationFailed, open_association
+from dicom_node.association import DEFAULT_TIMEOUT_SECONDS, AssociationFailed, open_association, peer_name
 from dicom_node.status import Status
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def send_files(
     Never raises for network or peer trouble: the report says what happened. ``calling_ae`` is
     our AE title on the association (the destination's ``calling_ae_title`` or the node's).
     """
-    peer = f"{dest.ae_title}@{dest.host}:{dest.port}"
+    peer = peer_name(dest)
     read = [_read_meta(Path(p)) for p in files]
     metas = [m for m in read if isinstance(m, _FileMeta)]
     unreadable = [m for m in read if isinstance(m, FileOutcome)]
@@ -175,7 +175,7 @@ def send_files(
     try:
         assoc = open_association(ae, dest, contexts=contexts, timeout=timeout)
     except AssociationFailed as exc:
-        log.warning("%s", exc)
+        log.log(logging.ERROR if exc.local else logging.WARNING, "%s", exc)
         failed = [
             FileOutcome(m.path, m.sop_class, m.sop_instance, None, str(exc), exc.permanent)
             for m in metas

@@ -28,26 +28,25 @@ _POST_NEGATION_RE = re.compile(POST_NEGATION_CUES, re.IGNORECASE)
 _WORD_RE = re.compile(r"[A-Za-z]{4,}")
 
 
-def _one_edit_apart(a: str, b: str) -> bool:
-    """True if ``a`` becomes ``b`` by one insertion, deletion, substitution or adjacent swap."""
-    if a == b or abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        diff = [i for i in range(len(a)) if a[i] != b[i]]
-        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]])
-    short, long_ = (a, b) if len(a) < len(b) else (b, a)
-    i = 0
-    while i < len(short) and short[i] == long_[i]:
-        i += 1
-    return short[i:] == long_[i + 1:]
-
-
 def _swapped(a: str, b: str) -> bool:
     """True if ``a`` is ``b`` with two adjacent letters swapped ("waht" / "what")."""
     if len(a) != len(b) or a == b:
         return False
     diff = [i for i in range(len(a)) if a[i] != b[i]]
     return len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]] and a[diff[1]] == b[diff[0]]
+
+
+def _one_edit_apart(a: str, b: str) -> bool:
+    """True if ``a`` becomes ``b`` by one insertion, deletion, substitution or adjacent swap."""
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1 or _swapped(a, b)
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = 0
+    while i < len(short) and short[i] == long_[i]:
+        i += 1
+    return short[i:] == long_[i + 1:]
 
 
 _SWAP_WORD_RE = re.compile(r"[A-Za-z]{3,}")
