@@ -53,7 +53,7 @@ from agent.protocol import (
 )
 from agent.render import metadata_text, render_key_image, volume_meta
 from agent.synthetic import write_cases
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 from tools.base import ToolRefused
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def _candidates(template: Template, cases: list[DataCase]) -> list[tuple[DataCas
 
 
 def synthetic_cases(work_dir: Path, out_dir: Path, seed: int) -> list[DataCase]:
-    from dicom_node.loader import load_series
+    from image_model.loader import load_series
 
     cases = []
     for syn in write_cases(work_dir, seed, SYNTHETIC_VARIANTS):
@@ -221,7 +221,7 @@ def synthetic_cases(work_dir: Path, out_dir: Path, seed: int) -> list[DataCase]:
 
 def supplied_cases(images_dir: Path, out_dir: Path) -> list[DataCase]:
     """Each DICOM series under ``images_dir`` (one per folder holding .dcm files; or the folder itself)."""
-    from dicom_node.loader import LoadError, load_series
+    from image_model.loader import LoadError, load_series
 
     folders = sorted({p.parent for p in images_dir.rglob("*") if p.is_file()})
     cases = []

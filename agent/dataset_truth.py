@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from agent.dataset_templates import DISEASES
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 
 
 @dataclass

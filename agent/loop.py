@@ -36,8 +36,9 @@ from agent.protocol import (
     validate_turn,
 )
 from agent.render import metadata_text, render_key_image, volume_meta
-from dicom_node.volume import Volume
-from tools.base import ToolOutput, ToolRefused
+from image_model.findings import ToolOutput
+from image_model.volume import Volume
+from tools.base import ToolRefused
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import numpy as np
 from agent.protocol import Conversation, ProtocolError
 
 if TYPE_CHECKING:
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 
 def read_records(path: Path) -> list[Conversation]:
@@ -50,7 +50,7 @@ def load_record_image(path: Path) -> RecordImage:
     """The image at ``path`` (already joined to the data file's folder) as the planner sees it."""
     if is_dicom_image(path):
         from agent.render import render_key_image
-        from dicom_node.loader import load_series
+        from image_model.loader import load_series
 
         volume = load_series(path)
         return RecordImage(render_key_image(volume), volume)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 from tools.imaging import (
     CT_DEFAULT_WINDOW,
     META_KEYS,

@@ -3,7 +3,7 @@ processes (solo pool) on the same input, in the same run, beside the same jobs r
 by ``run_job`` (no broker) as the reference.
 
 Input: ``--series`` phantom CT series (tests/phantoms.py), written once. Each run publishes every
-series as a job through :class:`~dicom_node.celery_queue.CeleryQueue` (the node's own publisher
+series as a job through :class:`~dicom_node.jobs.celery_queue.CeleryQueue` (the node's own publisher
 and state follower) to freshly started workers and times from the first publish until the last
 job is ``done`` in the shared state; worker start-up (model loading) is excluded.
 
@@ -27,9 +27,9 @@ import redis
 import yaml
 
 from config.loader import load_config
-from dicom_node.celery_queue import CeleryQueue
-from dicom_node.jobstore import JobRecord, JobState, JobStore
-from dicom_node.pipeline import JobSpec, WorkerContext, run_job
+from dicom_node.jobs.celery_queue import CeleryQueue
+from dicom_node.jobs.pipeline import JobSpec, WorkerContext, run_job
+from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from tests.phantoms import write_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +103,7 @@ def start_workers(
                     [
                         sys.executable,
                         "-m",
-                        "dicom_node.cli",
+                        "dicom_node.app.cli",
                         "worker",
                         "--config",
                         str(config),

@@ -287,7 +287,7 @@ class NodeServe(Receiver):
         return [
             sys.executable,
             "-m",
-            "dicom_node.cli",
+            "dicom_node.app.cli",
             "serve",
             "--config",
             str(self.workdir / "node.yaml"),
@@ -304,7 +304,7 @@ class NodeServe(Receiver):
 #: Top-level packages ``mmed-node serve`` imports (copied for a ``--node-ref`` baseline).
 PACKAGES = ("agent", "config", "dicom_node", "sr_templates", "tools")
 #: The receive-path modules a ``--node-ref`` baseline takes from the ref.
-RECEIVE_MODULES = ("dicom_node/spool.py", "dicom_node/handlers.py")
+RECEIVE_MODULES = ("dicom_node/receive/spool.py", "dicom_node/receive/handlers.py")
 
 
 def no_job_runner(spec: Any) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 from tests.tools_tiny_models import (
     tiny_grounding_settings,
     tiny_sam_settings,

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 from tools.classify import BiomedClip, MetadataClassification
 from tools.organ3d import OrganSegmentation3D
 

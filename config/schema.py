@@ -223,7 +223,7 @@ class QueueConfig(_Strict):
 
 
 class ApiConfig(_Strict):
-    """The node's HTTP API (dicom_node/http_api.py): health, status, jobs, questions about a
+    """The node's HTTP API (dicom_node/app/http_api.py): health, status, jobs, questions about a
     study in a PACS. Off by default; without ``token_env`` anyone who can reach it may use it."""
 
     enabled: bool = False

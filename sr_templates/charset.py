@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from highdicom.valuerep import SpecificCharacterSetValues
 
 if TYPE_CHECKING:
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 UTF8 = "ISO_IR 192"
 #: The default repertoire under ISO 2022 code extensions (PS3.3 C.12.1.1.2, Table C.12-3).

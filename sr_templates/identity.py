@@ -7,11 +7,12 @@ old results. UIDs use the ``2.25`` root with the decimal form of a name-based UU
 """
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+
+from image_model.fingerprint import instance_set_fingerprint
 
 #: PS3.5 B.2: UUID-derived UIDs are "2.25." + the integer value, without leading zeros.
 UUID_UID_ROOT = "2.25."
@@ -26,18 +27,6 @@ class OutputKind(str, Enum):
     SEG_INSTANCE = "seg-instance"
     SR_SERIES = "sr-series"
     SR_INSTANCE = "sr-instance"
-
-
-def instance_set_fingerprint(instance_uids: Iterable[str]) -> str:
-    """SHA-256 hex digest of the sorted, de-duplicated SOP Instance UIDs of a series.
-
-    Order of arrival and duplicate deliveries do not change it; any added or removed instance does.
-    Each UID is followed by a newline, so no two different sets hash the same byte string.
-    """
-    digest = hashlib.sha256()
-    for uid in sorted({str(uid).strip() for uid in instance_uids}):
-        digest.update(uid.encode("ascii") + b"\n")
-    return digest.hexdigest()
 
 
 def derived_uid(*parts: str) -> str:

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 
 from config.schema import OutputConfig
-from dicom_node.volume import Volume
+from image_model.findings import ToolOutput
+from image_model.volume import Volume
 from sr_templates.identity import OutputIdentity
 from sr_templates.overlay import OverlayImage
 from sr_templates.overlay import build_overlays as render_overlays
 from sr_templates.seg import build_seg_with_numbers, encode_segments
 from sr_templates.sr import build_sr, segments_and_algorithms
-from tools.base import ToolOutput
 
 #: De-identification Method for a source that sets Patient Identity Removed but does not say
 #: how (PS3.3 C.7.1.1: then Type 1C); the outputs copy the flag, so they must carry a method.

@@ -26,7 +26,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from scipy import ndimage
 
 from config.schema import OutputConfig
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 from sr_templates.charset import character_set_for, charset_kwargs, source_charset
 from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity

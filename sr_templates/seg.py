@@ -19,12 +19,12 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from config.schema import OutputConfig
-from dicom_node.volume import Volume
+from image_model.findings import AlgorithmInfo, Code, Segment
+from image_model.volume import Volume
 from sr_templates.charset import character_set_for, charset_kwargs, source_charset
-from sr_templates.codes import coded
+from sr_templates.coded import coded
 from sr_templates.equipment import CONTENT_LABEL, Equipment
 from sr_templates.identity import OutputIdentity
-from tools.base import AlgorithmInfo, Code, Segment
 
 SERIES_DESCRIPTION = "MMedAgent segmentation"
 CONTENT_DESCRIPTION = "Segments produced by the MMedAgent node tools"

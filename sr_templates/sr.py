@@ -20,9 +20,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as std_codes
 
 from config.schema import OutputConfig
-from dicom_node.volume import Volume
+from image_model.codes import procedure_for
+from image_model.findings import AlgorithmInfo, Segment, ToolOutput
+from image_model.volume import Volume
 from sr_templates.charset import character_set_for, charset_kwargs, source_charset
-from sr_templates.codes import coded, procedure_for
+from sr_templates.coded import coded
 from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity, derived_uid
 from sr_templates.seg import EncodedSegment, encode_segments
@@ -32,7 +34,6 @@ from sr_templates.sr_groups import (
     planar_group,
     volumetric_group,
 )
-from tools.base import AlgorithmInfo, Segment, ToolOutput
 
 SERIES_DESCRIPTION = "MMedAgent report"
 

@@ -20,11 +20,12 @@ import numpy as np
 from highdicom.sr import RelationshipTypeValues, TextContentItem
 from highdicom.sr.templates import Template
 
-from dicom_node.volume import Volume
-from sr_templates.codes import coded, concept, text_role, unit
+from image_model.codes import concept, text_role, unit
+from image_model.findings import AlgorithmInfo, Box, Measurement, ToolOutput
+from image_model.volume import Volume
+from sr_templates.coded import coded
 from sr_templates.identity import OutputIdentity
 from sr_templates.seg import EncodedSegment
-from tools.base import AlgorithmInfo, Box, Measurement, ToolOutput
 
 
 class TextEvaluation(hd.sr.QualitativeEvaluation):

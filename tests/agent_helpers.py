@@ -9,17 +9,10 @@ from typing import Any, ClassVar
 import numpy as np
 from scipy import ndimage
 
-from dicom_node.volume import Volume
+from image_model.findings import AlgorithmInfo, Code, Measurement, Segment, ToolOutput
+from image_model.volume import Volume
 from tests.phantoms import write_ct_phantom
-from tools.base import (
-    AlgorithmInfo,
-    Code,
-    Measurement,
-    Segment,
-    Tool,
-    ToolOutput,
-    ToolRefused,
-)
+from tools.base import Tool, ToolRefused
 from tools.registry import ToolRegistry
 
 IMAGE_PROP: dict[str, Any] = {"type": "string"}
@@ -27,7 +20,7 @@ IMAGE_PROP: dict[str, Any] = {"type": "string"}
 
 def phantom_volume(tmp_dir: Path, **kwargs: Any) -> tuple[Volume, Any]:
     """A small chest CT phantom written as DICOM files and read back by the node's loader."""
-    from dicom_node.loader import load_series
+    from image_model.loader import load_series
 
     kwargs.setdefault("slices", 24)
     kwargs.setdefault("rows", 64)

@@ -25,7 +25,7 @@ WORKER_READY = " ready."
 
 def mmed_node() -> list[str]:
     exe = shutil.which("mmed-node")
-    return [exe] if exe else [sys.executable, "-m", "dicom_node.cli"]
+    return [exe] if exe else [sys.executable, "-m", "dicom_node.app.cli"]
 
 
 def child_env() -> dict[str, str]:

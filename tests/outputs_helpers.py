@@ -10,18 +10,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.loader import load_series
-from dicom_node.volume import Volume
-from sr_templates.codes import concept, unit
-from tools.base import (
-    AlgorithmInfo,
-    Box,
-    Code,
-    LabelScore,
-    Measurement,
-    Segment,
-    ToolOutput,
-)
+from image_model.codes import concept, unit
+from image_model.findings import AlgorithmInfo, Box, Code, LabelScore, Measurement, Segment, ToolOutput
+from image_model.loader import load_series
+from image_model.volume import Volume
 
 ROWS = COLS = 32
 SLICES = 8

@@ -14,8 +14,8 @@ from pydicom.dataset import Dataset
 
 from config.loader import load_config
 from config.schema import AppConfig
-from dicom_node.embedded_queue import JobRunner
-from dicom_node.pipeline import JobSpec, WorkerContext, run_job
+from dicom_node.jobs.embedded import JobRunner
+from dicom_node.jobs.pipeline import JobSpec, WorkerContext, run_job
 from tests.phantoms import PhantomTruth, write_ct_phantom
 from tests.receive_helpers import DCMTK_BIN, dcmtk_env
 from tools.registry import ToolRegistry

@@ -19,7 +19,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from config.loader import load_config
 from config.schema import AppConfig
 from dicom_node.atomic import write_json_atomic
-from dicom_node.pipeline import JobSpec
+from dicom_node.jobs.pipeline import JobSpec
 
 #: dcmtk binaries by absolute path: a pyenv shim named ``storescu`` (pynetdicom's app) shadows
 #: dcmtk's on PATH here.

@@ -17,7 +17,7 @@ from tests.agent_helpers import real_tool_classes
 from tests.phantoms import write_ct_phantom
 from tools.registry import ToolRegistry
 
-CLI = [sys.executable, "-m", "dicom_node.cli"]
+CLI = [sys.executable, "-m", "dicom_node.app.cli"]
 
 
 @pytest.fixture(scope="module")

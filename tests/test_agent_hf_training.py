@@ -96,7 +96,7 @@ def test_cli_trains_with_progress_checkpoints_and_adapter(data: Path, checkpoint
     out = tmp_path / "cli"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "agent", "train", "--data", str(data), "--model", str(checkpoint),
+        [sys.executable, "-m", "dicom_node.app.cli", "agent", "train", "--data", str(data), "--model", str(checkpoint),
          "--out", str(out), "--max-steps", "3", "--batch-size", "2", "--lora-r", "8", "--lora-alpha", "16",
          "--save-steps", "2", "--log-steps", "1", "--max-length", "2048"],
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
@@ -189,7 +189,7 @@ def test_agent_eval_cli_scores_the_memorised_adapter(
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "agent", "eval", "--data", str(folder / "train.jsonl"),
+        [sys.executable, "-m", "dicom_node.app.cli", "agent", "eval", "--data", str(folder / "train.jsonl"),
          "--planner", "transformers", "--config", str(config), "--json"],
         check=False, cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )

@@ -24,7 +24,7 @@ from agent.protocol import (
     parse_tool_outputs_message,
     to_plain,
 )
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 from tests.agent_helpers import (
     BarrierKnowledgeTool,
     BarrierTool,

@@ -13,7 +13,7 @@ from agent.render import (
     metadata_text,
     render_key_image,
 )
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 from tests.agent_helpers import phantom_volume
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.assembly import SeriesTracker, series_complete
-from sr_templates.identity import instance_set_fingerprint
+from dicom_node.receive.assembly import SeriesTracker, series_complete
+from image_model.fingerprint import instance_set_fingerprint
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from config.loader import load_config
-from dicom_node.celery_app import CPU_QUEUE, GPU_QUEUE, queue_for_tools, tool_queues
-from dicom_node.celery_queue import CeleryQueue
-from dicom_node.embedded_queue import EmbeddedQueue
-from dicom_node.jobstore import JobRecord, JobState, JobStore
-from dicom_node.pipeline import JobSpec
-from dicom_node.queues import make_queue
-from dicom_node.shared_jobs import SharedJobState
+from dicom_node.jobs.celery_app import CPU_QUEUE, GPU_QUEUE, queue_for_tools, tool_queues
+from dicom_node.jobs.celery_queue import CeleryQueue
+from dicom_node.jobs.embedded import EmbeddedQueue
+from dicom_node.jobs.pipeline import JobSpec
+from dicom_node.jobs.queues import make_queue
+from dicom_node.jobs.shared import SharedJobState
+from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from tests.celery_helpers import (
     RedisServer,
     celery_config,

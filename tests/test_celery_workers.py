@@ -16,12 +16,12 @@ import pytest
 
 from config.loader import load_config
 from config.schema import AppConfig
-from dicom_node.celery_queue import CeleryQueue
-from dicom_node.commands.status import collect
-from dicom_node.jobstore import JobRecord, JobState, JobStore
-from dicom_node.node import Node
-from dicom_node.pipeline import JobSpec
-from dicom_node.shared_jobs import SharedJobState
+from dicom_node.app.commands.status import collect
+from dicom_node.app.node import Node
+from dicom_node.jobs.celery_queue import CeleryQueue
+from dicom_node.jobs.pipeline import JobSpec
+from dicom_node.jobs.shared import SharedJobState
+from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from tests.celery_helpers import (
     RedisServer,
     Worker,
@@ -294,7 +294,7 @@ def test_lost_worker_attempts_are_bounded_and_done_jobs_never_rerun(
     try:
         queue.submit(lost)
         # Deliver the done job straight to a worker, as a redelivery would.
-        from dicom_node.celery_app import TASK_NAME, make_celery_app
+        from dicom_node.jobs.celery_app import TASK_NAME, make_celery_app
 
         make_celery_app(config).send_task(TASK_NAME, args=[done.to_dict()], task_id=done.job_id)
         assert queue.wait_idle(timeout=30)

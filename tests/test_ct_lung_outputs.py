@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from config.schema import OutputConfig
-from dicom_node.geometry import slice_thicknesses
-from dicom_node.loader import load_series
+from image_model.geometry import slice_thicknesses
+from image_model.loader import load_series
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
 from tests.phantoms import write_ct_phantom

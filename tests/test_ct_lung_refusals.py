@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node.loader import load_series
+from image_model.loader import load_series
 from tests.phantoms import write_ct_phantom
 from tools.base import ToolRefused
 from tools.ct_lung import CTLungSegmentation

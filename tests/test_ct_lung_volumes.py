@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless
 
-from dicom_node.loader import load_series
+from image_model.loader import load_series
 from tests.phantoms import PhantomTruth, write_ct_phantom
 from tools.ct_lung import CTLungSegmentation
 from tools.registry import TOOL_MODULES, ParamsInvalid, ToolRegistry

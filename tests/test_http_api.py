@@ -1,4 +1,4 @@
-"""The node's HTTP API (dicom_node/http_api.py), over real sockets.
+"""The node's HTTP API (dicom_node/app/http_api.py), over real sockets.
 
 1. Without a PACS: bearer token enforced, /health, /status equal to ``mmed-node status --json``
    (the CLI run as a subprocess), /jobs/<id> of a series the node received, 400 for bad
@@ -27,9 +27,9 @@ import yaml
 
 from config.loader import load_config
 from config.schema import AppConfig
-from dicom_node.http_api import ApiSetupError
-from dicom_node.jobstore import JobState
-from dicom_node.node import Node
+from dicom_node.app.http_api import ApiSetupError
+from dicom_node.app.node import Node
+from dicom_node.jobs.store import JobState
 from tests.orthanc_helpers import ORTHANC_AET, Orthanc, start_orthanc
 from tests.qr_helpers import pipeline_runner, write_study
 from tests.receive_helpers import (
@@ -102,7 +102,7 @@ def test_token_health_status_and_jobs(node: Node, tmp_path: Path) -> None:
     status, document, _ = call(port, "GET", "/status")
     config_file = tmp_path / "node.yaml"
     config_file.write_text(yaml.safe_dump(node.config.model_dump(mode="json", by_alias=True)))
-    cli = subprocess.run([sys.executable, "-m", "dicom_node.cli", "status", "--config", str(config_file),
+    cli = subprocess.run([sys.executable, "-m", "dicom_node.app.cli", "status", "--config", str(config_file),
                           "--json"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60,
                          check=True)
     assert status == 200 and document == json.loads(cli.stdout)

@@ -16,9 +16,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicom_node.geometry import slice_thicknesses
-from dicom_node.loader import LoadError, load_series
-from dicom_node.volume import Volume
+from image_model.geometry import slice_thicknesses
+from image_model.loader import LoadError, load_series
+from image_model.volume import Volume
 from tests.dicom_validate import dciodvfy_errors
 from tests.phantoms import LUNG_HU, write_ct_phantom
 

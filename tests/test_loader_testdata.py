@@ -8,7 +8,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicom_node.loader import LoadError, load_series
+from image_model.loader import LoadError, load_series
 
 
 def _file(name: str) -> Path:

@@ -11,9 +11,9 @@ import pydicom
 import pytest
 
 from config.loader import load_config
-from dicom_node.commands.status import collect
-from dicom_node.jobstore import JobState
-from dicom_node.node import Node
+from dicom_node.app.commands.status import collect
+from dicom_node.app.node import Node
+from dicom_node.jobs.store import JobState
 from tests.outbox_helpers import StoreSCP
 from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for
@@ -38,7 +38,7 @@ def test_ct_series_in_seg_and_sr_out(tmp_path: Path) -> None:
             },
         }
     )
-    node = Node(config)  # default runner: dicom_node.pipeline.run_job, default outbox
+    node = Node(config)  # default runner: dicom_node.jobs.pipeline.run_job, default outbox
     node.start()
     try:
         assert storescu(node.port, truth.files).returncode == 0

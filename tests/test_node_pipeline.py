@@ -16,11 +16,11 @@ import pytest
 from pydicom.uid import generate_uid
 
 from config.loader import load_config
-from dicom_node.commands.status import collect
-from dicom_node.jobstore import JobRecord, JobState, make_job_id
-from dicom_node.node import Node
-from dicom_node.pipeline import JobFailed, JobSpec
-from sr_templates.identity import instance_set_fingerprint
+from dicom_node.app.commands.status import collect
+from dicom_node.app.node import Node
+from dicom_node.jobs.pipeline import JobFailed, JobSpec
+from dicom_node.jobs.store import JobRecord, JobState, make_job_id
+from image_model.fingerprint import instance_set_fingerprint
 from tests.outbox_helpers import StoreSCP
 from tests.receive_helpers import (
     counting_runner,

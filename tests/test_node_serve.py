@@ -27,7 +27,7 @@ from tests.receive_helpers import (
 
 def mmed_node() -> list[str]:
     exe = shutil.which("mmed-node")
-    return [exe] if exe else [sys.executable, "-m", "dicom_node.cli"]
+    return [exe] if exe else [sys.executable, "-m", "dicom_node.app.cli"]
 
 
 def write_config(path: Path, data_dir: Path, port: int, quiet: float) -> Path:

@@ -23,9 +23,9 @@ import pytest
 import yaml
 from pydicom.dataset import Dataset
 
-from dicom_node.jobstore import JobState
-from dicom_node.node import Node
-from dicom_node.retrieve import RetrieveQuery, retrieve_and_process
+from dicom_node.app.node import Node
+from dicom_node.jobs.store import JobState
+from dicom_node.qr.retrieve import RetrieveQuery, retrieve_and_process
 from tests.orthanc_helpers import ORTHANC_AET, Orthanc, start_orthanc
 from tests.qr_helpers import node_config, pipeline_runner, write_study
 from tests.receive_helpers import PROJECT_ROOT, free_port, storescu, wait_for
@@ -135,7 +135,7 @@ def test_retrieve_by_accession_with_a_question_via_c_get(
 
 
 def _mmed_node() -> list[str]:
-    return [sys.executable, "-m", "dicom_node.cli"]
+    return [sys.executable, "-m", "dicom_node.app.cli"]
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from config.schema import AppConfig
-from dicom_node.outbox import (
+from dicom_node.deliver.outbox import (
     Delivery,
     DeliveryState,
     Outbox,
@@ -23,7 +23,7 @@ from dicom_node.outbox import (
     load_delivery,
     write_delivery,
 )
-from dicom_node.sender import send_files
+from dicom_node.deliver.sender import send_files
 from tests.outbox_helpers import (
     HungPeer,
     StoreSCP,
@@ -185,8 +185,8 @@ KILLED_NODE = textwrap.dedent("""
     import functools, sys, time
     from pathlib import Path
     from config.schema import AppConfig
-    from dicom_node.outbox import Outbox
-    from dicom_node.sender import send_files
+    from dicom_node.deliver.outbox import Outbox
+    from dicom_node.deliver.sender import send_files
     config = AppConfig.model_validate_json(Path(sys.argv[1]).read_text())
     outbox = Outbox(sys.argv[2], config, sender=functools.partial(send_files, timeout=60))
     outbox.enqueue("job-k", [sys.argv[3]], ["pacs"])

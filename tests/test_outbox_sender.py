@@ -12,7 +12,7 @@ from pydicom.uid import JPEG2000, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from config.schema import DestinationConfig
-from dicom_node.sender import send_files
+from dicom_node.deliver.sender import send_files
 from dicom_node.status import Status
 from tests.outbox_helpers import (
     StoreSCP,
@@ -193,7 +193,7 @@ def test_reject_seen_on_the_wire_is_reported_when_pynetdicom_aborted_first() -> 
     from pynetdicom.association import Association
     from pynetdicom.pdu import A_ASSOCIATE_RJ
 
-    from dicom_node.association import describe_failure
+    from dicom_node.deliver.association import describe_failure
 
     assoc = Association(AE(), "requestor")
     reject = A_ASSOCIATE_RJ()

@@ -21,17 +21,17 @@ from pydicom.uid import SecondaryCaptureImageStorage
 
 from config.loader import load_config
 from config.schema import AppConfig, OutputConfig
-from dicom_node.loader import load_series
-from dicom_node.node import Node
-from dicom_node.outbox import OUTBOX_FOLDER, DeliveryState, load_deliveries
-from dicom_node.pipeline import OVERLAY_FOLDER, JobSpec, WorkerContext, run_job
-from sr_templates.codes import concept
+from dicom_node.app.node import Node
+from dicom_node.deliver.outbox import OUTBOX_FOLDER, DeliveryState, load_deliveries
+from dicom_node.jobs.pipeline import OVERLAY_FOLDER, JobSpec, WorkerContext, run_job
+from image_model.codes import concept
+from image_model.findings import AlgorithmInfo, Segment, ToolOutput
+from image_model.loader import load_series
 from sr_templates.outputs import build_overlays
 from tests.dicom_validate import dciodvfy_errors
 from tests.outbox_helpers import StoreSCP
 from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for
-from tools.base import AlgorithmInfo, Segment, ToolOutput
 
 INSTRUCTION = "Segment the lungs and measure their volumes."
 OVERLAY_SERIES_NUMBER = 4321

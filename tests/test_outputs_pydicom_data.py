@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from config.schema import OutputConfig
-from dicom_node.volume import Volume
-from sr_templates.codes import concept, unit
+from image_model.codes import concept, unit
+from image_model.findings import Measurement, Segment, ToolOutput
+from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
 from tests.outputs_helpers import ALGORITHM, detection_output
-from tools.base import Measurement, Segment, ToolOutput
 
 pydicom_data = pytest.importorskip("pydicom.data")
-loader = pytest.importorskip("dicom_node.loader")
+loader = pytest.importorskip("image_model.loader")
 
 CFG = OutputConfig()
 

@@ -11,9 +11,12 @@ import pydicom
 import pytest
 
 from config.schema import OutputConfig
-from dicom_node.volume import Volume
-from sr_templates.codes import coded, concept, text_role, unit
-from sr_templates.identity import OutputIdentity, instance_set_fingerprint
+from image_model.codes import concept, text_role, unit
+from image_model.findings import Measurement, Segment, ToolOutput
+from image_model.fingerprint import instance_set_fingerprint
+from image_model.volume import Volume
+from sr_templates.coded import coded
+from sr_templates.identity import OutputIdentity
 from sr_templates.outputs import build_outputs, identity_for
 from sr_templates.seg import build_seg
 from sr_templates.sr import build_sr
@@ -26,7 +29,6 @@ from tests.outputs_helpers import (
     two_lung_output,
     write_ct_series,
 )
-from tools.base import Measurement, Segment, ToolOutput
 
 CFG = OutputConfig(seg_series_number=77, sr_series_number=78, manufacturer="ACME AI", pipeline_version="9.9")
 INSTRUCTION = "Segment the lungs and measure their volumes."
@@ -74,7 +76,7 @@ def test_identity_is_derived_from_instance_set_and_version() -> None:
 
 def test_fingerprint_agrees_with_the_nodes_series_tracker() -> None:
     """The node keys jobs by the same fingerprint the output UIDs are derived from."""
-    assembly = pytest.importorskip("dicom_node.assembly")
+    assembly = pytest.importorskip("dicom_node.receive.assembly")
     uids = ["1.2.3.10", "1.2.3.9", "1.2.3.10"]
     assert instance_set_fingerprint(uids) == assembly.instance_set_fingerprint(uids)
 

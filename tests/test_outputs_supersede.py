@@ -16,9 +16,9 @@ import pytest
 
 from config.loader import load_config
 from config.schema import AppConfig
-from dicom_node.jobstore import JobRecord, JobState
-from dicom_node.node import Node
-from dicom_node.pipeline import SR_FILE, JobSpec, WorkerContext, run_job
+from dicom_node.app.node import Node
+from dicom_node.jobs.pipeline import SR_FILE, JobSpec, WorkerContext, run_job
+from dicom_node.jobs.store import JobRecord, JobState
 from tests.dicom_validate import dciodvfy_errors
 from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for

@@ -17,8 +17,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove  # type: ignore[attr-defined]
 
-from dicom_node.jobstore import JobState
-from dicom_node.node import Node
+from dicom_node.app.node import Node
+from dicom_node.jobs.store import JobState
 from dicom_node.status import QRStatus
 from tests.qr_helpers import (
     dcmtk,

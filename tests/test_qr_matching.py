@@ -7,9 +7,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.jobstore import JobRecord, JobState, JobStore
-from dicom_node.qr_index import InformationModel, Level, QRIndex, value_matches
-from dicom_node.spool import Spool
+from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from dicom_node.qr.index import InformationModel, Level, QRIndex, value_matches
+from dicom_node.receive.spool import Spool
 from tests.receive_helpers import make_ct_series
 
 

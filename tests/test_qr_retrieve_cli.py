@@ -14,7 +14,7 @@ from tests.receive_helpers import PROJECT_ROOT, free_port
 
 def _retrieve(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "dicom_node.cli", "retrieve", "--config", str(config), *args],
+        [sys.executable, "-m", "dicom_node.app.cli", "retrieve", "--config", str(config), *args],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
 

@@ -21,8 +21,8 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from dicom_node.node import Node
-from dicom_node.spool import (
+from dicom_node.app.node import Node
+from dicom_node.receive.spool import (
     CorruptInstance,
     InstanceInfo,
     Spool,

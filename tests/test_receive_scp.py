@@ -15,8 +15,8 @@ from pydicom.uid import JPEG2000Lossless
 from pynetdicom import AE
 
 from dicom_node import status
-from dicom_node.jobstore import JobState
-from dicom_node.node import Node
+from dicom_node.app.node import Node
+from dicom_node.jobs.store import JobState
 from tests.receive_helpers import (
     counting_runner,
     echoscu,

@@ -8,8 +8,8 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicom_node.jobstore import JobRecord, JobState, JobStore, make_job_id
-from dicom_node.spool import CorruptInstance, Spool, parse_instance
+from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
+from dicom_node.receive.spool import CorruptInstance, Spool, parse_instance
 from dicom_node.uids import InvalidUID, validate_uid
 from tests.receive_helpers import make_ct_series
 

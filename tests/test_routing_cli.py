@@ -29,7 +29,7 @@ RULES: dict[str, Any] = {
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "dicom_node.cli", "rules", "test", *args],
+    return subprocess.run([sys.executable, "-m", "dicom_node.app.cli", "rules", "test", *args],
                           capture_output=True, text=True, timeout=60, check=False)
 
 

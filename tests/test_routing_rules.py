@@ -11,7 +11,7 @@ from pydicom.data import get_testdata_file
 
 from config.loader import ConfigError, load_config
 from config.schema import AppConfig, Condition
-from dicom_node.routing import (
+from dicom_node.receive.routing import (
     evaluate_condition,
     evaluate_routes,
     rule_keywords,

@@ -14,11 +14,11 @@ import pydicom
 import pytest
 
 from config.loader import load_config
-from dicom_node.commands.status import collect
-from dicom_node.embedded_queue import pipeline_runner
-from dicom_node.jobstore import JobState
-from dicom_node.node import Node
-from dicom_node.pipeline import JobSpec
+from dicom_node.app.commands.status import collect
+from dicom_node.app.node import Node
+from dicom_node.jobs.embedded import pipeline_runner
+from dicom_node.jobs.pipeline import JobSpec
+from dicom_node.jobs.store import JobState
 from tests.outbox_helpers import StoreSCP
 from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for

@@ -10,7 +10,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from config.loader import load_config
-from dicom_node.pipeline import JobFailed, JobSpec, WorkerContext, run_job
+from dicom_node.jobs.pipeline import JobFailed, JobSpec, WorkerContext, run_job
 
 LUNGS = "Segment the lungs and measure their volumes."
 

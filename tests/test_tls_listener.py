@@ -15,8 +15,8 @@ import pydicom
 import pytest
 
 from config.schema import DestinationConfig, TLSConfig
-from dicom_node.node import Node
-from dicom_node.sender import send_files
+from dicom_node.app.node import Node
+from dicom_node.deliver.sender import send_files
 from dicom_node.tls import TLSSetupError, server_tls_context
 from tests.qr_helpers import dcmtk, node_config
 from tests.receive_helpers import counting_runner, free_port, make_ct_series, wait_for

@@ -9,7 +9,7 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from dicom_node.loader import load_series
+from image_model.loader import load_series
 from tests.tools_models_helpers import (
     ct_datasets,
     ct_phantom,

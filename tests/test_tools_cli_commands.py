@@ -31,7 +31,7 @@ EXPECTED_TOOLS = {
 
 def _cli(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("mmed-node")
-    cmd = [exe] if exe else [sys.executable, "-m", "dicom_node.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "dicom_node.app.cli"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
@@ -110,7 +110,7 @@ def test_tools_run_organ3d_writes_summary_seg_and_sr(setup: dict[str, Path]) -> 
     seg = hd.seg.segread(out / "seg.dcm")
     assert seg.get_segment_description(1).segment_label == "liver"
     # The SEG frames, read back per source instance, must cover the phantom organ.
-    from dicom_node.loader import load_series
+    from image_model.loader import load_series
 
     volume = load_series(setup["series"])
     uids = [str(ds.SOPInstanceUID) for ds in volume.datasets]

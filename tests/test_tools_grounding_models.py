@@ -15,8 +15,8 @@ import torch
 from pydicom.data import get_testdata_file
 
 from config.schema import OutputConfig
-from dicom_node.loader import load_series
-from dicom_node.volume import Volume
+from image_model.loader import load_series
+from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
 from tests.phantoms import write_ct_phantom

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from config.schema import OutputConfig
-from dicom_node.loader import load_series
-from dicom_node.volume import Volume
+from image_model.findings import ToolOutput
+from image_model.loader import load_series
+from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
 from tests.phantoms import write_ct_phantom
@@ -29,7 +30,7 @@ from tests.tools_tiny_models import (
     write_tiny_grounding_dino,
     write_tiny_sam,
 )
-from tools.base import ToolOutput, ToolRefused
+from tools.base import ToolRefused
 from tools.device import model_dtype, resolve_device
 from tools.grounded_sam import GroundedMedSAMTool
 from tools.grounding import GroundingDinoTool

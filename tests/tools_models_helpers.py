@@ -14,7 +14,7 @@ import torch
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicom_node.volume import Volume
+from image_model.volume import Volume
 
 #: Deterministic UID root for test data (a fixed prefix keeps UIDs <= 64 chars).
 UID_PREFIX = "1.2.826.0.1.3680043.10.1234."

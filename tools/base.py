@@ -1,95 +1,20 @@
-"""The one small interface every tool implements, and the typed results tools return.
+"""The one small interface every tool implements.
 
 A tool is what the MMedAgent planner calls by ``API_name``. It declares a JSON schema for its
-``API_params``, what it needs to run (device, model path), and returns a :class:`ToolOutput`
-whose typed parts are consumed downstream: masks become DICOM SEG segments, measurements and
-boxes become TID 1500 SR content, labels and text become SR findings, and ``summary`` is what
-the planner sees (the MMedAgent "<API_name> output: {...}" message).
+``API_params``, what it needs to run (device, model path), and returns a
+:class:`~image_model.findings.ToolOutput` (the value types live in :mod:`image_model.findings`).
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
-
-import numpy as np
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-    from dicom_node.volume import Volume
-
-
-@dataclass(frozen=True)
-class Code:
-    """A coded concept (PS3.3 Section 8.8): value, coding scheme designator, meaning."""
-
-    value: str
-    scheme: str
-    meaning: str
-
-
-@dataclass(frozen=True)
-class Measurement:
-    """One numeric result about a segment or the whole study (becomes a TID 300 item)."""
-
-    name: Code
-    value: float
-    unit: Code
-
-
-@dataclass
-class Segment:
-    """One segmented structure. ``mask`` is boolean, shaped like the input volume's pixels
-    (slices, rows, cols) in the volume's slice order."""
-
-    label: str
-    category: Code
-    type: Code
-    mask: np.ndarray
-    measurements: list[Measurement] = field(default_factory=list)
-    anatomic_region: Code | None = None
-    laterality: Code | None = None
-
-
-@dataclass(frozen=True)
-class Box:
-    """A detection. ``box`` is (x0, y0, x1, y1) normalised to 0-1 of the image's columns/rows,
-    as in the MMedAgent protocol; ``slice_index`` names the volume slice (None for 2D images)."""
-
-    label: str
-    score: float
-    box: tuple[float, float, float, float]
-    slice_index: int | None = None
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class AlgorithmInfo:
-    """Who produced a result: becomes the SEG algorithm identification (PS3.3 C.8.20.2)."""
-
-    name: str
-    version: str
-    family: Code = Code("123109", "DCM", "Manual Processing")  # replaced by tools with a real family
-    parameters: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class ToolOutput:
-    api_name: str
-    algorithm: AlgorithmInfo
-    #: JSON-serialisable summary fed back to the planner in MMedAgent wording.
-    summary: dict[str, Any]
-    segments: list[Segment] = field(default_factory=list)
-    boxes: list[Box] = field(default_factory=list)
-    labels: list[LabelScore] = field(default_factory=list)
-    measurements: list[Measurement] = field(default_factory=list)
-    text: str | None = None
+    from image_model.findings import ToolOutput
+    from image_model.volume import Volume
 
 
 class ToolRefused(Exception):

@@ -18,7 +18,7 @@ The classic threshold-and-components method (after Hu, Hoffman & Reinhardt, IEEE
    slice by slice. Left/right comes from patient coordinates: patient left is +x in LPS
    (PS3.3 C.7.6.2.1.1), whatever the image orientation or slice order.
 5. **Measurements**: volume integrates each slice's area over that slice's own thickness (half
-   the gap to each neighbour, :func:`dicom_node.geometry.slice_thicknesses`), so uneven spacing and
+   the gap to each neighbour, :func:`image_model.geometry.slice_thicknesses`), so uneven spacing and
    a missing slice keep volumes right; mean HU over the lung mask.
 
 Refused with a reason: not CT, fewer than ``MIN_SLICES`` slices, slices not roughly axial (the
@@ -34,20 +34,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import ndimage
 
-from dicom_node.geometry import slice_normal, slice_thicknesses
-from sr_templates.codes import concept, unit
-from tools.base import (
-    AlgorithmInfo,
-    Measurement,
-    Segment,
-    Tool,
-    ToolOutput,
-    ToolRefused,
-)
+from image_model.codes import concept, unit
+from image_model.findings import AlgorithmInfo, Measurement, Segment, ToolOutput
+from image_model.geometry import slice_normal, slice_thicknesses
+from tools.base import Tool, ToolRefused
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 ALGORITHM_NAME = "mmed-node HU lung segmentation"
 ALGORITHM_VERSION = "1.0"

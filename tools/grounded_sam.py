@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from tools.base import AlgorithmInfo, Availability, Box, Segment, Tool, ToolOutput
+from image_model.findings import AlgorithmInfo, Box, Segment, ToolOutput
+from tools.base import Availability, Tool
 from tools.grounding import (
     AI_FAMILY,
     GroundingDinoTool,
@@ -26,7 +27,7 @@ from tools.medsam import MedSAMTool, Prompt, SamSettings, make_segment, segments
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 API_NAME = "grounding dino + MedSAM"
 VERSION = "1.0"

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from sr_templates.codes import concept
-from tools.base import AlgorithmInfo, Box, ToolOutput, ToolRefused
+from image_model.codes import concept
+from image_model.findings import AlgorithmInfo, Box, ToolOutput
+from tools.base import ToolRefused
 from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import slice_indices, volume_to_rgb
 from tools.model_tool import CachedModelTool, ModelPathSettings
@@ -29,7 +30,7 @@ from tools.registry import register_tool
 if TYPE_CHECKING:
     import torch
 
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 API_NAME = "grounding dino"
 VERSION = "1.0"

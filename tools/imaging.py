@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 #: Percentiles used to stretch non-CT images without a window (robust to a few hot pixels).
 STRETCH_PERCENTILES: tuple[float, float] = (0.5, 99.5)
@@ -63,7 +63,7 @@ def first_number(value: Any) -> float | None:
         return None
 
 
-#: Where the loader (``dicom_node.loader``) puts each display attribute in ``Volume.meta``.
+#: Where the loader (``image_model.loader``) puts each display attribute in ``Volume.meta``.
 META_KEYS: dict[str, str] = {
     "WindowCenter": "window_center",
     "WindowWidth": "window_width",

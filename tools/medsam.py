@@ -24,15 +24,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydicom.sr.codedict import codes
 
-from sr_templates.codes import concept, unit
-from tools.base import (
-    AlgorithmInfo,
-    Code,
-    Measurement,
-    Segment,
-    ToolOutput,
-    ToolRefused,
-)
+from image_model.codes import concept, unit
+from image_model.findings import AlgorithmInfo, Code, Measurement, Segment, ToolOutput
+from tools.base import ToolRefused
 from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import check_normalised, slice_indices, volume_to_rgb
 from tools.model_tool import CachedModelTool, ModelPathSettings
@@ -43,7 +37,7 @@ if TYPE_CHECKING:
     import torch
     from segment_anything.modeling import Sam
 
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 #: Mask probability threshold used by MedSAM's inference script.
 MASK_THRESHOLD = 0.5
@@ -266,7 +260,7 @@ class SamModel:
 # --- The tool -------------------------------------------------------------------------------------
 
 def _code(entry: Any) -> Code:
-    """A pydicom code dictionary entry (``codes.SCT.Liver``) as a :class:`tools.base.Code`."""
+    """A pydicom code dictionary entry (``codes.SCT.Liver``) as a :class:`image_model.findings.Code`."""
     return Code(entry.value, entry.scheme_designator, entry.meaning)
 
 

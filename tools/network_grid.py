@@ -19,7 +19,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 #: Where each axis code points, in RAS world axes: (world axis, sign).
 AXIS_CODES: Mapping[str, tuple[int, int]] = MappingProxyType(

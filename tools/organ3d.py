@@ -20,18 +20,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sr_templates.codes import concept, unit
-from tools.base import (
-    AlgorithmInfo,
-    Availability,
-    Code,
-    Measurement,
-    Segment,
-    Tool,
-    ToolOutput,
-    ToolRefused,
-    invalid_settings_reason,
-)
+from image_model.codes import concept, unit
+from image_model.findings import AlgorithmInfo, Code, Measurement, Segment, ToolOutput
+from tools.base import Availability, Tool, ToolRefused, invalid_settings_reason
 from tools.device import model_dtype, resolve_device
 from tools.monai_loading import LoadedNetwork, bundle_config_file, load_architecture, load_bundle
 from tools.network_grid import AXIS_CODES, from_network_grid, plan_mapping, to_network_grid
@@ -40,7 +31,7 @@ from tools.registry import register_tool
 if TYPE_CHECKING:
     import torch
 
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 log = logging.getLogger(__name__)
 

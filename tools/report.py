@@ -18,22 +18,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sr_templates.codes import concept
-from tools.base import (
-    AlgorithmInfo,
-    Availability,
-    Tool,
-    ToolOutput,
-    ToolRefused,
-    invalid_settings_reason,
-)
+from image_model.codes import concept
+from image_model.findings import AlgorithmInfo, ToolOutput
+from tools.base import Availability, Tool, ToolRefused, invalid_settings_reason
 from tools.device import inference_mode, model_dtype, resolve_device
 from tools.registry import register_tool
 
 if TYPE_CHECKING:
     import torch
 
-    from dicom_node.volume import Volume
+    from image_model.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The application: the node's lifecycle, the HTTP API and the command line."""

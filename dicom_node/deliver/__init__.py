@@ -1,0 +1,1 @@
+"""Delivering results: the outbox, the one C-STORE sender, outgoing associations."""

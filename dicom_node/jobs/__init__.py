@@ -1,0 +1,1 @@
+"""Jobs: job specs and records, the pipeline a worker runs, the embedded and Celery queues."""

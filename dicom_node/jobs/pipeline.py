@@ -1,0 +1,261 @@
+"""The job: one routed series in, result files out. The same function runs in the embedded pool
+and in Celery workers, so it takes only serialisable arguments (a :class:`JobSpec` as a dict)
+plus the per-process :class:`WorkerContext` that keeps models warm across jobs.
+
+Data flow (top to bottom): load series -> agent (planner + tools + aggregator) -> SEG + SR
+(the SR naming the SRs it supersedes; secondary-capture overlays too when a destination refuses
+SEG) -> files in the job's result folder -> manifest (the node's outbox sends the files).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from agent.loop import run_agent
+from agent.planners.base import Planner, UnknownPlanner, build_planner
+from agent.protocol import to_plain
+from config import AppConfig
+from dicom_node.atomic import write_dataset_atomic, write_json_atomic
+from dicom_node.receive.spool import INSTANCE_SUFFIX
+from image_model.loader import LoadError, load_series
+from sr_templates.outputs import build_outputs, build_overlays, identity_for
+from tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a worker needs to process one series; JSON-serialisable."""
+
+    job_id: str
+    study_uid: str
+    series_uid: str
+    #: Folder holding the series' instances (the spool folder, or a worker-local copy).
+    series_dir: str
+    #: Folder the job writes its results into (created if missing).
+    result_dir: str
+    route: str
+    instruction: str
+    planner: str
+    #: Tools the planner may call (None: all available).
+    tools: list[str] | None = None
+    destinations: list[str] = field(default_factory=list)
+    attempt: int = 1
+    #: SR files of the earlier jobs on this series (before late instances arrived) whose results
+    #: this job replaces: the new SR lists them as predecessors (PS3.3 C.17.2.3). Paths, read
+    #: when the job runs; a missing one (its job failed or is not finished) is left out.
+    supersedes: list[str] = field(default_factory=list)
+    #: SOP Instance UIDs of the instance set this job was created for (spool files
+    #: ``<uid>.dcm`` in ``series_dir``). A job still queued when late instances arrive must not
+    #: take them in: the job created for the enlarged set supersedes it, and two jobs on one set
+    #: would produce the same output UIDs. None: every file in ``series_dir``.
+    instance_uids: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
+        return cls(**data)
+
+
+@dataclass
+class WorkerContext:
+    """Per-process state reused across jobs: the config, the tool registry (models warm) and the
+    planners built so far (an MLLM planner loads its checkpoint once)."""
+
+    config: AppConfig
+    registry: ToolRegistry
+    planners: dict[str, Planner] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @classmethod
+    def build(cls, config: AppConfig) -> WorkerContext:
+        """Raises ValueError naming the tool and key when a configured tool's settings are invalid,
+        so a node or worker refuses to start rather than run without the tool."""
+        registry = ToolRegistry(config.tools)
+        if registry.settings_errors:
+            raise ValueError("; ".join(f"tools.{name}: {why}" for name, why in registry.settings_errors.items()))
+        return cls(config=config, registry=registry)
+
+    def planner(self, name: str) -> Planner:
+        """The planner backend ``name``, built on first use; unknown names fail the job."""
+        with self._lock:
+            if name not in self.planners:
+                try:
+                    self.planners[name] = build_planner(name, self.config.planner)
+                except UnknownPlanner as exc:
+                    raise JobFailed(str(exc)) from None
+            return self.planners[name]
+
+
+class JobFailed(Exception):
+    """The series cannot be processed; the message is the reason recorded in job state."""
+
+
+#: File names in a job's result folder.
+SEG_FILE = "seg.dcm"
+SR_FILE = "sr.dcm"
+CONVERSATION_FILE = "conversation.json"
+MANIFEST_FILE = "manifest.json"
+#: Folder (in the result folder) of the secondary-capture overlays that replace the SEG for
+#: destinations with ``accepts_seg: false``; files ``0001.dcm``, ``0002.dcm``...
+OVERLAY_FOLDER = "overlay"
+#: What the predecessor check reads from an earlier SR (enough for a Predecessor Documents item).
+_PREDECESSOR_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
+
+def needs_overlays(spec: JobSpec, config: AppConfig) -> bool:
+    """Whether some destination of the job refuses Segmentation Storage (it gets overlays).
+
+    Overlays are written only then: one RGB image per segmented slice costs ~3x a source slice on
+    disk, wasted when every destination takes the SEG."""
+    return any(
+        name in config.destinations and not config.destinations[name].accepts_seg
+        for name in spec.destinations
+    )
+
+
+def predecessor_reports(spec: JobSpec) -> list[Dataset]:
+    """Headers of the earlier SRs named in ``spec.supersedes`` that exist and belong to the same
+    study (a Predecessor Documents item must name its study, series and instance)."""
+    found: list[Dataset] = []
+    for path in spec.supersedes:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_PREDECESSOR_TAGS)
+        except (OSError, InvalidDicomError) as exc:
+            log.warning("job %s: predecessor report %s not readable (%s); not referenced",
+                        spec.job_id, path, exc)
+            continue
+        if any(keyword not in ds for keyword in _PREDECESSOR_TAGS) or ds.StudyInstanceUID != spec.study_uid:
+            log.warning("job %s: %s is not a report of study %s; not referenced",
+                        spec.job_id, path, spec.study_uid)
+            continue
+        found.append(ds)
+    return found
+
+
+def write_overlays(out_dir: Path, overlays: Sequence[Dataset]) -> dict[str, str]:
+    """Write the overlays as ``overlay/NNNN.dcm``, removing files a previous run left there that
+    this run did not write; returns {absolute path: SOP Instance UID}."""
+    folder = out_dir / OVERLAY_FOLDER
+    written: dict[str, str] = {}
+    for number, ds in enumerate(overlays, start=1):
+        path = folder / f"{number:04d}.dcm"
+        write_dataset_atomic(path, ds)
+        written[str(path)] = str(ds.SOPInstanceUID)
+    if folder.is_dir():
+        for stale in folder.glob("*.dcm"):
+            if str(stale) not in written:
+                stale.unlink()
+    return written
+
+
+def output_variant(spec: JobSpec) -> str:
+    """What, besides the instance set and pipeline version, sets a job's output UIDs: its route
+    and instruction. A re-run of the same job gets the same UIDs (the PACS keeps one copy); two
+    routes on one series, or a question about a routed series, get their own."""
+    return f"route={spec.route}\ninstruction={spec.instruction}"
+
+
+def _instance_files(spec: JobSpec) -> Path | list[Path]:
+    """The files of the job's instance set (the whole folder when the spec names none)."""
+    folder = Path(spec.series_dir)
+    if spec.instance_uids is None:
+        return folder
+    paths = [folder / f"{uid}{INSTANCE_SUFFIX}" for uid in sorted(set(spec.instance_uids))]
+    missing = sum(1 for path in paths if not path.is_file())
+    if missing:
+        raise JobFailed(f"{missing} of {len(paths)} instances of the job are missing from {folder}")
+    return paths
+
+
+def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
+    """Process one series; return the manifest (also written to ``result_dir/manifest.json``).
+
+    Raises :class:`JobFailed` with a readable reason for input the pipeline cannot handle: a
+    series the loader refuses, or one where every tool the planner called refused it (an SR
+    saying only "cannot" would reach the radiologist as noise; the failed job says why instead).
+    """
+    config = ctx.config
+    try:
+        volume = load_series(_instance_files(spec))
+    except LoadError as exc:
+        raise JobFailed(f"cannot load series: {exc}") from None
+    planner = ctx.planner(spec.planner or config.planner.backend)
+    result = run_agent(
+        spec.instruction,
+        volume,
+        ctx.registry,
+        planner,
+        max_rounds=config.planner.max_rounds,
+        allowed_tools=spec.tools,
+    )
+    called = [a for m in result.conversation.messages if m.turn for a in m.turn.actions]
+    if called and not result.outputs:
+        raise JobFailed("no tool could process this series: " + "; ".join(result.errors))
+    if not called and result.unserved:
+        # E.g. a CR sent to a CT-lung route: the planner found the ask but no tool for it.
+        raise JobFailed(
+            f"no available tool can {', '.join(result.unserved)} for this {volume.modality} series "
+            f"({'x'.join(str(n) for n in volume.shape)} voxels)"
+        )
+    predecessors = predecessor_reports(spec)
+    identity = identity_for(volume, config.output, variant=output_variant(spec))
+    datasets = build_outputs(
+        volume, result.outputs, result.answer, config.output, spec.instruction, result.planner,
+        identity=identity, previous_reports=predecessors,
+    )
+    out_dir = Path(spec.result_dir)
+    files: list[str] = []
+    uids: dict[str, str] = {}
+    for ds in datasets:
+        name = SEG_FILE if ds.Modality == "SEG" else SR_FILE
+        write_dataset_atomic(out_dir / name, ds)
+        files.append(str(out_dir / name))
+        uids[name] = str(ds.SOPInstanceUID)
+    # The SEG's stand-in for destinations that refuse it: {SEG path: overlay paths}.
+    fallback_files: dict[str, list[str]] = {}
+    overlays: list[Dataset] = []
+    if SEG_FILE in uids and needs_overlays(spec, config):
+        overlays.extend(build_overlays(volume, result.outputs, config.output, identity))
+    written = write_overlays(out_dir, overlays)
+    if written:
+        fallback_files[str(out_dir / SEG_FILE)] = list(written)
+        uids.update({f"{OVERLAY_FOLDER}/{Path(p).name}": uid for p, uid in written.items()})
+    write_json_atomic(out_dir / CONVERSATION_FILE, result.conversation.to_llava_json())
+    manifest = {
+        "job_id": spec.job_id,
+        "study_uid": spec.study_uid,
+        "series_uid": spec.series_uid,
+        "route": spec.route,
+        "instances": len(volume.datasets),
+        "files": files,
+        "fallback_files": fallback_files,
+        "sop_instance_uids": uids,
+        "supersedes": [
+            {"sop_instance_uid": str(ds.SOPInstanceUID), "series_uid": str(ds.SeriesInstanceUID)}
+            for ds in predecessors
+        ],
+        "answer": result.answer,
+        "planner": result.planner,
+        "fallback_reason": result.fallback_reason,
+        "errors": result.errors,
+        "tools": [{"api_name": o.api_name, "summary": to_plain(o.summary)} for o in result.outputs],
+    }
+    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+    log.info(
+        "job %s: %d output file(s), %d overlay(s), %d predecessor report(s), planner %s%s",
+        spec.job_id, len(files), len(written), len(predecessors), result.planner,
+        f" (fallback: {result.fallback_reason})" if result.fallback_reason else "",
+    )
+    return manifest

@@ -1,0 +1,415 @@
+"""Query/Retrieve as a client: find series on a PACS, pull them, process them.
+
+    find_series (C-FIND study, then series level, Study Root)
+      -> pull_series: C-MOVE to the node's own AE title (the running node receives and spools
+         them; the PACS must know the node) or C-GET straight into the spool (no node needed)
+      -> process: like a routed series (same routes, job ids and records as the node), or with
+         ``instruction``: one "question" job whose instruction replaces the route's, its answer
+         SR sent back to the PACS it came from.
+
+:func:`retrieve_and_process` is the API (``mmed-node retrieve`` calls it). Jobs run in the
+calling process through the node's own :class:`EmbeddedQueue` and job records, so
+``mmed-node status`` shows them; after a C-MOVE without a question the running node routes the
+series itself and this module only waits for its job records. Question jobs get output UIDs of
+their own (the question is hashed into the pipeline version used for UID derivation), so their
+SEG/SR never collide with the routed results of the same series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+from pynetdicom import AE, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.events import Event
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from config.schema import AppConfig, DestinationConfig
+from dicom_node.deliver.association import AssociationFailed, open_association
+from dicom_node.jobs.embedded import EmbeddedQueue, JobRunner, pipeline_runner
+from dicom_node.jobs.pipeline import JobSpec
+from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
+from dicom_node.receive.routing import select_routes, series_tags_from_dataset
+from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+from dicom_node.receive.spool import CorruptInstance, Spool, parse_instance
+from dicom_node.status import QRStatus, Status
+from image_model.fingerprint import instance_set_fingerprint
+
+log = logging.getLogger(__name__)
+
+Method = Literal["move", "get"]
+PENDING = frozenset({QRStatus.PENDING, QRStatus.PENDING_WARNING})
+#: Route name recorded for a question job when no route matches the series.
+QUESTION_ROUTE = "question"
+#: Series of these modalities hold no images to analyse (results such as our own SEG/SR already in
+#: the study, presentation states, key objects...): not pulled unless --modality asks for them.
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "REG", "DOC", "FID"})
+
+
+class RetrieveError(RuntimeError):
+    """The PACS could not be queried or the series could not be pulled (message says why)."""
+
+
+@dataclass(frozen=True)
+class RetrieveQuery:
+    """What to look for; at least one of the three identifiers."""
+
+    study_uid: str | None = None
+    accession: str | None = None
+    patient_id: str | None = None
+    #: Regular expression searched in Series Description (case-insensitive).
+    series_description: str | None = None
+    modality: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.study_uid or self.accession or self.patient_id):
+            raise ValueError("give a study UID, an accession number or a patient ID")
+
+
+@dataclass(frozen=True)
+class RemoteSeries:
+    study_uid: str
+    series_uid: str
+    modality: str
+    description: str
+    #: Number Of Series Related Instances, when the PACS returns it.
+    instances: int | None
+
+
+@dataclass
+class RetrieveResult:
+    series: list[RemoteSeries] = field(default_factory=list)
+    #: series UID -> instances held in the spool after the pull
+    pulled: dict[str, int] = field(default_factory=dict)
+    jobs: list[JobRecord] = field(default_factory=list)
+    #: Series found but not processed, and why (non-image series, no route matched).
+    skipped: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and bool(self.jobs) and all(j.state is JobState.DONE for j in self.jobs)
+
+
+# ---- the SCU side -------------------------------------------------------------------------
+
+
+def _associate(config: AppConfig, source: DestinationConfig, ae: AE, **kwargs: Any) -> Association:
+    try:
+        return open_association(ae, source, **kwargs)
+    except AssociationFailed as exc:
+        raise RetrieveError(str(exc)) from exc
+
+
+def _calling_ae(config: AppConfig, source: DestinationConfig) -> str:
+    return source.calling_ae_title or config.node.ae_title
+
+
+def c_find(config: AppConfig, source: DestinationConfig, query: Dataset) -> list[Dataset]:
+    """One Study Root C-FIND; the matches (raises :class:`RetrieveError` on a failure status)."""
+    ae = AE(ae_title=_calling_ae(config, source))
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = _associate(config, source, ae)
+    matches: list[Dataset] = []
+    try:
+        for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+            if not status:
+                raise RetrieveError(f"C-FIND to {source.ae_title}: no response (timeout or abort)")
+            code = int(status.Status)
+            if code in PENDING and identifier is not None:
+                matches.append(identifier)
+            elif code != QRStatus.SUCCESS:
+                raise RetrieveError(f"C-FIND to {source.ae_title} failed with status 0x{code:04X}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return matches
+
+
+def find_series(config: AppConfig, source: DestinationConfig, query: RetrieveQuery) -> list[RemoteSeries]:
+    """C-FIND the studies, then their series; filter by description regex and modality
+    (non-image series, see :data:`NON_IMAGE_MODALITIES`, only when ``query.modality`` names them)."""
+    study_q = Dataset()
+    study_q.QueryRetrieveLevel = "STUDY"
+    study_q.StudyInstanceUID = query.study_uid or ""
+    study_q.AccessionNumber = query.accession or ""
+    study_q.PatientID = query.patient_id or ""
+    studies = {str(ds.StudyInstanceUID) for ds in c_find(config, source, study_q) if ds.get("StudyInstanceUID")}
+    wanted = re.compile(query.series_description, re.IGNORECASE) if query.series_description else None
+    found: list[RemoteSeries] = []
+    for study_uid in sorted(studies):
+        series_q = Dataset()
+        series_q.QueryRetrieveLevel = "SERIES"
+        series_q.StudyInstanceUID = study_uid
+        series_q.SeriesInstanceUID = ""
+        series_q.Modality = query.modality or ""
+        series_q.SeriesDescription = ""
+        series_q.NumberOfSeriesRelatedInstances = None
+        for ds in c_find(config, source, series_q):
+            description = str(ds.get("SeriesDescription", "") or "")
+            modality = str(ds.get("Modality", "") or "").upper()
+            if wanted is not None and not wanted.search(description):
+                continue
+            if not query.modality and modality in NON_IMAGE_MODALITIES:
+                log.info("series %s (%s) skipped: not images", ds.get("SeriesInstanceUID"), modality)
+                continue
+            count = ds.get("NumberOfSeriesRelatedInstances")
+            found.append(RemoteSeries(
+                study_uid, str(ds.SeriesInstanceUID), str(ds.get("Modality", "") or ""),
+                description, int(count) if count not in (None, "") else None,
+            ))
+    return found
+
+
+def _series_identifier(series: RemoteSeries) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "SERIES"
+    ds.StudyInstanceUID = series.study_uid
+    ds.SeriesInstanceUID = series.series_uid
+    return ds
+
+
+def _final(responses: Any, what: str) -> Dataset:
+    last: Dataset | None = None
+    for status, _ in responses:
+        if not status:
+            raise RetrieveError(f"{what}: no response (timeout or abort)")
+        last = status
+    if last is None:
+        raise RetrieveError(f"{what}: no response")
+    code = int(last.Status)
+    if code not in (QRStatus.SUCCESS, QRStatus.SUB_OPERATIONS_COMPLETE_WITH_FAILURES):
+        name = QRStatus(code).name if code in QRStatus._value2member_map_ else f"0x{code:04X}"
+        raise RetrieveError(f"{what} failed with status {name}")
+    return last
+
+
+def c_move(config: AppConfig, source: DestinationConfig, series: RemoteSeries) -> int:
+    """Ask the PACS to C-STORE the series to the node's AE title; instances moved."""
+    ae = AE(ae_title=_calling_ae(config, source))
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = _associate(config, source, ae)
+    try:
+        final = _final(assoc.send_c_move(_series_identifier(series), config.node.ae_title,
+                                         StudyRootQueryRetrieveInformationModelMove),
+                       f"C-MOVE of series {series.series_uid} to {config.node.ae_title}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return int(final.get("NumberOfCompletedSuboperations", 0) or 0)
+
+
+def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, spool: Spool) -> int:
+    """C-GET the series; each instance is spooled durably before it is acknowledged."""
+    stored: list[str] = []
+
+    def on_store(event: Event) -> int:
+        data = event.encoded_dataset(include_meta=True)
+        try:
+            info = parse_instance(data)
+        except CorruptInstance as exc:
+            log.warning("C-GET from %s: unreadable instance: %s", source.ae_title, exc)
+            return int(Status.CANNOT_UNDERSTAND)
+        spool.store(data, info, calling_ae=source.ae_title, called_ae=config.node.ae_title)
+        stored.append(info.sop_uid)
+        return int(Status.SUCCESS)
+
+    ae = AE(ae_title=_calling_ae(config, source))
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_requested_context(sop_class, list(TRANSFER_SYNTAXES))
+    roles = [build_role(sop_class, scp_role=True) for sop_class in STORAGE_SOP_CLASSES]
+    assoc = _associate(config, source, ae, ext_neg=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        _final(assoc.send_c_get(_series_identifier(series), StudyRootQueryRetrieveInformationModelGet),
+               f"C-GET of series {series.series_uid}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return len(set(stored))
+
+
+# ---- processing ---------------------------------------------------------------------------
+
+
+def _record(spec: JobSpec, fingerprint: str, count: int, calling: str, called: str) -> JobRecord:
+    return JobRecord(
+        job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid,
+        state=JobState.QUEUED, route=spec.route, fingerprint=fingerprint, instance_count=count,
+        result_dir=spec.result_dir, destinations=list(spec.destinations), calling_ae=calling,
+        called_ae=called, spec=spec.to_dict(),
+    )
+
+
+def plan_jobs(
+    config: AppConfig, spool: Spool, series: RemoteSeries, source_ae: str,
+    instruction: str | None, send_to: list[str] | None, default_reply_to: str,
+) -> tuple[list[tuple[JobSpec, str, int]], str | None]:
+    """Job specs for one spooled series (with fingerprint and count), or why there are none."""
+    paths = spool.instance_paths(series.study_uid, series.series_uid)
+    if not paths:
+        return [], f"series {series.series_uid}: no instances in {spool.root}"
+    sops = [p.stem for p in paths]
+    fingerprint = instance_set_fingerprint(sops)
+    header = pydicom.dcmread(paths[0], stop_before_pixels=True)
+    routes = [m.route for m in select_routes(config, series_tags_from_dataset(header), source_ae,
+                                             config.node.ae_title)]
+    data_dir = Path(config.node.data_dir).resolve()
+    folder = str(spool.series_dir(series.study_uid, series.series_uid))
+
+    def spec(route_key: str, route_name: str, text: str, planner: str | None,
+             tools: list[str] | None, destinations: list[str]) -> tuple[JobSpec, str, int]:
+        job_id = make_job_id(series.study_uid, series.series_uid, fingerprint, route_key)
+        return JobSpec(
+            job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
+            series_dir=folder, result_dir=str(data_dir / "results" / job_id), route=route_name,
+            instruction=text, planner=planner or config.planner.backend, tools=tools,
+            destinations=destinations, instance_uids=sorted(sops),
+        ), fingerprint, len(sops)
+
+    if instruction:
+        route = routes[0] if routes else None
+        digest = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
+        return [spec(f"{QUESTION_ROUTE}:{digest}", route.name if route else QUESTION_ROUTE,
+                     instruction, route.planner if route else None, route.tools if route else None,
+                     send_to if send_to is not None else [default_reply_to])], None
+    if not routes:
+        return [], f"series {series.series_uid}: no route matched"
+    return [spec(r.name, r.name, r.instruction, r.planner, r.tools,
+                 send_to if send_to is not None else list(r.send_to)) for r in routes], None
+
+
+def run_jobs(
+    config: AppConfig, jobs: list[tuple[JobSpec, str, int]], runner: JobRunner,
+    calling: str, send_timeout: float,
+) -> list[JobRecord]:
+    """Run the jobs through an embedded queue (the node's job states and records), then hand
+    their results to the outbox and attempt delivery for up to ``send_timeout`` seconds;
+    deliveries still pending stay on disk and resume at the node's next start."""
+    from dicom_node.deliver.outbox import Outbox
+
+    data_dir = Path(config.node.data_dir).resolve()
+    store = JobStore(data_dir / "jobs")
+    outbox = Outbox(data_dir, config)
+    touched: set[str] = set()
+
+    def done(record: JobRecord, manifest: dict[str, Any]) -> None:
+        # As Node._job_done: result files, and the overlays standing in for the SEG where a
+        # destination refuses Segmentation Storage (accepts_seg: false).
+        if not record.destinations:
+            return
+        base = Path(record.result_dir or ".")
+        files = [base / f for f in manifest.get("files", [])]  # base / absolute = absolute
+        fallbacks = {
+            str(base / seg): [base / p for p in others]
+            for seg, others in (manifest.get("fallback_files") or {}).items()
+        }
+        outbox.enqueue(record.job_id, files, list(record.destinations), fallbacks=fallbacks or None)
+        touched.update(record.destinations)
+
+    queue = EmbeddedQueue(runner, store, workers=1, on_done=done)
+    queue.start()
+    try:
+        for spec, fingerprint, count in jobs:
+            held = store.get(spec.job_id)
+            if held is not None and held.state is JobState.DONE:
+                log.info("job %s already done, not run again", spec.job_id)
+                continue
+            store.save(_record(spec, fingerprint, count, calling, config.node.ae_title))
+            queue.submit(spec)
+        queue.wait_idle()
+    finally:
+        queue.stop()
+    deadline = time.monotonic() + send_timeout
+    pending = set(touched)
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            if outbox.deliver_due(name) is None:
+                pending.discard(name)
+        if pending:
+            time.sleep(0.2)
+    return [store.load(spec.job_id) for spec, _, _ in jobs]
+
+
+def wait_for_node_jobs(
+    config: AppConfig, series: RemoteSeries, fingerprint: str, timeout: float,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[JobRecord]:
+    """After a C-MOVE the running node routes the series itself: wait for its job records."""
+    store = JobStore(Path(config.node.data_dir).resolve() / "jobs")
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [r for r in store.all() if r.series_uid == series.series_uid and r.fingerprint == fingerprint]
+        if records and all(r.state.finished for r in records):
+            return records
+        if time.monotonic() > deadline:
+            return records
+        sleep(0.25)
+
+
+def retrieve_and_process(
+    config: AppConfig,
+    source_name: str,
+    query: RetrieveQuery,
+    *,
+    method: Method = "get",
+    instruction: str | None = None,
+    send_to: list[str] | None = None,
+    wait_seconds: float = 600.0,
+    send_timeout: float = 60.0,
+    runner: JobRunner | None = None,
+) -> RetrieveResult:
+    """Find, pull and process the series ``query`` names on the PACS ``source_name`` (a key of
+    ``config.destinations``). See the module docstring for what each method needs."""
+    if source_name not in config.destinations:
+        raise RetrieveError(f"unknown PACS {source_name!r} (known: {', '.join(sorted(config.destinations)) or 'none'})")
+    for name in send_to or []:
+        if name not in config.destinations:
+            raise RetrieveError(f"unknown destination {name!r}")
+    source = config.destinations[source_name]
+    spool = Spool(Path(config.node.data_dir).resolve() / "spool")
+    result = RetrieveResult(series=find_series(config, source, query))
+    if not result.series:
+        result.errors.append("no matching series on the PACS")
+        return result
+    planned: list[tuple[JobSpec, str, int]] = []
+    for series in result.series:
+        try:
+            if method == "move":
+                c_move(config, source, series)
+            else:
+                c_get(config, source, series, spool)
+        except RetrieveError as exc:
+            result.errors.append(str(exc))
+            continue
+        held = spool.instance_paths(series.study_uid, series.series_uid)
+        result.pulled[series.series_uid] = len(held)
+        if not held:
+            result.errors.append(f"series {series.series_uid}: nothing arrived in {spool.root}"
+                                 + (" (is the node running with this data_dir?)" if method == "move" else ""))
+            continue
+        if method == "move" and not instruction:
+            fingerprint = instance_set_fingerprint(p.stem for p in held)
+            result.jobs.extend(wait_for_node_jobs(config, series, fingerprint, wait_seconds))
+            continue
+        jobs, why = plan_jobs(config, spool, series, source.ae_title, instruction, send_to, source_name)
+        if why:
+            result.skipped.append(why)
+        planned.extend(jobs)
+    if planned:
+        result.jobs.extend(run_jobs(config, planned, runner or pipeline_runner(config),
+                                    source.ae_title, send_timeout))
+    return result

@@ -1,0 +1,217 @@
+"""DIMSE and association event handlers as plain functions ``(event, deps) -> status``.
+
+:func:`bind` is the one place where an exception raised while handling a request becomes a
+failure status sent to the peer (pynetdicom's ``service_class.attempt`` plays the same role):
+handlers raise, :func:`failure_status` maps the exception to a named status, and a log line
+records why, with UIDs only (no patient identifiers).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.events import Event
+
+from dicom_node import status
+from dicom_node.receive.assembly import SeriesTracker
+from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
+from dicom_node.uids import InvalidUID
+
+log = logging.getLogger(__name__)
+
+
+class InstanceMismatch(ValueError):
+    """The dataset contradicts its C-STORE request (e.g. a different SOP Instance UID)."""
+
+
+@dataclass(frozen=True)
+class AssociationPolicy:
+    """Who may associate. Empty lists allow everyone (the documented default)."""
+
+    allowed_calling_aets: frozenset[str] = frozenset()
+    allowed_peer_addresses: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an association request is refused, as A-ASSOCIATE-RJ fields (PS3.8 9.3.4)."""
+
+    result: status.RejectResult
+    source: status.RejectSource
+    reason: status.RejectReason
+    why: str
+
+
+def refuse_association(
+    policy: AssociationPolicy, calling_ae: str, peer_address: str
+) -> Refusal | None:
+    """Pure check of an association request against the allowlists; None means accept."""
+    if (
+        policy.allowed_peer_addresses
+        and peer_address not in policy.allowed_peer_addresses
+    ):
+        return Refusal(
+            status.RejectResult.REJECTED_PERMANENT,
+            status.RejectSource.SERVICE_USER,
+            status.RejectReason.NO_REASON_GIVEN,
+            f"peer address {peer_address} not in node.allowed_peer_addresses",
+        )
+    if policy.allowed_calling_aets and calling_ae not in policy.allowed_calling_aets:
+        return Refusal(
+            status.RejectResult.REJECTED_PERMANENT,
+            status.RejectSource.SERVICE_USER,
+            status.RejectReason.CALLING_AE_NOT_RECOGNIZED,
+            f"calling AE {calling_ae!r} not in node.allowed_calling_aets",
+        )
+    return None
+
+
+@dataclass
+class HandlerDeps:
+    spool: Spool
+    tracker: SeriesTracker
+    policy: AssociationPolicy = field(default_factory=AssociationPolicy)
+
+
+def association_key(event: Event) -> str:
+    """A key for the association, unique while it is alive."""
+    return f"assoc-{id(event.assoc):x}"
+
+
+def _ae(value: Any) -> str:
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value or "").strip()
+
+
+def handle_requested(event: Event, deps: HandlerDeps) -> None:
+    """EVT_REQUESTED: refuse callers not on the allowlists with an A-ASSOCIATE-RJ.
+
+    pynetdicom documents this hook for sending the reject before negotiation starts.
+    """
+    assoc = event.assoc
+    primitive = assoc.requestor.primitive
+    calling = _ae(primitive.calling_ae_title if primitive is not None else "")
+    address = str(assoc.requestor.address)
+    refusal = refuse_association(deps.policy, calling, address)
+    if refusal is None:
+        return
+    log.warning(
+        "association from %s (AE %r) rejected: %s", address, calling, refusal.why
+    )
+    assoc.acse.send_reject(
+        int(refusal.result), int(refusal.source), int(refusal.reason)
+    )
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+def handle_echo(event: Event, deps: HandlerDeps) -> int:
+    """C-ECHO (PS3.4 A.4): the node is up."""
+    return status.SUCCESS
+
+
+def handle_store(event: Event, deps: HandlerDeps) -> int:
+    """C-STORE (PS3.4 B.2): durably spool the bytes as received, then tell the tracker.
+
+    SUCCESS is returned only after the instance is on disk (data flushed, name linked, folder
+    synced: spool.py). A SOP instance already held is answered SUCCESS and not stored or counted
+    again.
+    """
+    dataset = event.encoded_dataset(include_meta=False)
+    # Parsed as received (the context's transfer syntax), header only: no decode of the rest.
+    info = parse_dataset(dataset, str(event.context.transfer_syntax))
+    requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(
+        "\x00 "
+    )
+    if requested and requested != info.sop_uid:
+        raise InstanceMismatch(
+            f"dataset SOPInstanceUID {info.sop_uid} differs from the request's {requested}"
+        )
+    calling = _ae(event.assoc.requestor.ae_title)
+    called = _ae(event.assoc.acceptor.ae_title)
+    data = b"".join((PART10_PREFIX, encode_file_meta(event.file_meta), dataset))
+    result = deps.spool.store(data, info, calling_ae=calling, called_ae=called)
+    deps.tracker.instance_received(
+        info.study_uid,
+        info.series_uid,
+        info.sop_uid,
+        association_key(event),
+        calling,
+        called,
+    )
+    if result.duplicate:
+        log.info(
+            "duplicate instance %s (series %s) acknowledged, stored once",
+            info.sop_uid,
+            info.series_uid,
+        )
+    return status.SUCCESS
+
+
+def handle_association_ended(event: Event, deps: HandlerDeps) -> None:
+    """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE: the association stops holding series open."""
+    deps.tracker.association_ended(association_key(event))
+
+
+def failure_status(exc: BaseException) -> tuple[int, str]:
+    """Map an exception raised by a handler to the DIMSE failure status and a log reason."""
+    if isinstance(exc, (CorruptInstance, InvalidUID, InstanceMismatch)):
+        return status.CANNOT_UNDERSTAND, str(exc)
+    if isinstance(exc, OSError):
+        code = (
+            status.OUT_OF_RESOURCES
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EMFILE)
+            else status.PROCESSING_FAILURE
+        )
+        return code, f"storage error: {exc.strerror or exc}"
+    return status.PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}"
+
+
+StatusHandler = Callable[[Event, HandlerDeps], int]
+
+
+def bind(handler: StatusHandler, deps: HandlerDeps) -> Callable[[Event], int]:
+    """Bind ``deps`` to a DIMSE handler; the one place exceptions become failure statuses."""
+
+    def bound(event: Event) -> int:
+        try:
+            return int(handler(event, deps))
+        except Exception as exc:  # every failure is answered with a status
+            code, reason = failure_status(exc)
+            sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            calling = _ae(event.assoc.requestor.ae_title)
+            log.warning(
+                "%s from AE %r (SOP instance %s) failed with status %s: %s",
+                handler.__name__,
+                calling,
+                sop or "?",
+                status.Status(code).name,
+                reason,
+                exc_info=not isinstance(
+                    exc, (CorruptInstance, InvalidUID, InstanceMismatch, OSError)
+                ),
+            )
+            return int(code)
+
+    return bound
+
+
+def bind_notification(
+    handler: Callable[[Event, HandlerDeps], None], deps: HandlerDeps
+) -> Callable[[Event], None]:
+    """Bind ``deps`` to a notification handler (its errors are logged, never raised into pynetdicom)."""
+
+    def bound(event: Event) -> None:
+        try:
+            handler(event, deps)
+        except Exception:  # no status to send: log, keep the association
+            log.exception("%s failed", handler.__name__)
+
+    return bound

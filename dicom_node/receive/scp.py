@@ -1,0 +1,164 @@
+"""The storage SCP: which SOP classes and transfer syntaxes the node accepts, and the AE itself.
+
+Accepted: image storage SOP classes a PACS forwards (CT, MR, CR, DX, MG, US, PT, NM, XA, RF,
+secondary capture incl. multi-frame, enhanced CT/MR), plus Segmentation and SR storage so results
+of other systems do not bounce; the Verification SOP class. Transfer syntaxes: the native ones,
+deflate and the usual compressions; compressed data is stored as received (PS3.5 A.4).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import uid as tsuid
+from pydicom.uid import UID
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from config.schema import NodeConfig
+from dicom_node.receive import handlers
+from dicom_node.receive.handlers import AssociationPolicy, HandlerDeps
+from dicom_node.tls import server_tls_context
+
+log = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for storage, in order of preference (PS3.5 Annex A).
+TRANSFER_SYNTAXES: tuple[str, ...] = (
+    tsuid.ExplicitVRLittleEndian,
+    tsuid.ImplicitVRLittleEndian,
+    tsuid.DeflatedExplicitVRLittleEndian,
+    tsuid.JPEGBaseline8Bit,
+    tsuid.JPEGExtended12Bit,
+    tsuid.JPEGLossless,
+    tsuid.JPEGLosslessSV1,
+    tsuid.JPEGLSLossless,
+    tsuid.JPEGLSNearLossless,
+    tsuid.JPEG2000Lossless,
+    tsuid.JPEG2000,
+    tsuid.RLELossless,
+)
+
+#: Verification SOP Class (PS3.4 Annex A).
+VERIFICATION_SOP_CLASS = UID("1.2.840.10008.1.1")
+
+#: Storage SOP classes accepted (PS3.4 Annex B.5).
+STORAGE_SOP_CLASSES: tuple[str, ...] = (
+    tsuid.CTImageStorage,
+    tsuid.EnhancedCTImageStorage,
+    tsuid.LegacyConvertedEnhancedCTImageStorage,
+    tsuid.MRImageStorage,
+    tsuid.EnhancedMRImageStorage,
+    tsuid.EnhancedMRColorImageStorage,
+    tsuid.LegacyConvertedEnhancedMRImageStorage,
+    tsuid.ComputedRadiographyImageStorage,
+    tsuid.DigitalXRayImageStorageForPresentation,
+    tsuid.DigitalXRayImageStorageForProcessing,
+    tsuid.DigitalMammographyXRayImageStorageForPresentation,
+    tsuid.DigitalMammographyXRayImageStorageForProcessing,
+    tsuid.UltrasoundImageStorage,
+    tsuid.UltrasoundMultiFrameImageStorage,
+    tsuid.PositronEmissionTomographyImageStorage,
+    tsuid.EnhancedPETImageStorage,
+    tsuid.NuclearMedicineImageStorage,
+    tsuid.XRayAngiographicImageStorage,
+    tsuid.EnhancedXAImageStorage,
+    tsuid.XRayRadiofluoroscopicImageStorage,
+    tsuid.EnhancedXRFImageStorage,
+    tsuid.SecondaryCaptureImageStorage,
+    tsuid.MultiFrameSingleBitSecondaryCaptureImageStorage,
+    tsuid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    tsuid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    tsuid.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    tsuid.SegmentationStorage,
+    tsuid.BasicTextSRStorage,
+    tsuid.EnhancedSRStorage,
+    tsuid.ComprehensiveSRStorage,
+    tsuid.Comprehensive3DSRStorage,
+)
+
+
+@dataclass
+class RunningSCP:
+    server: ThreadedAssociationServer
+    ae: AE
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop listening and abort associations still open (their senders retry later)."""
+        self.ae.shutdown()
+
+
+def build_ae(node: NodeConfig) -> AE:
+    """The application entity with its supported presentation contexts (no handlers yet)."""
+    ae = AE(ae_title=node.ae_title)
+    ae.maximum_pdu_size = node.max_pdu
+    # The allowlists are enforced in handlers.handle_requested, so both checks log the same way.
+    for sop_class in STORAGE_SOP_CLASSES:
+        ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+    ae.add_supported_context(VERIFICATION_SOP_CLASS)
+    # Senders such as dcmtk storescu propose many contexts per association; keep the default limits.
+    return ae
+
+
+@dataclass(frozen=True)
+class ExtraService:
+    """Another DIMSE service the same listener hosts (the Q/R SCP): how it adds its presentation
+    contexts to the AE, and its event handlers. The receive side does not import it; the
+    application passes it in."""
+
+    add_contexts: Callable[[AE], None]
+    handlers: list[Any]
+
+
+def start_scp(
+    node: NodeConfig, deps: HandlerDeps, extra: ExtraService | None = None
+) -> RunningSCP:
+    """Start listening on ``node.host:node.port`` (port 0: any free port) in background threads.
+
+    With ``extra`` the AE also hosts that service (the node passes its Q/R SCP); with
+    ``node.tls`` enabled the listener accepts DICOM TLS only (tls.py)."""
+    ssl_context = server_tls_context(node.tls) if node.tls.enabled else None
+    ae = build_ae(node)
+    if extra is not None:
+        extra.add_contexts(ae)
+    ended = handlers.bind_notification(handlers.handle_association_ended, deps)
+    evt_handlers: list[Any] = [
+        (
+            evt.EVT_REQUESTED,
+            handlers.bind_notification(handlers.handle_requested, deps),
+        ),
+        (evt.EVT_C_ECHO, handlers.bind(handlers.handle_echo, deps)),
+        (evt.EVT_C_STORE, handlers.bind(handlers.handle_store, deps)),
+        (evt.EVT_RELEASED, ended),
+        (evt.EVT_ABORTED, ended),
+        (evt.EVT_CONN_CLOSE, ended),
+    ]
+    if extra is not None:
+        evt_handlers.extend(extra.handlers)
+    server = ae.start_server(
+        (node.host, node.port),
+        block=False,
+        evt_handlers=evt_handlers,
+        ssl_context=ssl_context,
+    )
+    assert server is not None  # block=False always returns the server
+    log.info(
+        "DICOM SCP %s listening on %s:%d",
+        node.ae_title,
+        node.host,
+        server.server_address[1],
+    )
+    return RunningSCP(server, ae)
+
+
+def policy_from_config(node: NodeConfig) -> AssociationPolicy:
+    return AssociationPolicy(
+        allowed_calling_aets=frozenset(node.allowed_calling_aets),
+        allowed_peer_addresses=frozenset(node.allowed_peer_addresses),
+    )
