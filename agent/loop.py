@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,7 @@ def run_agent(
         modality=volume.modality.upper(),
         volume_shape=volume.shape,
         meta=volume_meta(volume),
+        header=volume.datasets[0] if volume.datasets else None,
     )
     state = _State(planner)
     outputs: list[ToolOutput] = []
@@ -169,16 +171,7 @@ class _State:
 
 
 def _with_history(base: PlanContext, history: list[Message]) -> PlanContext:
-    return PlanContext(
-        instruction=base.instruction,
-        metadata_text=base.metadata_text,
-        image=base.image,
-        history=list(history),
-        tools=base.tools,
-        modality=base.modality,
-        volume_shape=base.volume_shape,
-        meta=base.meta,
-    )
+    return dataclasses.replace(base, history=list(history))
 
 
 def run_tools(

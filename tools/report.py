@@ -3,7 +3,9 @@
 MMedAgent's ChatCAD report tool called a cloud LLM and handled chest X-rays only. Here the
 language model is local (a transformers causal LM folder) or an OpenAI-compatible endpoint the
 hospital runs itself; with neither configured, the tool still answers with a structured template
-report built from the measurements, and says so in its first line.
+report built from the measurements, and says so in its first line. An endpoint that is not
+loopback (or ``treat_as_remote``) gets the prompt de-identified first (PS3.15 Annex E Basic
+Profile, :mod:`image_model.deidentify`).
 """
 from __future__ import annotations
 
@@ -19,6 +21,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from image_model.codes import concept
+from image_model.deidentify import (
+    Disclosure,
+    deidentify_texts,
+    endpoint_host,
+    is_remote_endpoint,
+    record_disclosure,
+)
 from image_model.findings import AlgorithmInfo, ToolOutput
 from tools.base import Availability, Tool, ToolRefused, invalid_settings_reason
 from tools.device import inference_mode, model_dtype, resolve_device
@@ -26,6 +35,7 @@ from tools.registry import register_tool
 
 if TYPE_CHECKING:
     import torch
+    from pydicom.dataset import Dataset
 
     from image_model.volume import Volume
 
@@ -59,6 +69,9 @@ class LanguageModelSettings(BaseModel):
     api_key_env: str | None = None
     timeout_seconds: float = Field(60.0, gt=0)
     retries: int = Field(1, ge=0)
+    #: openai: de-identify what is sent (PS3.15 Annex E Basic Profile) even to a loopback endpoint;
+    #: a non-loopback endpoint always is.
+    treat_as_remote: bool = False
 
     @model_validator(mode="after")
     def _complete(self) -> LanguageModelSettings:
@@ -77,6 +90,8 @@ class LanguageModel:
         self._model: Any = None
         self._tokenizer: Any = None
         self._device: torch.device | None = None
+        #: Whether prompts are de-identified before they leave (an endpoint that is not loopback).
+        self.remote = cfg.backend == "openai" and is_remote_endpoint(str(cfg.endpoint), cfg.treat_as_remote)
 
     @property
     def name(self) -> str:
@@ -94,10 +109,16 @@ class LanguageModel:
             return Availability(False, f"environment variable {self.cfg.api_key_env} (API key) is not set")
         return Availability(True)
 
-    def generate(self, system: str, user: str) -> str:
+    def generate(self, system: str, user: str, *, header: Dataset | None = None, purpose: str = "report") -> str:
+        """The model's answer. ``header``: the series' source header, which a remote endpoint's
+        prompt is de-identified against; ``purpose`` names the request in the disclosure record."""
         if self.cfg.backend == "transformers":
             return self._generate_local(system, user)
         if self.cfg.backend == "openai":
+            if self.remote:
+                disclosure = Disclosure(purpose=purpose, endpoint=endpoint_host(str(self.cfg.endpoint)))
+                system, user = deidentify_texts([system, user], header, disclosure)
+                record_disclosure(disclosure)
             return self._generate_remote(system, user)
         raise ToolRefused("no language model configured")
 
@@ -273,7 +294,8 @@ class ReportGeneration(Tool):
                 + (["", f"Clinical question: {indication}"] if indication else [])
                 + ["", "Tool findings:", *(describe_findings(findings) or ["none"])]
             )
-            draft = self._lm.generate(SYSTEM_PROMPT, user)
+            header = volume.datasets[0] if volume.datasets else None
+            draft = self._lm.generate(SYSTEM_PROMPT, user, header=header, purpose="report generation")
             text = DRAFT_NOTE.format(model=self._lm.name) + "\n\n" + draft
             algorithm = AlgorithmInfo(f"report generation ({self._lm.name})", "1", _FAMILY_AI,
                                       {"backend": self._cfg.backend})

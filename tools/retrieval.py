@@ -312,7 +312,9 @@ class Retrieval(Tool):
         hits = index.search(query, int(params.get("top_k", self._cfg.top_k)))
         if self._lm is not None:
             numbered = "\n\n".join(f"[{n}] ({p.citation}) {p.text}" for n, (p, _) in enumerate(hits, 1))
-            answer = self._lm.generate(ANSWER_PROMPT, f"Passages:\n{numbered}\n\nQuestion: {query}")
+            header = volume.datasets[0] if volume.datasets else None
+            answer = self._lm.generate(ANSWER_PROMPT, f"Passages:\n{numbered}\n\nQuestion: {query}",
+                                       header=header, purpose="retrieval")
             answer += "\n\nSources: " + "; ".join(f"[{n}] {p.citation}" for n, (p, _) in enumerate(hits, 1))
         else:
             answer = extractive_answer(hits)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
+from pydicom.dataset import Dataset
 
 from agent.protocol import AssistantTurn, Message
 
@@ -75,6 +76,9 @@ class PlanContext:
     volume_shape: tuple[int, ...] = ()
     #: Extra metadata values (BodyPartExamined, SeriesDescription...) for rule-based reading.
     meta: dict[str, Any] = field(default_factory=dict)
+    #: The series' first source header: what a remote backend de-identifies against
+    #: (:mod:`agent.outbound`); never sent itself.
+    header: Dataset | None = None
 
     @property
     def tool_names(self) -> list[str]:

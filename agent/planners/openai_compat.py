@@ -4,6 +4,8 @@ vLLM, SGLang, Ollama, LM Studio and llama.cpp's server all speak this protocol, 
 LLaVA-Med, Qwen-VL or its own fine-tune on a GPU box and point ``planner.endpoint`` at it. The
 request uses only the standard library (``urllib``): the image goes inline as a PNG data URL
 (``image_url`` content part), the reply is read with :func:`agent.prompting.parse_reply`.
+An endpoint that is not loopback (or ``planner.treat_as_remote``) gets the request de-identified
+first (:func:`agent.outbound.deidentify_request`, PS3.15 Annex E Basic Profile).
 
 Transport faults (connection refused, timeout, HTTP 429/5xx) are retried ``planner.retries`` times
 with exponential backoff, then raise :class:`~agent.planners.base.PlannerUnavailable` (the loop
@@ -32,8 +34,10 @@ from agent.planners.base import (
     PlannerUnavailable,
     register_planner,
 )
+from agent.outbound import deidentify_request
 from agent.prompting import ChatMessage, context_messages, parse_reply
 from agent.protocol import AssistantTurn
+from image_model.deidentify import is_remote_endpoint
 
 if TYPE_CHECKING:
     from config.schema import PlannerConfig
@@ -102,6 +106,8 @@ class OpenAICompatPlanner(Planner):
         self.retries = cfg.retries
         self.max_tokens = cfg.max_new_tokens
         self.backoff_seconds = backoff_seconds
+        #: Whether requests are de-identified before they leave (a non-loopback endpoint).
+        self.remote = is_remote_endpoint(self.url, cfg.treat_as_remote)
         self.api_key: str | None = None
         if cfg.api_key_env:
             self.api_key = os.environ.get(cfg.api_key_env)
@@ -109,9 +115,12 @@ class OpenAICompatPlanner(Planner):
                 raise ValueError(f"planner.api_key_env names {cfg.api_key_env!r}, which is not set")
 
     def next_turn(self, ctx: PlanContext) -> AssistantTurn:
+        messages, image = context_messages(ctx, "json"), ctx.image
+        if self.remote:
+            messages, image = deidentify_request(messages, image, ctx.header, endpoint=self.url)
         body = {
             "model": self.model,
-            "messages": chat_payload(context_messages(ctx, "json"), ctx.image),
+            "messages": chat_payload(messages, image),
             "max_tokens": self.max_tokens,
             "temperature": 0,
         }
