@@ -16,6 +16,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "dicom_node.app.commands.worker",
     "dicom_node.app.commands.tools",
     "dicom_node.app.commands.agent",
+    "dicom_node.app.commands.models",
 )
 
 
