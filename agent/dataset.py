@@ -55,6 +55,7 @@ from agent.render import metadata_text, render_key_image, volume_meta
 from agent.synthetic import write_cases
 from image_model.volume import Volume
 from tools.base import ToolRefused
+from tools.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def make_data(
         written = {"train": 0, "eval": 0}
         files = {split: (out_dir / f"{split}.jsonl").open("w", encoding="utf-8") for split in written}
         try:
-            for template in TEMPLATES:
+            for template in track(TEMPLATES, "make-data", unit="template"):
                 split = "eval" if template.id in eval_ids else "train"
                 candidates = _candidates(template, cases)
                 picks = rng.permutation(len(candidates))

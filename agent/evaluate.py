@@ -30,6 +30,7 @@ from agent.protocol import (
 )
 from agent.records import load_record_image, read_records
 from agent.render import metadata_text, volume_meta
+from tools.progress import track
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ def evaluate(path: Path, planner: Planner, tools: list[ToolSpec]) -> EvalResult:
     if not records:
         raise ValueError(f"{path}: no records")
     tools_ok = params_ok = with_actions = failures = 0
-    for conv in records:
+    for conv in track(records, "eval", unit="item"):
         turns = conv.turns()
         if not turns:
             raise ProtocolError(f"{path}: record {conv.id}: no assistant turn to compare with")

@@ -272,3 +272,20 @@ def test_a_catalogue_with_a_guessed_checksum_shape_is_rejected(tmp_path: Path) -
     bad = write_catalogue(tmp_path / "bad.json", [entry])
     proc = _cli("models", "list", "--catalogue", str(bad))
     assert proc.returncode == 2 and "sha256 must be 64 lower-case hex digits" in proc.stderr
+
+
+def test_progress_helper_is_silent_off_a_terminal_and_draws_on_one() -> None:
+    import io
+
+    from tools.progress import progress_bar, track
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    pipe, tty = io.StringIO(), Terminal()
+    for stream in (pipe, tty):
+        with progress_bar(3, "records", stream=stream) as bar:
+            bar.update(3)
+    assert pipe.getvalue() == "" and "records" in tty.getvalue()
+    assert list(track([1, 2, 3], "items")) == [1, 2, 3]

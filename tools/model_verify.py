@@ -132,7 +132,7 @@ def safetensors_shapes(paths: list[Path]) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {}
     for path in paths:
         with safe_open(str(path), framework="pt") as fh:
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118  # safe_open handles are not iterable
                 out[key] = tuple(fh.get_slice(key).get_shape())
     return out
 
@@ -317,7 +317,7 @@ def check_causal_lm(folder: Path, settings: dict[str, Any], report: VerifyReport
     weights = _weights(folder, ("model.safetensors", "pytorch_model.bin"), report)
     index = folder / "model.safetensors.index.json"
     if weights and index.is_file():
-        named = set(((_json(index, report) or {}).get("weight_map") or {}))
+        named = set((_json(index, report) or {}).get("weight_map") or {})
         found = set(safetensors_shapes(weights))
         if named != found:
             report.add("error", f"the index names {len(named)} tensors, the shards hold {len(found)}")
