@@ -8,9 +8,9 @@ unavailable, the rules planner takes over and ``fallback_reason`` records why.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from concurrent.futures import ThreadPoolExecutor
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 

@@ -13,7 +13,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from agent.prompting import ChatMessage
-from image_model.deidentify import Disclosure, deidentify_texts, endpoint_host, image_verdict, record_disclosure
+from image_model.deidentify import (
+    Disclosure,
+    deidentify_texts,
+    endpoint_host,
+    image_verdict,
+    record_disclosure,
+)
 
 if TYPE_CHECKING:
     import numpy as np

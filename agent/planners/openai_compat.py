@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agent.outbound import deidentify_request
 from agent.planners.base import (
     PlanContext,
     Planner,
@@ -34,7 +35,6 @@ from agent.planners.base import (
     PlannerUnavailable,
     register_planner,
 )
-from agent.outbound import deidentify_request
 from agent.prompting import ChatMessage, context_messages, parse_reply
 from agent.protocol import AssistantTurn
 from image_model.deidentify import is_remote_endpoint
