@@ -111,6 +111,7 @@ def test_models_list_shows_release_licence_files_and_checksums() -> None:
     assert clip["checksums"]["open_clip_pytorch_model.bin"]["sha256"].startswith("52cc993c")
 
 
+@pytest.mark.slow
 def test_fetch_from_a_mirror_then_verify_the_config_with_the_tools_loaders(mirror: dict[str, Any], tmp_path: Path) -> None:
     cat = str(mirror["catalogue"])
     with mirror_server(mirror["root"]) as base:
