@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from agent.dataset_templates import DISEASES
+from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
 
 
@@ -85,7 +86,7 @@ def grounded_segmentation(case: TruthCase, params: dict[str, Any]) -> dict[str, 
 def organ_segmentation(case: TruthCase, params: dict[str, Any]) -> dict[str, Any]:
     wanted = _prompts(params, "labels") or list(case.masks)
     volumes = {
-        name: round(float(case.masks[name].sum()) * case.volume.voxel_volume_ml, 2)
+        name: round(mask_volume_ml(case.masks[name], case.volume), 2)
         for name in wanted
         if name in case.masks and case.masks[name].any()
     }
@@ -96,7 +97,7 @@ def lung_segmentation(case: TruthCase, params: dict[str, Any]) -> dict[str, Any]
     mask = case.masks.get("lung")
     if mask is None or not mask.any():
         return {"refused": "no lungs found in the volume"}
-    total = round(float(mask.sum()) * case.volume.voxel_volume_ml, 1)
+    total = round(mask_volume_ml(mask, case.volume), 1)
     return {"total_lung_ml": total, "mean_hu": round(float(case.volume.pixels[mask].mean()), 1)}
 
 

@@ -41,11 +41,6 @@ class Volume:
         return self.pixels.shape[0] > 1
 
     @property
-    def voxel_volume_ml(self) -> float:
-        dz, dy, dx = self.spacing
-        return dz * dy * dx / 1000.0
-
-    @property
     def study_instance_uid(self) -> str:
         return str(self.datasets[0].StudyInstanceUID)
 

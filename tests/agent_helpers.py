@@ -10,6 +10,7 @@ import numpy as np
 from scipy import ndimage
 
 from image_model.findings import AlgorithmInfo, Code, Measurement, Segment, ToolOutput
+from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
 from tests.phantoms import write_ct_phantom
 from tools.base import Tool, ToolRefused
@@ -51,7 +52,7 @@ class AirInBodyTool(Tool):
             raise ToolRefused(f"needs a volume of at least 3 slices, got {volume.pixels.shape[0]}")
         body = np.stack([ndimage.binary_fill_holes(s > -400) for s in volume.pixels])
         air = body & (volume.pixels < -400)
-        ml = float(air.sum()) * volume.voxel_volume_ml
+        ml = mask_volume_ml(air, volume)
         mean_hu = float(volume.pixels[air].mean()) if air.any() else 0.0
         unit = Code("mL", "UCUM", "milliliter")
         seg = Segment(

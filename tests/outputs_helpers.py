@@ -13,6 +13,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from image_model.codes import concept, unit
 from image_model.findings import AlgorithmInfo, Box, Code, LabelScore, Measurement, Segment, ToolOutput
 from image_model.loader import load_series
+from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
 
 ROWS = COLS = 32
@@ -89,7 +90,7 @@ def lung_segment(volume: Volume, side: str, center: tuple[float, float, float], 
         type=concept(f"{side}_lung"),
         mask=mask,
         measurements=[
-            Measurement(concept("volume"), float(mask.sum() * volume.voxel_volume_ml), unit("mL")),
+            Measurement(concept("volume"), mask_volume_ml(mask, volume), unit("mL")),
             Measurement(concept("attenuation_coefficient"), float(volume.pixels[mask].mean()), unit("HU")),
         ],
         anatomic_region=concept("lung"),

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from config.schema import OutputConfig
-from image_model.codes import concept, unit
-from image_model.findings import Measurement, Segment, ToolOutput
+from image_model.codes import concept
+from image_model.findings import Segment, ToolOutput
+from image_model.measure import mask_size
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
@@ -33,7 +34,7 @@ def _blob(volume: Volume, slice_index: int) -> Segment:
     return Segment(
         label="Blob", category=concept("morphologically_abnormal_structure"),
         type=concept("morphologically_abnormal_structure"), mask=mask,
-        measurements=[Measurement(concept("volume"), float(mask.sum() * volume.voxel_volume_ml), unit("mL"))],
+        measurements=[mask_size(mask, volume)],
     )
 
 

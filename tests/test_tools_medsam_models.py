@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from config.schema import OutputConfig
+from image_model.codes import concept, unit
 from image_model.findings import ToolOutput
 from image_model.loader import load_series
+from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
@@ -34,18 +36,7 @@ from tools.base import ToolRefused
 from tools.device import model_dtype, resolve_device
 from tools.grounded_sam import GroundedMedSAMTool
 from tools.grounding import GroundingDinoTool
-from tools.medsam import (
-    ABNORMAL_STRUCTURE,
-    ANATOMICAL_STRUCTURE,
-    LATERALITY,
-    TISSUE,
-    MedSAMTool,
-    Prompt,
-    SamModel,
-    SamSettings,
-    laterality_of,
-    segment_codes,
-)
+from tools.medsam import MedSAMTool, Prompt, SamModel, SamSettings
 
 CFG = OutputConfig(seg_series_number=81, sr_series_number=82, manufacturer="test", pipeline_version="0.0")
 BOX = [0.2, 0.25, 0.7, 0.75]
@@ -96,7 +87,7 @@ def test_box_prompt_gives_a_volume_shaped_mask_that_encodes_to_seg(
     assert segment.label == "liver" and segment.type.value == "10200004"  # SCT Liver
     (volume_ml,) = segment.measurements
     assert volume_ml.unit.value == "mL"
-    assert volume_ml.value == pytest.approx(segment.mask.sum() * ct.voxel_volume_ml)
+    assert volume_ml.value == pytest.approx(mask_volume_ml(segment.mask, ct))
     assert out.summary["segments"][0]["pixels"] == int(segment.mask.sum())
 
     seg = _write_and_check(ct, out, tmp_path)
@@ -163,17 +154,6 @@ def test_prompt_validation(sam_path: Path, ct: Volume) -> None:
     assert out.summary["empty_prompts"] + len(out.segments) == 1
 
 
-def test_segment_codes_follow_the_label() -> None:
-    assert segment_codes("liver") == (ANATOMICAL_STRUCTURE, segment_codes("Liver")[1])
-    assert segment_codes("left kidney") == (ANATOMICAL_STRUCTURE, segment_codes("kidney")[1])
-    assert segment_codes("kidney")[1].meaning == "Kidney"
-    assert laterality_of("Left kidney") == LATERALITY["left"] and laterality_of("kidney") is None
-    category, kind = segment_codes("brain tumor")
-    assert category == ABNORMAL_STRUCTURE and kind.value == "108369006"
-    assert segment_codes("lung nodule")[1].meaning == "Nodule"
-    assert segment_codes("wibble") == (TISSUE, TISSUE) == segment_codes(None)
-
-
 def test_grounded_medsam_chains_and_labels_segments_by_phrase(
     gd_folder: Path, sam_path: Path, ct: Volume, tmp_path: Path
 ) -> None:
@@ -234,9 +214,11 @@ def test_2d_cr_gets_an_area_and_a_valid_seg(sam_path: Path, tmp_path: Path) -> N
     out = MedSAMTool(tiny_sam_settings(sam_path)).run(cr, {"boxes": [BOX], "labels": ["right lung"]})
     (segment,) = out.segments
     (area,) = segment.measurements
-    _, dy, dx = cr.spacing
-    assert area.unit.value == "mm2" and area.value == pytest.approx(segment.mask.sum() * dy * dx)
-    assert segment.laterality == LATERALITY["right"] and segment.type.meaning == "Lung"
+    # This CR's Pixel Spacing is 0\0 and it has no Imager Pixel Spacing: the area is a pixel
+    # count, and its unit says so (never mm2 equal to the pixel count).
+    assert area.unit == unit("pixels") and area.value == segment.mask.sum()
+    assert out.summary["segments"][0]["area_pixels"] == segment.mask.sum()
+    assert segment.laterality == concept("right") and segment.type.meaning == "Lung"
     assert "slices" not in out.summary["segments"][0]
     seg = _write_and_check(cr, out, tmp_path)
     assert seg.get_segment_description(1).segment_label == "right lung"

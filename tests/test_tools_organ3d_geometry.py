@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from image_model.measure import mask_volume_ml
 from tests.tools_models_helpers import (
     ct_phantom,
     dice,
@@ -104,6 +105,6 @@ def test_masks_align_with_the_source_slices_through_a_bundle(tmp_path: Path, des
     centre = world[seg.mask].mean(axis=0)
     assert np.linalg.norm(centre - phantom.organ_centre) < 2.5, centre
     assert seg.type.value == "78961009"  # SNOMED Spleen, from the built-in table
-    expected_ml = phantom.organ.sum() * phantom.volume.voxel_volume_ml
+    expected_ml = mask_volume_ml(phantom.organ, phantom.volume)
     assert out.summary["volumes_ml"]["spleen"] == pytest.approx(expected_ml, rel=0.15)
     assert out.algorithm.parameters["spacing_mm"] == "[1.5, 1.5, 2.0]"

@@ -10,6 +10,8 @@ import torch
 from monai.networks.nets import SegResNet, UNet
 from safetensors.torch import save_file
 
+from image_model.measure import mask_volume_ml
+from image_model.volume import Volume
 from tests.tools_models_helpers import TINY_SEGRESNET, ct_phantom, write_bundle
 from tools.base import ToolRefused
 from tools.organ3d import OrganSegmentation3D
@@ -31,14 +33,15 @@ def _segresnet_bundle(folder: Path) -> Path:
     )
 
 
-def _check_segments(out, shape: tuple[int, int, int], voxel_ml: float) -> None:  # type: ignore[no-untyped-def]
+def _check_segments(out, volume: Volume) -> None:  # type: ignore[no-untyped-def]
+    shape = volume.shape
     union = np.zeros(shape, dtype=np.int32)
     for seg in out.segments:
         assert seg.mask.shape == shape and seg.mask.dtype == bool and seg.mask.any()
         union += seg.mask
         (vol_m,) = seg.measurements
         assert vol_m.name.meaning == "Volume" and vol_m.unit.value == "mL"
-        assert vol_m.value == pytest.approx(seg.mask.sum() * voxel_ml, rel=1e-3)
+        assert vol_m.value == pytest.approx(mask_volume_ml(seg.mask, volume), rel=1e-3)
         assert out.summary["volumes_ml"][seg.label] == pytest.approx(vol_m.value, abs=0.01)
     assert union.max() <= 1, "segments from one label map never overlap"
 
@@ -55,7 +58,7 @@ def test_bundle_folder_with_random_weights(tmp_path: Path) -> None:
     assert out.algorithm.parameters["overlap"] == "0.5"  # settings win over the bundle's 0.25
     names = {s.label for s in out.segments} | set(out.summary["not_found"])
     assert names == {"liver", "spleen"}
-    _check_segments(out, phantom.volume.pixels.shape, phantom.volume.voxel_volume_ml)
+    _check_segments(out, phantom.volume)
     # Loaded once per tool instance: a second run reuses the same module.
     net = tool._loaded.network  # type: ignore[union-attr]
     tool.run(phantom.volume, {"labels": ["liver"]})
@@ -91,7 +94,7 @@ def test_architecture_and_weights(tmp_path: Path, suffix: str) -> None:
     assert tool.availability().available, tool.availability().reason
     phantom = ct_phantom(shape=(10, 32, 32), spacing=(4.0, 1.5, 1.5), descending=True)
     out = tool.run(phantom.volume, {})
-    _check_segments(out, phantom.volume.pixels.shape, phantom.volume.voxel_volume_ml)
+    _check_segments(out, phantom.volume)
     by_name = {s.label: s for s in out.segments}
     if "liver" in by_name:
         assert by_name["liver"].type.value == "10200004"

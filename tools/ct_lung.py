@@ -34,9 +34,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from scipy import ndimage
 
-from image_model.codes import concept, unit
+from image_model.codes import concept, segment_codes, unit
 from image_model.findings import AlgorithmInfo, Measurement, Segment, ToolOutput
 from image_model.geometry import slice_normal, slice_thicknesses
+from image_model.measure import integrate_ml
 from tools.base import Tool, ToolRefused
 from tools.registry import register_tool
 
@@ -47,10 +48,6 @@ ALGORITHM_NAME = "mmed-node HU lung segmentation"
 ALGORITHM_VERSION = "1.0"
 #: CID 7162 "Morphological Operations": thresholds, connected components, erosion (no learning).
 FAMILY = concept("morphological_operations")
-ANATOMICAL_STRUCTURE = concept("anatomical_structure")  # CID 7150
-LUNG = concept("lung")
-LEFT = concept("left")
-RIGHT = concept("right")
 VOLUME = concept("volume")
 MEAN = concept("mean")
 ML = unit("mL")
@@ -100,7 +97,7 @@ class Grid:
         return self.dx * self.dy
 
     def volume_ml(self, mask: np.ndarray) -> float:
-        return float((mask.sum(axis=(1, 2)) * self.thickness).sum() * self.pixel_mm2 / 1000.0)
+        return integrate_ml(mask, self.thickness, self.pixel_mm2)
 
     def centroid(self, mask: np.ndarray) -> np.ndarray:
         """Centroid of ``mask`` in patient coordinates (mm)."""
@@ -429,7 +426,7 @@ def _describe(lungs: dict[str, np.ndarray], hu: np.ndarray, grid: Grid) -> tuple
     segments: list[Segment] = []
     summary: dict[str, Any] = {"left_lung_ml": None, "right_lung_ml": None}
     all_hu: list[np.ndarray] = []
-    for side, laterality in (("left", LEFT), ("right", RIGHT)):
+    for side in ("left", "right"):
         mask = lungs.get(side)
         if mask is None or not mask.any():
             continue
@@ -439,14 +436,10 @@ def _describe(lungs: dict[str, np.ndarray], hu: np.ndarray, grid: Grid) -> tuple
         mean_hu = float(values.mean())
         summary[f"{side}_lung_ml"] = round(volume_ml, 1)
         summary[f"{side}_lung_mean_hu"] = round(mean_hu, 1)
+        label = f"{side.capitalize()} lung"
         segments.append(
-            Segment(
-                label=f"{side.capitalize()} lung",
-                category=ANATOMICAL_STRUCTURE,
-                type=LUNG,
-                mask=mask,
-                laterality=laterality,
-                measurements=[Measurement(VOLUME, volume_ml, ML), Measurement(MEAN, mean_hu, HU)],
+            segment_codes(label).segment(
+                label, mask, [Measurement(VOLUME, volume_ml, ML), Measurement(MEAN, mean_hu, HU)]
             )
         )
     merged = np.concatenate(all_hu)

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from pydicom.sr.codedict import codes
 
-from image_model.codes import concept, unit
-from image_model.findings import AlgorithmInfo, Code, Measurement, Segment, ToolOutput
+from image_model.codes import concept, segment_codes
+from image_model.findings import AlgorithmInfo, Segment, ToolOutput
+from image_model.measure import mask_size
 from tools.base import ToolRefused
 from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import check_normalised, slice_indices, volume_to_rgb
@@ -259,76 +259,10 @@ class SamModel:
 
 # --- The tool -------------------------------------------------------------------------------------
 
-def _code(entry: Any) -> Code:
-    """A pydicom code dictionary entry (``codes.SCT.Liver``) as a :class:`image_model.findings.Code`."""
-    return Code(entry.value, entry.scheme_designator, entry.meaning)
-
-
-def _cid7150(keyword: str) -> Code:
-    return _code(getattr(codes.CID7150, keyword))
-
-
 API_NAME = "MedSAM"
 VERSION = "1.0"
 #: PS3.16 CID 7162: the mask comes from a learned model.
 AI_FAMILY = concept("artificial_intelligence")
-AREA = concept("area")
-VOLUME = concept("volume")
-SQUARE_MM = unit("mm2")
-MILLILITRE = unit("mL")
-#: CID 7150 Segmentation Property Categories used here. Anatomical Structure comes from the
-#: project's code table (SCT 123037004, the current code; pydicom's older copy of CID 7150 still
-#: lists the retired 91723000), so every tool's SEG uses the same category for organs.
-TISSUE = _cid7150("Tissue")
-ANATOMICAL_STRUCTURE = concept("anatomical_structure")
-ABNORMAL_STRUCTURE = _cid7150("MorphologicallyAbnormalStructure")
-#: Prompt words naming an abnormality, and the SNOMED CT keyword (pydicom's code dictionary) for it.
-ABNORMALITY_KEYWORDS = {
-    "lesion": "Lesion", "tumor": "Neoplasm", "tumour": "Neoplasm", "neoplasm": "Neoplasm",
-    "mass": "Mass", "nodule": "Nodule", "cyst": "Cyst",
-}  # fmt: skip
-
-
-#: Laterality words (SCT codes of PS3.16 CID 244); they become the segment's laterality, not its type.
-LATERALITY = {"left": concept("left"), "right": concept("right")}
-
-
-def _words(label: str | None) -> list[str]:
-    return (label or "").lower().replace("-", " ").replace("_", " ").split()
-
-
-def laterality_of(label: str | None) -> Code | None:
-    """"left kidney" -> SCT Left; None when the label names no side."""
-    sides = {w for w in _words(label) if w in LATERALITY}
-    return LATERALITY[sides.pop()] if len(sides) == 1 else None
-
-
-def segment_codes(label: str | None) -> tuple[Code, Code]:
-    """(category, type) codes for a segment named ``label`` (PS3.16 CID 7150 / CID 7151).
-
-    Abnormality words map to "Morphologically Abnormal Structure"; a label that (without its
-    left/right word, see :func:`laterality_of`) names an entry of CID 7151 Segmentation Property
-    Types (pydicom's copy of the standard's table, e.g. "liver", "left kidney") maps to "Anatomical
-    Structure"; anything else, and unlabelled box prompts, to the generic "Tissue"/"Tissue" so that
-    a SEG can still be written.
-    """
-    words = _words(label)
-    for word in words:
-        if word in ABNORMALITY_KEYWORDS:
-            return ABNORMAL_STRUCTURE, _code(getattr(codes.SCT, ABNORMALITY_KEYWORDS[word]))
-    keyword = "".join(w.capitalize() for w in words if w not in LATERALITY)
-    if keyword and keyword in codes.CID7151.dir():
-        return ANATOMICAL_STRUCTURE, _code(getattr(codes.CID7151, keyword))
-    return TISSUE, TISSUE
-
-
-def mask_measurements(mask: np.ndarray, volume: Volume) -> list[Measurement]:
-    """Area (mm2) of a one-slice mask, volume (mL) of a multi-slice one."""
-    count = int(mask.sum())
-    if not volume.is_3d:
-        _, dy, dx = volume.spacing
-        return [Measurement(AREA, count * dy * dx, SQUARE_MM)]
-    return [Measurement(VOLUME, count * volume.voxel_volume_ml, MILLILITRE)]
 
 
 def segments_summary(segments: Sequence[Segment]) -> dict[str, Any]:
@@ -338,7 +272,8 @@ def segments_summary(segments: Sequence[Segment]) -> dict[str, Any]:
         filled = np.flatnonzero(seg.mask.reshape(seg.mask.shape[0], -1).any(axis=1))
         item: dict[str, Any] = {"label": seg.label, "pixels": int(seg.mask.sum())}
         for m in seg.measurements:
-            item[f"{m.name.meaning.lower()}_{m.unit.value}"] = round(m.value, 3)
+            # "volume_mL", "area_mm2"; or "area_pixels" / "volume_voxels" when the spacing is unknown.
+            item[f"{m.name.meaning.lower()}_{m.unit.value.strip('{}')}"] = round(m.value, 3)
         if seg.mask.shape[0] > 1:
             item["slices"] = [int(filled[0]), int(filled[-1])]
         items.append(item)
@@ -346,9 +281,8 @@ def segments_summary(segments: Sequence[Segment]) -> dict[str, Any]:
 
 
 def make_segment(label: str, mask: np.ndarray, volume: Volume) -> Segment:
-    category, seg_type = segment_codes(label)
-    laterality = laterality_of(label) if category == ANATOMICAL_STRUCTURE else None
-    return Segment(label, category, seg_type, mask, mask_measurements(mask, volume), laterality=laterality)
+    """A segment named ``label`` with its codes from the one code table and its size."""
+    return segment_codes(label).segment(label, mask, [mask_size(mask, volume)])
 
 
 @register_tool

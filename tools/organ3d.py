@@ -12,16 +12,15 @@ its source voxel. Loading: :mod:`tools.monai_loading`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from image_model.codes import concept, unit
-from image_model.findings import AlgorithmInfo, Code, Measurement, Segment, ToolOutput
+from image_model.codes import SegmentCodes, concept, segment_codes
+from image_model.findings import AlgorithmInfo, Code, Segment, ToolOutput
+from image_model.measure import mask_size
 from tools.base import Availability, Tool, ToolRefused, invalid_settings_reason
 from tools.device import model_dtype, resolve_device
 from tools.monai_loading import LoadedNetwork, bundle_config_file, load_architecture, load_bundle
@@ -34,28 +33,6 @@ if TYPE_CHECKING:
     from image_model.volume import Volume
 
 log = logging.getLogger(__name__)
-
-#: SNOMED CT codes (CID 7166/4031 anatomic regions) for organs MONAI bundles commonly segment;
-#: a config's ``labels[].code`` overrides or extends them.
-KNOWN_ORGAN_CODES: Mapping[str, tuple[str, str]] = MappingProxyType({
-    "spleen": ("78961009", "Spleen"),
-    "liver": ("10200004", "Liver"),
-    "kidney": ("64033007", "Kidney"),
-    "right kidney": ("9846003", "Right kidney"),
-    "left kidney": ("18639004", "Left kidney"),
-    "pancreas": ("15776009", "Pancreas"),
-    "stomach": ("69695003", "Stomach"),
-    "gallbladder": ("28231008", "Gallbladder"),
-    "aorta": ("15825003", "Aorta"),
-    "esophagus": ("32849002", "Esophagus"),
-    "heart": ("80891009", "Heart"),
-    "lung": ("39607008", "Lung"),
-    "brain": ("12738006", "Brain"),
-    "urinary bladder": ("89837001", "Urinary bladder"),
-    "bladder": ("89837001", "Urinary bladder"),
-})
-
-
 
 class CodeSetting(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -224,7 +201,7 @@ class OrganSegmentation3D(Tool):
                 table[index] = LabelSetting(index=index, name=f"label {index}")
         wanted = {w.lower() for w in params.get("labels", [])}
         segments: list[Segment] = []
-        volumes_ml: dict[str, float] = {}
+        sizes: dict[str, float] = {}
         missing: list[str] = []
         for index in sorted(table):
             lab = table[index]
@@ -234,16 +211,18 @@ class OrganSegmentation3D(Tool):
             if not mask.any():
                 missing.append(lab.name)
                 continue
-            ml = float(mask.sum()) * volume.voxel_volume_ml
-            volumes_ml[lab.name] = round(ml, 2)
-            segments.append(_segment(lab, mask, ml))
+            size = mask_size(mask, volume)
+            sizes[lab.name] = round(size.value, 2)
+            segments.append(label_codes(lab).segment(lab.name, mask, [size]))
         algorithm = AlgorithmInfo(
             name=loaded.name,
             version=cfg.version or loaded.version,
             family=concept("artificial_intelligence"),
             parameters={k: str(v) for k, v in info.items()},
         )
-        summary = {"labels": list(volumes_ml), "volumes_ml": volumes_ml, "not_found": missing}
+        # Volumes in mL; in voxels when the series does not say how large its voxels are.
+        in_ml = all(seg.measurements[0].unit.value == "mL" for seg in segments)
+        summary = {"labels": list(sizes), "volumes_ml" if in_ml else "volumes_voxels": sizes, "not_found": missing}
         return ToolOutput(api_name=self.api_name, algorithm=algorithm, summary=summary, segments=segments)
 
     def segment(self, volume: Volume) -> tuple[np.ndarray, dict[str, Any]]:
@@ -301,19 +280,15 @@ def _percentiles(image: torch.Tensor) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def _segment(lab: LabelSetting, mask: np.ndarray, ml: float) -> Segment:
-    if lab.code is not None:
-        type_code = lab.code.as_code()
-    elif lab.name.lower() in KNOWN_ORGAN_CODES:
-        value, meaning = KNOWN_ORGAN_CODES[lab.name.lower()]
-        type_code = Code(value, "SCT", meaning)
-    else:
-        type_code = concept("organ")
-    category = lab.category.as_code() if lab.category else concept("anatomical_structure")
-    return Segment(
-        label=lab.name,
-        category=category,
-        type=type_code,
-        mask=mask,
-        measurements=[Measurement(concept("volume"), round(ml, 3), unit("mL"))],
+def label_codes(lab: LabelSetting) -> SegmentCodes:
+    """The codes of one network label: the config's, else the code table's for its name (an organ
+    network's unknown label is still an organ: "Anatomical Structure" / "Organ")."""
+    codes = segment_codes(lab.name)
+    if codes.category == concept("tissue"):
+        codes = SegmentCodes(concept("anatomical_structure"), concept("organ"))
+    return SegmentCodes(
+        category=lab.category.as_code() if lab.category else codes.category,
+        type=lab.code.as_code() if lab.code else codes.type,
+        anatomic_region=codes.anatomic_region,
+        laterality=codes.laterality,
     )

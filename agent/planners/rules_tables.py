@@ -5,6 +5,8 @@ new structure is an edit here, with a line in tests/test_agent_rules_*.py.
 """
 from __future__ import annotations
 
+from image_model.codes import structure_names
+
 #: Shorthand rewritten before anything else is read: (pattern, replacement), in order. Radiologist
 #: abbreviations ("r/o", "?PTX", "seg", "vols") become the words the intent tables know.
 SHORTHAND: tuple[tuple[str, str], ...] = (
@@ -447,12 +449,9 @@ TARGET_TERMS: tuple[tuple[str, str], ...] = (
     (FINDING_FORM, ""),  # "": the matched word itself is the target
 )
 
-#: Organs a 3D organ segmentation network usually knows (used when its schema has no enum).
-ORGANS_3D = frozenset({
-    "liver", "spleen", "kidney", "pancreas", "lung", "heart", "stomach", "gallbladder", "aorta",
-    "esophagus", "bladder", "duodenum", "adrenal gland", "colon", "brain", "prostate", "intestine",
-    "rectum", "trachea", "head of femur",
-})
+#: Organs a 3D organ segmentation network usually knows (used when its schema has no enum): the
+#: anatomy of the one code table, so the planner and the encoders name the same organs.
+ORGANS_3D = structure_names()
 
 #: Intent -> candidate tools in order of preference, each with the named conditions it needs
 #: (see ``agent.planners.rules.CONDITIONS``). The first available candidate whose conditions hold wins.
