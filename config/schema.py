@@ -177,7 +177,7 @@ class OutputConfig(_Strict):
     seg_series_number: int = Field(9901, ge=1)
     sr_series_number: int = Field(9902, ge=1)
     #: Series of the secondary-capture overlays sent instead of the SEG to destinations with
-    #: ``accepts_seg: false`` (sr_templates/overlay.py).
+    #: ``accepts_seg: false`` (sr_templates/sc/).
     overlay_series_number: int = Field(9903, ge=1)
     manufacturer: str = "mmedagent-node"
     #: Part of every derived output UID: a new version yields new UIDs, a re-run the same ones.

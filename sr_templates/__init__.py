@@ -1,5 +1,11 @@
-"""DICOM outputs of the node: tool results -> SEG (``seg``) and TID 1500 SR (``sr``), with
-derived identities (``identity``) and concept codes as data (``codes.json`` via ``codes``).
+"""DICOM outputs of the node, shaped like highdicom: one subpackage per object kind, each with
+its parts (``content``) and the object (``sop``).
+
+* ``seg/``: masks -> DICOM Segmentation;
+* ``sr/``: results -> TID 1500 Measurement Report (``content`` -> ``templates`` -> ``sop``);
+* ``sc/``: secondary-capture overlays for destinations that refuse a SEG;
+* ``identity``: derived UIDs; ``source``: the source headers highdicom copies;
+  ``equipment``, ``charset``, ``coded``: what every object shares.
 
 Entry point for the pipeline: :func:`sr_templates.outputs.build_outputs`.
 """

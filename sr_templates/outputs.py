@@ -1,4 +1,10 @@
-"""One call for the pipeline: tool outputs + answer -> the DICOM datasets to store and send."""
+"""One call for the pipeline: tool outputs + answer -> the DICOM datasets to store and send.
+
+Read top to bottom: the outputs' identity (UIDs derived from the source instances), the SEG of
+every non-empty mask, the SR that reports on the SEG, the boxes and the answer, and, for
+destinations that refuse a SEG, its secondary-capture stand-ins. Each object is complete when
+highdicom has built it (:mod:`sr_templates.source` prepares what it copies from the source).
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -9,25 +15,10 @@ from config.schema import OutputConfig
 from image_model.findings import ToolOutput
 from image_model.volume import Volume
 from sr_templates.identity import OutputIdentity
-from sr_templates.overlay import OverlayImage
-from sr_templates.overlay import build_overlays as render_overlays
+from sr_templates.sc import OverlayImage
+from sr_templates.sc import build_overlays as render_overlays
 from sr_templates.seg import build_seg_with_numbers, encode_segments
 from sr_templates.sr import build_sr, segments_and_algorithms
-
-#: De-identification Method for a source that sets Patient Identity Removed but does not say
-#: how (PS3.3 C.7.1.1: then Type 1C); the outputs copy the flag, so they must carry a method.
-UNSTATED_DEIDENTIFICATION = "unstated in source (Patient Identity Removed: YES)"
-
-
-def complete_deidentification(ds: Dataset) -> Dataset:
-    """Add De-identification Method where ``ds`` says its identity was removed but not how."""
-    if (
-        str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
-        and not ds.get("DeidentificationMethod")
-        and not ds.get("DeidentificationMethodCodeSequence")
-    ):
-        ds.DeidentificationMethod = UNSTATED_DEIDENTIFICATION
-    return ds
 
 
 def identity_for(volume: Volume, output_cfg: OutputConfig, variant: str = "") -> OutputIdentity:
@@ -62,7 +53,7 @@ def build_outputs(
         volume, outputs, answer_text, seg, identity, output_cfg, instruction, planner_name,
         encoded_segments=encoded, previous_versions=previous_reports,
     )
-    return [complete_deidentification(ds) for ds in ([seg] if seg is not None else []) + [sr]]
+    return ([seg] if seg is not None else []) + [sr]
 
 
 def build_overlays(
@@ -75,7 +66,4 @@ def build_overlays(
     hence the same colours as the SEG's segment order); empty when the SEG would be."""
     identity = identity or identity_for(volume, output_cfg)
     encoded = encode_segments(*segments_and_algorithms(outputs))
-    overlays = render_overlays(volume, encoded, identity, output_cfg)
-    for image in overlays:
-        complete_deidentification(image)
-    return overlays
+    return render_overlays(volume, encoded, identity, output_cfg)

@@ -200,7 +200,7 @@ def test_agent_eval_cli_scores_the_memorised_adapter(
 
 def test_make_data_records_train_and_evaluate(tmp_path: Path) -> None:
     """The whole chain on H4's generated data: make-data -> train 2 steps -> reload -> evaluate."""
-    dataset = pytest.importorskip("agent.dataset")
+    from agent import dataset
     from agent.evaluate import evaluate
     from tools.registry import ToolRegistry, known_tool_classes
 

@@ -7,25 +7,23 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
-import pytest
+from pydicom.data import get_testdata_file
 
 from config.schema import OutputConfig
 from image_model.codes import concept
 from image_model.findings import Segment, ToolOutput
+from image_model.loader import load_series
 from image_model.measure import mask_size
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from tests.dicom_validate import dciodvfy_errors
 from tests.outputs_helpers import ALGORITHM, detection_output
 
-pydicom_data = pytest.importorskip("pydicom.data")
-loader = pytest.importorskip("image_model.loader")
-
 CFG = OutputConfig()
 
 
 def _load(name: str) -> Volume:
-    return loader.load_series([Path(pydicom_data.get_testdata_file(name))])
+    return load_series([Path(get_testdata_file(name))])
 
 
 def _blob(volume: Volume, slice_index: int) -> Segment:

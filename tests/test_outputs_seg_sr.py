@@ -11,6 +11,7 @@ import pydicom
 import pytest
 
 from config.schema import OutputConfig
+from dicom_node.receive.assembly import SeriesTracker
 from image_model.codes import concept, text_role, unit
 from image_model.findings import Measurement, Segment, ToolOutput
 from image_model.fingerprint import instance_set_fingerprint
@@ -29,6 +30,7 @@ from tests.outputs_helpers import (
     two_lung_output,
     write_ct_series,
 )
+from tests.phantoms import write_ct_phantom
 
 CFG = OutputConfig(seg_series_number=77, sr_series_number=78, manufacturer="ACME AI", pipeline_version="9.9")
 INSTRUCTION = "Segment the lungs and measure their volumes."
@@ -74,11 +76,35 @@ def test_identity_is_derived_from_instance_set_and_version() -> None:
     assert a.fingerprint == instance_set_fingerprint(uids) != late.fingerprint
 
 
-def test_fingerprint_agrees_with_the_nodes_series_tracker() -> None:
-    """The node keys jobs by the same fingerprint the output UIDs are derived from."""
-    assembly = pytest.importorskip("dicom_node.receive.assembly")
-    uids = ["1.2.3.10", "1.2.3.9", "1.2.3.10"]
-    assert instance_set_fingerprint(uids) == assembly.instance_set_fingerprint(uids)
+def test_output_identity_follows_the_instance_set_the_node_tracked(tmp_path: Path) -> None:
+    """The node keys a series' jobs by the fingerprint its tracker computes from arrivals; the
+    outputs derive their UIDs from the instances the loader read. Both must name the same set:
+    arrivals out of order and twice give the identity of the loaded series, and a late instance
+    gives the tracker and the outputs a new fingerprint together."""
+    paths = write_ct_series(tmp_path / "ct", slices=4)
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
+    clock = [0.0]
+    tracker = SeriesTracker(quiet_seconds=1.0, require_release=True, clock=lambda: clock[0])
+
+    def arrive(ds: pydicom.Dataset) -> None:
+        tracker.instance_received(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, "assoc-1")
+
+    for ds in (headers[2], headers[0], headers[2], headers[1]):  # out of order, one twice
+        arrive(ds)
+    tracker.association_ended("assoc-1")
+    clock[0] = 5.0
+    (due,) = tracker.due()
+    first = identity_for(load_volume(paths[:3]), CFG)
+    assert due.fingerprint == first.fingerprint
+
+    tracker.mark_processed(due.study_uid, due.series_uid, due.fingerprint, ("job-1",))
+    arrive(headers[3])  # a late instance
+    tracker.association_ended("assoc-1")
+    clock[0] = 10.0
+    (late,) = tracker.due()
+    second = identity_for(load_volume(paths), CFG)
+    assert late.fingerprint == second.fingerprint != first.fingerprint
+    assert second.sr_instance_uid != first.sr_instance_uid
 
 
 def test_seg_read_back_matches_masks_and_references(ct: Volume, written: dict) -> None:
@@ -235,8 +261,7 @@ def test_build_sr_without_numbering_matches_build_outputs(ct: Volume, written: d
 def test_lung_phantom_masks_round_trip(tmp_path: Path) -> None:
     """The spine's case: the CT lung phantom (helper module tests/phantoms.py), its true lung
     masks as the tool result, SEG + SR written and read back, volumes preserved."""
-    phantoms = pytest.importorskip("tests.phantoms")
-    truth = phantoms.write_ct_phantom(tmp_path / "ct", slices=16, rows=48, cols=48)
+    truth = write_ct_phantom(tmp_path / "ct", slices=16, rows=48, cols=48)
     volume = load_volume(truth.files)
     segments = []
     for side, mask, ml in (("right", truth.right_mask, truth.right_lung_voxel_ml),

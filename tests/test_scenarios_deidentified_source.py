@@ -11,6 +11,7 @@ from pydicom.data import get_testdata_file
 
 from config.schema import OutputConfig
 from sr_templates.outputs import build_outputs, build_overlays
+from sr_templates.source import UNSTATED_DEIDENTIFICATION
 from tests.dicom_validate import dciodvfy_errors
 from tests.outputs_helpers import classification_output, load_volume, two_lung_output, write_ct_series
 
@@ -48,3 +49,20 @@ def test_seg_sr_overlay_of_a_deidentified_series(tmp_path: Path) -> None:
         path = tmp_path / f"{name}.dcm"
         ds.save_as(path)
         assert dciodvfy_errors(path) == [], name
+        back = pydicom.dcmread(path)
+        # Stated by the object as highdicom built it (from a completed copy of the source header);
+        # highdicom's SC copies neither the flag nor the method.
+        if name != "overlay":
+            assert (back.PatientIdentityRemoved, back.DeidentificationMethod) == ("YES", UNSTATED_DEIDENTIFICATION)
+    assert all("DeidentificationMethod" not in ds for ds in volume.datasets)  # the source is untouched
+
+
+def test_a_stated_method_is_copied_as_it_is(tmp_path: Path) -> None:
+    paths = write_ct_series(tmp_path / "ct")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.PatientIdentityRemoved, ds.DeidentificationMethod = "YES", "Basic Profile"
+        ds.save_as(p)
+    volume = load_volume(paths)
+    for ds in build_outputs(volume, [two_lung_output(volume)], "x", CFG, "y", "rules"):
+        assert ds.DeidentificationMethod == "Basic Profile", ds.Modality

@@ -9,38 +9,23 @@ altogether so segment numbers stay contiguous.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
 import numpy as np
-from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 
 from config.schema import OutputConfig
-from image_model.findings import AlgorithmInfo, Code, Segment
+from image_model.findings import AlgorithmInfo, Segment
 from image_model.volume import Volume
 from sr_templates.charset import character_set_for, charset_kwargs, source_charset
-from sr_templates.coded import coded
 from sr_templates.equipment import CONTENT_LABEL, Equipment
 from sr_templates.identity import OutputIdentity
+from sr_templates.seg.content import EncodedSegment, encode_segments, segment_description
+from sr_templates.source import source_headers
 
 SERIES_DESCRIPTION = "MMedAgent segmentation"
 CONTENT_DESCRIPTION = "Segments produced by the MMedAgent node tools"
-#: LO value representation limit (PS3.5 Table 6.2-1), for segment labels.
-MAX_LO_LENGTH = 64
-
-
-class SegmentDescriptionWithModifier(hd.seg.SegmentDescription):
-    """A SegmentDescription that can carry a laterality as a Segmented Property Type Modifier
-    (PS3.3 C.8.20.2, Table C.8.20-4; values from CID 244 Laterality), which highdicom's
-    constructor has no argument for."""
-
-    def __init__(self, *args: object, type_modifier: CodedConcept | None = None, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if type_modifier is not None:
-            self.SegmentedPropertyTypeModifierCodeSequence = [type_modifier]
 
 
 class Segmentation(hd.seg.Segmentation):
@@ -54,79 +39,6 @@ class Segmentation(hd.seg.Segmentation):
         super().__init__(source_images=source_images, **kwargs)
         if "FrameOfReferenceUID" not in self and "PatientOrientation" not in self:
             self.PatientOrientation = source_images[0].get("PatientOrientation", "")
-
-
-PIXEL_SPACING_TAG = Tag("PixelSpacing")
-
-
-def _usable_pixel_spacing(ds: Dataset) -> bool:
-    spacing = ds.get("PixelSpacing")
-    return spacing is None or (len(spacing) == 2 and all(float(v) > 0 for v in spacing))
-
-
-def source_headers(volume: Volume) -> list[Dataset]:
-    """The source datasets as given, except that a non-positive Pixel Spacing (seen in real CR
-    files, e.g. 0\\0) is left out of a copy: highdicom copies Pixel Spacing into the SEG's Pixel
-    Measures when present, and a zero spacing is invalid there (PS3.3 C.7.6.2.1.1 / C.7.6.16.2.1)."""
-    headers = []
-    for ds in volume.datasets:
-        if not _usable_pixel_spacing(ds):
-            # A new element dict (Dataset(ds) would share it): the caller's dataset is untouched.
-            ds = Dataset({tag: elem for tag, elem in ds.items() if tag != PIXEL_SPACING_TAG})
-        headers.append(ds)
-    return headers
-
-
-@dataclass(frozen=True)
-class EncodedSegment:
-    """Which tool segment became which SEG segment number."""
-
-    segment: Segment
-    segment_number: int
-    algorithm: AlgorithmInfo
-
-
-def algorithm_identification(algorithm: AlgorithmInfo) -> hd.AlgorithmIdentificationSequence:
-    """PS3.3 C.8.20.2 Segment Algorithm Identification (name, family, version, parameters)."""
-    return hd.AlgorithmIdentificationSequence(
-        name=algorithm.name,
-        family=coded(algorithm.family),
-        version=algorithm.version,
-        parameters=dict(algorithm.parameters) or None,
-    )
-
-
-def _laterality_modifier(segment: Segment) -> CodedConcept | None:
-    """The laterality as a type modifier, unless the type's meaning already states it."""
-    lat: Code | None = segment.laterality
-    if lat is None or lat.meaning.lower() in segment.type.meaning.lower():
-        return None
-    return coded(lat)
-
-
-def encode_segments(
-    segments: Sequence[Segment], algorithms: Sequence[AlgorithmInfo]
-) -> list[EncodedSegment]:
-    """Number the non-empty segments 1..n in the given order (empty masks are skipped)."""
-    encoded: list[EncodedSegment] = []
-    for segment, algorithm in zip(segments, algorithms, strict=True):
-        if np.any(segment.mask):
-            encoded.append(EncodedSegment(segment, len(encoded) + 1, algorithm))
-    return encoded
-
-
-def _description(item: EncodedSegment) -> hd.seg.SegmentDescription:
-    seg = item.segment
-    return SegmentDescriptionWithModifier(
-        segment_number=item.segment_number,
-        segment_label=seg.label[:MAX_LO_LENGTH],
-        segmented_property_category=coded(seg.category),
-        segmented_property_type=coded(seg.type),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algorithm_identification(item.algorithm),
-        anatomic_regions=[coded(seg.anatomic_region)] if seg.anatomic_region else None,
-        type_modifier=_laterality_modifier(seg),
-    )
 
 
 def _segment_array(volume: Volume, encoded: Sequence[EncodedSegment]) -> np.ndarray:
@@ -205,7 +117,7 @@ def build_seg_with_numbers(
         source_images=source_headers(volume),
         pixel_array=_pixel_array(volume, encoded),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_description(item) for item in encoded],
+        segment_descriptions=[segment_description(item) for item in encoded],
         series_instance_uid=identity.seg_series_uid,
         series_number=identity.seg_series_number,
         sop_instance_uid=identity.seg_instance_uid,

@@ -1,9 +1,6 @@
-"""The measurement groups of the TID 1500 report, one builder per kind of tool result:
-
-* segment with measurements  -> TID 1411 Volumetric ROI group referencing the SEG segment
-* box                        -> TID 1410 Planar ROI group with a SCOORD POLYLINE on its source image
-* labels / text / loose NUMs -> TID 1501 group (measurements + qualitative evaluations)
-* instruction + final answer -> TID 1501 group with TEXT evaluations
+"""Content items of the report, below the templates: TEXT evaluations, algorithm and tracking
+identification (TID 4019, TID 4108), TID 300 measurements, and references to what a group is
+about (a SEG segment, an image region).
 
 Free text rides as a TEXT "qualitative evaluation": TID 1501/1410/1411 define that row as
 "coded questions with coded or text answers" (PS3.16 TID 1501 row 12). highdicom's
@@ -20,8 +17,8 @@ import numpy as np
 from highdicom.sr import RelationshipTypeValues, TextContentItem
 from highdicom.sr.templates import Template
 
-from image_model.codes import concept, text_role, unit
-from image_model.findings import AlgorithmInfo, Box, Measurement, ToolOutput
+from image_model.codes import text_role
+from image_model.findings import AlgorithmInfo, Box, Measurement
 from image_model.volume import Volume
 from sr_templates.coded import coded
 from sr_templates.identity import OutputIdentity
@@ -90,27 +87,7 @@ def referenced_segment(
     )
 
 
-def volumetric_group(
-    item: EncodedSegment, seg: hd.seg.Segmentation, volume: Volume, identity: OutputIdentity
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    """TID 1411 for one SEG segment: its measurements, type, site and producing algorithm."""
-    segment = item.segment
-    sites = None
-    if segment.anatomic_region is not None:
-        laterality = coded(segment.laterality) if segment.laterality is not None else None
-        sites = [hd.sr.FindingSite(anatomic_location=coded(segment.anatomic_region), laterality=laterality)]
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking(identity, segment.label, "segment", str(item.segment_number)),
-        referenced_segment=referenced_segment(item, seg, volume),
-        finding_type=coded(segment.type),
-        finding_category=coded(segment.category),
-        finding_sites=sites,
-        algorithm_id=algorithm_id(item.algorithm),
-        measurements=measurement_items(segment.measurements) or None,
-    )
-
-
-def _box_source(volume: Volume, box: Box) -> hd.sr.SourceImageForRegion:
+def box_source(volume: Volume, box: Box) -> hd.sr.SourceImageForRegion:
     """The source image (and frame, for a multi-frame source) the box was drawn on."""
     if box.slice_index is None and volume.is_3d:
         raise ValueError(f"box {box.label!r} on a {volume.shape[0]}-slice volume names no slice_index")
@@ -139,68 +116,3 @@ def box_polyline(volume: Volume, box: Box) -> np.ndarray:
     x0, x1 = sorted((x0 * cols, x1 * cols))
     y0, y1 = sorted((y0 * rows, y1 * rows))
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
-
-
-def pixel_spacing_known(volume: Volume) -> bool:
-    """False when the loader had to assume the pixel spacing (``Volume.meta['pixel_spacing_source']``
-    starts with "assumed"): a physical area would then be made up."""
-    return not str(volume.meta.get("pixel_spacing_source", "")).startswith("assumed")
-
-
-def planar_group(
-    volume: Volume, output: ToolOutput, box: Box, index: int, identity: OutputIdentity
-) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
-    """TID 1410 for one detection box: the region, its area in mm2 and its label + score."""
-    polyline = box_polyline(volume, box)
-    measurements: list[Measurement] = []
-    if pixel_spacing_known(volume):
-        _, dy, dx = volume.spacing
-        width, height = polyline[2] - polyline[0]
-        measurements.append(Measurement(concept("area"), float(width * dx * height * dy), unit("mm2")))
-    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking(identity, box.label, output.api_name, "box", str(index)),
-        referenced_region=hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=polyline,
-            source_image=_box_source(volume, box),
-        ),
-        algorithm_id=algorithm_id(output.algorithm),
-        measurements=measurement_items(measurements) or None,
-        qualitative_evaluations=[text_evaluation("box_label", f"{box.label} (score {box.score:.2f})")],
-    )
-
-
-def findings_group(
-    output: ToolOutput, identity: OutputIdentity
-) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
-    """TID 1501 for a tool's image-level results: labels with scores, text, loose measurements."""
-    evaluations: list[hd.sr.QualitativeEvaluation] = [
-        text_evaluation("label", f"{label.label} (score {label.score:.2f})") for label in output.labels
-    ]
-    if output.text:
-        evaluations.append(text_evaluation("tool_text", output.text))
-    numbers = measurement_items(output.measurements)
-    if not evaluations and not numbers:
-        return None
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking(identity, output.api_name, output.api_name, "findings"),
-        algorithm_id=algorithm_id(output.algorithm),
-        measurements=numbers or None,
-        qualitative_evaluations=evaluations or None,
-    )
-
-
-def answer_group(
-    instruction: str, answer_text: str, planner: AlgorithmInfo, identity: OutputIdentity
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 holding the instruction and the agent's final answer as TEXT items."""
-    evaluations: list[hd.sr.QualitativeEvaluation] = []
-    if instruction.strip():
-        evaluations.append(text_evaluation("instruction", instruction))
-    if answer_text.strip():
-        evaluations.append(text_evaluation("answer", answer_text))
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking(identity, "MMedAgent answer", "answer"),
-        algorithm_id=algorithm_id(planner),
-        qualitative_evaluations=evaluations or None,
-    )

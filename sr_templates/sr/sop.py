@@ -28,7 +28,8 @@ from sr_templates.coded import coded
 from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity, derived_uid
 from sr_templates.seg import EncodedSegment, encode_segments
-from sr_templates.sr_groups import (
+from sr_templates.source import source_headers
+from sr_templates.sr.templates import (
     answer_group,
     findings_group,
     planar_group,
@@ -113,7 +114,7 @@ def build_sr(
             volume, outputs, answer_text, seg, encoded_segments or [], identity, instruction, planner
         ),
     )
-    evidence: list[Dataset] = list(volume.datasets) + ([seg] if seg is not None else [])
+    evidence: list[Dataset] = source_headers(volume) + ([seg] if seg is not None else [])
     charset = character_set_for(
         _added_texts(outputs, answer_text, instruction, planner_name), source_charset(volume)
     )

@@ -23,33 +23,21 @@ from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as std_codes
 from pydicom.uid import ExplicitVRLittleEndian
-from scipy import ndimage
 
 from config.schema import OutputConfig
 from image_model.volume import Volume
 from sr_templates.charset import character_set_for, charset_kwargs, source_charset
 from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity
+from sr_templates.sc.render import colour_name, grey_window, render_slice, to_grey
 from sr_templates.seg import EncodedSegment
+from sr_templates.source import source_header
 
 SERIES_DESCRIPTION = "MMedAgent overlay (not for diagnosis)"
 #: Appended to every overlay's Derivation Description and Image Comments.
 DISCLAIMER = "not for primary diagnosis"
-#: Segment colours (RGB), by segment number - 1, cycling: distinct on grey and for common
-#: colour-vision deficiencies (Okabe-Ito palette, minus black).
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
-    (0, 114, 178), (213, 94, 0), (204, 121, 167),
-)
-COLOUR_NAMES: tuple[str, ...] = (
-    "orange", "sky blue", "green", "yellow", "blue", "vermillion", "pink",
-)
-#: Opacity of the colour fill inside a segment; outlines are opaque.
-FILL_ALPHA = 0.3
 #: Derivation Description is ST: at most 1024 characters (PS3.5 Table 6.2-1).
 MAX_ST_LENGTH = 1024
-#: Percentiles of the volume's values used as the grey window when the source gives none.
-AUTO_WINDOW_PERCENTILES = (1.0, 99.0)
 BURNED_IN_YES, BURNED_IN_NO = "YES", "NO"
 
 
@@ -109,52 +97,6 @@ class OverlayImage(hd.sc.SCImage):
         self.DerivationCodeSequence = [CodedConcept(*std_codes.DCM.SegmentationImageDerivation)]
         self.ImageComments = image_comments
         self.BurnedInAnnotation = BURNED_IN_YES if burned_in_annotation else BURNED_IN_NO
-
-
-# --------------------------------------------------------------------------- pixels
-
-
-def grey_window(volume: Volume) -> tuple[float, float]:
-    """(low, high) modality values mapped to black and white: the source's first VOI window
-    (PS3.3 C.11.2.1.2, linear) when it has one, else the volume's 1st-99th percentile."""
-    center, width = volume.meta.get("window_center"), volume.meta.get("window_width")
-    if center is not None and width is not None and width > 1:
-        return center - width / 2.0, center + width / 2.0
-    low, high = np.percentile(volume.pixels, AUTO_WINDOW_PERCENTILES)
-    return float(low), float(max(high, low + 1.0))
-
-
-def to_grey(plane: np.ndarray, window: tuple[float, float], monochrome1: bool) -> np.ndarray:
-    """One slice as 8-bit display grey; MONOCHROME1 is inverted (low values display white)."""
-    low, high = window
-    grey = np.clip((plane.astype(np.float32) - low) / (high - low), 0.0, 1.0)
-    if monochrome1:
-        grey = 1.0 - grey
-    return np.round(grey * 255.0).astype(np.uint8)
-
-
-def outline(mask: np.ndarray) -> np.ndarray:
-    """The mask's boundary pixels (the mask minus its 4-connected erosion)."""
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
-
-
-def colour_of(segment_number: int) -> tuple[int, int, int]:
-    return PALETTE[(segment_number - 1) % len(PALETTE)]
-
-
-def colour_name(segment_number: int) -> str:
-    return COLOUR_NAMES[(segment_number - 1) % len(COLOUR_NAMES)]
-
-
-def render_slice(grey: np.ndarray, masks: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
-    """RGB (rows, cols, 3) uint8: grey, then each (segment number, mask) as a translucent fill
-    and an opaque outline, in segment order (a later segment draws over an earlier one)."""
-    rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
-    for number, mask in masks:
-        colour = np.asarray(colour_of(number), dtype=np.float32)
-        rgb[mask] = (1.0 - FILL_ALPHA) * rgb[mask] + FILL_ALPHA * colour
-        rgb[outline(mask)] = colour
-    return np.round(rgb).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- geometry / references
@@ -252,7 +194,7 @@ def build_overlays(
         source = slice_reference(volume, index)
         pixels = render_slice(to_grey(volume.pixels[index], window, monochrome1), on_slice)
         images.append(OverlayImage.from_ref_dataset(
-            source_ds,
+            source_header(source_ds),
             pixel_array=pixels,
             photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
             bits_allocated=8,

@@ -1,0 +1,52 @@
+"""The source headers every output is built from, prepared before highdicom copies them.
+
+highdicom copies the Patient and Study modules (and, for a SEG, Pixel Spacing) from the source
+images it is given. Two things real sources carry would make the copy invalid, so the encoders
+hand highdicom a corrected copy of each header (the caller's datasets are never changed), and the
+objects come out right when they are built, never patched afterwards:
+
+* Patient Identity Removed = YES without De-identification Method or its code sequence: in the
+  output that makes the method Type 1C required (PS3.3 C.7.1.1), so the copy states that the
+  source did not say how (the method is what the source said, nothing invented);
+* a non-positive Pixel Spacing (real CR files carry ``0\\0``): invalid in a SEG's Pixel Measures
+  (PS3.3 C.7.6.2.1.1, C.7.6.16.2.1), so the copy leaves it out.
+"""
+from __future__ import annotations
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from image_model.volume import Volume
+
+#: De-identification Method for a source that sets Patient Identity Removed but does not say how.
+UNSTATED_DEIDENTIFICATION = "unstated in source (Patient Identity Removed: YES)"
+PIXEL_SPACING_TAG = Tag("PixelSpacing")
+
+
+def _usable_pixel_spacing(ds: Dataset) -> bool:
+    spacing = ds.get("PixelSpacing")
+    return spacing is None or (len(spacing) == 2 and all(float(v) > 0 for v in spacing))
+
+
+def _deidentification_unstated(ds: Dataset) -> bool:
+    return (
+        str(ds.get("PatientIdentityRemoved", "")).upper() == "YES"
+        and not ds.get("DeidentificationMethod")
+        and not ds.get("DeidentificationMethodCodeSequence")
+    )
+
+
+def source_header(ds: Dataset) -> Dataset:
+    """``ds`` itself when highdicom can copy it as it is, else a corrected copy (see module doc)."""
+    if _usable_pixel_spacing(ds) and not _deidentification_unstated(ds):
+        return ds
+    # A new element dict (Dataset(ds) would share it): the caller's dataset is untouched.
+    copy = Dataset({tag: elem for tag, elem in ds.items() if tag != PIXEL_SPACING_TAG or _usable_pixel_spacing(ds)})
+    if _deidentification_unstated(ds):
+        copy.DeidentificationMethod = UNSTATED_DEIDENTIFICATION
+    return copy
+
+
+def source_headers(volume: Volume) -> list[Dataset]:
+    """The headers of ``volume``'s source images, in slice order, ready for highdicom to copy."""
+    return [source_header(ds) for ds in volume.datasets]
