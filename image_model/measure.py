@@ -71,10 +71,13 @@ def mask_volume_ml(mask: np.ndarray, volume: Volume) -> float:
     return integrate_ml(mask, slice_thickness_mm(volume), dy * dx)
 
 
-def mask_area_mm2(mask: np.ndarray, volume: Volume) -> float:
-    """Area (mm2) of a mask's pixels, whatever slices they lie on."""
-    _, dy, dx = volume.spacing
-    return float(np.count_nonzero(mask)) * dy * dx
+def area_size(pixels: float, volume: Volume) -> Measurement:
+    """An in-plane area of ``pixels`` pixels (a count, or a polygon's area in pixel units) of
+    ``volume``: in mm2 when the pixel spacing is known, else in pixels."""
+    if pixel_spacing_known(volume):
+        _, dy, dx = volume.spacing
+        return Measurement(concept("area"), float(pixels) * dy * dx, unit("mm2"))
+    return Measurement(concept("area"), float(pixels), unit("pixels"))
 
 
 def mask_size(mask: np.ndarray, volume: Volume) -> Measurement:
@@ -84,6 +87,4 @@ def mask_size(mask: np.ndarray, volume: Volume) -> Measurement:
         if pixel_spacing_known(volume) and slice_spacing_known(volume):
             return Measurement(concept("volume"), mask_volume_ml(mask, volume), unit("mL"))
         return Measurement(concept("volume"), float(np.count_nonzero(mask)), unit("voxels"))
-    if pixel_spacing_known(volume):
-        return Measurement(concept("area"), mask_area_mm2(mask, volume), unit("mm2"))
-    return Measurement(concept("area"), float(np.count_nonzero(mask)), unit("pixels"))
+    return area_size(float(np.count_nonzero(mask)), volume)

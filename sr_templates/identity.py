@@ -29,6 +29,12 @@ class OutputKind(str, Enum):
     SR_INSTANCE = "sr-instance"
 
 
+def variant_of(**parts: str) -> str:
+    """A canonical :attr:`OutputIdentity.variant` from named parts (``tool=...``, ``params=...``):
+    one line per part, sorted by name, so the same request always gives the same variant."""
+    return "\n".join(f"{name}={value}" for name, value in sorted(parts.items()))
+
+
 def derived_uid(*parts: str) -> str:
     """A deterministic ``2.25.<decimal>`` UID from ``parts``: the integer of a name-based
     (version 5) UUID of the parts, as PS3.5 B.2 prescribes for UUID-derived UIDs (<= 44 chars)."""

@@ -17,7 +17,7 @@ from image_model.volume import Volume
 from sr_templates.identity import OutputIdentity
 from sr_templates.sc import OverlayImage
 from sr_templates.sc import build_overlays as render_overlays
-from sr_templates.seg import build_seg_with_numbers, encode_segments
+from sr_templates.seg import build_seg, encode_segments
 from sr_templates.sr import build_sr, segments_and_algorithms
 
 
@@ -48,7 +48,7 @@ def build_outputs(
     ``previous_reports``: headers of the earlier SRs this one supersedes (see :func:`build_sr`)."""
     identity = identity or identity_for(volume, output_cfg)
     segments, algorithms = segments_and_algorithms(outputs)
-    seg, encoded = build_seg_with_numbers(volume, segments, algorithms, identity, output_cfg)
+    seg, encoded = build_seg(volume, segments, algorithms, identity, output_cfg)
     sr = build_sr(
         volume, outputs, answer_text, seg, identity, output_cfg, instruction, planner_name,
         encoded_segments=encoded, previous_versions=previous_reports,

@@ -9,7 +9,11 @@ objects come out right when they are built, never patched afterwards:
   output that makes the method Type 1C required (PS3.3 C.7.1.1), so the copy states that the
   source did not say how (the method is what the source said, nothing invented);
 * a non-positive Pixel Spacing (real CR files carry ``0\\0``): invalid in a SEG's Pixel Measures
-  (PS3.3 C.7.6.2.1.1, C.7.6.16.2.1), so the copy leaves it out.
+  (PS3.3 C.7.6.2.1.1, C.7.6.16.2.1), so the copy leaves it out;
+* slice positions in patient coordinates without the Frame of Reference UID that names their
+  coordinate system (Type 1 in CT/MR, PS3.3 C.7.4.1; real files lack it, e.g. pydicom-data's
+  CQ500 slice): a SEG of such an image must name one, so the copy carries a UID derived from the
+  source series, the same for every output of that series and every run.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from image_model.volume import Volume
+from sr_templates.identity import derived_uid
 
 #: De-identification Method for a source that sets Patient Identity Removed but does not say how.
 UNSTATED_DEIDENTIFICATION = "unstated in source (Patient Identity Removed: YES)"
@@ -36,14 +41,29 @@ def _deidentification_unstated(ds: Dataset) -> bool:
     )
 
 
+def _frame_of_reference_unnamed(ds: Dataset) -> bool:
+    return "ImagePositionPatient" in ds and "ImageOrientationPatient" in ds and "FrameOfReferenceUID" not in ds
+
+
+def source_frame_of_reference(ds: Dataset) -> str:
+    """The Frame of Reference UID the outputs use for ``ds``: its own, else one derived from its
+    series (see module doc)."""
+    if "FrameOfReferenceUID" in ds:
+        return str(ds.FrameOfReferenceUID)
+    return derived_uid("frame-of-reference", str(ds.get("SeriesInstanceUID", "")))
+
+
 def source_header(ds: Dataset) -> Dataset:
     """``ds`` itself when highdicom can copy it as it is, else a corrected copy (see module doc)."""
-    if _usable_pixel_spacing(ds) and not _deidentification_unstated(ds):
+    if _usable_pixel_spacing(ds) and not _deidentification_unstated(ds) and not _frame_of_reference_unnamed(ds):
         return ds
     # A new element dict (Dataset(ds) would share it): the caller's dataset is untouched.
     copy = Dataset({tag: elem for tag, elem in ds.items() if tag != PIXEL_SPACING_TAG or _usable_pixel_spacing(ds)})
     if _deidentification_unstated(ds):
         copy.DeidentificationMethod = UNSTATED_DEIDENTIFICATION
+    if _frame_of_reference_unnamed(ds):
+        copy.FrameOfReferenceUID = source_frame_of_reference(ds)
+        copy.PositionReferenceIndicator = ds.get("PositionReferenceIndicator", "")
     return copy
 
 

@@ -42,3 +42,10 @@ def dciodvfy_errors(path: Path) -> list[str]:
 
 def dciodvfy_warnings(path: Path) -> list[str]:
     return dciodvfy(path).warnings
+
+
+def dciodvfy_own_warnings(path: Path, source: Path) -> list[str]:
+    """The warnings on ``path`` that are not the source's own: attributes an output copies from
+    its source (patient name, study date...) bring the source's warnings with them."""
+    inherited = set(dciodvfy(source).warnings)
+    return [w for w in dciodvfy(path).warnings if w not in inherited]

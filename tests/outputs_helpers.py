@@ -23,9 +23,10 @@ SLICE_SPACING = 2.5
 
 
 def write_ct_series(
-    out_dir: Path, slices: int = SLICES, rows: int = ROWS, cols: int = COLS
+    out_dir: Path, slices: int = SLICES, rows: int = ROWS, cols: int = COLS, **headers: object
 ) -> list[Path]:
-    """Write a tiny axial CT series (HU = stored - 1024) with complete patient/study headers."""
+    """Write a tiny axial CT series (HU = stored - 1024) with complete patient/study headers;
+    ``headers``: attributes (by keyword) to set on every instance, e.g. ``PatientIdentityRemoved``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid, for_uid = generate_uid(), generate_uid(), generate_uid()
     today = datetime.date.today().strftime("%Y%m%d")
@@ -58,6 +59,8 @@ def write_ct_series(
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
         ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = -1024, 1, "HU"
         ds.PixelData = rng.integers(0, 2000, (rows, cols), dtype=np.uint16).tobytes()
+        for keyword, value in headers.items():
+            setattr(ds, keyword, value)
         path = out_dir / f"ct{i:03d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

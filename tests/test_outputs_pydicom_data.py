@@ -7,6 +7,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pytest
 from pydicom.data import get_testdata_file
 
 from config.schema import OutputConfig
@@ -66,12 +67,19 @@ def test_enhanced_ct_seg_references_source_frames(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back[0, ..., 0].astype(bool), outputs[0].segments[0].mask[slice_index])
 
     report = hd.sr.srread(sr_path).content
-    (planar,) = report.get_planar_roi_measurement_groups()
-    source_item = planar.roi.ContentSequence[0].ReferencedSOPSequence[0]
+    planar = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}
+    # The segment's outline is a SCOORD on its source frame; the box a SCOORD3D (the enhanced CT
+    # has a Frame of Reference), on the frame's plane.
+    source_item = planar["Blob"].roi.ContentSequence[0].ReferencedSOPSequence[0]
     assert source_item.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert list(map(int, np.atleast_1d(source_item.ReferencedFrameNumber))) == [frame]
+    box = planar["nodule"].roi
+    assert box.ValueType == "SCOORD3D" and box.ReferencedFrameOfReferenceUID == source.FrameOfReferenceUID
+    normal = np.cross(volume.orientation[:3], volume.orientation[3:])
+    np.testing.assert_allclose(box.value @ normal, volume.positions[slice_index] @ normal)
     (volumetric,) = report.get_volumetric_roi_measurement_groups()
     assert volumetric.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    assert volumetric.tracking_uid == planar["Blob"].tracking_uid
 
 
 def test_chest_cr_box_and_mask(tmp_path: Path) -> None:
@@ -88,10 +96,14 @@ def test_chest_cr_box_and_mask(tmp_path: Path) -> None:
     assert list(seg.PatientOrientation) == list(cr.PatientOrientation)
 
     report = hd.sr.srread(sr_path).content
-    (planar,) = report.get_planar_roi_measurement_groups()
+    planar = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}["nodule"]
     rows, cols = int(cr.Rows), int(cr.Columns)
+    assert planar.roi.ValueType == "SCOORD"  # no Frame of Reference: image coordinates
     np.testing.assert_allclose(planar.roi.value[0], [0.25 * cols, 0.25 * rows])
     np.testing.assert_allclose(planar.roi.value[2], [0.75 * cols, 0.5 * rows])
     assert planar.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == cr.SOPInstanceUID
-    # Pixel spacing is unknown for this CR, so no physical area is claimed.
-    assert planar.get_measurements() == []
+    # Pixel spacing is unknown for this CR, so the area (in the box's TID 1501 twin, same tracking
+    # UID) is in pixels, never in made-up mm2.
+    (numbers,) = [g for g in report.get_image_measurement_groups() if g.tracking_uid == planar.tracking_uid]
+    (area,) = numbers.get_measurements()
+    assert area.unit.value == "{pixels}" and area.value == pytest.approx(0.5 * cols * 0.25 * rows)

@@ -179,18 +179,26 @@ def test_sr_read_back_has_measurements_boxes_findings_and_answer(ct: Volume, wri
             assert value == pytest.approx(m.value, rel=1e-6) and unit_value == m.unit.value
         assert values[concept("volume").value][1] == unit("mL").value
 
-    planar = report.get_planar_roi_measurement_groups()
-    assert len(planar) == 1
-    region = planar[0].roi
+    # Planar groups: each segment's outline (same tracking as its volumetric group) and the box.
+    planar = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}
+    # Every finding is drawn: the segments' outlines, the box, the tool's labels, the answer.
+    assert sorted(planar) == ["BiomedClip", "Left lung", "MMedAgent answer", "Right lung", "nodule"]
+    for group in volumetric:
+        assert planar[group.tracking_identifier].tracking_uid == group.tracking_uid
+    # The box, on a CT with a Frame of Reference: SCOORD3D in patient mm, on slice 3's plane.
+    region = planar["nodule"].roi
+    assert region.ValueType == "SCOORD3D" and region.ReferencedFrameOfReferenceUID == ct.datasets[0].FrameOfReferenceUID
     cols, rows = ct.shape[2], ct.shape[1]
-    expected = np.array([[0.25 * cols, 0.25 * rows], [0.75 * cols, 0.25 * rows], [0.75 * cols, 0.5 * rows],
-                         [0.25 * cols, 0.5 * rows], [0.25 * cols, 0.25 * rows]])
+    corners = np.array([[0.25 * cols, 0.25 * rows], [0.75 * cols, 0.25 * rows], [0.75 * cols, 0.5 * rows],
+                        [0.25 * cols, 0.5 * rows], [0.25 * cols, 0.25 * rows]])
+    _, dy, dx = ct.spacing
+    expected = ct.positions[3] + (corners[:, :1] - 0.5) * dx * np.array([1.0, 0, 0]) \
+        + (corners[:, 1:] - 0.5) * dy * np.array([0, 1.0, 0])  # axial: rows along +x, columns along +y
     np.testing.assert_allclose(region.value, expected)
-    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == _uids(ct)[3]
 
     texts = {
         item.TextValue: item.ConceptNameCodeSequence[0].CodeValue
-        for group in report.get_image_measurement_groups()
+        for group in report.get_planar_roi_measurement_groups()
         for item in group[0].ContentSequence if item.ValueType == "TEXT" and item.RelationshipType == "CONTAINS"
     }
     # Free text is named by role (codes.json text_roles); the answer as OHIF's displayed "Comment".
@@ -219,7 +227,7 @@ def test_rerun_gives_same_uids_and_new_instance_new_ones(ct: Volume, written: di
 def test_seg_is_none_without_masks_and_sr_still_valid(ct: Volume, tmp_path: Path) -> None:
     empty = Segment("none", concept("tissue"), concept("lung"), np.zeros(ct.shape, dtype=bool))
     ident = identity_for(ct, CFG)
-    assert build_seg(ct, [empty], ALGORITHM, ident, CFG) is None
+    assert build_seg(ct, [empty], ALGORITHM, ident, CFG) == (None, [])
     outputs = [ToolOutput("ct lung segmentation", ALGORITHM, {}, segments=[empty])]
     (sr,) = build_outputs(ct, outputs, "No lungs found.", CFG, INSTRUCTION, "rules")
     sr.save_as(tmp_path / "sr.dcm")
@@ -227,7 +235,7 @@ def test_seg_is_none_without_masks_and_sr_still_valid(ct: Volume, tmp_path: Path
     assert hd.sr.srread(tmp_path / "sr.dcm").content.get_volumetric_roi_measurement_groups() == []
 
 
-def test_laterality_becomes_type_modifier_and_headers_without_pixels_suffice(ct: Volume, tmp_path: Path) -> None:
+def test_laterality_is_nested_in_the_type_and_headers_without_pixels_suffice(ct: Volume, tmp_path: Path) -> None:
     """A generic type + laterality encodes the laterality as a type modifier (CID 244); the SEG
     needs only the source headers (Volume.datasets may carry no pixel data)."""
     headers = []
@@ -240,12 +248,15 @@ def test_laterality_becomes_type_modifier_and_headers_without_pixels_suffice(ct:
     mask[2:4, 4:10, 4:10] = True
     segment = Segment("Lung", concept("anatomical_structure"), concept("lung"), mask,
                       laterality=concept("left"))
-    seg = build_seg(bare, [segment], ALGORITHM, identity_for(ct, CFG), CFG)
+    seg, _ = build_seg(bare, [segment], ALGORITHM, identity_for(ct, CFG), CFG)
     assert seg is not None
     seg.save_as(tmp_path / "seg.dcm")
     assert dciodvfy_errors(tmp_path / "seg.dcm") == []
     back = hd.seg.segread(tmp_path / "seg.dcm")
-    modifier = back.SegmentSequence[0].SegmentedPropertyTypeModifierCodeSequence[0]
+    # PS3.3 C.8.20.2: the modifier sits inside the Segmented Property Type item, not beside it.
+    segment_item = back.SegmentSequence[0]
+    assert "SegmentedPropertyTypeModifierCodeSequence" not in segment_item
+    modifier = segment_item.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence[0]
     assert modifier.CodeValue == concept("left").value
     assert back.NumberOfFrames == 2
 
@@ -294,12 +305,8 @@ _VOLUME = Measurement(concept("volume"), 0.0, unit("mL"))
 def test_non_ascii_answer_switches_output_to_utf8(tmp_path: Path) -> None:
     """A Latin-1 source and an answer/label outside its repertoire: both outputs declare UTF-8,
     keep the patient name and the text intact, and stay dciodvfy-clean."""
-    paths = write_ct_series(tmp_path / "ct")
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        ds.SpecificCharacterSet, ds.PatientName = "ISO_IR 100", "Müller^Jürgen"
-        ds.save_as(path)
-    volume = load_volume(paths)
+    volume = load_volume(write_ct_series(tmp_path / "ct", SpecificCharacterSet="ISO_IR 100",
+                                         PatientName="Müller^Jürgen"))
     output = two_lung_output(volume)
     output.segments[0].label = "Rechte Lunge (ü)"
     answer = "Volumen ≥ 5 mL — 肺"
@@ -310,7 +317,7 @@ def test_non_ascii_answer_switches_output_to_utf8(tmp_path: Path) -> None:
         assert back.SpecificCharacterSet == "ISO_IR 192" and str(back.PatientName) == "Müller^Jürgen"
     assert hd.seg.segread(tmp_path / "0.dcm").get_segment_description(1).segment_label == "Rechte Lunge (ü)"
     report = hd.sr.srread(tmp_path / "1.dcm").content
-    texts = [item.TextValue for group in report.get_image_measurement_groups()
+    texts = [item.TextValue for group in report.get_planar_roi_measurement_groups()
              for item in group[0].ContentSequence if item.ValueType == "TEXT"]
     assert answer in texts
 
@@ -339,7 +346,7 @@ def test_overlapping_segments_are_kept_apart(ct: Volume, tmp_path: Path) -> None
         Segment("Lesion", concept("morphologically_abnormal_structure"),
                 concept("morphologically_abnormal_structure"), lesion),
     ]
-    seg = build_seg(ct, segments, ALGORITHM, identity_for(ct, CFG), CFG)
+    seg, _ = build_seg(ct, segments, ALGORITHM, identity_for(ct, CFG), CFG)
     assert seg is not None
     seg.save_as(tmp_path / "seg.dcm")
     assert dciodvfy_errors(tmp_path / "seg.dcm") == []

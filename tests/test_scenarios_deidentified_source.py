@@ -36,12 +36,7 @@ def test_real_deidentified_slice_sr_has_no_method_error(tmp_path: Path) -> None:
 
 
 def test_seg_sr_overlay_of_a_deidentified_series(tmp_path: Path) -> None:
-    paths = write_ct_series(tmp_path / "ct")
-    for p in paths:
-        ds = pydicom.dcmread(p)
-        ds.PatientIdentityRemoved = "YES"
-        ds.save_as(p)
-    volume = load_volume(paths)
+    volume = load_volume(write_ct_series(tmp_path / "ct", PatientIdentityRemoved="YES"))
     outputs = [two_lung_output(volume)]
     seg, sr = build_outputs(volume, outputs, "Both lungs.", CFG, "Segment the lungs.", "rules")
     overlay = build_overlays(volume, outputs, CFG)[0]
@@ -58,11 +53,7 @@ def test_seg_sr_overlay_of_a_deidentified_series(tmp_path: Path) -> None:
 
 
 def test_a_stated_method_is_copied_as_it_is(tmp_path: Path) -> None:
-    paths = write_ct_series(tmp_path / "ct")
-    for p in paths:
-        ds = pydicom.dcmread(p)
-        ds.PatientIdentityRemoved, ds.DeidentificationMethod = "YES", "Basic Profile"
-        ds.save_as(p)
-    volume = load_volume(paths)
+    volume = load_volume(write_ct_series(
+        tmp_path / "ct", PatientIdentityRemoved="YES", DeidentificationMethod="Basic Profile"))
     for ds in build_outputs(volume, [two_lung_output(volume)], "x", CFG, "y", "rules"):
         assert ds.DeidentificationMethod == "Basic Profile", ds.Modality

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 import pytest
 import yaml
 
@@ -122,6 +123,29 @@ def test_tools_run_organ3d_writes_summary_seg_and_sr(setup: dict[str, Path]) -> 
     sr = hd.sr.srread(out / "sr.dcm")
     assert sr.SOPClassUID == COMPREHENSIVE_3D_SR and sr.Modality == "SR"
     assert dciodvfy_errors(out / "seg.dcm") == [] and dciodvfy_errors(out / "sr.dcm") == []
+
+
+def test_tools_run_gives_each_tool_and_parameters_its_own_uids(setup: dict[str, Path]) -> None:
+    """Two tools, or one tool with other parameters, on one image never share an SR or SEG UID
+    (a PACS keeps the first object of a UID and drops the next); the same request gives the same
+    UIDs again (a re-run replaces)."""
+
+    def run(name: str, params: dict[str, object], out: str) -> dict[str, tuple[str, str]]:
+        folder = setup["root"] / out
+        proc = _cli("tools", "run", name, "--series", str(setup["series"]), "--params", json.dumps(params),
+                    "--config", str(setup["config"]), "--out", str(folder))
+        assert proc.returncode == 0, proc.stderr
+        return {p.name: (str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
+                for p in sorted(folder.glob("*.dcm")) for ds in [pydicom.dcmread(p, stop_before_pixels=True)]}
+
+    first = run("metadata classification", {}, "uid-meta-1")
+    again = run("metadata classification", {}, "uid-meta-2")
+    other_params = run("metadata classification", {"labels": ["abdomen CT", "chest CT"]}, "uid-meta-3")
+    other_tool = run("organ segmentation 3d", {"labels": ["liver"]}, "uid-organ")
+    assert list(first) == ["sr.dcm"] and sorted(other_tool) == ["seg.dcm", "sr.dcm"]
+    assert again == first
+    uids = [uid for result in (first, other_params, other_tool) for pair in result.values() for uid in pair]
+    assert len(set(uids)) == len(uids) == 8
 
 
 def test_tools_run_retrieval_without_dicom(setup: dict[str, Path]) -> None:

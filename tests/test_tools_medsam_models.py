@@ -21,7 +21,7 @@ from image_model.loader import load_series
 from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
-from tests.dicom_validate import dciodvfy_errors
+from tests.dicom_validate import dciodvfy_errors, dciodvfy_own_warnings
 from tests.phantoms import write_ct_phantom
 from tests.tools_tiny_models import (
     TINY_SAM_ENCODER,
@@ -71,8 +71,10 @@ def _write_and_check(volume: Volume, out: ToolOutput, folder: Path) -> hd.seg.Se
     seg_path, sr_path = folder / "seg.dcm", folder / "sr.dcm"
     datasets[0].save_as(seg_path)
     datasets[1].save_as(sr_path)
-    assert dciodvfy_errors(seg_path) == []
-    assert dciodvfy_errors(sr_path) == []
+    source = Path(str(volume.datasets[0].filename))
+    for path in (seg_path, sr_path):
+        assert dciodvfy_errors(path) == []
+        assert dciodvfy_own_warnings(path, source) == []
     return hd.seg.segread(seg_path)
 
 

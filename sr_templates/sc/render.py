@@ -9,15 +9,6 @@ from scipy import ndimage
 
 from image_model.volume import Volume
 
-#: Segment colours (RGB), by segment number - 1, cycling: distinct on grey and for common
-#: colour-vision deficiencies (Okabe-Ito palette, minus black).
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66),
-    (0, 114, 178), (213, 94, 0), (204, 121, 167),
-)
-COLOUR_NAMES: tuple[str, ...] = (
-    "orange", "sky blue", "green", "yellow", "blue", "vermillion", "pink",
-)
 #: Opacity of the colour fill inside a segment; outlines are opaque.
 FILL_ALPHA = 0.3
 #: Percentiles of the volume's values used as the grey window when the source gives none.
@@ -48,20 +39,13 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=0)
 
 
-def colour_of(segment_number: int) -> tuple[int, int, int]:
-    return PALETTE[(segment_number - 1) % len(PALETTE)]
-
-
-def colour_name(segment_number: int) -> str:
-    return COLOUR_NAMES[(segment_number - 1) % len(COLOUR_NAMES)]
-
-
-def render_slice(grey: np.ndarray, masks: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
-    """RGB (rows, cols, 3) uint8: grey, then each (segment number, mask) as a translucent fill
-    and an opaque outline, in segment order (a later segment draws over an earlier one)."""
+def render_slice(grey: np.ndarray, masks: Sequence[tuple[tuple[int, int, int], np.ndarray]]) -> np.ndarray:
+    """RGB (rows, cols, 3) uint8: grey, then each (RGB colour, mask) as a translucent fill and an
+    opaque outline, in segment order (a later segment draws over an earlier one). The colours
+    are the SEG's (:mod:`sr_templates.seg.palette`), so overlay and SEG look alike."""
     rgb = np.repeat(grey[..., None], 3, axis=-1).astype(np.float32)
-    for number, mask in masks:
-        colour = np.asarray(colour_of(number), dtype=np.float32)
+    for rgb_colour, mask in masks:
+        colour = np.asarray(rgb_colour, dtype=np.float32)
         rgb[mask] = (1.0 - FILL_ALPHA) * rgb[mask] + FILL_ALPHA * colour
         rgb[outline(mask)] = colour
     return np.round(rgb).astype(np.uint8)

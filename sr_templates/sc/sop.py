@@ -29,7 +29,7 @@ from image_model.volume import Volume
 from sr_templates.charset import character_set_for, charset_kwargs, source_charset
 from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity
-from sr_templates.sc.render import colour_name, grey_window, render_slice, to_grey
+from sr_templates.sc.render import grey_window, render_slice, to_grey
 from sr_templates.seg import EncodedSegment
 from sr_templates.source import source_header
 
@@ -145,8 +145,8 @@ def _laterality_kwargs(ds: Dataset) -> dict[str, Any]:
 
 
 def legend(encoded: Sequence[EncodedSegment]) -> str:
-    """``right lung (orange), left lung (sky blue)``: what each colour is."""
-    return ", ".join(f"{item.segment.label} ({colour_name(item.segment_number)})" for item in encoded)
+    """``Right lung (bluish green), Left lung (sky blue)``: what each colour is."""
+    return ", ".join(f"{item.segment.label} ({item.colour.name})" for item in encoded)
 
 
 # --------------------------------------------------------------------------- the images
@@ -176,7 +176,7 @@ def build_overlays(
                 f"segment {item.segment.label!r}: mask shape {item.segment.mask.shape} "
                 f"!= volume shape {volume.shape}"
             )
-    masks = [(item.segment_number, np.asarray(item.segment.mask, dtype=bool)) for item in encoded]
+    masks = [(item.colour.rgb, np.asarray(item.segment.mask, dtype=bool)) for item in encoded]
     window = grey_window(volume)
     monochrome1 = bool(volume.meta.get("monochrome1"))
     equipment = Equipment.from_config(output_cfg)
@@ -187,7 +187,7 @@ def build_overlays(
     series_uid = overlay_series_uid(identity)
     images: list[OverlayImage] = []
     for index in range(volume.shape[0]):
-        on_slice = [(number, mask[index]) for number, mask in masks if mask[index].any()]
+        on_slice = [(rgb, mask[index]) for rgb, mask in masks if mask[index].any()]
         if not on_slice:
             continue
         source_ds = _source_of(volume, index)

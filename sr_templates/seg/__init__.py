@@ -1,6 +1,6 @@
 """DICOM Segmentation (PS3.3 A.51): ``content`` holds a segment's parts (numbering, description),
 ``sop`` the object highdicom builds from them."""
 from sr_templates.seg.content import EncodedSegment, encode_segments
-from sr_templates.seg.sop import build_seg, build_seg_with_numbers
+from sr_templates.seg.sop import build_seg
 
-__all__ = ["EncodedSegment", "build_seg", "build_seg_with_numbers", "encode_segments"]
+__all__ = ["EncodedSegment", "build_seg", "encode_segments"]

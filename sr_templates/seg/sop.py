@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from config.schema import OutputConfig
 from image_model.findings import AlgorithmInfo, Segment
+from image_model.measure import pixel_spacing_known
 from image_model.volume import Volume
 from sr_templates.charset import character_set_for, charset_kwargs, source_charset
 from sr_templates.equipment import CONTENT_LABEL, Equipment
@@ -26,6 +27,7 @@ from sr_templates.source import source_headers
 
 SERIES_DESCRIPTION = "MMedAgent segmentation"
 CONTENT_DESCRIPTION = "Segments produced by the MMedAgent node tools"
+ASSUMED_SPACING_DESCRIPTION = "MMedAgent segments; source pixel spacing unknown, 1 mm assumed"
 
 
 class Segmentation(hd.seg.Segmentation):
@@ -80,30 +82,47 @@ def _pixel_array(volume: Volume, encoded: Sequence[EncodedSegment]) -> np.ndarra
     return frames
 
 
+def pixel_measures(volume: Volume) -> dict[str, Any]:
+    """The shared Pixel Measures of a SEG on a source without a Frame of Reference (a CR or DX).
+
+    highdicom copies Pixel Measures from a source with a Frame of Reference, and writes none for
+    one without, leaving the SEG's Shared Functional Groups item empty, which viewers cannot read
+    (OHIF reads ``SharedFunctionalGroupsSequence[0].PixelMeasuresSequence``; highdicom's own
+    reader needs its Pixel Spacing). So the SEG states the spacing the loader used: Pixel Spacing,
+    else Imager Pixel Spacing (PS3.3 10.7.1.3); with none usable, the 1 mm the loader assumed,
+    which the SEG's Content Description then says (:func:`content_description`) and the SR never
+    uses for a size (it counts pixels). Slice Thickness (Type 1C there, but required by readers
+    such as highdicom's) is the source's, else the loader's nominal 1 mm: a projection has none.
+    Plane orientation and position need a Frame of Reference (PS3.3 C.7.6.16.2.3-4), so a source
+    without one gets neither.
+    """
+    if "FrameOfReferenceUID" in volume.datasets[0]:
+        return {}
+    dz, dy, dx = volume.spacing
+    return {"pixel_measures": hd.PixelMeasuresSequence(pixel_spacing=(dy, dx), slice_thickness=dz)}
+
+
+def content_description(volume: Volume) -> str:
+    """Content Description (LO, 64 characters): what the SEG holds, and that its pixel spacing is
+    assumed when the source has none."""
+    if pixel_spacing_known(volume):
+        return CONTENT_DESCRIPTION
+    return ASSUMED_SPACING_DESCRIPTION
+
+
 def build_seg(
     volume: Volume,
     segments: Sequence[Segment],
     algorithm: AlgorithmInfo | Sequence[AlgorithmInfo],
     identity: OutputIdentity,
     output_cfg: OutputConfig,
-) -> hd.seg.Segmentation | None:
-    """Build the SEG; None when no segment has a voxel set.
+) -> tuple[Segmentation | None, list[EncodedSegment]]:
+    """Build the SEG (None when no segment has a voxel set) and say which segment got which
+    number and colour (the SR and the overlays need it).
 
     ``algorithm`` is either the one algorithm behind every segment, or one per segment (in the
     same order) when the segments come from several tools.
     """
-    seg, _ = build_seg_with_numbers(volume, segments, algorithm, identity, output_cfg)
-    return seg
-
-
-def build_seg_with_numbers(
-    volume: Volume,
-    segments: Sequence[Segment],
-    algorithm: AlgorithmInfo | Sequence[AlgorithmInfo],
-    identity: OutputIdentity,
-    output_cfg: OutputConfig,
-) -> tuple[Segmentation | None, list[EncodedSegment]]:
-    """As :func:`build_seg`, also returning which segment got which number (the SR needs it)."""
     algorithms = [algorithm] * len(segments) if isinstance(algorithm, AlgorithmInfo) else list(algorithm)
     encoded = encode_segments(segments, algorithms)
     if not encoded:
@@ -127,9 +146,10 @@ def build_seg_with_numbers(
         software_versions=equipment.software_versions,
         device_serial_number=equipment.serial_number,
         content_label=CONTENT_LABEL,
-        content_description=CONTENT_DESCRIPTION,
+        content_description=content_description(volume),
         series_description=SERIES_DESCRIPTION,
         omit_empty_frames=True,
+        **pixel_measures(volume),
         **charset_kwargs(charset),
     )
     return seg, encoded

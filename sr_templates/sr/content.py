@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
 from highdicom.sr import RelationshipTypeValues, TextContentItem
 from highdicom.sr.templates import Template
+from pydicom.dataset import Dataset
 
 from image_model.codes import text_role
 from image_model.findings import AlgorithmInfo, Box, Measurement
+from image_model.measure import pixel_spacing_note
 from image_model.volume import Volume
 from sr_templates.coded import coded
 from sr_templates.identity import OutputIdentity
@@ -87,13 +90,18 @@ def referenced_segment(
     )
 
 
-def box_source(volume: Volume, box: Box) -> hd.sr.SourceImageForRegion:
-    """The source image (and frame, for a multi-frame source) the box was drawn on."""
+def slice_of(volume: Volume, box: Box) -> int:
+    """The volume slice a box was drawn on (a 2D image has one)."""
     if box.slice_index is None and volume.is_3d:
         raise ValueError(f"box {box.label!r} on a {volume.shape[0]}-slice volume names no slice_index")
     index = box.slice_index or 0
     if not 0 <= index < volume.shape[0]:
         raise ValueError(f"box {box.label!r}: slice_index {index} outside 0..{volume.shape[0] - 1}")
+    return index
+
+
+def source_image(volume: Volume, index: int) -> hd.sr.SourceImageForRegion:
+    """The source image of slice ``index`` (and its frame, for a multi-frame source)."""
     if volume.frame_numbers:
         ds, frames = volume.datasets[0], [volume.frame_numbers[index]]
     else:
@@ -116,3 +124,100 @@ def box_polyline(volume: Volume, box: Box) -> np.ndarray:
     x0, x1 = sorted((x0 * cols, x1 * cols))
     y0, y1 = sorted((y0 * rows, y1 * rows))
     return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
+
+
+def has_frame_of_reference(volume: Volume) -> bool:
+    """True when the source places its pixels in a patient coordinate system: it names a Frame of
+    Reference and the loader read (not assumed) its slice positions."""
+    return "FrameOfReferenceUID" in volume.datasets[0] and "geometry" not in volume.meta
+
+
+def to_patient(volume: Volume, index: int, points: np.ndarray) -> np.ndarray:
+    """Image coordinates (x = column, y = row; pixel corners, PS3.3 C.18.6.1.1) on slice ``index``
+    -> patient coordinates (mm, PS3.3 C.7.6.2.1.1). Image Position (Patient) is the centre of the
+    top-left pixel, i.e. image point (0.5, 0.5)."""
+    _, dy, dx = volume.spacing
+    row_dir, col_dir = np.asarray(volume.orientation[:3]), np.asarray(volume.orientation[3:])
+    origin = np.asarray(volume.positions[index], dtype=float)
+    x, y = points[:, 0:1] - 0.5, points[:, 1:2] - 0.5
+    return origin + x * dx * row_dir + y * dy * col_dir
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where a measurement group is drawn: a closed polyline (image coordinates, pixel corners) on
+    slice ``index``, stated on the source image (SCOORD, PS3.3 C.18.6) or, ``in_patient``, in the
+    source's Frame of Reference (SCOORD3D, PS3.3 C.18.9)."""
+
+    volume: Volume
+    index: int
+    polyline: np.ndarray
+    in_patient: bool = False
+
+    @classmethod
+    def on_slice(cls, volume: Volume, index: int, polyline: np.ndarray, in_patient: bool = False) -> Placed:
+        """``in_patient`` only where the source has a Frame of Reference; else on the image."""
+        return cls(volume, index, polyline, in_patient and has_frame_of_reference(volume))
+
+    @classmethod
+    def whole_image(cls, volume: Volume, index: int) -> Placed:
+        """The whole image of slice ``index``: what an image-level finding is about."""
+        _, rows, cols = volume.shape
+        corners = np.array([[0, 0], [cols, 0], [cols, rows], [0, rows], [0, 0]], dtype=float)
+        return cls(volume, index, corners)
+
+    def _patient(self) -> np.ndarray:
+        return to_patient(self.volume, self.index, self.polyline)
+
+    def region(self) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+        """The group's Image Region (TID 1410 row 7)."""
+        if self.in_patient:
+            return hd.sr.ImageRegion3D(
+                graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE, graphic_data=self._patient(),
+                frame_of_reference_uid=str(self.volume.datasets[0].FrameOfReferenceUID),
+            )
+        return hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=self.polyline,
+            source_image=source_image(self.volume, self.index),
+        )
+
+
+def units_note(volume: Volume) -> list[hd.sr.QualitativeEvaluation]:
+    """A TEXT comment saying in what unit the group's sizes are, when it is not mm of the patient
+    (:func:`image_model.measure.pixel_spacing_note`); none otherwise."""
+    note = pixel_spacing_note(volume)
+    return [text_evaluation("units_note", note)] if note else []
+
+
+#: Attributes highdicom's Image Library entry descriptors (TID 1601-1603) read from an image.
+_LIBRARY_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "Modality", "Rows", "Columns", "FrameOfReferenceUID",
+    "PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient", "SliceThickness",
+    "PatientOrientation", "ImagerPixelSpacing",
+)
+#: What the modality-specific descriptors need, by the Modality highdicom picks them by:
+#: cross-sectional (TID 1602) and projection radiography (TID 1603).
+_CROSS_SECTIONAL = (("CT", "MR", "PT"), ("PixelSpacing", "ImageOrientationPatient", "ImagePositionPatient"))
+_PROJECTION = (("CR", "DX", "IO", "MG", "PX", "RF", "RG", "XA"), ("PatientOrientation", "ImagerPixelSpacing"))
+
+
+def library_entry(ds: Dataset) -> Dataset:
+    """What the Image Library (TID 1600) says about one source image, for highdicom to describe.
+
+    highdicom chooses the modality-specific descriptors by Modality and reads them from the
+    image's top level. An image that does not carry them there (an enhanced multi-frame CT keeps
+    them per frame; a CR may lack Imager Pixel Spacing) is described by the common descriptors
+    only (modality from its SOP class, frame of reference, rows, columns): its Modality is left
+    empty here so that highdicom does not look for the rest. The source is not changed.
+    """
+    entry = Dataset()
+    for keyword in _LIBRARY_KEYWORDS:
+        if keyword in ds:
+            setattr(entry, keyword, ds[keyword].value)
+    modality = str(ds.get("Modality", ""))
+    for modalities, needed in (_CROSS_SECTIONAL, _PROJECTION):
+        if modality in modalities and not all(ds.get(k) not in (None, "") for k in needed):
+            entry.Modality = ""
+    if "Modality" not in entry:
+        entry.Modality = ""
+    return entry

@@ -4,11 +4,11 @@ the SR form OHIF reads, built entirely through highdicom's template classes.
 Report layout (PS3.16 TID 1500):
   observation context: device observer = the node (TID 1004)
   procedure reported: from the source Modality (CID 100, codes.json)
-  imaging measurements:
-    one TID 1411 group per SEG segment (its TID 300 measurements, referencing the segment)
-    one TID 1410 group per box (SCOORD POLYLINE on the source image/frame)
-    one TID 1501 group per tool with labels/text/loose measurements
-    one TID 1501 group with the instruction and the agent's final answer (TEXT)
+  image library (TID 1600): the source images the groups are drawn on
+  imaging measurements (groups built from data, :mod:`sr_templates.sr.templates`), each placed:
+    per SEG segment: TID 1411 (its measurements, referencing the segment) + TID 1410 (its outline)
+    per tool output: TID 1410 per box, TID 1410 with its labels/text/loose measurements
+    last: TID 1410 with the instruction and the agent's final answer (TEXT)
 Evidence: the source instances and the SEG (Current Requested Procedure Evidence Sequence).
 """
 from __future__ import annotations
@@ -29,21 +29,18 @@ from sr_templates.equipment import Equipment
 from sr_templates.identity import OutputIdentity, derived_uid
 from sr_templates.seg import EncodedSegment, encode_segments
 from sr_templates.source import source_headers
+from sr_templates.sr.content import library_entry, slice_of
 from sr_templates.sr.templates import (
+    OUTPUT_GROUPS,
+    SEGMENT_GROUPS,
+    Group,
+    Report,
     answer_group,
-    findings_group,
-    planar_group,
-    volumetric_group,
+    key_slice,
+    representative_slice,
 )
 
 SERIES_DESCRIPTION = "MMedAgent report"
-
-ImagingGroup = (
-    hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
-    | hd.sr.MeasurementsAndQualitativeEvaluations
-)
-
 
 def observation_context(equipment: Equipment) -> hd.sr.ObservationContext:
     """TID 1001/1004: the observer is a device, the node. Its UID is derived from the equipment
@@ -62,25 +59,31 @@ def observation_context(equipment: Equipment) -> hd.sr.ObservationContext:
 
 
 def imaging_groups(
-    volume: Volume,
+    report: Report,
     outputs: Sequence[ToolOutput],
-    answer_text: str,
-    seg: hd.seg.Segmentation | None,
     encoded: Sequence[EncodedSegment],
-    identity: OutputIdentity,
+    answer_text: str,
     instruction: str,
     planner: AlgorithmInfo,
-) -> list[ImagingGroup]:
-    groups: list[ImagingGroup] = []
-    if seg is not None:
-        groups.extend(volumetric_group(item, seg, volume, identity) for item in encoded)
-    for output in outputs:
-        groups.extend(planar_group(volume, output, box, i, identity) for i, box in enumerate(output.boxes))
-        findings = findings_group(output, identity)
-        if findings is not None:
-            groups.append(findings)
-    groups.append(answer_group(instruction, answer_text, planner, identity))
+) -> list[Group]:
+    """Every measurement group, in report order (see :mod:`sr_templates.sr.templates`)."""
+    groups = [group for item in encoded for build in SEGMENT_GROUPS for group in build(report, item)]
+    groups.extend(group for output in outputs for build in OUTPUT_GROUPS for group in build(report, output))
+    groups.append(answer_group(report, instruction, answer_text, planner))
     return groups
+
+
+def library_images(
+    report: Report, outputs: Sequence[ToolOutput], encoded: Sequence[EncodedSegment]
+) -> list[Dataset]:
+    """The source images of the Image Library (TID 1600): those the report's groups are drawn on
+    (each segment's largest slice, each box's slice, the key slice of image-level findings), in
+    slice order; a multi-frame source is one image."""
+    volume = report.volume
+    slices = {report.key_slice} | {representative_slice(item.segment.mask) for item in encoded}
+    slices |= {slice_of(volume, box) for output in outputs for box in output.boxes}
+    images = [volume.datasets[0] if volume.frame_numbers else volume.datasets[z] for z in sorted(slices)]
+    return list({str(ds.SOPInstanceUID): ds for ds in images}.values())
 
 
 def build_sr(
@@ -96,7 +99,7 @@ def build_sr(
     previous_versions: Sequence[Dataset] | None = None,
 ) -> hd.sr.Comprehensive3DSR:
     """Build the report. ``encoded_segments`` says which SEG segment number each tool segment
-    got (from :func:`sr_templates.seg.build_seg_with_numbers`); when omitted it is recomputed
+    got (from :func:`sr_templates.seg.build_seg`); when omitted it is recomputed
     the same way the SEG encoder numbers segments (non-empty masks, in output order).
 
     ``previous_versions``: headers (SOP Class/Instance, Study and Series UIDs) of earlier reports
@@ -107,12 +110,14 @@ def build_sr(
     if seg is not None and encoded_segments is None:
         encoded_segments = encode_segments(*segments_and_algorithms(outputs))
     planner = AlgorithmInfo(name=planner_name, version=output_cfg.pipeline_version)
+    encoded = list(encoded_segments or [])
+    report_context = Report(volume, seg, identity, key_slice(volume, outputs, encoded))
+    groups = imaging_groups(report_context, outputs, encoded, answer_text, instruction, planner)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(equipment),
         procedure_reported=coded(procedure_for(volume.modality)),
-        imaging_measurements=imaging_groups(
-            volume, outputs, answer_text, seg, encoded_segments or [], identity, instruction, planner
-        ),
+        imaging_measurements=groups,
+        referenced_images=[library_entry(ds) for ds in library_images(report_context, outputs, encoded)],
     )
     evidence: list[Dataset] = source_headers(volume) + ([seg] if seg is not None else [])
     charset = character_set_for(

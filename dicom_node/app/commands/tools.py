@@ -146,21 +146,29 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "shape": list(volume.pixels.shape)}
     written = [SUMMARY_FILE]
     if not args.no_dicom:
-        written += _write_dicom(volume, output, config, args)
+        written += _write_dicom(volume, output, config, args, params)
     (args.out / SUMMARY_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     print(json.dumps({"tool": args.name, "out": str(args.out), "files": written, "summary": output.summary},
                      default=str))
     return EXIT_OK
 
 
-def _write_dicom(volume: Any, output: ToolOutput, config: Any, args: argparse.Namespace) -> list[str]:
-    """SEG + SR through the node's own encoders (sr_templates), as the pipeline would send them."""
-    from sr_templates.outputs import build_outputs
+def _write_dicom(
+    volume: Any, output: ToolOutput, config: Any, args: argparse.Namespace, params: dict[str, Any]
+) -> list[str]:
+    """SEG + SR through the node's own encoders (sr_templates), as the pipeline would send them.
+
+    Their UIDs are derived from the series' instances and from this request (tool and parameters),
+    as the pipeline derives them from the job's route and instruction: two tools, or one tool with
+    other parameters, on the same image never share a UID (a PACS would keep only the first)."""
+    from sr_templates.identity import variant_of
+    from sr_templates.outputs import build_outputs, identity_for
 
     answer = output.text or json.dumps(output.summary, default=str)
+    request = variant_of(tool=args.name, params=json.dumps(params, sort_keys=True, default=str))
     datasets = build_outputs(
         volume, [output], answer, config.output, instruction=f"tools run {args.name}",
-        planner_name="mmed-node tools run",
+        planner_name="mmed-node tools run", identity=identity_for(volume, config.output, variant=request),
     )
     names = []
     for ds in datasets:
