@@ -33,16 +33,12 @@ from agent.dataset_templates import (
     Template,
 )
 from agent.dataset_truth import TRUTH_OUTPUTS, TruthCase
-from agent.planners.aggregate import aggregate_turn
 from agent.planners.base import PlanContext, ToolSpec
-from agent.planners.rules import (
-    Ask,
-    choose_tools,
-    deferred_turn,
-    direct_answer,
-    turn_for_plan,
-)
-from agent.planners.rules_tables import TARGET_REQUIRED
+from agent.planners.rules import RulesPlanning
+from agent.planners.tool_choice import choose
+from agent.reading.load import reading_parts
+from agent.reading.read import REGION_INTENTS, Ask, Reading
+from agent.reading.slots import Mention
 from agent.protocol import (
     AssistantTurn,
     Conversation,
@@ -140,13 +136,24 @@ def _context(case: DataCase, instruction: str, specs: list[ToolSpec]) -> PlanCon
     )
 
 
-def _record_metadata(case: DataCase) -> dict[str, Any]:
+def _record_metadata(case: DataCase, template: Template) -> dict[str, Any]:
+    """The series description, and the template's intents (what ``agent train-intents`` learns)."""
     return {
         "text": metadata_text(case.volume),
         "modality": case.volume.modality.upper(),
         "shape": list(case.volume.shape),
         "meta": volume_meta(case.volume),
+        "intents": list(template.intents),
     }
+
+
+def template_asks(template: Template, target: str | None) -> list[Ask]:
+    """The asks a template makes (its intents, about ``target`` where they need one)."""
+    answers = {"presence": "yes/no", "size": "yes/no", "count": "count"}
+    return [
+        Ask(intent, [Mention(target, None, 0, 0)] if (target and intent in REGION_INTENTS) else [], [], answers.get(intent))
+        for intent in template.intents
+    ]
 
 
 def build_record(
@@ -162,17 +169,18 @@ def build_record(
     wording = str(rng.choice(TARGET_WORDING.get(target, (target,)))) if target else ""
     instruction = template.text.format(target=wording, disease=disease or "")
     ctx = _context(case, instruction, specs)
-    asks = [Ask(intent, [target] if (target and intent in TARGET_REQUIRED) else []) for intent in template.intents]
+    planning = RulesPlanning(reading_parts(with_scorer=False))
+    plan = choose(ctx, Reading(template_asks(template, target)), planning.vocab)
     messages = [ctx.history[0]]
-    if not asks:
-        messages.append(Message.gpt(direct_answer(ctx, [])))
-        return Conversation(case.image_file, messages, _record_id(template, case, target, disease), _record_metadata(case))
-    plan = choose_tools(ctx, asks)
-    if plan.unserved or not plan.actions:
+    metadata = _record_metadata(case, template)
+    if not template.intents:
+        messages.append(Message.gpt(planning.direct_answer(ctx, plan)))
+        return Conversation(case.image_file, messages, _record_id(template, case, target, disease), metadata)
+    if plan.unserved or not plan.calls:
         return None
     truth = TruthCase(case.volume, case.masks, case.image_label, case.description, disease, rng)
     outputs: list[tuple[str, dict[str, Any]]] = []
-    turn: AssistantTurn | None = turn_for_plan(ctx, plan)
+    turn: AssistantTurn | None = planning.first_turn(ctx, plan)
     while turn is not None:
         round_outputs = []
         for action in turn.actions:
@@ -185,9 +193,9 @@ def build_record(
             round_outputs.append((action.api_name, summary))
         messages += [Message.gpt(turn), Message.human(tool_outputs_message(round_outputs, instruction))]
         outputs += round_outputs
-        turn = deferred_turn(ctx, plan, outputs)
-    messages.append(Message.gpt(aggregate_turn(outputs, instruction)))
-    return Conversation(case.image_file, messages, _record_id(template, case, target, disease), _record_metadata(case))
+        turn = planning.next_round(ctx, plan, outputs)
+    messages.append(Message.gpt(planning.final_turn(ctx, plan, outputs)))
+    return Conversation(case.image_file, messages, _record_id(template, case, target, disease), metadata)
 
 
 def _record_id(template: Template, case: DataCase, target: str | None, disease: str | None) -> str:

@@ -101,6 +101,34 @@ KNOWLEDGE = _group("kno", ("knowledge",), (
     "What complications can {disease} lead to?",
 ))
 
+PRESENCE = _group("pre", ("presence",), (
+    "Is there a {target} in this image?",
+    "Do you see any {target}?",
+    "Does this patient have a {target}?",
+    "Any sign of a {target}?",
+    "Can you tell me whether a {target} is present?",
+    "Is a {target} visible on this scan?",
+    "Rule out a {target}.",
+    "Is there evidence of a {target}?",
+))
+
+COUNT = _group("cnt", ("count",), (
+    "How many {target} regions are there?",
+    "Count every {target} in this image.",
+    "Tell me the number of {target} regions you can see.",
+    "How many separate {target} areas can you find?",
+    "Give me a count of the {target} regions.",
+    "Could you count how many {target} regions are visible?",
+))
+
+SIZE = _group("siz", ("size",), (
+    "Is the {target} enlarged?",
+    "Is the {target} bigger than normal?",
+    "Is the {target} of normal size?",
+    "Does the {target} look enlarged to you?",
+    "Has the {target} grown larger than it should be?",
+))
+
 VQA = _group("vqa", (), (
     "How many slices does this series contain?",
     "Is this image in colour?",
@@ -125,7 +153,9 @@ MULTI = (
     Template("mul-09", ("classify", "knowledge"), "Which imaging modality is this, and what are the risk factors for {disease}?"),
 )
 
-TEMPLATES: tuple[Template, ...] = SEGMENT + LOCATE + MEASURE + CLASSIFY + REPORT + KNOWLEDGE + VQA + MULTI
+TEMPLATES: tuple[Template, ...] = (
+    SEGMENT + LOCATE + MEASURE + PRESENCE + COUNT + SIZE + CLASSIFY + REPORT + KNOWLEDGE + VQA + MULTI
+)
 
 #: Knowledge topics and a short reference text used when no local knowledge base is configured.
 DISEASES: dict[str, str] = {

@@ -8,8 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.planners.rules_tables import UNIT_SUFFIXES
 from agent.protocol import AssistantTurn
+
+#: Key suffix -> unit, for stating tool results in words (``left_volume_ml`` -> "left volume ... mL").
+UNIT_SUFFIXES: dict[str, str] = {
+    "ml": "mL", "hu": "HU", "mm": "mm", "cm": "cm", "mm2": "mm2", "mm3": "mm3", "cm3": "cm3",
+    "pct": "%", "percent": "%", "s": "s",
+}
 
 
 def aggregate_turn(outputs: list[tuple[str, dict[str, Any]]], question: str) -> AssistantTurn:

@@ -1,59 +1,36 @@
-"""The deterministic rule-based planner: the default backend and the fallback of the MLLM planners.
+"""The deterministic planner: the default backend and the fallback of the MLLM planners.
 
-It reads the instruction and the series' metadata and writes MMedAgent-format turns. Planning
-(first turn): the instruction is cut into clauses, each clause's intents and targets are found
-with the keyword tables in :mod:`agent.planners.rules_tables` (the reading is in
-:mod:`agent.planners.rules_reading`), each intent is mapped to the first
-available tool whose conditions hold (table ``TOOL_CHOICES``), and all chosen tools go into ONE
-turn (MMedAgent allows one tool per turn; independent asks here run together). A tool that works
-on other tools' results (``DEFERRED_TOOLS``: report generation) follows them in a second round.
-Aggregation (after the tool output messages): a final turn with no actions states every result in
-words (volumes in mL, HU, boxes, labels, reports, passages, and any refusal's reason).
-
-Before the tables are read, radiologist shorthand is expanded (``SHORTHAND``), tokens one edit
-away from an intent word are corrected (``TYPO_TARGETS``) and inflected intent verbs are reduced to
-their base form (``LEMMA_BASES``: "writing up" -> "write up"); an intent keyword right after a
-negation cue ("don't segment", "no need for a report") is dropped. How a clause is read:
-
-- strong patterns (``INTENT_PATTERNS``) ask by themselves; weak ones (``WEAK_INTENT_PATTERNS``:
-  "any", "is there", "enlarged") only beside a structure name and only when no strong one is in
-  the clause; vague ones (``VAGUE_INTENT_PATTERNS``: "have a look") only when nothing else is asked;
-- within a clause, ``CLAUSE_PRECEDENCE`` settles intents that compete ("what this image shows: MRI
-  or CT?" is a modality question), and a clause about the image itself (``IMAGE_PROPERTIES``) asks
-  for no report;
-- a clause naming only findings ("Fracture?") asks where they are; one naming only organs
-  ("lungs?") adds them to the asks around it; neither is sent to the embedding bank;
-- a clause that opens like clinical context (``CONTEXT_OPENING``: "65M smoker", "Known lung
-  cancer", "I was told I have ...") contributes only its strong asks when the instruction asks
-  anything else;
-- a clause the keywords cannot read is matched by sentence embedding against the labelled
-  instruction templates and exemplars (:mod:`agent.planners.intent_embed`), when that model is
-  available; below its similarity threshold the clause asks for nothing (a direct answer).
+It reads the instruction (:mod:`agent.reading`: intents from a small classifier on sentence
+embeddings, slots from parsers over validated vocabularies), chooses a tool per ask and target
+(:mod:`agent.planners.tool_choice`), and writes MMedAgent-format turns with each tool's
+``API_params`` filled from its schema (targets, sides, exclusions, coordinates, slices, labels).
+Independent tools run together in one turn; a tool that works on others' results follows them
+(``report generation`` on every result; ``MedSAM`` on the boxes ``grounding dino`` found, when
+the fused tool is not available: MMedAgent's two steps). The final turn states every result in
+words and answers each yes/no and counting question explicitly (:mod:`agent.planners.answers`).
 
 The planner is stateless: each call re-reads the instruction and the conversation so far, so it
 can take over a conversation another planner started (the loop's fallback).
 """
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.planners.aggregate import aggregate_turn
+from agent.planners.answers import answer_sentences
 from agent.planners.base import PlanContext, Planner, ToolSpec, register_planner
-from agent.planners.rules_reading import Ask, find_asks, needs_bank
-from agent.planners.rules_tables import (
-    ACQUISITION_PARAMETERS,
-    ALL_STRUCTURES,
-    DEFAULT_ASKS,
-    DEFERRED_TOOLS,
-    IMAGE_PROPERTIES,
-    INTENT_WORDING,
-    ORGANS_3D,
-    PARAM_ROLES,
-    PARAM_ROLES_BY_TOOL,
-    TOOL_CHOICES,
+from agent.planners.tool_choice import (
+    ALL_ORGANS,
+    FINDINGS_CLASSIFIER,
+    GROUNDING,
+    MEDSAM,
+    ORGAN_TOOL,
+    REPORT,
+    Plan,
+    ToolCall,
+    choose,
 )
 from agent.protocol import (
     IMAGE_PLACEHOLDER,
@@ -63,288 +40,273 @@ from agent.protocol import (
     ProtocolError,
     parse_tool_outputs_message,
 )
+from agent.reading.load import load_reader
+from agent.reading.read import InstructionReader
+from agent.reading.vocabulary import Vocabulary
 
 if TYPE_CHECKING:
-    from agent.planners.intent_embed import IntentBank
     from config.schema import PlannerConfig
 
-@dataclass
-class Plan:
-    """The chosen tools (in order, merged per tool) and asks no available tool could serve."""
-
-    actions: list[tuple[str, Ask]]
-    unserved: list[Ask]
-
-
-Condition = Callable[[PlanContext, Ask], bool]
-
-
-def _has_lung(ctx: PlanContext, ask: Ask) -> bool:
-    return "lung" in ask.targets
+#: API_params property name -> what the planner puts there.
+PARAM_ROLES: dict[str, str] = {
+    "image": "image", "image_path": "image", "img": "image",
+    "prompts": "prompts", "prompt": "prompts", "text_prompt": "prompts", "text_prompts": "prompts", "caption": "prompts",
+    "targets": "targets", "organs": "names", "structures": "names", "exclude": "exclude",
+    "query": "question", "question": "question", "instruction": "question", "indication": "question",
+    "boxes": "boxes", "points": "points", "point_labels": "point_labels",
+    "slices": "slices", "instance_numbers": "instances", "labels": "labels",
+}
+#: The param of a deferred tool that receives the other tools' summaries.
+FINDINGS_PARAM = "findings"
 
 
-def _is_ct_volume(ctx: PlanContext, ask: Ask) -> bool:
-    return ctx.modality == "CT" and ctx.is_3d
+def _prompt_ask(call: ToolCall) -> Any:
+    return next((a for a in call.asks if a.prompt is not None), None)
 
 
-def _is_volume(ctx: PlanContext, ask: Ask) -> bool:
-    return ctx.modality in ("CT", "MR") and ctx.is_3d
+def _slices(call: ToolCall, ctx: PlanContext) -> list[int]:
+    """0-based indices of the 1-based slice numbers the user named (volumes only)."""
+    if not ctx.is_3d:
+        return []
+    numbers = sorted({n for a in call.asks for n in a.slices})
+    return [n - 1 for n in numbers if 1 <= n <= ctx.volume_shape[0]]
 
 
-def _organ_targets(ctx: PlanContext, ask: Ask) -> bool:
-    """All targets are organs the 3D network knows: its schema's enum if it has one, else ORGANS_3D."""
-    known: set[str] = set(ORGANS_3D)
-    for spec in ctx.tools:
-        if spec.name == "organ segmentation 3d":
-            enum = _target_enum(spec)
-            if enum is not None:
-                known = {e.lower() for e in enum}
-    return bool(ask.targets) and all(t in known or t == ALL_STRUCTURES for t in ask.targets)
-
-
-def _target_enum(spec: ToolSpec) -> list[str] | None:
-    roles = param_roles(spec.name)
-    for name, prop in (spec.params_schema.get("properties") or {}).items():
-        if roles.get(name) == "targets" and isinstance(prop, dict):
-            enum = prop.get("enum") or (prop.get("items") or {}).get("enum")
-            if enum:
-                return [str(e) for e in enum]
+def _labels(call: ToolCall, vocab: Vocabulary, props: dict[str, Any]) -> list[str] | None:
+    if call.name == FINDINGS_CLASSIFIER and call.findings:
+        settings = vocab.answers
+        return [settings.finding_label.format(finding=f) for f in call.findings] + [settings.normal_label]
+    if call.name == ORGAN_TOOL and "targets" not in props:
+        names = [n for n in call.names if n != ALL_ORGANS]
+        return names or None
+    if call.name == MEDSAM and call.names:
+        return call.names
     return None
 
 
-def _has_target(ctx: PlanContext, ask: Ask) -> bool:
-    """A named structure (a text-prompted tool cannot take "all organs")."""
-    return any(t != ALL_STRUCTURES for t in ask.targets)
-
-
-def _is_ct(ctx: PlanContext, ask: Ask) -> bool:
-    return ctx.modality == "CT"
-
-
-_CHEST_WORDS = r"\b(?:chest|thorax|thoracic|lungs?|pulmonary|volumes?)\b"
-
-
-def _chest(ctx: PlanContext, ask: Ask) -> bool:
-    """The series or the instruction is about the chest."""
-    text = " ".join(str(v) for v in ctx.meta.values()) + " " + ctx.instruction
-    return bool(re.search(_CHEST_WORDS, text, re.IGNORECASE))
-
-
-def _chest_words(ctx: PlanContext, ask: Ask) -> bool:
-    """The instruction itself speaks of the chest, lungs or volumes."""
-    return bool(re.search(_CHEST_WORDS, ctx.instruction, re.IGNORECASE))
-
-
-def _explicit(ctx: PlanContext, ask: Ask) -> bool:
-    """Asked in so many words: a yes/no size question ("Is the heart enlarged?") is measured only
-    by a volumetric tool, a mask on a 2D image does not answer it."""
-    return not ask.weak
-
-
-#: The named conditions TOOL_CHOICES may use.
-CONDITIONS: dict[str, Condition] = {
-    "lung_target": _has_lung,
-    "ct_volume": _is_ct_volume,
-    "ct": _is_ct,
-    "volume": _is_volume,
-    "organ_targets": _organ_targets,
-    "has_target": _has_target,
-    "chest": _chest,
-    "chest_words": _chest_words,
-    "explicit": _explicit,
-}
-
-
-def choose_tools(ctx: PlanContext, asks: list[Ask]) -> Plan:
-    """Map each ask to the first available tool whose conditions hold; merge asks per tool."""
-    available = set(ctx.tool_names)
-    chosen: dict[str, Ask] = {}
-    unserved: list[Ask] = []
-    for ask in asks:
-        tool = None
-        for candidate, conditions in TOOL_CHOICES.get(ask.intent, ()):
-            if candidate in available and all(CONDITIONS[c](ctx, ask) for c in conditions):
-                tool = candidate
-                break
-        if tool is None:
-            unserved.append(ask)
-            continue
-        if tool in chosen:
-            for t in ask.targets:
-                if t not in chosen[tool].targets:
-                    chosen[tool].targets.append(t)
-        else:
-            chosen[tool] = Ask(ask.intent, list(ask.targets), ask.clause, ask.keyword_end, weak=ask.weak)
-    return Plan(list(chosen.items()), unserved)
-
-
-def default_asks(ctx: PlanContext) -> list[Ask]:
-    """What to do with an instruction that names no task (e.g. "Analyse this chest CT")."""
-    for conditions, intent, targets in DEFAULT_ASKS:
-        ask = Ask(intent, list(targets))
-        if all(CONDITIONS[c](ctx, ask) for c in conditions):
-            return [ask]
-    return []
-
-
-def param_roles(tool: str) -> dict[str, str]:
-    return {**PARAM_ROLES, **PARAM_ROLES_BY_TOOL.get(tool, {})}
-
-
-def fill_params(spec: ToolSpec, targets: list[str], question: str) -> dict[str, Any]:
+def fill_params(spec: ToolSpec, call: ToolCall, ctx: PlanContext, vocab: Vocabulary) -> dict[str, Any]:
     """API_params from the tool's schema: each property whose name has a known role is filled."""
     props = spec.params_schema.get("properties", {}) or {}
     required = set(spec.params_schema.get("required", []) or [])
-    roles = param_roles(spec.name)
     params: dict[str, Any] = {}
+    prompted = _prompt_ask(call)
+    concrete = [t for t in call.targets if t.name != ALL_ORGANS]
     for name, prop in props.items():
-        role = roles.get(name)
+        role = PARAM_ROLES.get(name)
         is_array = isinstance(prop, dict) and prop.get("type") == "array"
+        value: Any = None
         if role == "image":
-            params[name] = IMAGE_PLACEHOLDER
-        elif role == "targets":
-            concrete = [t for t in targets if t != ALL_STRUCTURES]
-            if ALL_STRUCTURES in targets and name not in required:
-                continue  # the tool's default: every structure it knows
-            if concrete:
-                params[name] = concrete if is_array else ". ".join(concrete)
+            value = IMAGE_PLACEHOLDER
+        elif role == "prompts" and concrete:
+            names = list(dict.fromkeys(t.name for t in concrete))
+            value = names if is_array else ". ".join(names)
+        elif role == "targets" and concrete and (any(t.side for t in concrete) or call.name != GROUNDING):
+            value = list(dict.fromkeys(t.sided_name for t in concrete))
+        elif role == "names" and concrete:
+            value = list(dict.fromkeys(t.name for t in concrete))
+        elif role == "exclude" and call.excluded:
+            value = list(dict.fromkeys(call.excluded))
         elif role == "question":
-            params[name] = [question] if is_array else question
+            value = [ctx.instruction] if is_array else ctx.instruction
+        elif role == "labels":
+            value = _labels(call, vocab, props)
+        elif role in ("boxes", "points", "point_labels") and prompted is not None and prompted.prompt is not None:
+            value = [list(v) for v in getattr(prompted.prompt, role)] if role != "point_labels" else list(prompted.prompt.point_labels)
+            value = value or None
+        elif role == "slices":
+            value = _slices(call, ctx) or None
+        elif role == "instances" and ctx.is_3d:
+            value = sorted({n for a in call.asks for n in a.instances}) or None
         elif name in required and isinstance(prop, dict) and "default" in prop:
-            params[name] = prop["default"]
+            value = prop["default"]
+        if value is not None:
+            params[name] = value
     return params
 
 
-def make_plan(ctx: PlanContext, bank: IntentBank | None = None) -> Plan:
-    """The tools for the instruction (all rounds), from its asks or the default asks; ``bank``
-    reads clauses the keywords cannot (keywords alone when None)."""
-    asks = find_asks(ctx.instruction, bank)
-    if not asks and not re.search(f"{IMAGE_PROPERTIES}|{ACQUISITION_PARAMETERS}", ctx.instruction, re.IGNORECASE):
-        # A question about the image itself ("how many slices does this volume contain?") is
-        # answered directly, not with the default task.
-        asks = default_asks(ctx)
-    return choose_tools(ctx, asks)
-
-
-def plan_turn(ctx: PlanContext, bank: IntentBank | None = None) -> AssistantTurn:
-    """The first turn: tool calls for every ask a tool can serve now, or a direct answer."""
-    plan = make_plan(ctx, bank)
-    if not plan.actions:
-        return direct_answer(ctx, plan.unserved)
-    return turn_for_plan(ctx, plan)
-
-
-def first_round(plan: Plan) -> tuple[list[tuple[str, Ask]], list[tuple[str, Ask]]]:
-    """Split the plan into tools for the first turn and deferred ones (DEFERRED_TOOLS) that wait
-    for the others' outputs; a deferred tool planned alone runs at once."""
-    now = [(n, a) for n, a in plan.actions if n not in DEFERRED_TOOLS]
-    later = [(n, a) for n, a in plan.actions if n in DEFERRED_TOOLS]
-    return (now, later) if now else (later, [])
-
-
-def turn_for_plan(ctx: PlanContext, plan: Plan) -> AssistantTurn:
-    """The MMedAgent turn calling the plan's first-round tools (together), params from their schemas."""
-    now, later = first_round(plan)
-    specs = {t.name: t for t in ctx.tools}
-    actions = [Action(name, fill_params(specs[name], ask.targets, ctx.instruction)) for name, ask in now]
-    steps = [_wording(ask, name) for name, ask in now]
-    thoughts = "The user asks to " + "; and to ".join(steps) + "."
-    if len(actions) > 1:
-        thoughts += " These are independent, so I will call the tools together."
-    if later:
-        thoughts += " Then I will " + ", ".join(
-            f"{_intent_phrase(ask)} with {name} from their results" for name, ask in later
-        ) + "."
-    if plan.unserved:
-        thoughts += " No available tool can " + ", ".join(_intent_phrase(a) for a in plan.unserved) + "."
-    tools = ", ".join(name for name, _ in now)
-    value = f"I will use {tools} to answer this. Please wait."
-    return AssistantTurn(thoughts, actions, value)
-
-
-def deferred_turn(ctx: PlanContext, plan: Plan, outputs: list[tuple[str, dict[str, Any]]]) -> AssistantTurn | None:
-    """The turn calling the deferred tools not yet run, given the outputs so far; None if none is left."""
-    called = {name for name, _ in outputs}
-    pending = [(n, a) for n, a in first_round(plan)[1] if n not in called]
-    if not pending:
+def _chained_params(
+    spec: ToolSpec, call: ToolCall, ctx: PlanContext, vocab: Vocabulary, outputs: list[tuple[str, dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """MedSAM's params from the grounding boxes of its targets; None when none was found."""
+    boxes: list[list[float]] = []
+    labels: list[str] = []
+    slices: list[int] = []
+    wanted = set(call.names)
+    for name, summary in outputs:
+        if name != GROUNDING or "boxes" not in summary:
+            continue
+        phrases = summary.get("phrases") or []
+        found_slices = summary.get("slices") or []
+        for i, box in enumerate(summary.get("boxes") or []):
+            phrase = str(phrases[i]) if i < len(phrases) else ""
+            if wanted and phrase not in wanted:
+                continue
+            boxes.append([float(v) for v in box])
+            labels.append(phrase or "region")
+            if i < len(found_slices):
+                slices.append(int(found_slices[i]))
+    if not boxes:
         return None
-    specs = {t.name: t for t in ctx.tools}
-    findings = {name: summary for name, summary in outputs if "refused" not in summary}
-    actions = []
-    for name, ask in pending:
-        params = fill_params(specs[name], ask.targets, ctx.instruction)
-        if DEFERRED_TOOLS[name] in (specs[name].params_schema.get("properties") or {}) and findings:
-            params[DEFERRED_TOOLS[name]] = findings
-        actions.append(Action(name, params))
-    names = ", ".join(n for n, _ in pending)
-    done = ", ".join(dict.fromkeys(n for n, _ in outputs))
-    thoughts = f"{done} returned; now I will use {names} on their results."
-    return AssistantTurn(thoughts, actions, f"I will use {names} with these results. Please wait.")
+    params = {k: v for k, v in fill_params(spec, call, ctx, vocab).items() if k not in ("boxes", "points", "slices")}
+    params["boxes"] = boxes
+    props = spec.params_schema.get("properties") or {}
+    if "labels" in props:
+        params["labels"] = labels
+    if slices and len(slices) == len(boxes) and "box_slices" in props:
+        params["box_slices"] = slices
+    return params
 
 
-def _wording(ask: Ask, tool: str) -> str:
-    return f"{_intent_phrase(ask)}, for which I will use {tool}"
+class RulesPlanning:
+    """One instruction's plan and its turns (the reader and vocabulary of the process)."""
+
+    def __init__(self, reader: InstructionReader) -> None:
+        self.reader = reader
+        self.vocab = reader.vocabulary
+
+    def plan(self, ctx: PlanContext) -> Plan:
+        rows, cols = (ctx.volume_shape[1], ctx.volume_shape[2]) if len(ctx.volume_shape) == 3 else (None, None)
+        reading = self.reader.read(ctx.instruction, rows, cols)
+        return choose(ctx, reading, self.vocab)
+
+    def first_turn(self, ctx: PlanContext, plan: Plan) -> AssistantTurn:
+        rounds = plan.rounds()
+        if not rounds:
+            return self.direct_answer(ctx, plan)
+        specs = {t.name: t for t in ctx.tools}
+        now = rounds[0]
+        actions = [Action(c.name, fill_params(specs[c.name], c, ctx, self.vocab)) for c in now]
+        thoughts = "The user asks to " + "; and to ".join(f"{_phrase(c)}, for which I will use {c.name}" for c in now) + "."
+        if len(actions) > 1:
+            thoughts += " These are independent, so I will call the tools together."
+        later = [c for r in rounds[1:] for c in r]
+        if later:
+            thoughts += " Then I will " + ", ".join(f"{_phrase(c)} with {c.name} on their results" for c in later) + "."
+        if plan.unserved:
+            thoughts += " " + _unserved_text(plan)
+        value = f"I will use {', '.join(c.name for c in now)} to answer this. Please wait."
+        return AssistantTurn(thoughts, actions, value, unserved=_unserved(plan))
+
+    def next_round(self, ctx: PlanContext, plan: Plan, outputs: list[tuple[str, dict[str, Any]]]) -> AssistantTurn | None:
+        """The turn calling the next round's tools not yet run, fed with the outputs so far; None
+        when nothing is left (or a chained tool has nothing to work on)."""
+        ran = Counter(name for name, _ in outputs)
+        specs = {t.name: t for t in ctx.tools}
+        for calls in plan.rounds():
+            pending = []
+            for call in calls:
+                if ran[call.name] > 0:
+                    ran[call.name] -= 1
+                else:
+                    pending.append(call)
+            if not pending:
+                continue
+            actions = []
+            for call in pending:
+                spec = specs[call.name]
+                if call.chained:
+                    params = _chained_params(spec, call, ctx, self.vocab, outputs)
+                    if params is None:
+                        continue
+                else:
+                    params = fill_params(spec, call, ctx, self.vocab)
+                if call.name == REPORT and FINDINGS_PARAM in (spec.params_schema.get("properties") or {}):
+                    found = {name: s for name, s in outputs if "refused" not in s}
+                    if found:
+                        params[FINDINGS_PARAM] = found
+                actions.append(Action(call.name, params))
+            if not actions:
+                return None
+            names = ", ".join(a.api_name for a in actions)
+            done = ", ".join(dict.fromkeys(n for n, _ in outputs))
+            return AssistantTurn(f"{done} returned; now I will use {names} on their results.", actions,
+                                 f"I will use {names} with these results. Please wait.")
+        return None
+
+    def final_turn(self, ctx: PlanContext, plan: Plan, outputs: list[tuple[str, dict[str, Any]]]) -> AssistantTurn:
+        turn = aggregate_turn(outputs, ctx.instruction)
+        answers = answer_sentences(plan, outputs, self.vocab)
+        value = " ".join([*answers, turn.value]) if answers else turn.value
+        if plan.unserved:
+            value += " " + _unserved_text(plan)
+        return AssistantTurn(turn.thoughts, [], value)
+
+    def direct_answer(self, ctx: PlanContext, plan: Plan) -> AssistantTurn:
+        facts = "; ".join(line for line in ctx.metadata_text.splitlines() if line.strip())
+        reading = plan.reading
+        if reading.prompt_error is not None:
+            reason = f"the coordinates in the instruction cannot be used: {reading.prompt_error}"
+            return AssistantTurn(f"The user gives a region, but {reason}.", [], f"I cannot segment that region: {reason}.",
+                                 unserved=(f"segment the given region ({reading.prompt_error})",))
+        if self.reader.scorer is None and not reading.asks:
+            reason = "the instruction reader's model (all-MiniLM-L6-v2) is not installed"
+            return AssistantTurn(f"I cannot read the instruction: {reason}.", [], f"The instruction could not be read: {reason}.",
+                                 unserved=(f"read the instruction ({reason})",))
+        if plan.unserved:
+            text = _unserved_text(plan)
+            answers = answer_sentences(plan, [], self.vocab)
+            value = " ".join([*answers, text, f"What is known about this series: {facts}."])
+            return AssistantTurn(f"No available tool serves this request. {text}", [], value, unserved=_unserved(plan))
+        return AssistantTurn(
+            "This is a question that needs no tool; I answer directly from the image and its metadata.", [],
+            f"From the image and its metadata: {facts}.",
+        )
 
 
-def _intent_phrase(ask: Ask) -> str:
-    phrase = INTENT_WORDING.get(ask.intent, ask.intent)
-    if ask.targets:
-        phrase += " (" + ", ".join(ask.targets) + ")"
-    return phrase
+def _phrase(call: ToolCall) -> str:
+    intents = list(dict.fromkeys(a.intent for a in call.asks))
+    what = {"presence": "check for", "size": "judge the size of", "count": "count", "analyse": "analyse the series",
+            "classify": "identify the image type", "report": "write a report", "knowledge": "answer a medical question"}
+    words = " and ".join(what.get(i, i) for i in intents)
+    if call.targets:
+        words += " (" + ", ".join(t.sided_name for t in call.targets) + ")"
+    if call.excluded:
+        words += " except " + ", ".join(call.excluded)
+    return words
 
 
-def direct_answer(ctx: PlanContext, unserved: list[Ask]) -> AssistantTurn:
-    facts = "; ".join(line for line in ctx.metadata_text.splitlines() if line.strip())
-    if unserved:
-        missing = ", ".join(_intent_phrase(a) for a in unserved)
-        thoughts = f"The user asks to {missing}, but no available tool can do this; I answer from the image information."
-        value = f"No available tool can {missing} for this series. What is known about it: {facts}."
-        return AssistantTurn(thoughts, [], value, unserved=tuple(_intent_phrase(a) for a in unserved))
-    thoughts = "This is a visual question that needs no tool; I answer directly from the image and its metadata."
-    value = f"From the image and its metadata: {facts}."
-    return AssistantTurn(thoughts, [], value)
+def _unserved(plan: Plan) -> tuple[str, ...]:
+    return tuple(f"{a.intent} {', '.join(a.names)}".strip() + f" ({why})" for a, why in plan.unserved)
+
+
+def _unserved_text(plan: Plan) -> str:
+    return " ".join(f"Not done: {a.intent} {', '.join(a.names)}".rstrip() + f": {why}." for a, why in plan.unserved)
 
 
 @register_planner
 class RulesPlanner(Planner):
-    """Keyword rules over the instruction and metadata; needs no weights and never fails to parse."""
+    """Reads the instruction (learned intents, parsed slots) and plans deterministically."""
 
     name = "rules"
 
-    def __init__(self, cfg: PlannerConfig | None = None, *, embeddings: bool | None = None) -> None:
+    def __init__(self, cfg: PlannerConfig | None = None, *, reader: InstructionReader | None = None) -> None:
         super().__init__(cfg)
-        #: Whether to read clauses the keywords miss by sentence embedding (config
-        #: ``planner.intent_embedding``, default on); the bank loads on first need.
-        self.embeddings = embeddings if embeddings is not None else (cfg.intent_embedding if cfg is not None else True)
-        self._model_path = cfg.intent_model if cfg is not None else None
+        self._reader = reader
+        self._encoder_path: Path | None = cfg.intent_model if cfg is not None else None
 
     @property
-    def bank(self) -> IntentBank | None:
-        """The embedding bank (built once per process and model), or None: keywords only."""
-        if not self.embeddings:
-            return None
-        from agent.planners.intent_embed import load_intent_bank
+    def reader(self) -> InstructionReader:
+        """The instruction reader (built once per process and encoder)."""
+        if self._reader is None:
+            self._reader = load_reader(self._encoder_path)
+        return self._reader
 
-        return load_intent_bank(self._model_path)
+    def planning(self) -> RulesPlanning:
+        return RulesPlanning(self.reader)
 
     def plan(self, ctx: PlanContext) -> Plan:
-        """Every tool the instruction needs (all rounds), keywords first, embeddings for the rest."""
-        plan = make_plan(ctx)
-        if self.embeddings and needs_bank(ctx.instruction):
-            plan = make_plan(ctx, self.bank)
-        return plan
+        """Every tool the instruction needs (all rounds)."""
+        return self.planning().plan(ctx)
 
     def next_turn(self, ctx: PlanContext) -> AssistantTurn:
+        planning = self.planning()
+        plan = planning.plan(ctx)
         last = ctx.last_message
-        plan = self.plan(ctx)
         if last is not None and last.role == "human" and len(ctx.history) > 1:
             outputs = history_outputs(ctx.history)
             if outputs:
-                follow_up = deferred_turn(ctx, plan, outputs)
-                return follow_up or aggregate_turn(outputs, ctx.instruction)
-        if not plan.actions:
-            return direct_answer(ctx, plan.unserved)
-        return turn_for_plan(ctx, plan)
+                return planning.next_round(ctx, plan, outputs) or planning.final_turn(ctx, plan, outputs)
+        return planning.first_turn(ctx, plan)
 
 
 def history_outputs(history: list[Message]) -> list[tuple[str, dict[str, Any]]]:

@@ -13,6 +13,7 @@ from typing import Any
 #: (torch/transformers are imported inside the command's function).
 EXTRA_COMMANDS: tuple[tuple[str, str], ...] = (
     ("agent.training", "add_train_parser"),  # mmed-node agent train (fine-tuning)
+    ("agent.reading.training", "add_train_intents_parser"),  # mmed-node agent train-intents
 )
 
 
