@@ -40,6 +40,7 @@ from image_model.geometry import slice_normal, slice_thicknesses
 from image_model.measure import integrate_ml
 from tools.base import Tool, ToolRefused
 from tools.registry import register_tool
+from tools.targets import TARGET_PARAMS, select_segments
 
 if TYPE_CHECKING:
     from image_model.volume import Volume
@@ -129,6 +130,7 @@ class CTLungSegmentation(Tool):
             "body_threshold_hu": {"type": "number", "minimum": -1000, "maximum": 0},
             "lung_threshold_hu": {"type": "number", "minimum": -1000, "maximum": -100},
             "min_lung_ml": {"type": "number", "minimum": 0},
+            **TARGET_PARAMS,
         },
         "additionalProperties": False,
     }
@@ -140,7 +142,7 @@ class CTLungSegmentation(Tool):
 
     def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
         try:
-            overrides = {k: v for k, v in params.items() if k != "image"}
+            overrides = {k: v for k, v in params.items() if k not in ("image", *TARGET_PARAMS)}
             cfg = CTLungSettings(**{**self.config.model_dump(), **overrides})
         except ValidationError as exc:
             raise ToolRefused(f"ct lung segmentation: bad parameters: {exc.errors()[0]['msg']}") from None
@@ -161,6 +163,15 @@ class CTLungSegmentation(Tool):
         midline_x = float(grid.centroid(body)[0])
         lungs, method = _pick_lungs(air, grid, midline_x, cfg.min_lung_ml)
         segments, summary = _describe(lungs, hu, grid)
+        kept, missing = select_segments(segments, params.get("targets"), params.get("exclude"))
+        if len(kept) < len(segments):  # one side asked for: the summary states only that side
+            for side in ("left", "right"):
+                if not any(s.label.lower().startswith(side) for s in kept):
+                    summary = {k: v for k, v in summary.items() if not k.startswith(f"{side}_lung")}
+            summary = {k: v for k, v in summary.items() if k not in ("total_lung_ml", "mean_hu")}
+            segments = kept
+        if missing:
+            summary["not_found"] = missing
         summary.update(airway_removed_ml=round(grid.volume_ml(airway), 1), separation=method)
         if notes:
             summary["notes"] = notes

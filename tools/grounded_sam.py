@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from image_model.findings import AlgorithmInfo, Box, Segment, ToolOutput
+from image_model.findings import AlgorithmInfo, Segment, ToolOutput
 from tools.base import Availability, Tool
 from tools.grounding import (
     AI_FAMILY,
@@ -73,12 +73,7 @@ class GroundedMedSAMTool(Tool):
         return AlgorithmInfo(name="Grounding DINO + MedSAM", version=VERSION, family=AI_FAMILY, parameters=params)
 
     def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
-        indices, per_slice = self.grounding.detect(volume, params)
-        boxes = [
-            Box(d.phrase, d.score, d.box, index if volume.is_3d else None)
-            for index, detections in zip(indices, per_slice)
-            for d in detections
-        ]
+        boxes, notes = self.grounding.boxes(volume, params)
         requests = [(b.slice_index or 0, Prompt(box=b.box)) for b in boxes]
         masks = self.medsam.segment_slices(volume, requests) if requests else []
         merged: dict[str, np.ndarray] = {}
@@ -89,6 +84,8 @@ class GroundedMedSAMTool(Tool):
         segments: list[Segment] = [make_segment(label, m, volume) for label, m in merged.items() if m.any()]
         summary = boxes_summary(boxes, self.grounding.config.summary_max_boxes)
         summary.update(segments_summary(segments))
+        if notes:
+            summary["notes"] = notes
         return ToolOutput(
             api_name=self.api_name, algorithm=self.algorithm(), summary=summary, segments=segments, boxes=boxes
         )

@@ -26,6 +26,7 @@ from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import slice_indices, volume_to_rgb
 from tools.model_tool import CachedModelTool, ModelPathSettings
 from tools.registry import register_tool
+from tools.targets import TARGET_PARAMS, select_boxes
 
 if TYPE_CHECKING:
     import torch
@@ -189,6 +190,9 @@ class GroundingDinoTool(CachedModelTool[GroundingSettings, GroundingModel]):
             "box_threshold": {"type": "number", "minimum": 0, "maximum": 1},
             "text_threshold": {"type": "number", "minimum": 0, "maximum": 1},
             "slices": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "targets": {**TARGET_PARAMS["targets"], "description": (
+                "prompts with a side ('left pleural effusion'): keep only the boxes on that side of the patient"
+            )},
         },
         "required": ["prompts"],
         "additionalProperties": False,
@@ -229,14 +233,21 @@ class GroundingDinoTool(CachedModelTool[GroundingSettings, GroundingModel]):
             detections += model.detect(volume_to_rgb(volume, chunk), prompts, settings)
         return indices, detections
 
-    def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
+    def boxes(self, volume: Volume, params: dict[str, Any]) -> tuple[list[Box], list[str]]:
+        """The detections as boxes, limited to the sides the ``targets`` ask for, and notes."""
         indices, per_slice = self.detect(volume, params)
         boxes = [
             Box(d.phrase, d.score, d.box, index if volume.is_3d else None)
             for index, detections in zip(indices, per_slice)
             for d in detections
         ]
+        return select_boxes(boxes, params.get("targets"), volume)
+
+    def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
+        boxes, notes = self.boxes(volume, params)
         summary = boxes_summary(boxes, self.config.summary_max_boxes)
+        if notes:
+            summary["notes"] = notes
         return ToolOutput(api_name=self.api_name, algorithm=self.algorithm(), summary=summary, boxes=boxes)
 
 

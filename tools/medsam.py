@@ -308,7 +308,13 @@ class MedSAMTool(CachedModelTool[SamSettings, SamModel]):
             },
             "point_labels": {"type": "array", "items": {"enum": [0, 1]}},
             "labels": {"type": "array", "items": {"type": "string"}},
-            "slices": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "slices": {"type": "array", "items": {"type": "integer", "minimum": 0},
+                       "description": "0-based slice indices to segment on (default: every slice)"},
+            "instance_numbers": {"type": "array", "items": {"type": "integer"}, "minItems": 1,
+                                 "description": "DICOM InstanceNumber of the slices to segment on"},
+            "box_slices": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
+                           "description": "one slice index per box (boxes found per slice, e.g. by grounding); "
+                                          "boxes with the same label become one segment"},
         },
         "anyOf": [{"required": ["boxes"]}, {"required": ["points"]}],
         "additionalProperties": False,
@@ -349,23 +355,58 @@ class MedSAMTool(CachedModelTool[SamSettings, SamModel]):
         prompts = _prompts_from_params(params)
         labels = list(params.get("labels") or [])
         try:
-            indices = slice_indices(volume, params.get("slices"))
+            indices = slice_indices(volume, _requested_slices(volume, params))
         except ValueError as exc:
             raise ToolRefused(str(exc)) from None
-        requests = [(i, p) for p in prompts for i in indices]
-        masks = self.segment_slices(volume, requests)
-        segments: list[Segment] = []
-        for k, prompt in enumerate(prompts):
+        per_prompt = _prompt_slices(volume, params, len(prompts), indices)
+        requests = [(i, p) for p, slices in zip(prompts, per_prompt) for i in slices]
+        masks = iter(self.segment_slices(volume, requests))
+        merge = params.get("box_slices") is not None
+        stacks: dict[str, np.ndarray] = {}
+        empty = 0
+        for k, slices in enumerate(per_prompt):
             stacked = np.zeros(volume.shape, dtype=bool)
-            for j, index in enumerate(indices):
-                stacked[index] = masks[k * len(indices) + j]
-            if not stacked.any():
-                continue
+            for index in slices:
+                stacked[index] = next(masks)
             label = labels[k] if k < len(labels) else f"MedSAM region {k + 1}"
-            segments.append(make_segment(label, stacked, volume))
+            if not stacked.any():
+                empty += 1
+                continue
+            key = label if merge else f"{k}:{label}"
+            stacks[key] = stacks[key] | stacked if key in stacks else stacked
+        segments = [make_segment(key if merge else key.split(":", 1)[1], mask, volume) for key, mask in stacks.items()]
         summary = segments_summary(segments)
-        summary["empty_prompts"] = len(prompts) - len(segments)
+        summary["empty_prompts"] = empty
         return ToolOutput(api_name=self.api_name, algorithm=self.algorithm(), summary=summary, segments=segments)
+
+
+def _requested_slices(volume: Volume, params: dict[str, Any]) -> list[int] | None:
+    """The ``slices`` asked for, plus the slices holding the ``instance_numbers`` asked for."""
+    requested = params.get("slices")
+    numbers = params.get("instance_numbers")
+    if not numbers:
+        return requested
+    if len(volume.datasets) != volume.shape[0]:
+        raise ToolRefused("instance numbers name slices only in a series of one image per slice")
+    by_number = {int(ds.get("InstanceNumber")): i for i, ds in enumerate(volume.datasets) if ds.get("InstanceNumber") is not None}
+    unknown = [n for n in numbers if int(n) not in by_number]
+    if unknown:
+        raise ToolRefused(f"instance number(s) {unknown} are not in this series")
+    return sorted({*(requested or []), *(by_number[int(n)] for n in numbers)})
+
+
+def _prompt_slices(volume: Volume, params: dict[str, Any], count: int, indices: list[int]) -> list[list[int]]:
+    """The slices each prompt is segmented on: its own for boxes with ``box_slices``, else ``indices``."""
+    box_slices = params.get("box_slices")
+    if box_slices is None:
+        return [indices] * count
+    boxes = len(params.get("boxes") or [])
+    if len(box_slices) != boxes:
+        raise ToolRefused(f"box_slices must give one slice per box ({boxes} boxes, {len(box_slices)} slices)")
+    for index in box_slices:
+        if not 0 <= int(index) < volume.shape[0]:
+            raise ToolRefused(f"slice {index} is outside the volume (0-{volume.shape[0] - 1})")
+    return [[int(i)] for i in box_slices] + [indices] * (count - boxes)
 
 
 def _prompts_from_params(params: dict[str, Any]) -> list[Prompt]:

@@ -26,6 +26,7 @@ from tools.device import model_dtype, resolve_device
 from tools.monai_loading import LoadedNetwork, bundle_config_file, load_architecture, load_bundle
 from tools.network_grid import AXIS_CODES, from_network_grid, plan_mapping, to_network_grid
 from tools.registry import register_tool
+from tools.targets import TARGET_PARAMS, select_segments
 
 if TYPE_CHECKING:
     import torch
@@ -119,6 +120,7 @@ class OrganSegmentation3D(Tool):
                 "items": {"type": "string", "minLength": 1},
                 "description": "only return these organs (default: every label the network knows)",
             },
+            **TARGET_PARAMS,
         },
         "additionalProperties": False,
     }
@@ -214,6 +216,9 @@ class OrganSegmentation3D(Tool):
             size = mask_size(mask, volume)
             sizes[lab.name] = round(size.value, 2)
             segments.append(label_codes(lab).segment(lab.name, mask, [size]))
+        segments, missing_targets = select_segments(segments, params.get("targets"), params.get("exclude"))
+        sizes = {k: v for k, v in sizes.items() if k in {s.label for s in segments}}
+        missing += missing_targets
         algorithm = AlgorithmInfo(
             name=loaded.name,
             version=cfg.version or loaded.version,

@@ -42,13 +42,19 @@ def register(subparsers: Any) -> None:
     make.set_defaults(func=run_make_data)
 
     ev = sub.add_parser(
-        "eval", help="tool-selection and parameter accuracy of a planner on an eval file",
+        "eval", help="tool-selection and parameter accuracy of a planner on an eval file or item set",
         description=(
-            "Plan the first turn of every record of FILE (LLaVA JSON lines; image paths relative to the "
-            "file's folder) and compare it with the record's first assistant turn."
+            "With --data: plan the first turn of every record of FILE (LLaVA JSON lines; image paths "
+            "relative to the file's folder) and compare it with the record's first assistant turn. "
+            "make-data's eval split is labelled by the rules planner's own tool choice, so on it the "
+            "rules planner's score is self-consistency, not accuracy. With --items: score an item set "
+            "(JSON lines, docs/agent-eval.md) per item class, tools over all rounds and slots."
         ),
     )
-    ev.add_argument("--data", type=Path, required=True, help="eval.jsonl (or a make-data folder holding one)")
+    source = ev.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="eval.jsonl (or a make-data folder holding one)")
+    source.add_argument("--items", type=Path, nargs="+", help="item set(s), JSON lines (docs/agent-eval.md)")
+    ev.add_argument("--per-item", action="store_true", help="print every item's result (with --items)")
     ev.add_argument("--planner", required=True, help="planner backend: rules, transformers, openai")
     ev.add_argument("--config", type=Path, default=None, help="node config (its planner section configures the backend)")
     ev.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -96,15 +102,17 @@ def run_eval(args: argparse.Namespace) -> int:
     from agent.planners.base import UnknownPlanner, build_planner
     from config.loader import ConfigError, load_config
 
-    data = args.data / "eval.jsonl" if args.data.is_dir() else args.data
-    if not data.is_file():
-        print(f"--data {args.data}: no such file", file=sys.stderr)
-        return 2
     try:
         config = load_config(args.config)
         planner = build_planner(args.planner, config.planner)
     except (ConfigError, UnknownPlanner) as exc:
         print(exc, file=sys.stderr)
+        return 2
+    if args.items is not None:
+        return _eval_items(args, planner, tool_specs_of(_tool_classes()))
+    data = args.data / "eval.jsonl" if args.data.is_dir() else args.data
+    if not data.is_file():
+        print(f"--data {args.data}: no such file", file=sys.stderr)
         return 2
     result = evaluate(data, planner, tool_specs_of(_tool_classes()))
     if args.json:
@@ -115,4 +123,24 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"tool accuracy    {result.tool_accuracy:.3f}")
         print(f"param accuracy   {result.param_accuracy:.3f}")
         print(f"parse failures   {result.parse_failure_rate:.3f}")
+    return 0
+
+
+def _eval_items(args: argparse.Namespace, planner: Any, specs: list[Any]) -> int:
+    from agent.eval_sets import ItemError, evaluate_items, format_report
+
+    reports = []
+    for path in args.items:
+        if not path.is_file():
+            print(f"--items {path}: no such file", file=sys.stderr)
+            return 2
+        try:
+            reports.append(evaluate_items(path, planner, specs))
+        except ItemError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports]))
+    else:
+        print("\n\n".join(format_report(r, args.per_item) for r in reports))
     return 0
