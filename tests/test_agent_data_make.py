@@ -75,7 +75,7 @@ def test_real_tools_computed_the_lung_outputs(data_dir: Path) -> None:
         (_, summary), = parse_tool_outputs_message(conv.messages[2].value)[0]
         # The weight-free tool ran on the synthetic chest CT: per-lung volumes, in plausible ranges.
         assert 500 < summary["total_lung_ml"] < 6000 and summary["mean_hu"] < -700
-        assert f"{summary['total_lung_ml']:.1f} mL" in conv.turns()[1].value
+        assert f"{summary['total_lung_ml']:.1f} mL" in conv.turns()[-1].value
 
 
 def test_split_by_template_without_leakage(data_dir: Path) -> None:
@@ -93,7 +93,10 @@ def test_split_by_template_without_leakage(data_dir: Path) -> None:
     assert any(len(c.turns()) == 3 for c in train + evaluation)
 
 
-def test_rules_planner_accuracy_on_the_eval_split(data_dir: Path) -> None:
+def test_rules_planner_self_consistency_on_the_eval_split(data_dir: Path) -> None:
+    """The split's expected turns come from the rules planner's own tool choice (given the
+    templates' intents): this measures how well it reads unseen template wordings back into the
+    same plan (self-consistency), not accuracy against people's expectations."""
     eval_file = data_dir / "eval.jsonl"
     proc = subprocess.run(
         [*CLI, "agent", "eval", "--data", str(eval_file), "--planner", "rules", "--json"],

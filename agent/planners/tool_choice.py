@@ -228,6 +228,8 @@ def choose(ctx: PlanContext, reading: Reading, vocab: Vocabulary) -> Plan:
     chooser = Chooser(ctx, vocab, reading.chest)
     calls: dict[tuple[str, str], ToolCall] = {}
     unserved: list[tuple[Ask, str]] = []
+    if reading.prompt_error is not None:
+        unserved.append((Ask("segment", clause="the given region"), f"the coordinates cannot be used: {reading.prompt_error}"))
     for ask in reading.asks:
         targets: list[Mention | None] = list(ask.targets) or [None]
         if ask.prompt is not None:

@@ -106,7 +106,7 @@ class InstructionReader:
         polar = is_polar(vocab, clause.tokens)
         bare = bool(mentions) and is_bare(vocab, clause.tokens, mentions)
         intent, probability = NO_INTENT, 1.0
-        if self.scorer is not None and not bare and not only_fillers(vocab, clause.tokens, clause.heading):
+        if self.scorer is not None and not only_fillers(vocab, clause.tokens, clause.heading):
             scores = self.scorer.scores(mask_text(vocab, clause.tokens, mentions))
             intent, probability = max(scores.items(), key=lambda kv: kv[1])
             if probability < MIN_INTENT_PROBABILITY:
@@ -205,6 +205,8 @@ def _assemble(vocab: Vocabulary, readings: list[_ClauseReading]) -> list[Ask]:
                 _add_targets(asks[-1], r.mentions)
             elif not asks and any(_findable(vocab, m) for m in included):
                 asks.append(Ask("presence", included, excluded, "yes/no", r.clause.text))
+            elif asking and r.intent in ("size", "report", "classify"):
+                asks.append(Ask(r.intent, included, excluded, "yes/no", r.clause.text, r.probability))
             previous = included or previous
             continue
         if r.intent == NO_INTENT:
@@ -255,12 +257,16 @@ def _apply_prompt(asks: list[Ask], prompt: PromptSlots, slices: SliceSlots, prom
     if not prompt.given and not prompt_failed:
         return asks
     region = [a for a in asks if a.intent in REGION_INTENTS]
+    others = [a for a in asks if a.intent not in REGION_INTENTS]
+    if not region and all(a.intent == "classify" for a in others):
+        others = []  # "what is inside the box (..)?" asks about the region
+    if prompt_failed:
+        return others  # the region asks cannot be served: the reading's prompt_error says why
     intent = "measure" if any(a.intent in ("measure", "size") for a in region) else "segment"
     prompted = Ask(intent, [], [], None, " ".join(a.clause for a in region), prompt=prompt,
                    slices=slices.slices, instances=slices.instances)
     for a in region:
         _add_targets(prompted, [t for t in a.targets if not a.free_target])
-    others = [a for a in asks if a.intent not in REGION_INTENTS]
     return [prompted, *others]
 
 

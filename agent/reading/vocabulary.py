@@ -240,6 +240,13 @@ def build_vocabulary(targets_data: object, words_data: object, answers_data: obj
                 raise VocabularyError(f"targets.json: {synonym!r} names both {declared[key]!r} and {entry.name!r}")
             declared[key] = entry.name
     phrases = dict(declared)
+    for key, name in declared.items():  # "fluid on the lungs" also as "fluid on my lungs"
+        if "the" in key[1:]:
+            k = key.index("the", 1)
+            for other in ("my", "his", "her", "their", "your", "a"):
+                phrases.setdefault((*key[:k], other, *key[k + 1:]), name)
+            phrases.setdefault((*key[:k], *key[k + 1:]), name)
+    declared = dict(phrases)
     for key, name in declared.items():
         for form in (*plural_forms(key[-1]), key[-1] + "'s"):
             phrases.setdefault((*key[:-1], form), name)  # a declared synonym wins over a made plural
