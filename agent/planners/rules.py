@@ -216,7 +216,7 @@ class RulesPlanning:
                         params[FINDINGS_PARAM] = found
                 actions.append(Action(call.name, params))
             if not actions:
-                return None
+                continue  # a chained tool with nothing to work on: on to the next round
             names = ", ".join(a.api_name for a in actions)
             done = ", ".join(dict.fromkeys(n for n, _ in outputs))
             return AssistantTurn(f"{done} returned; now I will use {names} on their results.", actions,

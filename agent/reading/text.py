@@ -130,7 +130,7 @@ def _starts_target(tokens_: list[str], i: int, vocabulary: Vocabulary) -> bool:
     for n in range(min(vocabulary.longest_phrase, len(tokens_) - i), 0, -1):
         if tuple(tokens_[i:i + n]) in vocabulary.phrases:
             return True
-    return False
+    return any(tuple(tokens_[i:i + n]) == phrase for phrase, n in vocabulary.image_phrases.items())
 
 
 def split_clauses(tokens_: list[str], vocabulary: Vocabulary) -> list[Clause]:
