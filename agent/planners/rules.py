@@ -40,6 +40,7 @@ from agent.protocol import (
     ProtocolError,
     parse_tool_outputs_message,
 )
+from agent.reading.intents import MODEL_FILE
 from agent.reading.load import load_reader
 from agent.reading.read import InstructionReader
 from agent.reading.vocabulary import Vocabulary
@@ -283,12 +284,13 @@ class RulesPlanner(Planner):
         super().__init__(cfg)
         self._reader = reader
         self._encoder_path: Path | None = cfg.intent_model if cfg is not None else None
+        self._weights: Path | None = cfg.intent_weights if cfg is not None else None
 
     @property
     def reader(self) -> InstructionReader:
-        """The instruction reader (built once per process and encoder)."""
+        """The instruction reader (built once per process, encoder and weights)."""
         if self._reader is None:
-            self._reader = load_reader(self._encoder_path)
+            self._reader = load_reader(self._encoder_path, self._weights or MODEL_FILE)
         return self._reader
 
     def planning(self) -> RulesPlanning:

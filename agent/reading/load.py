@@ -10,7 +10,14 @@ import functools
 import logging
 from pathlib import Path
 
-from agent.reading.intents import MODEL_FILE, ClauseScorer, IntentModelError, default_encoder_path, load_intent_model, sentence_encoder
+from agent.reading.intents import (
+    MODEL_FILE,
+    ClauseScorer,
+    IntentModelError,
+    default_encoder_path,
+    load_intent_model,
+    sentence_encoder,
+)
 from agent.reading.read import InstructionReader
 from agent.reading.text import Normaliser, encoder_words
 from agent.reading.vocabulary import load_vocabulary

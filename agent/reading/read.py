@@ -18,7 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from agent.reading.intents import NO_INTENT, ClauseScorer
-from agent.reading.prompts import PromptError, PromptSlots, SliceSlots, prompt_spans, read_prompts, read_slices
+from agent.reading.prompts import (
+    PromptError,
+    PromptSlots,
+    SliceSlots,
+    prompt_spans,
+    read_prompts,
+    read_slices,
+)
 from agent.reading.slots import (
     Mention,
     find_mentions,
@@ -71,8 +78,8 @@ class Ask:
 @dataclass(frozen=True)
 class Reading:
     asks: list[Ask]
-    prompt: PromptSlots = PromptSlots()
-    slices: SliceSlots = SliceSlots()
+    prompt: PromptSlots = field(default_factory=PromptSlots)
+    slices: SliceSlots = field(default_factory=SliceSlots)
     #: Why the coordinates could not be used, if they could not.
     prompt_error: str | None = None
     #: Some word of the instruction names the chest.

@@ -72,8 +72,8 @@ def read_make_data(folder: Path) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
     for record in read_records(path):
         intents = (record.metadata or {}).get("intents")
-        if not isinstance(intents, list):
-            raise ValueError(f"{path}: record {record.id} has no metadata.intents (written by an older make-data?)")
+        if not isinstance(intents, list):  # a data error the command reports, not a programming one
+            raise ValueError(f"{path}: record {record.id} has no metadata.intents (written by an older make-data?)")  # noqa: TRY004
         if len(intents) > 1:
             continue
         pairs.append((record.question, intents[0] if intents else "none"))
