@@ -30,7 +30,9 @@ from agent.reading.slots import (
     Mention,
     find_mentions,
     free_phrase,
+    has_presence_cue,
     is_bare,
+    is_context,
     is_negated,
     is_polar,
     mask_text,
@@ -69,6 +71,8 @@ class Ask:
     instances: tuple[int, ...] = ()
     #: The target was read as a free phrase (no vocabulary term).
     free_target: bool = False
+    #: Read from a statement of clinical context: dropped when the instruction asks anything else.
+    context: bool = False
 
     @property
     def names(self) -> list[str]:
@@ -95,6 +99,7 @@ class _ClauseReading:
     bare: bool
     intent: str
     probability: float
+    context: bool = False
 
 
 class InstructionReader:
@@ -113,12 +118,16 @@ class InstructionReader:
         polar = is_polar(vocab, clause.tokens)
         bare = bool(mentions) and is_bare(vocab, clause.tokens, mentions)
         intent, probability = NO_INTENT, 1.0
-        if self.scorer is not None and not only_fillers(vocab, clause.tokens, clause.heading):
-            scores = self.scorer.scores(mask_text(vocab, clause.tokens, mentions))
+        known = self.normaliser.known_words
+        if self.scorer is not None and not only_fillers(vocab, clause.tokens, clause.heading, clause.question):
+            scores = self.scorer.scores(mask_text(vocab, clause.tokens, mentions, known))
             intent, probability = max(scores.items(), key=lambda kv: kv[1])
             if probability < MIN_INTENT_PROBABILITY:
                 intent = NO_INTENT
-        return _ClauseReading(clause, mentions, negated, polar, bare, intent, probability)
+        if has_presence_cue(vocab, clause.tokens) and any(_findable(vocab, m) for m in mentions):
+            intent = "presence"
+        context = is_context(vocab, clause.tokens, clause.question)
+        return _ClauseReading(clause, mentions, negated, polar, bare, intent, probability, context)
 
     def _tokens(self, instruction: str, rows: int | None, cols: int | None) -> tuple[list[str], PromptSlots, SliceSlots, str | None]:
         """The instruction's tokens once its coordinates and slice numbers are taken out."""
@@ -138,7 +147,7 @@ class InstructionReader:
         out = []
         for clause in split_clauses(tokens, self.vocabulary):
             mentions = find_mentions(self.vocabulary, clause.tokens)
-            out.append(mask_text(self.vocabulary, clause.tokens, mentions))
+            out.append(mask_text(self.vocabulary, clause.tokens, mentions, self.normaliser.known_words))
         return out
 
     def read(self, instruction: str, rows: int | None = None, cols: int | None = None) -> Reading:
@@ -146,7 +155,7 @@ class InstructionReader:
         tokens, prompt, slices, error = self._tokens(instruction, rows, cols)
         chest = any(t in vocab.words.chest_words for t in tokens)
         readings = [self._clause(c) for c in split_clauses(tokens, vocab)]
-        asks = _assemble(vocab, readings)
+        asks = _assemble(vocab, readings, self.normaliser.known_words)
         asks = _apply_prompt(asks, prompt, slices, error is not None)
         return Reading(_resolve(asks), prompt, slices, error, chest)
 
@@ -175,7 +184,7 @@ def _answer(intent: str, polar: bool) -> str | None:
     return None
 
 
-def _assemble(vocab: Vocabulary, readings: list[_ClauseReading]) -> list[Ask]:
+def _assemble(vocab: Vocabulary, readings: list[_ClauseReading], known: frozenset[str] = frozenset()) -> list[Ask]:
     asks: list[Ask] = []
     previous: list[Mention] = []
     negated_intent: str | None = None
@@ -223,12 +232,14 @@ def _assemble(vocab: Vocabulary, readings: list[_ClauseReading]) -> list[Ask]:
             continue
         if r.clause.after_colon and r.intent == "classify" and asks and asks[-1].intent == "report":
             asks.pop()  # "tell me what this shows: is it an MRI or a CT?" asks for the modality
-        ask = Ask(r.intent, [], [], _answer(r.intent, r.polar), r.clause.text, r.probability)
+        ask = Ask(r.intent, [], [], _answer(r.intent, r.polar), r.clause.text, r.probability, context=r.context)
         _add_targets(ask, r.mentions)
+        if ask.intent == "presence" and ask.targets and not any(_findable(vocab, m) for m in ask.targets):
+            ask.intent, ask.targets = "report", []  # "is there anything wrong with my lungs?" is a read
         if not ask.targets and r.intent in REGION_INTENTS:
             ask.targets = [replace(m) for m in previous]
             if not ask.targets:
-                phrase = free_phrase(vocab, toks)
+                phrase = free_phrase(vocab, toks, known)
                 if phrase is not None:
                     ask.targets = [Mention(phrase, None, 0, 0)]
                     ask.free_target = True
@@ -278,8 +289,11 @@ def _apply_prompt(asks: list[Ask], prompt: PromptSlots, slices: SliceSlots, prom
 
 
 def _resolve(asks: list[Ask]) -> list[Ask]:
-    """Drop asks another ask covers (segmenting the nodule covers finding it), and target-less
-    region asks that cannot be served; a lone "is anything wrong?" is a read."""
+    """Drop what statements of context seemed to ask when anything else is asked, and asks
+    another ask covers (segmenting the nodule covers finding it); a lone "is anything wrong?" is
+    a read."""
+    if any(not a.context for a in asks):
+        asks = [a for a in asks if not a.context]
     kept: list[Ask] = []
     for ask in asks:
         covered = any(

@@ -202,12 +202,16 @@ def is_polar(vocab: Vocabulary, toks: tuple[str, ...]) -> bool:
     return any(f" {' '.join(tokens(p))} " in text for p in words.polar_phrases)
 
 
-def only_fillers(vocab: Vocabulary, toks: tuple[str, ...], heading: bool = False) -> bool:
+def only_fillers(vocab: Vocabulary, toks: tuple[str, ...], heading: bool = False, question: bool = False) -> bool:
     """The clause says nothing of its own: courtesy ("please", "thanks a lot"), or a heading of
     filler words before a colon ("CT abdomen:")."""
     words = vocab.words
     allowed = words.clause_fillers if heading else words.courtesy_words
-    return all(t in allowed or t in "?.,;:!" for t in toks)
+    if all(t in allowed or t in "?.,;:!" for t in toks):
+        return True
+    # "Abdo CT ?appendicolith": a clause of image and filler words only is a heading too.
+    images = {w for phrase in vocab.image_phrases for w in phrase}
+    return not question and all(t in words.clause_fillers or t in images for t in toks)
 
 
 def is_bare(vocab: Vocabulary, toks: tuple[str, ...], mentions: list[Mention]) -> bool:
@@ -236,9 +240,46 @@ def side_only(vocab: Vocabulary, toks: tuple[str, ...]) -> str | None:
     return side
 
 
-def free_phrase(vocab: Vocabulary, toks: tuple[str, ...]) -> str | None:
-    """A target named with no known term: up to three words after the first determiner."""
+def unknown_word(vocab: Vocabulary, known: frozenset[str], token: str) -> bool:
+    """A word neither the sentence encoder nor the vocabularies know."""
     words = vocab.words
+    return (
+        bool(known) and len(token) >= 5 and token.isalpha() and token not in known
+        and token not in vocab.target_words and token not in words.correction_words
+        and token not in words.clause_fillers
+    )
+
+
+def unknown_terms(vocab: Vocabulary, toks: tuple[str, ...], known: frozenset[str]) -> set[int]:
+    """Positions of unknown words used as nouns: right after a determiner (or another such word)
+    and not followed by a known word they qualify ("a pneumomediastinum", "the osteolytic lesion";
+    not "a radiology report"). In an instruction these are nearly always the medical term asked
+    about, and the classifier reads them as noise."""
+    words = vocab.words
+    found: set[int] = set()
+    for k, tok in enumerate(toks):
+        if not unknown_word(vocab, known, tok) or k == 0:
+            continue
+        if not (toks[k - 1] in words.determiners or k - 1 in found):
+            continue
+        nxt = toks[k + 1] if k + 1 < len(toks) else ""
+        qualifies = (
+            nxt.isalpha() and nxt in known and nxt not in vocab.target_words and nxt not in words.phrase_stops
+            and nxt not in words.determiners
+        )
+        if not qualifies:
+            found.add(k)
+    return found
+
+
+def free_phrase(vocab: Vocabulary, toks: tuple[str, ...], known: frozenset[str] = frozenset()) -> str | None:
+    """A target named with no known term: the run of unknown words, else up to three words after
+    the first determiner."""
+    words = vocab.words
+    terms = sorted(unknown_terms(vocab, toks, known))
+    if terms:
+        run = [toks[terms[0]]] + [toks[k] for a, k in zip(terms, terms[1:]) if k == a + 1]
+        return " ".join(run[:3])
     for k, tok in enumerate(toks):
         if tok not in words.determiners:
             continue
@@ -254,18 +295,43 @@ def free_phrase(vocab: Vocabulary, toks: tuple[str, ...]) -> str | None:
     return None
 
 
-def mask_text(vocab: Vocabulary, toks: tuple[str, ...], mentions: list[Mention]) -> str:
-    """The clause with every target replaced by the placeholder word and every name of the image
-    or its modality by the image word (the classifier's input: the intent is in the wording
-    around them, not in the organ or the modality)."""
+def is_context(vocab: Vocabulary, toks: tuple[str, ...], question: bool) -> bool:
+    """A statement of clinical context: it opens like one ("Known lung cancer", "The patient fell",
+    "71M"), is no question, and is no first-person request ("I need the lungs outlined")."""
+    start = _content_start(toks)
+    if question or start >= len(toks) or is_polar(vocab, toks):
+        return False
+    text = " " + " ".join(toks[start:]) + " "
+    if any(text.startswith(" " + " ".join(tokens(r)) + " ") for r in vocab.words.first_person_requests):
+        return False
+    while start < len(toks) - 1 and toks[start] in vocab.words.determiners:
+        start += 1  # "the patient ...", "my mum ...", "this is ..."; not "the modality", "a report"
+    first = toks[start]
+    return first in vocab.words.context_openers or any(c.isdigit() for c in first)
+
+
+def has_presence_cue(vocab: Vocabulary, toks: tuple[str, ...]) -> bool:
+    """The clause asks whether something is there in so many words ("r/o PE", "?PTX")."""
+    text = " " + " ".join(toks) + " "
+    return any(f" {' '.join(tokens(c))} " in text for c in vocab.words.presence_cues)
+
+
+def mask_text(vocab: Vocabulary, toks: tuple[str, ...], mentions: list[Mention], known: frozenset[str] = frozenset()) -> str:
+    """The clause with every target (and every unknown word, see :func:`unknown_word`) replaced by
+    the placeholder word and every name of the image or its modality by the image word (the
+    classifier's input: the intent is in the wording around them, not in the organ or the
+    modality)."""
     out: list[str] = []
     k = 0
     starts = {m.start: m for m in mentions}
     images = vocab.image_phrases
+    placeholder = vocab.words.placeholder
+    unknown = unknown_terms(vocab, toks, known)
     while k < len(toks):
-        if k in starts:
-            out.append(vocab.words.placeholder)
-            k = starts[k].end
+        if k in starts or k in unknown:
+            if not out or out[-1] != placeholder:
+                out.append(placeholder)
+            k = starts[k].end if k in starts else k + 1
             continue
         for phrase, n in images.items():
             if tuple(toks[k:k + n]) == phrase:

@@ -73,9 +73,12 @@ class Normaliser:
             or token in self.vocabulary.words.correction_words
         ):
             return token
-        # A dropped, swapped or wrong letter ("kidny", "segmnet"); never a deletion ("supine" is
-        # not "spine").
-        near = [w for w in self._targets_for_correction if len(w) >= len(token) and one_edit_apart(token, w)]
+        # A dropped, swapped or wrong letter ("kidny", "segmnet"); a letter too many only in a long
+        # word ("stomache"), never in a short one ("supine" is not "spine").
+        near = [
+            w for w in self._targets_for_correction
+            if (len(w) >= len(token) or len(token) >= 7) and one_edit_apart(token, w)
+        ]
         return near[0] if len(near) == 1 else token
 
     def normalise(self, text: str) -> list[str]:
@@ -155,6 +158,9 @@ def split_clauses(tokens_: list[str], vocabulary: Vocabulary) -> list[Clause]:
             colon = tok == ":"
         elif tok == ",":
             close()
+        elif tok == "query" and current and current[-1] != "query":
+            close()  # "?effusion ?consolidation": one question each
+            current.append(tok)
         elif tok in SPLITTERS:
             close()
             if tok == "but":  # kept: "but not the liver" is read as an exclusion

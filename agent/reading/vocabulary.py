@@ -118,6 +118,14 @@ class Words(BaseModel):
     courtesy_words: frozenset[str]
     #: Prepositions that make an organ named after a finding its location ("nodule in the lung").
     locatives: frozenset[str]
+    #: First words of a statement of clinical context ("Known lung cancer", "The patient fell"):
+    #: beside a request, what such a clause seems to ask is context, not an ask.
+    context_openers: frozenset[str]
+    #: ... unless the statement is a request in the first person ("I need the lungs outlined").
+    first_person_requests: tuple[str, ...] = Field(min_length=1)
+    #: Words that ask whether a named finding is there, whatever else the clause says ("CTA chest
+    #: r/o PE", "?PTX").
+    presence_cues: tuple[str, ...] = Field(min_length=1)
 
     @model_validator(mode="after")
     def _disjoint_sides(self) -> Words:
