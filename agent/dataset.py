@@ -203,12 +203,22 @@ def _record_id(template: Template, case: DataCase, target: str | None, disease: 
     return "-".join(parts)
 
 
+def _findable(target: str) -> bool:
+    """A finding or device (something one asks whether it is there, or how many), not anatomy."""
+    from agent.reading.vocabulary import load_vocabulary
+
+    entry = load_vocabulary().entry(target)
+    return entry is None or entry.kind in ("finding", "device")
+
+
 def _candidates(template: Template, cases: list[DataCase]) -> list[tuple[DataCase, str | None, str | None]]:
     needs_target = "{target}" in template.text
     needs_disease = "{disease}" in template.text
+    findings_only = bool({"presence", "count"} & set(template.intents))
     out: list[tuple[DataCase, str | None, str | None]] = []
     for case in cases:
-        targets: list[str | None] = list(case.targets) if needs_target else [None]
+        names = [t for t in case.targets if _findable(t)] if findings_only else list(case.targets)
+        targets: list[str | None] = list(names) if needs_target else [None]
         diseases: list[str | None] = list(DISEASES) if needs_disease else [None]
         out.extend((case, t, d) for t in targets for d in diseases)
     return out

@@ -188,6 +188,7 @@ def _assemble(vocab: Vocabulary, readings: list[_ClauseReading], known: frozense
     asks: list[Ask] = []
     previous: list[Mention] = []
     negated_intent: str | None = None
+    pending_excluded: list[str] = []
     for r in readings:
         toks = r.clause.tokens
         included = [m for m in r.mentions if not m.excluded and not m.location]
@@ -200,8 +201,11 @@ def _assemble(vocab: Vocabulary, readings: list[_ClauseReading], known: frozense
                     side = side_only(vocab, toks)
                     if side is not None:
                         _drop_side(target, side)
+                else:  # "Not the kidneys this time - only the liver and spleen."
+                    pending_excluded.extend(m.sided_name for m in r.mentions)
             else:
                 negated_intent = r.intent if r.intent != NO_INTENT else None
+                previous = included or previous  # "don't measure the nodule, only tell me where it is"
             continue
         side = side_only(vocab, toks) if not r.mentions else None
         if side is not None and asks:
@@ -217,6 +221,9 @@ def _assemble(vocab: Vocabulary, readings: list[_ClauseReading], known: frozense
                 # "don't segment the liver, only the spleen"
                 asks.append(Ask(negated_intent, included, excluded, clause=r.clause.text))
                 negated_intent = None
+            elif not asking and not asks and (pending_excluded or any(m.name == "all organs" for m in included)):
+                # "Every organ, but not the colon"; "not the kidneys - only the liver and spleen"
+                asks.append(Ask("segment", included, [*pending_excluded, *excluded], clause=r.clause.text))
             elif asks and asks[-1].intent in REGION_INTENTS:
                 _add_targets(asks[-1], r.mentions)
             elif not asks and any(_findable(vocab, m) for m in included):
@@ -234,6 +241,9 @@ def _assemble(vocab: Vocabulary, readings: list[_ClauseReading], known: frozense
             asks.pop()  # "tell me what this shows: is it an MRI or a CT?" asks for the modality
         ask = Ask(r.intent, [], [], _answer(r.intent, r.polar), r.clause.text, r.probability, context=r.context)
         _add_targets(ask, r.mentions)
+        if ask.intent in REGION_INTENTS and pending_excluded:
+            ask.excluded.extend(pending_excluded)
+            pending_excluded = []
         if ask.intent == "presence" and ask.targets and not any(_findable(vocab, m) for m in ask.targets):
             ask.intent, ask.targets = "report", []  # "is there anything wrong with my lungs?" is a read
         if not ask.targets and r.intent in REGION_INTENTS:
@@ -294,6 +304,8 @@ def _resolve(asks: list[Ask]) -> list[Ask]:
     a read."""
     if any(not a.context for a in asks):
         asks = [a for a in asks if not a.context]
+    if any(a.intent != "analyse" for a in asks):
+        asks = [a for a in asks if a.intent != "analyse"]  # "analyse" is what asks for nothing specific
     kept: list[Ask] = []
     for ask in asks:
         covered = any(

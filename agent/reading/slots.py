@@ -278,8 +278,10 @@ def free_phrase(vocab: Vocabulary, toks: tuple[str, ...], known: frozenset[str] 
     words = vocab.words
     terms = sorted(unknown_terms(vocab, toks, known))
     if terms:
-        run = [toks[terms[0]]] + [toks[k] for a, k in zip(terms, terms[1:]) if k == a + 1]
-        return " ".join(run[:3])
+        run = [terms[0]]
+        while run[-1] + 1 in terms and len(run) < 3:
+            run.append(run[-1] + 1)
+        return " ".join(toks[k] for k in run)
     for k, tok in enumerate(toks):
         if tok not in words.determiners:
             continue
@@ -307,7 +309,11 @@ def is_context(vocab: Vocabulary, toks: tuple[str, ...], question: bool) -> bool
     while start < len(toks) - 1 and toks[start] in vocab.words.determiners:
         start += 1  # "the patient ...", "my mum ...", "this is ..."; not "the modality", "a report"
     first = toks[start]
-    return first in vocab.words.context_openers or any(c.isdigit() for c in first)
+    if first in vocab.words.context_openers or any(c.isdigit() for c in first):
+        return True
+    # A longer statement that opens with no request word ("urology will decide after the scan",
+    # "surgeons are considering a re-resection"): a clinician's narrative.
+    return len(toks) - start >= 5 and first not in vocab.request_verbs and first not in vocab.words.request_openers
 
 
 def has_presence_cue(vocab: Vocabulary, toks: tuple[str, ...]) -> bool:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.reading.slots import is_negated
 from agent.reading.vocabulary import Vocabulary, tokens
 
 #: "?X" (a query about X), and separators a tokenizer would lose: dashes between words, "+".
@@ -83,6 +84,8 @@ class Normaliser:
 
     def normalise(self, text: str) -> list[str]:
         """Tokens of ``text``: shorthand expanded, "?X" as "query X", typos corrected."""
+        text = re.sub(r"\bno\.\s*(?=of\b)", "number ", text, flags=re.IGNORECASE)  # "no. of nodules"
+        text = re.sub(r"(?<=[A-Za-z])\s*#(?!\s*\d)", " fracture", text)  # "scaphoid #"
         text = _QUERY.sub(" query ", text)
         text = _DASH.sub(" ; ", text)
         text = _PLUS.sub(" and ", text)
@@ -158,6 +161,9 @@ def split_clauses(tokens_: list[str], vocabulary: Vocabulary) -> list[Clause]:
             colon = tok == ":"
         elif tok == ",":
             close()
+        elif tok in vocabulary.words.negation_split_words and current and is_negated(vocabulary, tuple(current), False):
+            close()  # "don't need a report just tell me ...": the request starts here
+            current.append(tok)
         elif tok == "query" and current and current[-1] != "query":
             close()  # "?effusion ?consolidation": one question each
             current.append(tok)

@@ -126,6 +126,8 @@ class Words(BaseModel):
     #: Words that ask whether a named finding is there, whatever else the clause says ("CTA chest
     #: r/o PE", "?PTX").
     presence_cues: tuple[str, ...] = Field(min_length=1)
+    #: Words that start the real request after a negated one ("don't need a report just tell me ...").
+    negation_split_words: frozenset[str]
 
     @model_validator(mode="after")
     def _disjoint_sides(self) -> Words:
@@ -199,6 +201,20 @@ class Vocabulary:
         """Image-word token tuples -> their length, longest first."""
         keys = {tuple(tokens(w)) for w in self.words.image_words}
         return {k: len(k) for k in sorted(keys, key=len, reverse=True)}
+
+    @functools.cached_property
+    def request_verbs(self) -> frozenset[str]:
+        """First words of the paraphrase bank's requests ("segment", "outline", "explain"...):
+        a clause opening with one is a request, not a statement."""
+        path = DATA_DIR / "paraphrases.jsonl"
+        firsts: set[str] = set()
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line) if line.strip() else {}
+                words = tokens(str(row.get("text", "")))
+                if words and row.get("intent") != "none":
+                    firsts.add(words[0])
+        return frozenset(firsts - self.words.context_openers)
 
     @functools.cached_property
     def target_words(self) -> frozenset[str]:
