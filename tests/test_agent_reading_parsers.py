@@ -12,6 +12,7 @@ from agent.reading.prompts import PromptError, read_prompts, read_slices
 from agent.reading.slots import find_mentions, is_negated, is_polar
 from agent.reading.text import split_clauses
 from agent.reading.vocabulary import DATA_DIR, VocabularyError, build_vocabulary, load_vocabulary, tokens
+from image_model.codes import structure_names
 
 VOCAB = load_vocabulary()
 WORDS = VOCAB.words
@@ -122,6 +123,11 @@ def test_typos_are_corrected_but_real_words_are_not() -> None:
     assert normalise("Segmnet the kidny") == ["segment", "the", "kidney"]
     assert normalise("was the patient supine near the river") == ["was", "the", "patient", "supine", "near", "the", "river"]
     assert normalise("seg R kidney vols pls") == ["segment", "r", "kidney", "volumes", "please"]
+
+
+def test_the_3d_organs_are_the_code_tables_anatomy() -> None:
+    """targets.json flags as organ3d exactly the structures of the one code table."""
+    assert VOCAB.organ3d == structure_names()
 
 
 def test_every_vocabulary_file_validates_and_bad_ones_say_what_is_wrong() -> None:

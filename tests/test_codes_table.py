@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent.planners.rules_tables import ORGANS_3D
+from agent.reading.vocabulary import load_vocabulary
 from image_model.codes import concept, laterality_of, segment_codes, structure_names, unit
 from image_model.findings import Code
 from image_model.measure import mask_size, pixel_spacing_note
@@ -56,7 +56,7 @@ def test_unknown_labels_claim_no_anatomy() -> None:
 
 
 def test_the_planner_knows_the_organs_of_the_code_table() -> None:
-    assert ORGANS_3D == structure_names()
+    assert load_vocabulary().organ3d == structure_names()
     assert {"liver", "lung", "kidney", "head of femur"} <= structure_names()
 
 

@@ -16,6 +16,7 @@ from agent.planners.base import PlanContext, ToolSpec
 from agent.reading.read import Ask, Reading
 from agent.reading.slots import Mention
 from agent.reading.vocabulary import Vocabulary
+from image_model.codes import structure_names
 
 LUNG_TOOL = "ct lung segmentation"
 ORGAN_TOOL = "organ segmentation 3d"
@@ -103,13 +104,14 @@ def is_radiograph(ctx: PlanContext, vocab: Vocabulary) -> bool:
 
 
 def organ3d_names(ctx: PlanContext, vocab: Vocabulary) -> set[str]:
-    """Organs the 3D tool knows: its schema's enum when it declares one, else the vocabulary's."""
+    """Organs the 3D tool knows: its schema's enum when it declares one, else the anatomy of the
+    one code table (so the planner and the encoders name the same organs)."""
     for spec in ctx.tools:
         if spec.name == ORGAN_TOOL:
             enum = _target_enum(spec)
             if enum is not None:
                 return {e.lower() for e in enum}
-    return set(vocab.organ3d)
+    return set(structure_names())
 
 
 def _target_enum(spec: ToolSpec) -> list[str] | None:
