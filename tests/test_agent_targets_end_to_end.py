@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import highdicom as hd
 import jsonschema
 import numpy as np
+import pydicom
 import pytest
 import torch
 from monai.networks.nets import UNet
@@ -136,9 +138,16 @@ def test_a_yes_no_question_gets_an_explicit_answer_in_the_sr(tmp_path: Path) -> 
     (sr,) = build_outputs(cr, result.outputs, result.answer, CFG, question, "rules")
     sr.save_as(tmp_path / "sr.dcm")
     assert dciodvfy_errors(tmp_path / "sr.dcm") == []
-    texts = [item.TextValue for group in hd.sr.srread(tmp_path / "sr.dcm").content.get_image_measurement_groups()
-             for item in group[0].ContentSequence if item.ValueType == "TEXT"]
+    texts = list(_text_values(pydicom.dcmread(tmp_path / "sr.dcm")))
     assert any(t.startswith("Yes/no (pneumonia): ") for t in texts), texts
+
+
+def _text_values(item: Any) -> Iterator[str]:
+    """Every TEXT content item's value anywhere in an SR's content tree."""
+    for child in item.get("ContentSequence", []):
+        if child.get("ValueType") == "TEXT":
+            yield str(child.TextValue)
+        yield from _text_values(child)
 
 
 def test_grounding_boxes_are_segmented_by_medsam_in_the_next_turn(tmp_path: Path) -> None:
