@@ -5,6 +5,12 @@ Masks become DICOM SEG segments, measurements and boxes become TID 1500 SR conte
 text become SR findings, and ``summary`` is what the planner sees (the MMedAgent
 "<API_name> output: {...}" message). They live at the bottom so tools, the agent and the
 encoders share them without importing one another.
+
+A result the node is not sure of must say so rather than be stated flatly: a model tool puts its
+own quality estimate on each result (:class:`Confidence`: MedSAM's predicted IoU, a classifier's
+probability, a detector's score, a segmentation network's softmax), and a structure measured on
+only part of the organ carries its :class:`Coverage`. :func:`caveats` turns both into the words
+an encoder writes next to the result.
 """
 from __future__ import annotations
 
@@ -21,6 +27,37 @@ class Code:
     value: str
     scheme: str
     meaning: str
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """A tool's own estimate of how far to trust one result, on a 0-1 scale, and the level below
+    which the node reports the result as uncertain."""
+
+    #: What the number is, in words: "predicted IoU", "softmax probability", "detection score".
+    measure: str
+    value: float
+    threshold: float
+
+    @property
+    def uncertain(self) -> bool:
+        return not self.value >= self.threshold  # NaN is uncertain too
+
+    def describe(self) -> str:
+        text = f"{self.measure} {self.value:.2f}"
+        return f"uncertain: {text}, below {self.threshold:.2f}" if self.uncertain else text
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of a structure the volume shows. Measurements of a partly covered structure are
+    of the part within the field of view only."""
+
+    complete: bool
+    #: Volume edges the structure runs into: "superior", "inferior", "in-plane".
+    clipped: tuple[str, ...] = ()
+    #: In words: "lung base only", "apex not in the field of view".
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -44,6 +81,8 @@ class Segment:
     measurements: list[Measurement] = field(default_factory=list)
     anatomic_region: Code | None = None
     laterality: Code | None = None
+    confidence: Confidence | None = None
+    coverage: Coverage | None = None
 
 
 @dataclass(frozen=True)
@@ -55,12 +94,14 @@ class Box:
     score: float
     box: tuple[float, float, float, float]
     slice_index: int | None = None
+    confidence: Confidence | None = None
 
 
 @dataclass(frozen=True)
 class LabelScore:
     label: str
     score: float
+    confidence: Confidence | None = None
 
 
 @dataclass(frozen=True)
@@ -84,3 +125,15 @@ class ToolOutput:
     labels: list[LabelScore] = field(default_factory=list)
     measurements: list[Measurement] = field(default_factory=list)
     text: str | None = None
+
+
+def caveats(item: Segment | Box | LabelScore) -> list[str]:
+    """What must be said next to a result: partial coverage, and the tool's confidence (marked
+    "uncertain" below its threshold). Empty for a complete result without a confidence."""
+    notes: list[str] = []
+    coverage = getattr(item, "coverage", None)
+    if coverage is not None and not coverage.complete:
+        notes.append(f"partial: {coverage.description}; measured within the field of view only")
+    if item.confidence is not None:
+        notes.append(item.confidence.describe())
+    return notes

@@ -1,0 +1,202 @@
+"""Masks the lung tool builds before it judges anything: the body, the air inside it, the airway.
+
+All arrays are in the canonical view of :mod:`tools.lung_geometry` (slices ascending to the head,
+rows to the back, columns to the patient's left).
+
+* **Body**: voxels above the body threshold, the largest 3D component (drops the table and other
+  objects in air), closed in-plane (a dark metal streak must not cut the body open) and filled
+  slice by slice: the lungs and bowel gas are holes in it. Where the field of view clips the body
+  (it touches the image edge), the edge between its first and last contact counts as body, so a
+  lung cut by the edge is still a hole.
+* **Air**: voxels below the lung threshold inside the filled body, opened in-plane (removes
+  one-pixel lines: streak artefacts), in 3D components of at least ``min_component_ml``.
+* **Airway**: the trachea, found as a small, roughly midline air region in the most superior slice
+  with air and followed inferiorly slice by slice (trachea, then the main bronchi) for as long as
+  each connected piece stays small. Where the piece in one slice becomes two, the trace has passed
+  the carina: then the hila are in the field of view and a lung must join the bronchial tree.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from tools.lung_geometry import Grid
+
+#: Trachea cross-section limits (cm^2): adults ~1.5-4, with margin for children and wide airways.
+TRACHEA_MIN_CM2 = 0.3
+#: A piece of airway larger than this in one slice is lung, not bronchus (cm^2).
+AIRWAY_MAX_CM2 = 8.0
+#: The trachea's centre lies within this fraction of the body width from the body's midline.
+TRACHEA_MIDLINE_FRACTION = 0.2
+#: Largest hole (mm^2 in one slice) filled into a lung: a vessel up to ~17 mm across.
+MAX_VESSEL_MM2 = 225.0
+#: In-plane closing radius of the body mask (mm): seals dark streaks a few pixels wide.
+BODY_CLOSING_MM = 6.0
+
+
+@dataclass(frozen=True)
+class Airway:
+    mask: np.ndarray
+    #: Canonical index of the first slice below the carina (the trace split in two), if seen.
+    carina: int | None
+
+
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The smallest box holding every True voxel, grown by ``margin`` (clipped to the array)."""
+    boxes = ndimage.find_objects(np.ascontiguousarray(mask).view(np.uint8))
+    if not boxes or boxes[0] is None:
+        return None
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(boxes[0], mask.shape))
+
+
+def fill_per_slice(mask: np.ndarray) -> np.ndarray:
+    """Fill holes slice by slice, within the mask's bounding box (holes never reach outside it)."""
+    out = mask.copy()
+    box = bounding_box(mask)
+    if box is None:
+        return out
+    zs, ys, xs = box
+    for k in range(zs.start, zs.stop):
+        out[k, ys, xs] = ndimage.binary_fill_holes(mask[k, ys, xs])
+    return out
+
+
+def fill_small_holes(mask: np.ndarray, grid: Grid, max_mm2: float) -> np.ndarray:
+    """Fill holes of at most ``max_mm2`` slice by slice: vessels inside a lung, not the dome of
+    the diaphragm that a lung base rings round in one slice."""
+    filled = fill_per_slice(mask)
+    max_pixels = max_mm2 / grid.pixel_mm2
+    out = mask.copy()
+    for k in np.flatnonzero((filled & ~mask).any(axis=(1, 2))):
+        labels, _count = ndimage.label(filled[k] & ~mask[k])
+        sizes = np.bincount(labels.ravel())
+        small = np.flatnonzero(sizes <= max_pixels)
+        out[k] |= np.isin(labels, small[small > 0])
+    return out
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return np.asarray(labels == int(np.argmax(sizes)))
+
+
+def disk(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    return np.asarray((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2)
+
+
+def _fill_clipped(slice2d: np.ndarray) -> np.ndarray:
+    """Fill holes, counting the image edge between the body's first and last contact as body."""
+    padded = np.pad(slice2d, 1)
+    rows, cols = slice2d.shape
+    for axis_edge, pad_index, length in (
+        (slice2d[0, :], (0, slice(1, cols + 1)), cols),
+        (slice2d[-1, :], (rows + 1, slice(1, cols + 1)), cols),
+        (slice2d[:, 0], (slice(1, rows + 1), 0), rows),
+        (slice2d[:, -1], (slice(1, rows + 1), cols + 1), rows),
+    ):
+        touching = np.flatnonzero(axis_edge)
+        if touching.size:
+            line = np.zeros(length, dtype=bool)
+            line[touching[0] : touching[-1] + 1] = True
+            padded[pad_index] = line
+    return np.asarray(ndimage.binary_fill_holes(padded)[1:-1, 1:-1] | slice2d)
+
+
+def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The filled body, and per slice whether the field of view clips it (it touches the edge)."""
+    dense = largest_component(hu > threshold)
+    radius = max(1, round(BODY_CLOSING_MM / min(grid.dx, grid.dy)))
+    structure = disk(radius)[None]  # in-plane only
+    closed = np.asarray(ndimage.binary_erosion(
+        ndimage.binary_dilation(dense, structure=structure), structure=structure, border_value=1
+    ))
+    body = np.zeros_like(dense)
+    clipped = np.asarray(dense[:, [0, -1], :].any(axis=(1, 2)) | dense[:, :, [0, -1]].any(axis=(1, 2)))
+    for k in np.flatnonzero(dense.any(axis=(1, 2))):
+        body[k] = _fill_clipped(closed[k]) if clipped[k] else ndimage.binary_fill_holes(closed[k])
+    return body, clipped
+
+
+def open_air(air: np.ndarray) -> np.ndarray:
+    """In-plane opening: removes lines a pixel or two wide (dark streaks of metal artefacts)."""
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    return np.asarray(ndimage.binary_opening(air, structure=cross))
+
+
+def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarray, int]:
+    """3D components of ``air`` of at least ``min_ml``, numbered by size (1 = largest)."""
+    labels, count = ndimage.label(air)
+    if count == 0:
+        return labels, 0
+    # Each voxel weighs its slice's own thickness (uneven spacing keeps volumes right).
+    weight = np.broadcast_to(grid.thickness[:, None, None], air.shape)
+    volumes = np.zeros(count + 1)
+    volumes[1:] = ndimage.sum_labels(weight, labels, index=np.arange(1, count + 1)) * grid.pixel_mm2 / 1000.0
+    order = [int(i) for i in np.argsort(-volumes) if i > 0 and volumes[i] >= min_ml]
+    relabel = np.zeros(count + 1, dtype=np.int32)
+    for new, old in enumerate(order, start=1):
+        relabel[old] = new
+    return relabel[labels], len(order)
+
+
+def trace_airway(air: np.ndarray, body: np.ndarray, grid: Grid) -> Airway:
+    """Trachea and main bronchi: from a midline seed in the top air slice, followed downwards."""
+    airway = np.zeros_like(air)
+    has_air = np.nonzero(air.any(axis=(1, 2)))[0]
+    if has_air.size == 0:
+        return Airway(airway, None)
+    start = int(has_air[-1])
+    pixel_cm2 = grid.pixel_mm2 / 100.0
+    seed = _trachea_seed(air[start], body[start], grid, start, pixel_cm2)
+    if seed is None:
+        return Airway(airway, None)
+    airway[start] = seed
+    reach = max(1, math.ceil(float(np.median(grid.thickness)) / min(grid.dx, grid.dy)))
+    near_disk = disk(reach)
+    current, pieces, carina = seed, 1, None
+    for k in range(start - 1, -1, -1):
+        labels, count = ndimage.label(air[k])
+        if count == 0:
+            break
+        near = ndimage.binary_dilation(current, structure=near_disk)
+        touched = set(np.unique(labels[near]).tolist()) - {0}
+        areas = np.bincount(labels.ravel())
+        accepted = [i for i in touched if areas[i] * pixel_cm2 <= AIRWAY_MAX_CM2]
+        if not accepted:
+            break
+        if carina is None and len(accepted) >= 2 and pieces == 1:
+            carina = k
+        pieces = len(accepted)
+        current = np.isin(labels, accepted)
+        airway[k] = current
+    return Airway(airway, carina)
+
+
+def _trachea_seed(
+    air2d: np.ndarray, body2d: np.ndarray, grid: Grid, k: int, pixel_cm2: float
+) -> np.ndarray | None:
+    labels, count = ndimage.label(air2d)
+    if count == 0 or not body2d.any():
+        return None
+    xs = grid.slice_x(k, air2d.shape)
+    body_x = xs[body2d]
+    mid, width = float(body_x.mean()), float(body_x.max() - body_x.min())
+    best: tuple[float, int] | None = None
+    for i in range(1, count + 1):
+        component = labels == i
+        area = component.sum() * pixel_cm2
+        if not (TRACHEA_MIN_CM2 <= area <= AIRWAY_MAX_CM2):
+            continue
+        offset = abs(float(xs[component].mean()) - mid)
+        if offset <= TRACHEA_MIDLINE_FRACTION * width and (best is None or offset < best[0]):
+            best = (offset, i)
+    return None if best is None else np.asarray(labels == best[1])

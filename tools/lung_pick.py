@@ -1,0 +1,175 @@
+"""Which air regions are the lungs: candidates split by side, judged, ordered, picked.
+
+1. The largest air regions (:data:`MAX_CANDIDATES`) become candidates. Pure gas joined to a
+   region (a stomach or colon under the dome that thick slices merge with a lung base through the
+   diaphragm's partial volume, a bulla, a pneumothorax) is taken out of it as its own candidate:
+   blobs of at least :data:`GAS_POCKET_ML` where the in-plane mean HU is below
+   :data:`PURE_GAS_HU`, with the one-voxel rim between them and the rest. One region spanning both
+   sides of the body midline (lungs touching at the anterior junction line, or a transverse colon)
+   is split in two: by in-plane erosion until it falls into two seeds, every voxel then going to
+   the nearest seed; failing that, by the mid-sagittal plane of the body. Each half is judged on
+   its own.
+2. Every candidate is judged (:func:`tools.lung_candidates.judge`).
+3. On each side, the lung is the most superior plausible candidate (lungs lie above the bowel and
+   the diaphragm); other plausible candidates on that side that share slices with it are parts of
+   the same lung (a base cut in two by the dome); those lying wholly below it are rejected.
+
+Left/right comes from patient coordinates: patient left is +x in LPS (PS3.3 C.7.6.2.1.1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from tools.lung_candidates import Candidate, Scene, judge
+from tools.lung_geometry import Grid
+from tools.lung_masks import MAX_VESSEL_MM2, bounding_box, fill_small_holes
+
+#: Air regions judged (largest first); smaller ones are counted, not judged.
+MAX_CANDIDATES = 12
+#: A region is "on both sides" when at least this fraction of it lies on each side of the midline.
+MERGED_SIDE_FRACTION = 0.15
+MAX_SPLIT_EROSIONS = 12
+#: In-plane mean HU (3x3) below which air is pure gas, not parenchyma, whatever the noise.
+PURE_GAS_HU = -960.0
+GAS_POCKET_ML = 5.0
+
+
+@dataclass
+class Picked:
+    """The lungs found (side -> filled mask), every judged candidate, and how sides were split."""
+
+    lungs: dict[str, np.ndarray]
+    candidates: list[Candidate]
+    separation: str
+    ignored: int
+
+
+def pick_lungs(labels: np.ndarray, count: int, scene: Scene) -> Picked:
+    grid = scene.grid
+    x = grid.patient_x(labels.shape)
+    midline_x = float(grid.centroid(scene.body)[0])
+    candidates: list[Candidate] = []
+    separation = "separate components"
+    for number in range(1, min(count, MAX_CANDIDATES) + 1):
+        for region, gas_part in _separate_pure_gas(labels == number, scene):
+            left_fraction = float((region & (x > midline_x)).sum()) / float(region.sum())
+            if min(left_fraction, 1.0 - left_fraction) >= MERGED_SIDE_FRACTION:
+                split = _split_by_erosion(region, grid)
+                how = "erosion split"
+                if split is None:
+                    split, how = (region & (x > midline_x), region & (x <= midline_x)), "mid-sagittal split"
+                for side, part in zip(("left", "right"), split):
+                    name = ", ".join(p for p in (gas_part, f"{side} part") if p)
+                    candidates.append(Candidate(number, part, side, grid.volume_ml(part), part=name))
+                if number == 1 and not gas_part:
+                    separation = how
+                continue
+            side = "left" if left_fraction > 0.5 else "right"
+            candidates.append(Candidate(number, region, side, grid.volume_ml(region), part=gas_part))
+    for candidate in candidates:
+        judge(candidate, scene)
+    lungs: dict[str, np.ndarray] = {}
+    for side in ("left", "right"):
+        mask = _lung_on_side([c for c in candidates if c.side == side], side)
+        if mask is not None:
+            lungs[side] = fill_small_holes(mask, grid, MAX_VESSEL_MM2)
+    return Picked(lungs, candidates, separation, max(0, count - MAX_CANDIDATES))
+
+
+def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarray, str]]:
+    """The region, or its pure-gas blobs and the rest as separate parts (named)."""
+    grid = scene.grid
+    box = bounding_box(region, margin=1)
+    assert box is not None
+    crop = region[box]
+    mean = ndimage.uniform_filter(np.where(crop, scene.hu[box], 0.0), size=(1, 3, 3))
+    weight = ndimage.uniform_filter(crop.astype(float), size=(1, 3, 3))
+    gas = crop & (mean < PURE_GAS_HU * np.maximum(weight, 1e-6))
+    labels, count = ndimage.label(gas)
+    if count == 0:
+        return [(region, "")]
+    sub = Grid(grid.positions[box[0]], grid.row, grid.col, grid.dy, grid.dx, grid.thickness[box[0]])
+    weight_ml = sub.thickness[:, None, None] * grid.pixel_mm2 / 1000.0
+    sizes = ndimage.sum_labels(np.broadcast_to(weight_ml, crop.shape), labels, index=np.arange(1, count + 1))
+    pockets = np.isin(labels, np.flatnonzero(sizes >= GAS_POCKET_ML) + 1)
+    if not pockets.any():
+        return [(region, "")]
+    rim = np.zeros((3, 3, 3), dtype=bool)
+    rim[1] = True
+    rest, count = ndimage.label(crop & ~ndimage.binary_dilation(pockets, structure=rim))
+    parts: list[tuple[np.ndarray, str]] = []
+    if count:
+        sizes = ndimage.sum_labels(np.broadcast_to(weight_ml, crop.shape), rest, index=np.arange(1, count + 1))
+        for i in np.argsort(-sizes):
+            if sizes[i] >= GAS_POCKET_ML:  # fragments of the rim between gas and the rest go
+                parts.append((_place(rest == i + 1, box, region.shape), ""))
+    parts.append((_place(pockets, box, region.shape), "pure-gas part"))
+    return parts
+
+
+def _place(crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    full = np.zeros(shape, dtype=bool)
+    full[box] = crop
+    return full
+
+
+def _lung_on_side(candidates: list[Candidate], side: str) -> np.ndarray | None:
+    plausible = [c for c in candidates if c.plausible]
+    if not plausible:
+        return None
+    lung = max(plausible, key=lambda c: (c.z_range[1], c.volume_ml))
+    mask = lung.mask.copy()
+    top_lowest = lung.z_range[0]
+    for other in plausible:
+        if other is lung:
+            continue
+        if other.z_range[1] < top_lowest:
+            other.reasons.append(f"below the {side} lung, under the diaphragm")
+        else:
+            mask |= other.mask
+    return mask
+
+
+def _split_by_erosion(mask: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray] | None:
+    """Erode in-plane until the mask falls apart into two large seeds on opposite sides; grow back.
+    Returns (left, right)."""
+    zs, ys, xs = (np.nonzero(mask.any(axis=a))[0] for a in ((1, 2), (0, 2), (0, 1)))
+    box = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+    crop = mask[box]
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1)
+    eroded = crop
+    total = float(crop.sum())
+    sub_grid = Grid(
+        positions=grid.positions[box[0]] + ys[0] * grid.dy * grid.col + xs[0] * grid.dx * grid.row,
+        row=grid.row, col=grid.col, dy=grid.dy, dx=grid.dx, thickness=grid.thickness[box[0]],
+    )
+    for _ in range(MAX_SPLIT_EROSIONS):
+        eroded = ndimage.binary_erosion(eroded, structure=structure)
+        labels, count = ndimage.label(eroded)
+        if count < 2:
+            if count == 0:
+                return None
+            continue
+        sizes = np.bincount(labels.ravel())[1:]
+        big = [int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= 0.05 * total]
+        if len(big) < 2:
+            continue
+        xa = sub_grid.centroid(labels == big[0])[0]
+        xb = sub_grid.centroid(labels == big[1])[0]
+        seeds = np.zeros(crop.shape, dtype=np.int8)
+        seeds[labels == big[0]] = 1 if xa > xb else 2  # 1 = left (+x), 2 = right
+        seeds[labels == big[1]] = 2 if xa > xb else 1
+        _, nearest = ndimage.distance_transform_edt(
+            seeds == 0, sampling=(float(np.median(grid.thickness)), grid.dy, grid.dx), return_indices=True
+        )
+        owner = seeds[tuple(nearest)]
+        left = np.zeros_like(mask)
+        right = np.zeros_like(mask)
+        left[box] = crop & (owner == 1)
+        right[box] = crop & (owner == 2)
+        return left, right
+    return None
