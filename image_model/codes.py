@@ -94,7 +94,8 @@ def procedure_for(modality: str) -> Code:
 
 def text_role(role: str) -> Code:
     """Concept name for one kind of report free text (``answer``, ``instruction``, ``label``,
-    ``tool_text``, ``box_label``, ``units_note``), as chosen in codes.json's ``text_roles``."""
+    ``tool_text``, ``box_label``, ``units_note``, ``summary``, ``caveat``), as chosen in codes.json's
+    ``text_roles``."""
     return _lookup("text_roles", role)
 
 

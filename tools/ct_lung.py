@@ -251,18 +251,18 @@ def _describe(
         codes = segment_codes(f"{side} lung")
         measurements = [Measurement(VOLUME, volume_ml, ML), Measurement(MEAN, mean_hu, HU)]
         segments.append(replace(codes.segment(_label(side, coverage), back(mask), measurements), coverage=coverage))
+    mean = round(float(np.concatenate(all_hu).mean()), 1)
     if not partial:
-        summary = {"left_lung_ml": volumes.get("left_lung_ml"), "right_lung_ml": volumes.get("right_lung_ml"), **summary}
-    else:
-        summary = {**volumes, **summary}
-    summary["mean_hu"] = round(float(np.concatenate(all_hu).mean()), 1)
-    if partial:
-        summary["total_in_view_ml"] = round(sum(volumes.values()), 1)
-        summary["coverage"] = _coverage_words(partial)
-        summary["partial"] = "volumes are within the field of view only, not whole-lung volumes"
-    else:
-        summary["total_lung_ml"] = round(sum(volumes.values()), 1)
-    return segments, summary
+        whole = {"left_lung_ml": volumes.get("left_lung_ml"), "right_lung_ml": volumes.get("right_lung_ml")}
+        return segments, {**whole, **summary, "mean_hu": mean, "total_lung_ml": round(sum(volumes.values()), 1)}
+    return segments, {
+        "coverage": _coverage_words(partial),
+        "partial": "volumes are within the field of view only, not whole-lung volumes",
+        **volumes,
+        **summary,
+        "mean_hu": mean,
+        "total_in_view_ml": round(sum(volumes.values()), 1),
+    }
 
 
 def _coverage_words(partial: dict[str, str]) -> str:

@@ -20,7 +20,7 @@ from highdicom.sr.templates import Template
 from pydicom.dataset import Dataset
 
 from image_model.codes import text_role
-from image_model.findings import AlgorithmInfo, Box, Measurement
+from image_model.findings import AlgorithmInfo, Box, LabelScore, Measurement, Segment, caveats
 from image_model.measure import pixel_spacing_note
 from image_model.volume import Volume
 from sr_templates.coded import coded
@@ -40,6 +40,18 @@ class TextEvaluation(hd.sr.QualitativeEvaluation):
 def text_evaluation(role: str, text: str) -> TextEvaluation:
     """A TEXT evaluation named by its role's concept in codes.json (``text_roles``)."""
     return TextEvaluation(coded(text_role(role)), text)
+
+
+def caveat_evaluations(item: Segment | Box | LabelScore) -> list[hd.sr.QualitativeEvaluation]:
+    """The result's caveats (partial coverage; the tool's confidence, "uncertain" below its
+    threshold: :func:`image_model.findings.caveats`) as Comments next to it, after its summary."""
+    return [text_evaluation("caveat", text) for text in caveats(item)]
+
+
+def scored_label(item: Box | LabelScore) -> str:
+    """``tumor (score 0.42)``, marked uncertain when the tool's confidence says so."""
+    unsure = ", uncertain" if item.confidence is not None and item.confidence.uncertain else ""
+    return f"{item.label} (score {item.score:.2f}{unsure})"
 
 
 def algorithm_id(algorithm: AlgorithmInfo) -> hd.sr.AlgorithmIdentification:

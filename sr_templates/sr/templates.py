@@ -44,8 +44,10 @@ from sr_templates.sr.content import (
     Placed,
     algorithm_id,
     box_polyline,
+    caveat_evaluations,
     measurement_items,
     referenced_segment,
+    scored_label,
     slice_of,
     text_evaluation,
     tracking,
@@ -109,8 +111,9 @@ def codes_of(segment: Segment) -> SegmentCodes:
 
 
 def segment_evaluations(report: Report, segment: Segment) -> list[hd.sr.QualitativeEvaluation]:
-    """The qualitative evaluations every group of a segment carries (the place to add more)."""
-    return units_note(report.volume)
+    """The qualitative evaluations every group of a segment carries (the place to add more):
+    the units note, then its caveats (partial coverage, the tool's confidence)."""
+    return [*units_note(report.volume), *caveat_evaluations(segment)]
 
 
 def volumetric_group(report: Report, item: EncodedSegment) -> Iterator[Group]:
@@ -203,8 +206,8 @@ def box_groups(report: Report, output: ToolOutput) -> Iterator[Group]:
         codes = segment_codes(box.label)
         yield from placed_groups(
             tracking(report.identity, box.label, output.api_name, "box", str(number)), placed, output.algorithm,
-            f"{box.label} (score {box.score:.2f})", [area_size(polygon_area(placed.polyline), volume)],
-            units_note(volume), codes if codes.type != concept("tissue") else None,
+            scored_label(box), [area_size(polygon_area(placed.polyline), volume)],
+            [*units_note(volume), *caveat_evaluations(box)], codes if codes.type != concept("tissue") else None,
         )
 
 
@@ -212,8 +215,9 @@ def findings_group(report: Report, output: ToolOutput) -> Iterator[Group]:
     """A tool's image-level results, placed on the key slice's whole image: labels with scores,
     text, loose measurements."""
     evaluations: list[hd.sr.QualitativeEvaluation] = [
-        text_evaluation("label", f"{label.label} (score {label.score:.2f})") for label in output.labels
+        text_evaluation("label", scored_label(label)) for label in output.labels
     ]
+    evaluations.extend(e for label in output.labels for e in caveat_evaluations(label))
     if output.text:
         evaluations.append(text_evaluation("tool_text", output.text))
     if evaluations or output.measurements:
