@@ -128,9 +128,50 @@ class Condition(_Strict):
         return v
 
 
+class CoverageConfig(_Strict):
+    """An image check a route makes after its header conditions hold: the series must show this
+    region of the body, else it is recorded as skipped with the reason (nothing runs)."""
+
+    #: "thorax": lung-like air inside the body (a fast check on a subsample of the slices).
+    region: Literal["thorax"] = "thorax"
+    #: The series covers the region when lung-like air spans at least ``min_extent_mm`` of the
+    #: body, or at least ``min_fraction`` of the volume's length (a child's short chest CT). An
+    #: adult chest shows ~250 mm (~200 clipped at the apices); an abdomen whose first slices hold
+    #: the lung bases, ~20-100 mm of a 300-400 mm volume.
+    min_extent_mm: float = Field(120.0, gt=0, le=1000)
+    min_fraction: float = Field(0.6, gt=0, le=1)
+
+
+def _condition_shorthand(v: Any) -> Any:
+    """A bare scalar means equals; a bare list means in."""
+    if not isinstance(v, dict):
+        return v
+    return {
+        k: c if isinstance(c, dict) else {"in": c} if isinstance(c, list) else {"equals": c}
+        for k, c in v.items()
+    }
+
+
+def _check_keywords(v: dict[str, Condition]) -> dict[str, Condition]:
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    for key in v:
+        if key not in ASSOCIATION_KEYS and tag_for_keyword(key) is None:
+            raise ValueError(f"{key!r} is not a DICOM keyword (nor CallingAETitle/CalledAETitle)")
+        if key not in ASSOCIATION_KEYS and dictionary_VR(key) in UNMATCHABLE_VRS:
+            raise ValueError(f"{key!r} is a sequence or binary element; routes match text values")
+    return v
+
+
 class RouteConfig(_Strict):
     name: str = Field(min_length=1)
     match: dict[str, Condition] = Field(default_factory=dict)
+    #: Alternatives: besides ``match``, at least one of these condition sets must hold (each set
+    #: is ANDed, the sets ORed), e.g. a BodyPartExamined, SeriesDescription or ProtocolName that
+    #: names the chest. Empty: no alternatives to satisfy.
+    match_any: list[dict[str, Condition]] = Field(default_factory=list)
+    #: Image check after the header conditions (None: none).
+    coverage: CoverageConfig | None = None
     instruction: str = Field(min_length=1)
     send_to: list[str] = Field(default_factory=list)
     #: Planner backend for this route (default: planner.backend).
@@ -145,24 +186,25 @@ class RouteConfig(_Strict):
     @field_validator("match", mode="before")
     @classmethod
     def _shorthand(cls, v: Any) -> Any:
-        if not isinstance(v, dict):
-            return v
-        # A bare scalar means equals; a bare list means in.
-        return {
-            k: c if isinstance(c, dict) else {"in": c} if isinstance(c, list) else {"equals": c}
-            for k, c in v.items()
-        }
+        return _condition_shorthand(v)
+
+    @field_validator("match_any", mode="before")
+    @classmethod
+    def _shorthand_any(cls, v: Any) -> Any:
+        return [_condition_shorthand(item) for item in v] if isinstance(v, list) else v
 
     @field_validator("match")
     @classmethod
     def _keywords(cls, v: dict[str, Condition]) -> dict[str, Condition]:
-        from pydicom.datadict import dictionary_VR, tag_for_keyword
+        return _check_keywords(v)
 
-        for key in v:
-            if key not in ASSOCIATION_KEYS and tag_for_keyword(key) is None:
-                raise ValueError(f"{key!r} is not a DICOM keyword (nor CallingAETitle/CalledAETitle)")
-            if key not in ASSOCIATION_KEYS and dictionary_VR(key) in UNMATCHABLE_VRS:
-                raise ValueError(f"{key!r} is a sequence or binary element; routes match text values")
+    @field_validator("match_any")
+    @classmethod
+    def _keywords_any(cls, v: list[dict[str, Condition]]) -> list[dict[str, Condition]]:
+        for item in v:
+            if not item:
+                raise ValueError("an alternative of match_any has no condition")
+            _check_keywords(item)
         return v
 
 

@@ -92,8 +92,11 @@ class ThoraxCoverage:
     #: Set when the check could not run (the series is not a CT volume it can read).
     error: str = ""
 
-    def covers(self, min_extent_mm: float) -> bool:
-        return not self.error and self.lung_extent_mm >= min_extent_mm
+    def covers(self, min_extent_mm: float, min_fraction: float) -> bool:
+        """Lung-like air over ``min_extent_mm``, or over ``min_fraction`` of the volume's length."""
+        if self.error or self.lung_extent_mm <= 0:
+            return False
+        return self.lung_extent_mm >= min(min_extent_mm, min_fraction * self.volume_extent_mm)
 
     def describe(self) -> str:
         if self.error:

@@ -3,7 +3,7 @@
 Data flow (top to bottom, one series):
 
     SCP (scp.py, handlers.py) --C-STORE--> Spool (spool.py) + SeriesTracker (assembly.py)
-    scheduler thread, every ~0.5 s: SeriesTracker.due() -> routing.select_routes()
+    scheduler thread, every ~0.5 s: SeriesTracker.due() -> routing.route_series()
         -> JobRecord (jobstore.py, state queued) -> queue (queues.py: the embedded pool, or
            Celery workers when queue.broker_url is set)
     worker: job runner(JobSpec) -> manifest -> Outbox.enqueue(job_id, files, destinations)
@@ -45,7 +45,7 @@ from dicom_node.receive.scp import (
     policy_from_config,
     start_scp,
 )
-from dicom_node.receive.spool import Spool
+from dicom_node.receive.spool import INSTANCE_SUFFIX, Spool
 from image_model.fingerprint import instance_set_fingerprint
 
 if TYPE_CHECKING:
@@ -71,30 +71,22 @@ class RoutingDecision:
     routes: list[RouteConfig]
     #: Why no route fired (empty when some did).
     reason: str = ""
+    #: No route fired because the image did not cover what a route needs (recorded ``skipped``).
+    skipped: bool = False
 
 
-#: ``(config, series_tags, calling_ae, called_ae) -> RoutingDecision``.
-Router = Callable[[AppConfig, Mapping[str, Any], str, str], RoutingDecision]
+#: ``(config, series_tags, calling_ae, called_ae, instance_files) -> RoutingDecision``.
+Router = Callable[[AppConfig, Mapping[str, Any], str, str, Sequence[Path]], RoutingDecision]
 
 
 def default_router(
-    config: AppConfig, tags: Mapping[str, Any], calling_ae: str, called_ae: str
+    config: AppConfig, tags: Mapping[str, Any], calling_ae: str, called_ae: str, files: Sequence[Path]
 ) -> RoutingDecision:
     """Route with :mod:`dicom_node.receive.routing` (imported lazily: it lives in its own module)."""
-    from dicom_node.receive.routing import evaluate_routes, select_routes
+    from dicom_node.receive.routing import route_series
 
-    chosen = select_routes(config, tags, calling_ae, called_ae)
-    if chosen:
-        return RoutingDecision([m.route for m in chosen])
-    why = [
-        f"{m.route.name}: " + "; ".join(c.describe() for c in m.checks if not c.held)
-        for m in evaluate_routes(config, tags, calling_ae, called_ae)
-    ]
-    return RoutingDecision(
-        [],
-        "no route matched"
-        + (" (" + " | ".join(why) + ")" if why else " (no routes configured)"),
-    )
+    outcome = route_series(config, tags, calling_ae, called_ae, files)
+    return RoutingDecision([m.route for m in outcome.fired], outcome.reason, outcome.skipped)
 
 
 def default_outbox(config: AppConfig) -> OutboxLike | None:
@@ -246,7 +238,8 @@ class Node:
             produced = [
                 r
                 for r in records
-                if r.fingerprint != fingerprint and r.state != JobState.UNROUTED
+                if r.fingerprint != fingerprint
+                and r.state not in (JobState.UNROUTED, JobState.SKIPPED)
             ]
             latest = (
                 max(produced, key=lambda r: r.created).fingerprint if produced else None
@@ -313,8 +306,9 @@ class Node:
             header = pydicom.dcmread(
                 series_dir / f"{min(due.sop_uids)}.dcm", stop_before_pixels=True
             )
+            files = [series_dir / f"{uid}{INSTANCE_SUFFIX}" for uid in sorted(due.sop_uids)]
             decision = self._router(
-                self.config, series_tags(header), due.calling_ae, due.called_ae
+                self.config, series_tags(header), due.calling_ae, due.called_ae, files
             )
         except Exception as exc:  # recorded on the series, not raised
             log.exception("routing series %s failed", due.series_uid)
@@ -325,12 +319,14 @@ class Node:
             ]
         if not decision.routes:
             # The reason quotes tag values (maybe patient data): it goes to the job record only.
+            state = JobState.SKIPPED if decision.skipped else JobState.UNROUTED
             log.info(
-                "series %s (%d instances) unrouted, see its job record",
+                "series %s (%d instances) %s, see its job record",
                 due.series_uid,
                 len(due.sop_uids),
+                state.value,
             )
-            return [self._record_unrouted(due, decision.reason or "no route matched")]
+            return [self._record_unrouted(due, decision.reason or "no route matched", state)]
         job_ids = []
         for route in decision.routes:
             job_id = make_job_id(
@@ -402,14 +398,16 @@ class Node:
                 reports.append(str(Path(record.result_dir) / SR_FILE))
         return reports
 
-    def _record_unrouted(self, due: DueSeries, reason: str) -> str:
+    def _record_unrouted(
+        self, due: DueSeries, reason: str, state: JobState = JobState.UNROUTED
+    ) -> str:
         job_id = make_job_id(due.study_uid, due.series_uid, due.fingerprint, None)
         self.jobs.save(
             JobRecord(
                 job_id=job_id,
                 study_uid=due.study_uid,
                 series_uid=due.series_uid,
-                state=JobState.UNROUTED,
+                state=state,
                 route=None,
                 fingerprint=due.fingerprint,
                 instance_count=len(due.sop_uids),

@@ -2,8 +2,8 @@
 
 Like mercure's task files, job state is visible on disk: an operator can ``cat`` a record to see
 where a series is. :class:`JobStore` is the one loader and the one writer of these files.
-Series that no route matched are recorded here too (state ``unrouted`` with the reason), so they
-are kept and visible rather than silently dropped.
+Series that no route matched are recorded here too (state ``unrouted`` with the reason; ``skipped``
+when a route's image check failed), so they are kept and visible rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -33,11 +33,14 @@ class JobState(str, Enum):
     FAILED = "failed"
     #: No route matched the series; nothing runs (``error`` holds the reason).
     UNROUTED = "unrouted"
+    #: A route matched its headers but the image does not cover what it needs (e.g. a CT without
+    #: the thorax on a lung route); nothing runs (``error`` holds the reason).
+    SKIPPED = "skipped"
 
     @property
     def finished(self) -> bool:
         """Terminal states: a restart does not run such a job again."""
-        return self in (JobState.DONE, JobState.FAILED, JobState.UNROUTED)
+        return self in (JobState.DONE, JobState.FAILED, JobState.UNROUTED, JobState.SKIPPED)
 
 
 def make_job_id(
@@ -67,7 +70,7 @@ class JobRecord:
     attempt: int = 1
     #: Hostname of the Celery worker that ran the job last (None in the embedded queue).
     worker: str | None = None
-    #: Readable reason for ``failed`` / ``unrouted``.
+    #: Readable reason for ``failed`` / ``unrouted`` / ``skipped``.
     error: str | None = None
     result_dir: str | None = None
     destinations: list[str] = field(default_factory=list)

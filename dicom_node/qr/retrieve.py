@@ -42,7 +42,7 @@ from dicom_node.deliver.association import AssociationFailed, open_association
 from dicom_node.jobs.embedded import EmbeddedQueue, JobRunner, pipeline_runner
 from dicom_node.jobs.pipeline import JobSpec
 from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
-from dicom_node.receive.routing import select_routes, series_tags_from_dataset
+from dicom_node.receive.routing import route_series, series_tags_from_dataset
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from dicom_node.receive.spool import CorruptInstance, Spool, parse_instance
 from dicom_node.status import QRStatus, Status
@@ -265,8 +265,8 @@ def plan_jobs(
     sops = [p.stem for p in paths]
     fingerprint = instance_set_fingerprint(sops)
     header = pydicom.dcmread(paths[0], stop_before_pixels=True)
-    routes = [m.route for m in select_routes(config, series_tags_from_dataset(header), source_ae,
-                                             config.node.ae_title)]
+    routes = [m.route for m in route_series(config, series_tags_from_dataset(header), source_ae,
+                                            config.node.ae_title, paths).fired]
     data_dir = Path(config.node.data_dir).resolve()
     folder = str(spool.series_dir(series.study_uid, series.series_uid))
 

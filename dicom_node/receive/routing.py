@@ -28,13 +28,22 @@ Semantics, as an administrator reads them:
   A value that is not a number fails the test, with the reason given.
 * An absent or empty element fails every positive test; ``not_in`` and ``excludes`` hold for it,
   and ``present: false`` tests for it explicitly.
+* ``match_any`` lists alternatives: besides every condition of ``match``, at least one of its
+  condition sets must hold (e.g. BodyPartExamined, SeriesDescription or ProtocolName naming the
+  chest).
+* ``coverage`` is an image check made once the header conditions hold: the series must show that
+  region of the body (``thorax``: lung-like air over ``min_extent_mm`` of its length,
+  :func:`tools.lung_coverage.thorax_coverage`, which reads a subsample of the slices). A series
+  that fails it does not fire the route; when no route fires and some route failed only its
+  coverage, the series is *skipped*, with the reason, rather than unrouted.
 """
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -45,8 +54,13 @@ from config.schema import (
     UNMATCHABLE_VRS,
     AppConfig,
     Condition,
+    CoverageConfig,
     RouteConfig,
 )
+from tools.lung_coverage import ThoraxCoverage, thorax_coverage
+
+#: Image coverage checks by region name (``coverage: {region: ...}`` of a route).
+COVERAGE_CHECKS: dict[str, Callable[[Sequence[Path]], ThoraxCoverage]] = {"thorax": thorax_coverage}
 
 #: Condition fields in the order they are checked and reported.
 _OPERATORS: tuple[str, ...] = (
@@ -77,19 +91,48 @@ class CheckResult:
 
 
 @dataclass(frozen=True)
+class CoverageOutcome:
+    """The route's image check on one series."""
+
+    region: str
+    covers: bool
+    #: What the check saw, in words (no tag values: safe to log).
+    reason: str
+
+    def describe(self) -> str:
+        return f"coverage {self.region}: {'held' if self.covers else 'failed'} ({self.reason})"
+
+
+@dataclass(frozen=True)
 class RouteMatch:
     """A route and the outcome of each of its checks."""
 
     route: RouteConfig
     matched: bool
     checks: tuple[CheckResult, ...]
+    #: The checks of each ``match_any`` alternative (one of them must all hold).
+    alternatives: tuple[tuple[CheckResult, ...], ...] = ()
+    #: The image check, once made (None: the route has none, or its header checks failed).
+    coverage: CoverageOutcome | None = None
+
+    @property
+    def headers_matched(self) -> bool:
+        """Every ``match`` condition and some ``match_any`` alternative hold."""
+        alternative = not self.alternatives or any(all(c.held for c in a) for a in self.alternatives)
+        return all(c.held for c in self.checks) and alternative
 
     @property
     def reasons(self) -> list[str]:
         """Human-readable lines, one per check, saying why it held or failed."""
-        if not self.checks:
+        if not self.checks and not self.alternatives and self.coverage is None:
             return ["no conditions: matches every series"]
-        return [c.describe() for c in self.checks]
+        lines = [c.describe() for c in self.checks]
+        for i, alternative in enumerate(self.alternatives, start=1):
+            verdict = "held" if all(c.held for c in alternative) else "failed"
+            lines.append(f"match_any[{i}] {verdict}: " + "; ".join(c.describe() for c in alternative))
+        if self.coverage is not None:
+            lines.append(self.coverage.describe())
+        return lines
 
 
 # --------------------------------------------------------------------------- values
@@ -199,11 +242,17 @@ def evaluate_route(
 ) -> RouteMatch:
     """Evaluate every condition of ``route``; the route matches when all checks hold."""
     association = {"CallingAETitle": calling_ae, "CalledAETitle": called_ae}
-    checks: list[CheckResult] = []
-    for key, condition in route.match.items():
-        value = association[key] if key in ASSOCIATION_KEYS else tags.get(key)
-        checks.extend(evaluate_condition(key, condition, value))
-    return RouteMatch(route=route, matched=all(c.held for c in checks), checks=tuple(checks))
+
+    def run(conditions: Mapping[str, Condition]) -> tuple[CheckResult, ...]:
+        checks: list[CheckResult] = []
+        for key, condition in conditions.items():
+            value = association[key] if key in ASSOCIATION_KEYS else tags.get(key)
+            checks.extend(evaluate_condition(key, condition, value))
+        return tuple(checks)
+
+    match = RouteMatch(route, False, run(route.match), tuple(run(a) for a in route.match_any))
+    # A route with an image check matches only once the check held (check_coverage).
+    return replace(match, matched=match.headers_matched and route.coverage is None)
 
 
 def evaluate_routes(
@@ -212,6 +261,70 @@ def evaluate_routes(
     """Every route's outcome, in the order routes are tried (priority desc, then file order)."""
     ordered = sorted(config.routes, key=lambda r: -r.priority)  # sorted() is stable: file order
     return [evaluate_route(r, tags, calling_ae, called_ae) for r in ordered]
+
+
+def check_coverage(evaluated: Sequence[RouteMatch], files: Sequence[Path]) -> list[RouteMatch]:
+    """Make the image check of every route whose header conditions hold (each region checked
+    once per series); a route matches when its check holds."""
+    seen: dict[str, ThoraxCoverage] = {}
+    out = []
+    for match in evaluated:
+        config: CoverageConfig | None = match.route.coverage
+        if config is None or not match.headers_matched:
+            out.append(match)
+            continue
+        if config.region not in seen:
+            seen[config.region] = COVERAGE_CHECKS[config.region](files)
+        result = seen[config.region]
+        covers = result.covers(config.min_extent_mm, config.min_fraction)
+        needs = f"; the route needs {config.min_extent_mm:g} mm or {config.min_fraction:.0%} of the volume"
+        reason = result.describe() + ("" if covers else needs)
+        out.append(replace(match, matched=covers, coverage=CoverageOutcome(config.region, covers, reason)))
+    return out
+
+
+@dataclass(frozen=True)
+class RoutingOutcome:
+    """Which routes fire for a series, every route's outcome, and why none fired."""
+
+    fired: list[RouteMatch]
+    evaluated: list[RouteMatch]
+
+    @property
+    def skipped(self) -> bool:
+        """No route fired, and some route failed only its image check."""
+        return not self.fired and any(m.coverage is not None and not m.coverage.covers for m in self.evaluated)
+
+    @property
+    def reason(self) -> str:
+        """Why no route fired: per route, the checks that failed. It may quote tag values (patient
+        data): for the job record, not the log."""
+        if self.fired:
+            return ""
+        if not self.evaluated:
+            return "no route matched (no routes configured)"
+        why = []
+        for m in self.evaluated:
+            failed = [c.describe() for c in m.checks if not c.held]
+            if m.alternatives and not any(all(c.held for c in a) for a in m.alternatives):
+                failed.append("no match_any alternative held")
+            if m.coverage is not None and not m.coverage.covers:
+                failed.append(m.coverage.describe())
+            why.append(f"{m.route.name}: " + "; ".join(failed))
+        head = "skipped: the series does not cover what the routes need" if self.skipped else "no route matched"
+        return f"{head} ({' | '.join(why)})"
+
+
+def route_series(
+    config: AppConfig,
+    tags: Mapping[str, Any],
+    calling_ae: str | None,
+    called_ae: str | None,
+    files: Sequence[Path],
+) -> RoutingOutcome:
+    """Route one series: header conditions, then the image checks on its instance ``files``."""
+    evaluated = check_coverage(evaluate_routes(config, tags, calling_ae, called_ae), files)
+    return RoutingOutcome(choose(evaluated, config.routing_mode), evaluated)
 
 
 def choose(evaluated: Sequence[RouteMatch], mode: str) -> list[RouteMatch]:
@@ -224,7 +337,9 @@ def choose(evaluated: Sequence[RouteMatch], mode: str) -> list[RouteMatch]:
 def select_routes(
     config: AppConfig, tags: Mapping[str, Any], calling_ae: str | None, called_ae: str | None
 ) -> list[RouteMatch]:
-    """The routes that fire for a series with these tags, received on this association.
+    """The routes that fire for a series with these tags, received on this association, judging
+    by headers alone: a route with an image check (``coverage``) never fires here; use
+    :func:`route_series` with the series' files.
 
     ``tags`` maps DICOM keywords to values (as :func:`series_tags_from_dataset` returns them, or
     pydicom values). An empty list means the series is unrouted.
@@ -237,7 +352,8 @@ def select_routes(
 
 def rule_keywords(config: AppConfig) -> set[str]:
     """The DICOM keywords the routes test (what a receiver must read from each series)."""
-    return {k for r in config.routes for k in r.match if k not in ASSOCIATION_KEYS}
+    keys = {k for r in config.routes for conditions in (r.match, *r.match_any) for k in conditions}
+    return keys - ASSOCIATION_KEYS
 
 
 def series_tags_from_dataset(ds: Dataset, keywords: Iterable[str] | None = None) -> dict[str, Any]:

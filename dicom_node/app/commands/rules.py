@@ -2,8 +2,10 @@
 
 An administrator's dry run of the routing rules: it reads one file's header (or the first DICOM
 file found in a folder), evaluates every route as the node would for that series, and prints each
-condition with the value it saw. Exit status: 0 when some route fires, 1 when none does
-(the series would be kept as unrouted), 2 when the config or the file cannot be read.
+condition with the value it saw. Image checks (a route's ``coverage``) run on the folder's files
+(given one file, they have one slice to look at and fail, saying so). Exit status: 0 when some
+route fires, 1 when none does (the series would be kept as unrouted or skipped), 2 when the config
+or the file cannot be read.
 """
 from __future__ import annotations
 
@@ -19,12 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from config.schema import AppConfig
 from dicom_node.app.commands import load_config_or_report
-from dicom_node.receive.routing import (
-    RouteMatch,
-    choose,
-    evaluate_routes,
-    series_tags_from_dataset,
-)
+from dicom_node.receive.routing import CheckResult, RouteMatch, route_series, series_tags_from_dataset
 
 EXIT_FIRES = 0
 EXIT_NO_ROUTE = 1
@@ -91,20 +88,26 @@ def _as_json(
                 "fires": m.route.name in names,
                 "instruction": m.route.instruction,
                 "send_to": m.route.send_to,
-                "checks": [
-                    {"key": c.key, "operator": c.operator, "expected": c.expected,
-                     "held": c.held, "reason": c.reason}
-                    for c in m.checks
-                ],
+                "checks": [_check_json(c) for c in m.checks],
+                "match_any": [[_check_json(c) for c in alternative] for alternative in m.alternatives],
+                "coverage": None if m.coverage is None else {
+                    "region": m.coverage.region, "held": m.coverage.covers, "reason": m.coverage.reason,
+                },
             }
             for m in results
         ],
     }
 
 
+def _check_json(c: CheckResult) -> dict[str, Any]:
+    return {"key": c.key, "operator": c.operator, "expected": c.expected, "held": c.held, "reason": c.reason}
+
+
 def _verdict(match: RouteMatch, fired: set[str], mode: str) -> str:
     if match.route.name in fired:
         return "FIRES"
+    if match.coverage is not None and not match.coverage.covers:
+        return "skipped (the image check failed)"
     if match.matched and match.route.fallback:
         return "matches, not fired (fallback: another route fired)"
     if match.matched:
@@ -132,6 +135,8 @@ def _print_text(
     print()
     if fired:
         print(f"result: {len(fired)} route(s) fire: {', '.join(m.route.name for m in fired)}")
+    elif any(m.coverage is not None and not m.coverage.covers for m in results):
+        print("result: no route fires; the series would be kept as skipped")
     else:
         print("result: no route fires; the series would be kept as unrouted")
 
@@ -147,8 +152,9 @@ def run_test(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     called_ae = args.called_ae or config.node.ae_title
     tags = series_tags_from_dataset(ds)
-    results = evaluate_routes(config, tags, args.calling_ae, called_ae)
-    fired = choose(results, config.routing_mode)
+    files = [source] if args.path.is_file() else sorted(p for p in args.path.rglob("*") if p.is_file())
+    outcome = route_series(config, tags, args.calling_ae, called_ae, files[:MAX_FILES_SCANNED])
+    results, fired = outcome.evaluated, outcome.fired
     if args.json:
         data = _as_json(source, config, results, fired, args.calling_ae, called_ae)
         print(json.dumps(data, indent=2))
