@@ -74,6 +74,8 @@ class Tube:
     gas_fraction: float = 0.0
     #: Bowel only: "stool" (mottled, colon) or "fluid" (small bowel, air-fluid level).
     content: str = "fluid"
+    #: Stool only: fraction of it that is gas bubbles (above ~0.4 they join into a sponge).
+    bubbles: float = 0.28
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,8 @@ class Patient:
         return self.z_apex - 90.0 * q
 
     def heart(self) -> tuple[Point, Point]:
-        return (25.0 * self.sx, -30.0 * self.sy, self.z_dome_right + 50.0), (70.0 * self.sx, 55.0 * self.sy, 62.0)
+        """Anterior, left, on the diaphragm: in front of and below the hila."""
+        return (25.0 * self.sx, -35.0 * self.sy, self.z_dome_right + 45.0), (68.0 * self.sx, 52.0 * self.sy, 56.0)
 
     def aorta(self) -> Tube:
         z0, z1 = self.z_carina + 15.0, -260.0
@@ -167,7 +170,8 @@ class Patient:
         )
 
     def hilum(self, side: float) -> Point:
-        return (side * 55.0 * self.sx, 0.0, self.z_carina - 28.0)
+        """Where a main bronchus enters its lung, ~4 cm below the carina."""
+        return (side * 58.0 * self.sx, 10.0 * self.sy, self.z_carina - 40.0)
 
     def main_bronchus(self, side: float) -> Tube:
         start = (0.0, -6.0 * self.sy, self.z_carina)
@@ -210,10 +214,12 @@ def _colon(rng: np.random.Generator, p: Patient) -> tuple[Tube, ...]:
         ((0.0, 78 * sy, -525.0), 0.2),
     ]
     tubes = []
-    for (a, frac), (b, _) in itertools.pairwise(path):
+    for i, ((a, frac), (b, _)) in enumerate(itertools.pairwise(path)):
         gas = float(np.clip(frac + rng.uniform(-0.15, 0.15), 0.0, 0.85))
         radius = float(rng.uniform(19.0, 25.0))
-        tubes.append(Tube((_jitter(rng, a, 6.0), _jitter(rng, b, 6.0)), radius, gas, "stool"))
+        # The right colon often holds foamy stool: bubbles joined into a sponge of gas and stool.
+        bubbles = float(rng.uniform(0.4, 0.55)) if i < 3 else float(rng.uniform(0.2, 0.35))
+        tubes.append(Tube((_jitter(rng, a, 6.0), _jitter(rng, b, 6.0)), radius, gas, "stool", bubbles))
     return tuple(tubes)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 from scipy import ndimage
+from scipy.special import ndtri
 
 from tests import body_anatomy as anat
 from tests.body_anatomy import Patient, Tube
@@ -69,7 +70,7 @@ def _recess(p: Patient) -> float:
 SCANS: dict[str, Callable[[Patient], Scan]] = {
     "chest": lambda p: Scan(p.z_apex + 20.0, _recess(p) - 25.0),
     "chest-apex-clipped": lambda p: Scan(p.z_apex - 45.0, _recess(p) - 25.0),
-    "abdomen-lung-bases": lambda p: Scan(max(p.z_dome_left, p.z_dome_right) + 30.0, -330.0),
+    "abdomen-lung-bases": lambda p: Scan(max(p.z_dome_left, p.z_dome_right) + 5.0, -330.0),
     "upper-abdomen": lambda p: Scan(_recess(p) - 12.0, -300.0),
     "head": lambda p: Scan(545.0, 300.0, slice_mm=5.0),
     "neck-apices": lambda p: Scan(380.0, p.z_apex - 40.0),
@@ -155,6 +156,11 @@ class _Canvas:
             view[mask] = hu
         if label is not None:
             self.label[region][mask] = label
+
+
+def _normal_quantile(q: float) -> float:
+    """The standard normal quantile (inverse CDF) of ``q`` (the field is unit normal)."""
+    return float(ndtri(q))
 
 
 def _ellipsoid(Z: np.ndarray, Y: np.ndarray, X: np.ndarray, c: tuple[float, ...], s: tuple[float, ...]) -> np.ndarray:
@@ -286,6 +292,9 @@ class _Body:
         inside = self.cavity(Z, Y, X) & (Z > p.diaphragm(X, Y)) & (Z < p.apex_surface(X, Y))
         spine = p.spine_y(Z)
         medial = np.where(Y < -40.0 * p.sy, 13.0, np.where(Y < spine - 25.0, 26.0, 31.0)) * p.sx
+        # The hila: main bronchi and pulmonary arteries widen the mediastinum below the carina.
+        hila = (Z > p.z_carina - 50.0) & (Z < p.z_carina + 15.0) & (np.abs(Y) < 35.0 * p.sy)
+        medial = np.where(hila, 40.0 * p.sx, medial)
         inside &= np.abs(X) > medial
         centre, semi = p.heart()
         inside &= ~_ellipsoid(Z, Y, X, centre, semi)
@@ -332,16 +341,23 @@ class _Body:
     def airways_and_lung_structures(self) -> None:
         p = self.p
         trachea = p.trachea()
-        # Trachea and main bronchi: airway outside the lungs, bronchus inside them.
-        for tube in (trachea, p.main_bronchus(1.0), p.main_bronchus(-1.0)):
-            for region, _, _, _, dist, _ in _tube_segments(self.c, tube, 0.0):
-                lumen = dist <= tube.radius
-                labels = self.c.label[region]
-                in_lung = (labels == LUNG_LEFT) | (labels == LUNG_RIGHT)
-                wall = (dist <= tube.radius + 2.0) & ~lumen & ~in_lung
-                self.c.paint(region, wall, anat.SOFT_HU, None)
-                self.c.paint(region, lumen & ~in_lung, anat.AIR_HU, AIRWAY)
-                self.c.paint(region, lumen & in_lung, anat.AIR_HU, None)
+        # Trachea and main bronchi: airway outside the lungs, bronchus inside them. Every wall
+        # first, then every lumen, so a wall never closes the junction at the carina.
+        segments = [
+            (tube, segment)
+            for tube in (trachea, p.main_bronchus(1.0), p.main_bronchus(-1.0))
+            for segment in _tube_segments(self.c, tube, 2.0)
+        ]
+        for tube, (region, _, _, _, dist, _) in segments:
+            labels = self.c.label[region]
+            in_lung = (labels == LUNG_LEFT) | (labels == LUNG_RIGHT)
+            self.c.paint(region, (dist <= tube.radius + 2.0) & ~in_lung, anat.SOFT_HU, None)
+        for tube, (region, _, _, _, dist, _) in segments:
+            lumen = dist <= tube.radius
+            labels = self.c.label[region]
+            in_lung = (labels == LUNG_LEFT) | (labels == LUNG_RIGHT)
+            self.c.paint(region, lumen & ~in_lung, anat.AIR_HU, AIRWAY)
+            self.c.paint(region, lumen & in_lung, anat.AIR_HU, None)
         for side, label in (("left", LUNG_LEFT), ("right", LUNG_RIGHT)):
             for tube in p.vessels.get(side, ()):
                 self.tube(tube, anat.BLOOD_HU, None, where=label)
@@ -412,7 +428,7 @@ class _Body:
             gas = lumen & (height > inner * (1.0 - 2.0 * tube.gas_fraction)) if tube.gas_fraction > 0 else lumen & False
             rest = lumen & ~gas
             if tube.content == "stool":
-                bubbles = rest & (self.bubbles[region] > 0.55)
+                bubbles = rest & (self.bubbles[region] > _normal_quantile(1.0 - tube.bubbles))
                 self.c.paint(region, rest, anat.STOOL_HU, TISSUE)
                 self.c.paint(region, bubbles, anat.AIR_HU, GAS)
             else:

@@ -237,7 +237,7 @@ def _describe(
         mask = lungs.get(side)
         if mask is None or not mask.any():
             continue
-        coverage = lung_coverage(mask, grid, clipped, bool(airway.mask[-1].any()), airway.carina is not None)
+        coverage = lung_coverage(mask, grid, clipped, airway.at_top(grid), airway.carina is not None)
         volume_ml = grid.volume_ml(mask)
         values = hu[mask]
         all_hu.append(values)

@@ -9,9 +9,9 @@ with it, is:
 * **parenchyma**: the core of an aerated lung measures about -900..-700 HU (air spaces with
   tissue and blood, and vessels through it); gas in a bowel loop or the stomach is pure air,
   about -1000 HU (:data:`PARENCHYMA_HU`);
-* **one air space, not a mottle**: within its own outline nearly everything is air, the rest
-  being vessels (:data:`MIN_AIR_FRACTION`); stool mixed with gas bubbles, or mastoid air cells,
-  are a sponge of air and tissue;
+* **one air space, not a mottle**: within its own outline (gaps of a few millimetres closed) nearly
+  everything is air, the rest being vessels (:data:`MIN_AIR_FRACTION`); stool mixed with gas
+  bubbles, or mastoid air cells, are a sponge or a cloud of air and tissue;
 * **tall**: a lung whose apex and base are both in the volume spans more than
   :data:`MIN_LUNG_HEIGHT_MM`; a shorter one must run into the first or last slice (clipped);
 * **in the thorax**: lateral to the mediastinum (:data:`MIN_LATERAL_OFFSET`), reaching the
@@ -34,15 +34,16 @@ import numpy as np
 from scipy import ndimage
 
 from tools.lung_geometry import Grid
-from tools.lung_masks import MAX_VESSEL_MM2, Airway, bounding_box, fill_small_holes
+from tools.lung_masks import MAX_VESSEL_MM2, Airway, bounding_box, disk, fill_small_holes
 
 #: Median HU of the region's core that aerated lung parenchyma spans (emphysema to dense).
 PARENCHYMA_HU = (-950.0, -500.0)
 #: Core = voxels at least this far (mm) from the region's edge in their slice (partial volume).
 CORE_MM = 4.0
 MIN_CORE_VOXELS = 30
-#: Fraction of the region's slice-by-slice filled outline that must be air.
+#: Fraction of the region's outline (closed over MOTTLE_GAP_MM, small holes filled) that must be air.
 MIN_AIR_FRACTION = 0.8
+MOTTLE_GAP_MM = 5.0
 MIN_THICKNESS_MM = 5.0
 #: A lung seen from apex to base is at least this tall (a newborn's is ~40 mm).
 MIN_LUNG_HEIGHT_MM = 30.0
@@ -134,7 +135,8 @@ def judge(candidate: Candidate, scene: Scene) -> Candidate:
     elif median > high:
         reasons.append(f"too dense for aerated lung (median {median:.0f} HU; lung {low:g} to {high:g} HU)")
     filled = fill_small_holes(mask, grid, MAX_VESSEL_MM2)
-    air_fraction = float(mask.sum()) / float(filled.sum())
+    outline = fill_small_holes(_closed(mask, grid), grid, MAX_VESSEL_MM2)
+    air_fraction = float(mask.sum()) / float(outline.sum())
     facts["air_fraction"] = round(air_fraction, 3)
     facts["vessels"] = float(_count_holes(filled & ~mask))
     if air_fraction < MIN_AIR_FRACTION:
@@ -163,6 +165,16 @@ def _core(mask: np.ndarray, depth: np.ndarray) -> np.ndarray:
         if core.sum() >= MIN_CORE_VOXELS or mm == 0.0:
             return core
     return mask
+
+
+def _closed(mask: np.ndarray, grid: Grid) -> np.ndarray:
+    """In-plane closing over :data:`MOTTLE_GAP_MM`: bubbles a few millimetres apart join into
+    one outline, with the stool between them inside it; a lung's outline barely changes."""
+    radius = max(1, round(MOTTLE_GAP_MM / min(grid.dx, grid.dy)))
+    structure = disk(radius)[None]
+    padded = np.pad(mask, ((0, 0), (radius, radius), (radius, radius)))
+    closed = ndimage.binary_closing(padded, structure=structure)
+    return np.asarray(closed[:, radius:-radius, radius:-radius] | mask)
 
 
 def _count_holes(holes: np.ndarray) -> int:

@@ -29,10 +29,23 @@ from tools.lung_geometry import Grid
 TRACHEA_MIN_CM2 = 0.3
 #: A piece of airway larger than this in one slice is lung, not bronchus (cm^2).
 AIRWAY_MAX_CM2 = 8.0
-#: The trachea's centre lies within this fraction of the body width from the body's midline.
+#: The trachea's centre lies within this fraction of the body width, and this distance (mm), from
+#: the body's midline (a goitre may push it ~2 cm aside).
 TRACHEA_MIDLINE_FRACTION = 0.2
+TRACHEA_MAX_OFFSET_MM = 25.0
+#: Area over that of the circle through its farthest pixel: a trachea is round (~0.6-1).
+TRACHEA_MIN_ROUNDNESS = 0.45
+#: Just below the carina the main bronchi lie this far (mm) each side of the trachea's line, and
+#: at least CARINA_TRACHEA_MM of trachea was followed above them.
+CARINA_SPLIT_MM = 4.0
+CARINA_REACH_MM = 30.0
+CARINA_TRACHEA_MM = 25.0
 #: Largest hole (mm^2 in one slice) filled into a lung: a vessel up to ~17 mm across.
 MAX_VESSEL_MM2 = 225.0
+#: A trace shorter than this (mm) from the top slice is not taken as a trachea by the coverage words.
+TRACHEA_MIN_LENGTH_MM = 30.0
+#: Sideways travel of a bronchus per slice gap, followed by the airway trace.
+BRONCHUS_DRIFT = 1.5
 #: In-plane closing radius of the body mask (mm): seals dark streaks a few pixels wide.
 BODY_CLOSING_MM = 6.0
 
@@ -42,6 +55,13 @@ class Airway:
     mask: np.ndarray
     #: Canonical index of the first slice below the carina (the trace split in two), if seen.
     carina: int | None
+
+    def at_top(self, grid: Grid) -> bool:
+        """A trachea runs down from the top slice for at least TRACHEA_MIN_LENGTH_MM."""
+        present = np.flatnonzero(self.mask.any(axis=(1, 2)))
+        if present.size == 0 or present[-1] != self.mask.shape[0] - 1:
+            return False
+        return float(grid.z[present[-1]] - grid.z[present[0]]) >= TRACHEA_MIN_LENGTH_MM
 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
@@ -149,7 +169,10 @@ def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarr
 
 
 def trace_airway(air: np.ndarray, body: np.ndarray, grid: Grid) -> Airway:
-    """Trachea and main bronchi: from a midline seed in the top air slice, followed downwards."""
+    """Trachea and main bronchi: from a midline seed in the top air slice, followed downwards.
+
+    The carina is where the trace splits into pieces on both sides of the trachea (the main
+    bronchi), not any split (the nasal cavity and pharynx part front to back)."""
     airway = np.zeros_like(air)
     has_air = np.nonzero(air.any(axis=(1, 2)))[0]
     if has_air.size == 0:
@@ -160,9 +183,12 @@ def trace_airway(air: np.ndarray, body: np.ndarray, grid: Grid) -> Airway:
     if seed is None:
         return Airway(airway, None)
     airway[start] = seed
-    reach = max(1, math.ceil(float(np.median(grid.thickness)) / min(grid.dx, grid.dy)))
+    # A main bronchus runs up to ~55 degrees from the vertical: it moves ~1.5 slice gaps sideways.
+    reach = max(1, math.ceil(BRONCHUS_DRIFT * float(np.median(grid.thickness)) / min(grid.dx, grid.dy)))
     near_disk = disk(reach)
-    current, pieces, carina = seed, 1, None
+    current, carina = seed, None
+    trachea_x = float(grid.slice_x(start, seed.shape)[seed].mean())
+    trachea_bottom = start
     for k in range(start - 1, -1, -1):
         labels, count = ndimage.label(air[k])
         if count == 0:
@@ -173,23 +199,37 @@ def trace_airway(air: np.ndarray, body: np.ndarray, grid: Grid) -> Airway:
         accepted = [i for i in touched if areas[i] * pixel_cm2 <= AIRWAY_MAX_CM2]
         if not accepted:
             break
-        if carina is None and len(accepted) >= 2 and pieces == 1:
+        xs = grid.slice_x(k, air[k].shape)
+        centres = [float(xs[labels == i].mean()) - trachea_x for i in accepted]
+        if len(accepted) == 1 and carina is None:
+            trachea_x += centres[0]
+            trachea_bottom = k
+        elif carina is None and _bronchi_split(centres) and grid.z[start] - grid.z[trachea_bottom] >= CARINA_TRACHEA_MM:
             carina = k
-        pieces = len(accepted)
         current = np.isin(labels, accepted)
         airway[k] = current
     return Airway(airway, carina)
 
 
+def _bronchi_split(offsets: list[float]) -> bool:
+    """Pieces both sides of the trachea's line, close to it: the main bronchi just below the
+    carina (the maxillary sinuses either side of the nasal cavity lie farther out)."""
+    near = [x for x in offsets if CARINA_SPLIT_MM <= abs(x) <= CARINA_REACH_MM]
+    return any(x < 0 for x in near) and any(x > 0 for x in near)
+
+
 def _trachea_seed(
     air2d: np.ndarray, body2d: np.ndarray, grid: Grid, k: int, pixel_cm2: float
 ) -> np.ndarray | None:
+    """The most midline small, round air region: a trachea (not the tip of a lung base)."""
     labels, count = ndimage.label(air2d)
     if count == 0 or not body2d.any():
         return None
     xs = grid.slice_x(k, air2d.shape)
     body_x = xs[body2d]
     mid, width = float(body_x.mean()), float(body_x.max() - body_x.min())
+    limit = min(TRACHEA_MIDLINE_FRACTION * width, TRACHEA_MAX_OFFSET_MM)
+    rows, cols = np.indices(air2d.shape)
     best: tuple[float, int] | None = None
     for i in range(1, count + 1):
         component = labels == i
@@ -197,6 +237,11 @@ def _trachea_seed(
         if not (TRACHEA_MIN_CM2 <= area <= AIRWAY_MAX_CM2):
             continue
         offset = abs(float(xs[component].mean()) - mid)
-        if offset <= TRACHEA_MIDLINE_FRACTION * width and (best is None or offset < best[0]):
+        radius2 = float(
+            (((rows[component] - rows[component].mean()) * grid.dy) ** 2
+             + ((cols[component] - cols[component].mean()) * grid.dx) ** 2).max()
+        )
+        round_enough = area * 100.0 >= TRACHEA_MIN_ROUNDNESS * math.pi * max(radius2, grid.pixel_mm2)
+        if offset <= limit and round_enough and (best is None or offset < best[0]):
             best = (offset, i)
     return None if best is None else np.asarray(labels == best[1])

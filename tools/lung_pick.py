@@ -4,7 +4,8 @@
    region (a stomach or colon under the dome that thick slices merge with a lung base through the
    diaphragm's partial volume, a bulla, a pneumothorax) is taken out of it as its own candidate:
    blobs of at least :data:`GAS_POCKET_ML` where the in-plane mean HU is below
-   :data:`PURE_GAS_HU`, with the one-voxel rim between them and the rest. One region spanning both
+   :data:`PURE_GAS_HU`, with the one-voxel rim between them and the rest; blobs touching the traced
+   airway are bronchi and stay. One region spanning both
    sides of the body midline (lungs touching at the anterior junction line, or a transverse colon)
    is split in two: by in-plane erosion until it falls into two seeds, every voxel then going to
    the nearest seed; failing that, by the mid-sagittal plane of the body. Each half is judged on
@@ -95,6 +96,10 @@ def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarra
     weight_ml = sub.thickness[:, None, None] * grid.pixel_mm2 / 1000.0
     sizes = ndimage.sum_labels(np.broadcast_to(weight_ml, crop.shape), labels, index=np.arange(1, count + 1))
     pockets = np.isin(labels, np.flatnonzero(sizes >= GAS_POCKET_ML) + 1)
+    # Gas at the end of the traced airway is bronchus: it stays with its lung.
+    airway = ndimage.binary_dilation(scene.airway.mask[box], iterations=2)
+    bronchi = np.unique(labels[pockets & airway])
+    pockets &= ~np.isin(labels, bronchi[bronchi > 0])
     if not pockets.any():
         return [(region, "")]
     rim = np.zeros((3, 3, 3), dtype=bool)
