@@ -1,5 +1,8 @@
 """Named realistic CT cases (:mod:`tests.body_phantom`) and the lung tool's result on each.
 
+:data:`LUNG_CASES` and :data:`REFUSED_CASES` are the cases the lung tool was developed on (the
+held-out ones live in ``test_ct_lung_regression.py`` alone).
+
 Each case is written once per test session (into a temporary folder removed at exit), loaded by
 the one loader and run through ``ct lung segmentation``; tests of the tool, the SEG/SR and routing
 share them. :func:`score` compares a result with the truth: Dice and precision per lung, and how
@@ -54,6 +57,37 @@ class LungScore:
     other_gas: float
 
 
+ODD_HEADERS = {"BodyPartExamined": None, "SeriesDescription": "1.0 x 5 B70f", "ProtocolName": None,
+               "PatientPosition": "FFS"}
+
+LUNG_CASES: dict[str, Case] = {
+    "chest": Case("chest", 1),
+    "chest-apex-clipped": Case("chest-apex-clipped", 2),
+    # The old tool labelled this case's bowel gas as both lungs (zero overlap with the bases).
+    "abdomen-lung-bases": Case("abdomen-lung-bases", 1),
+    "abdomen-lung-bases-prone": Case("abdomen-lung-bases", 5, patient_options={"position": "prone"}),
+    "abdomen-oesophageal-air-contrast": Case(
+        "abdomen-lung-bases", 10, patient_options={"esophageal_air": True, "aorta_hu": 260.0}
+    ),
+    "neck-apices": Case("neck-apices", 6),
+    "chest-clipped-fov": Case("chest", 3, scan_options={"pixel_mm": 1.9, "centre": (25.0, 0.0)}),
+    "chest-metal-noise-localizer-odd-headers": Case(
+        "chest", 7, scan_options={"noise_hu": 55.0, "metal": "spine rods"},
+        write_options={"localizer": True, "reverse_order": True, "headers": ODD_HEADERS},
+    ),
+    "chest-rotated-thin-slices": Case(
+        "chest-apex-clipped", 8, scan_options={"orientation": "axial-rotated", "slice_mm": 2.5}
+    ),
+    # 10 mm slices merge the left base with the stomach's gas through the diaphragm.
+    "chest-thick-slices": Case("chest", 9, scan_options={"slice_mm": 10.0}),
+}
+REFUSED_CASES: dict[str, Case] = {
+    "upper-abdomen": Case("upper-abdomen", 11),
+    "head": Case("head", 12),
+    "pelvis-hip-prosthesis": Case("pelvis", 13, scan_options={"metal": "hip", "noise_hu": 40.0}),
+}
+
+
 _ROOT = Path(tempfile.mkdtemp(prefix="body-cases-"))
 atexit.register(shutil.rmtree, _ROOT, True)
 
@@ -81,6 +115,16 @@ def _run(name: str, case: Case) -> Result:
         return Result(case, folder, truth, volume, CTLungSegmentation().run(volume, {}), None)
     except ToolRefused as exc:
         return Result(case, folder, truth, volume, None, str(exc))
+
+
+def named(name: str) -> Result:
+    """A case of :data:`LUNG_CASES` or :data:`REFUSED_CASES`, by name."""
+    return case_result(name, {**LUNG_CASES, **REFUSED_CASES}[name])
+
+
+def instance_files(result: Result) -> list[Path]:
+    """The series' files as the node's spool would hold them (the localizer too, if written)."""
+    return sorted(result.folder.glob("*.dcm"))
 
 
 def side_of(label: str) -> str:

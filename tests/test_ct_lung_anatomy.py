@@ -20,40 +20,11 @@ import logging
 import numpy as np
 import pytest
 
-from tests.body_cases import Case, Result, case_result, score, side_of, true_sides
+from tests.body_cases import LUNG_CASES, REFUSED_CASES, Case, Result, case_result, score, side_of, true_sides
 from tools.lung_candidates import Candidate, Scene, judge
 from tools.lung_geometry import canonical
 from tools.lung_masks import Airway
 
-ODD_HEADERS = {"BodyPartExamined": None, "SeriesDescription": "1.0 x 5 B70f", "ProtocolName": None,
-               "PatientPosition": "FFS"}
-
-LUNG_CASES: dict[str, Case] = {
-    "chest": Case("chest", 1),
-    "chest-apex-clipped": Case("chest-apex-clipped", 2),
-    # The old tool labelled this case's bowel gas as both lungs (zero overlap with the bases).
-    "abdomen-lung-bases": Case("abdomen-lung-bases", 1),
-    "abdomen-lung-bases-prone": Case("abdomen-lung-bases", 5, patient_options={"position": "prone"}),
-    "abdomen-oesophageal-air-contrast": Case(
-        "abdomen-lung-bases", 10, patient_options={"esophageal_air": True, "aorta_hu": 260.0}
-    ),
-    "neck-apices": Case("neck-apices", 6),
-    "chest-clipped-fov": Case("chest", 3, scan_options={"pixel_mm": 1.9, "centre": (25.0, 0.0)}),
-    "chest-metal-noise-localizer-odd-headers": Case(
-        "chest", 7, scan_options={"noise_hu": 55.0, "metal": "spine rods"},
-        write_options={"localizer": True, "reverse_order": True, "headers": ODD_HEADERS},
-    ),
-    "chest-rotated-thin-slices": Case(
-        "chest-apex-clipped", 8, scan_options={"orientation": "axial-rotated", "slice_mm": 2.5}
-    ),
-    # 10 mm slices merge the left base with the stomach's gas through the diaphragm.
-    "chest-thick-slices": Case("chest", 9, scan_options={"slice_mm": 10.0}),
-}
-REFUSED_CASES: dict[str, Case] = {
-    "upper-abdomen": Case("upper-abdomen", 11),
-    "head": Case("head", 12),
-    "pelvis-hip-prosthesis": Case("pelvis", 13, scan_options={"metal": "hip", "noise_hu": 40.0}),
-}
 #: Expected coverage words per case (both lungs), besides the clipped edges checked against truth.
 COVERAGE_WORDS = {
     "chest": None,

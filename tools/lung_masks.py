@@ -229,7 +229,7 @@ def _trachea_seed(
     body_x = xs[body2d]
     mid, width = float(body_x.mean()), float(body_x.max() - body_x.min())
     limit = min(TRACHEA_MIDLINE_FRACTION * width, TRACHEA_MAX_OFFSET_MM)
-    rows, cols = np.indices(air2d.shape)
+    rows, cols = (np.asarray(a) for a in np.indices(air2d.shape))
     best: tuple[float, int] | None = None
     for i in range(1, count + 1):
         component = labels == i
