@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from image_model.codes import concept
-from image_model.findings import AlgorithmInfo, LabelScore, ToolOutput
+from image_model.findings import AlgorithmInfo, Confidence, LabelScore, ToolOutput
 from tools.base import Availability, Tool, ToolRefused, invalid_settings_reason
 from tools.device import inference_mode, model_dtype, resolve_device
 from tools.registry import register_tool
@@ -71,6 +71,8 @@ class ClipSettings(BaseModel):
     context_length: int | None = Field(None, ge=8)
     #: How many labels the planner-facing summary lists.
     top_k: int = Field(3, ge=1)
+    #: A label whose softmax probability is below this is reported as uncertain.
+    uncertain_below: float = Field(0.5, ge=0, le=1)
 
     @field_validator("template")
     @classmethod
@@ -212,10 +214,16 @@ class BiomedClip(Tool):
         rgb = volume_to_rgb(volume, [index])[0]
         probs = scorer.probabilities(rgb, [cfg.template.format(label=label) for label in labels])
         ranked = sorted(zip(labels, probs.tolist()), key=lambda p: -p[1])
-        scores = [LabelScore(label, float(score)) for label, score in ranked]
+        scores = [
+            LabelScore(label, float(p), Confidence("softmax probability", float(p), cfg.uncertain_below))
+            for label, p in ranked
+        ]
         top = scores[: cfg.top_k]
         summary = {"labels": [s.label for s in top], "scores": [round(s.score, 4) for s in top], "slice_index": index}
-        text = "Image type (zero-shot): " + ", ".join(f"{s.label} ({s.score:.2f})" for s in top)
+        unsure = top[0].confidence is not None and top[0].confidence.uncertain
+        text = ("Image type (zero-shot, uncertain): " if unsure else "Image type (zero-shot): ") + ", ".join(
+            f"{s.label} ({s.score:.2f})" for s in top
+        )
         algorithm = AlgorithmInfo(
             name=f"BiomedClip zero-shot ({cfg.model_path.name})",
             version="1",
@@ -378,7 +386,8 @@ def classify_headers(volume: Volume, labels: list[str]) -> HeaderClassification:
                 score = CONF_DESCRIPTION
             else:
                 score = CONF_KIND_ONLY
-        scored.append(LabelScore(parsed.label, min(score, CONF_LOCALIZER_CAP) if localizer else score))
+        score = min(score, CONF_LOCALIZER_CAP) if localizer else score
+        scored.append(LabelScore(parsed.label, score, Confidence("header evidence", score, CONF_DESCRIPTION)))
     scored.sort(key=lambda s: -s.score)
     if localizer:
         evidence.append("localizer image: confidence capped")

@@ -75,13 +75,21 @@ class GroundedMedSAMTool(Tool):
     def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
         boxes, notes = self.grounding.boxes(volume, params)
         requests = [(b.slice_index or 0, Prompt(box=b.box)) for b in boxes]
-        masks = self.medsam.segment_slices(volume, requests) if requests else []
+        masks, ious = self.medsam.segment_slices_scored(volume, requests) if requests else ([], [])
         merged: dict[str, np.ndarray] = {}
-        for box, (index, _), mask in zip(boxes, requests, masks):
+        quality: dict[str, tuple[list[np.ndarray], list[float]]] = {}
+        for box, (index, _), mask, iou in zip(boxes, requests, masks, ious):
             if box.label not in merged:
                 merged[box.label] = np.zeros(volume.shape, dtype=bool)
+                quality[box.label] = ([], [])
             merged[box.label][index] |= mask
-        segments: list[Segment] = [make_segment(label, m, volume) for label, m in merged.items() if m.any()]
+            quality[box.label][0].append(mask)
+            quality[box.label][1].append(iou)
+        segments: list[Segment] = [
+            make_segment(label, m, volume, self.medsam.confidence(*quality[label]))
+            for label, m in merged.items()
+            if m.any()
+        ]
         summary = boxes_summary(boxes, self.grounding.config.summary_max_boxes)
         summary.update(segments_summary(segments))
         if notes:

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from image_model.codes import concept
-from image_model.findings import AlgorithmInfo, Box, ToolOutput
+from image_model.findings import AlgorithmInfo, Box, Confidence, ToolOutput
 from tools.base import ToolRefused
 from tools.device import inference_mode, model_dtype, resolve_device
 from tools.imaging import slice_indices, volume_to_rgb
@@ -58,6 +58,8 @@ class GroundingSettings(ModelPathSettings):
     max_detections: int = Field(default=20, ge=1)
     #: At most this many boxes listed in the planner's summary (a volume can have hundreds).
     summary_max_boxes: int = Field(default=30, ge=1)
+    #: A box scoring below this is reported as uncertain (it passed box_threshold, barely).
+    uncertain_below: float = Field(default=0.5, ge=0, le=1)
 
 
 @dataclass(frozen=True)
@@ -233,11 +235,16 @@ class GroundingDinoTool(CachedModelTool[GroundingSettings, GroundingModel]):
             detections += model.detect(volume_to_rgb(volume, chunk), prompts, settings)
         return indices, detections
 
+    def box(self, detection: Detection, slice_index: int | None) -> Box:
+        """A detection as a :class:`Box` carrying its score as the tool's confidence."""
+        confidence = Confidence("detection score", detection.score, self.config.uncertain_below)
+        return Box(detection.phrase, detection.score, detection.box, slice_index, confidence)
+
     def boxes(self, volume: Volume, params: dict[str, Any]) -> tuple[list[Box], list[str]]:
         """The detections as boxes, limited to the sides the ``targets`` ask for, and notes."""
         indices, per_slice = self.detect(volume, params)
         boxes = [
-            Box(d.phrase, d.score, d.box, index if volume.is_3d else None)
+            self.box(d, index if volume.is_3d else None)
             for index, detections in zip(indices, per_slice)
             for d in detections
         ]

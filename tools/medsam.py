@@ -11,6 +11,10 @@ machine for checkpoints saved from CUDA, so it is not used.)
 Pre-processing is MedSAM's, not SAM's: the RGB slice is resized to the encoder's square input
 (1024) without keeping the aspect ratio, min-max scaled to 0-1, and boxes are scaled by the same
 factor; the low-resolution mask logits are resized back to the slice and thresholded at 0.5.
+
+SAM's mask decoder also predicts the IoU of each mask with the object (its own quality estimate);
+a segment carries the mean over its slices as its :class:`~image_model.findings.Confidence`, marked
+uncertain below ``uncertain_below_iou``.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from image_model.codes import concept, segment_codes
-from image_model.findings import AlgorithmInfo, Segment, ToolOutput
+from image_model.findings import AlgorithmInfo, Confidence, Segment, ToolOutput
 from image_model.measure import mask_size
 from tools.base import ToolRefused
 from tools.device import inference_mode, model_dtype, resolve_device
@@ -85,6 +89,8 @@ class SamSettings(ModelPathSettings):
     #: Slices per image-encoder forward pass.
     batch_size: int = Field(default=4, ge=1)
     mask_threshold: float = Field(default=MASK_THRESHOLD, gt=0, lt=1)
+    #: A segment whose mean predicted IoU is below this is reported as uncertain.
+    uncertain_below_iou: float = Field(default=0.7, ge=0, le=1)
 
 
 def build_sam(settings: SamSettings) -> Sam:
@@ -196,20 +202,28 @@ class SamModel:
             out.append(self.sam.image_encoder(batch).float())
         return torch.cat(out)
 
-    @inference_mode
     def decode(self, embedding: torch.Tensor, prompts: Sequence[Prompt], rows: int, cols: int) -> np.ndarray:
-        """Masks (len(prompts), rows, cols) bool for the prompts on one embedded image.
+        """Masks (len(prompts), rows, cols) bool for the prompts on one embedded image."""
+        return self.decode_scored(embedding, prompts, rows, cols)[0]
+
+    @inference_mode
+    def decode_scored(
+        self, embedding: torch.Tensor, prompts: Sequence[Prompt], rows: int, cols: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (len(prompts), rows, cols) bool for the prompts on one embedded image, and the
+        decoder's predicted IoU of each.
 
         Box-only prompts go through the mask decoder together (it repeats the image embedding
         per prompt); point prompts, whose point counts may differ, go one at a time."""
         import torch
 
         out = np.zeros((len(prompts), rows, cols), dtype=bool)
+        iou = np.zeros(len(prompts), dtype=float)
         size = float(self.img_size)
         box_only = [n for n, p in enumerate(prompts) if p.box is not None and not p.points]
         if box_only:
             boxes = torch.tensor([prompts[n].box for n in box_only], dtype=torch.float32, device=self.device)
-            out[box_only] = self._masks(embedding, None, boxes * size, rows, cols)
+            out[box_only], iou[box_only] = self._masks(embedding, None, boxes * size, rows, cols)
         for n, prompt in enumerate(prompts):
             if n in box_only:
                 continue
@@ -218,8 +232,9 @@ class SamModel:
                 box = torch.tensor([prompt.box], dtype=torch.float32, device=self.device) * size
             coords = torch.tensor([prompt.points], dtype=torch.float32, device=self.device) * size
             labels = torch.tensor([prompt.point_labels or (1,) * len(prompt.points)], device=self.device)
-            out[n] = self._masks(embedding, (coords, labels), box, rows, cols)[0]
-        return out
+            masks, scores = self._masks(embedding, (coords, labels), box, rows, cols)
+            out[n], iou[n] = masks[0], scores[0]
+        return out, iou
 
     def _masks(
         self,
@@ -228,13 +243,14 @@ class SamModel:
         boxes: torch.Tensor | None,
         rows: int,
         cols: int,
-    ) -> np.ndarray:
-        """Masks (prompts, rows, cols) for prompts in encoder-input pixel coordinates."""
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Masks (prompts, rows, cols) for prompts in encoder-input pixel coordinates, and the
+        predicted IoU of each."""
         import torch
         import torch.nn.functional as F
 
         sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
-        low_res, _ = self.sam.mask_decoder(
+        low_res, iou = self.sam.mask_decoder(
             image_embeddings=embedding[None],
             image_pe=self.sam.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
@@ -242,18 +258,24 @@ class SamModel:
             multimask_output=False,
         )
         prob = F.interpolate(torch.sigmoid(low_res), size=(rows, cols), mode="bilinear", align_corners=False)
-        return (prob[:, 0] > self.settings.mask_threshold).cpu().numpy()
+        return (prob[:, 0] > self.settings.mask_threshold).cpu().numpy(), iou[:, 0].float().cpu().numpy()
 
     def segment(self, images: np.ndarray, prompts: Sequence[Sequence[Prompt]]) -> list[np.ndarray]:
         """For each image, the masks of its prompts; images without prompts are not encoded."""
+        return [masks for masks, _ in self.segment_scored(images, prompts)]
+
+    def segment_scored(
+        self, images: np.ndarray, prompts: Sequence[Sequence[Prompt]]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """For each image, the masks of its prompts and their predicted IoU."""
         rows, cols = images.shape[1:3]
         wanted = [i for i, p in enumerate(prompts) if p]
-        out = [np.zeros((0, rows, cols), dtype=bool) for _ in prompts]
+        out = [(np.zeros((0, rows, cols), dtype=bool), np.zeros(0)) for _ in prompts]
         for start in range(0, len(wanted), self.settings.batch_size):
             chunk = wanted[start : start + self.settings.batch_size]
             embeddings = self.embed(images[chunk])
             for embedding, i in zip(embeddings, chunk):
-                out[i] = self.decode(embedding, prompts[i], rows, cols)
+                out[i] = self.decode_scored(embedding, prompts[i], rows, cols)
         return out
 
 
@@ -276,13 +298,18 @@ def segments_summary(segments: Sequence[Segment]) -> dict[str, Any]:
             item[f"{m.name.meaning.lower()}_{m.unit.value.strip('{}')}"] = round(m.value, 3)
         if seg.mask.shape[0] > 1:
             item["slices"] = [int(filled[0]), int(filled[-1])]
+        if seg.confidence is not None:
+            item["confidence"] = seg.confidence.describe()
         items.append(item)
     return {"segments": items}
 
 
-def make_segment(label: str, mask: np.ndarray, volume: Volume) -> Segment:
-    """A segment named ``label`` with its codes from the one code table and its size."""
-    return segment_codes(label).segment(label, mask, [mask_size(mask, volume)])
+def make_segment(label: str, mask: np.ndarray, volume: Volume, confidence: Confidence | None = None) -> Segment:
+    """A segment named ``label`` with its codes from the one code table, its size, and the
+    model's confidence in it."""
+    segment = segment_codes(label).segment(label, mask, [mask_size(mask, volume)])
+    segment.confidence = confidence
+    return segment
 
 
 @register_tool
@@ -337,19 +364,34 @@ class MedSAMTool(CachedModelTool[SamSettings, SamModel]):
 
     def segment_slices(self, volume: Volume, requests: Sequence[tuple[int, Prompt]]) -> list[np.ndarray]:
         """The 2D mask (rows, cols) of each (slice index, prompt) request, slices encoded once each."""
+        return self.segment_slices_scored(volume, requests)[0]
+
+    def segment_slices_scored(
+        self, volume: Volume, requests: Sequence[tuple[int, Prompt]]
+    ) -> tuple[list[np.ndarray], list[float]]:
+        """:meth:`segment_slices`, with the predicted IoU of each mask."""
         by_slice: dict[int, list[int]] = {}
         for n, (index, _) in enumerate(requests):
             by_slice.setdefault(index, []).append(n)
         indices, model = sorted(by_slice), self.model()
         out: list[np.ndarray] = [np.empty(0)] * len(requests)
+        ious = [0.0] * len(requests)
         # One encoder batch of slices at a time, so only that many RGB slices exist at once.
         for start in range(0, len(indices), self.config.batch_size):
             chunk = indices[start : start + self.config.batch_size]
-            per_image = model.segment(volume_to_rgb(volume, chunk), [[requests[n][1] for n in by_slice[i]] for i in chunk])
-            for index, masks in zip(chunk, per_image):
-                for n, mask in zip(by_slice[index], masks):
-                    out[n] = mask
-        return out
+            prompts = [[requests[n][1] for n in by_slice[i]] for i in chunk]
+            for index, (masks, scores) in zip(chunk, model.segment_scored(volume_to_rgb(volume, chunk), prompts)):
+                for n, mask, score in zip(by_slice[index], masks, scores):
+                    out[n], ious[n] = mask, float(score)
+        return out, ious
+
+    def confidence(self, masks: Sequence[np.ndarray], ious: Sequence[float]) -> Confidence | None:
+        """Mean predicted IoU over the non-empty masks of one segment, clipped to 0-1 (the IoU
+        head is a regression that can stray outside it)."""
+        kept = [iou for mask, iou in zip(masks, ious) if mask.any()]
+        if not kept:
+            return None
+        return Confidence("predicted IoU", float(np.clip(np.mean(kept), 0.0, 1.0)), self.config.uncertain_below_iou)
 
     def run(self, volume: Volume, params: dict[str, Any]) -> ToolOutput:
         prompts = _prompts_from_params(params)
@@ -360,21 +402,31 @@ class MedSAMTool(CachedModelTool[SamSettings, SamModel]):
             raise ToolRefused(str(exc)) from None
         per_prompt = _prompt_slices(volume, params, len(prompts), indices)
         requests = [(i, p) for p, slices in zip(prompts, per_prompt) for i in slices]
-        masks = iter(self.segment_slices(volume, requests))
+        masks = iter(zip(*self.segment_slices_scored(volume, requests)))
         merge = params.get("box_slices") is not None
         stacks: dict[str, np.ndarray] = {}
+        quality: dict[str, tuple[list[np.ndarray], list[float]]] = {}
         empty = 0
         for k, slices in enumerate(per_prompt):
             stacked = np.zeros(volume.shape, dtype=bool)
+            own: tuple[list[np.ndarray], list[float]] = ([], [])
             for index in slices:
-                stacked[index] = next(masks)
+                mask, iou = next(masks)
+                stacked[index] = mask
+                own[0].append(mask)
+                own[1].append(iou)
             label = labels[k] if k < len(labels) else f"MedSAM region {k + 1}"
             if not stacked.any():
                 empty += 1
                 continue
             key = label if merge else f"{k}:{label}"
             stacks[key] = stacks[key] | stacked if key in stacks else stacked
-        segments = [make_segment(key if merge else key.split(":", 1)[1], mask, volume) for key, mask in stacks.items()]
+            quality.setdefault(key, ([], []))[0].extend(own[0])
+            quality[key][1].extend(own[1])
+        segments = [
+            make_segment(key if merge else key.split(":", 1)[1], mask, volume, self.confidence(*quality[key]))
+            for key, mask in stacks.items()
+        ]
         summary = segments_summary(segments)
         summary["empty_prompts"] = empty
         return ToolOutput(api_name=self.api_name, algorithm=self.algorithm(), summary=summary, segments=segments)

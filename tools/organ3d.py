@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from image_model.codes import SegmentCodes, concept, segment_codes
-from image_model.findings import AlgorithmInfo, Code, Segment, ToolOutput
+from image_model.findings import AlgorithmInfo, Code, Confidence, Segment, ToolOutput
 from image_model.measure import mask_size
 from tools.base import Availability, Tool, ToolRefused, invalid_settings_reason
 from tools.device import model_dtype, resolve_device
@@ -73,6 +73,8 @@ class Organ3DSettings(BaseModel):
     #: "window": clip (a_min, a_max) modality units to 0..1; "zscore": per-volume standardisation.
     intensity: Literal["window", "zscore", "none"] = "window"
     window: tuple[float, float] | None = None
+    #: A label whose mean softmax probability (over the voxels it won) is below this is uncertain.
+    uncertain_below: float = Field(0.8, ge=0.0, le=1.0)
     roi_size: tuple[int, int, int] | None = None
     overlap: float | None = Field(None, ge=0.0, lt=1.0)
     sw_batch_size: int = Field(1, ge=1)
@@ -99,6 +101,8 @@ class Organ3DSettings(BaseModel):
 DEFAULT_WINDOW_CT = (-1000.0, 1000.0)
 DEFAULT_ROI = (96, 96, 96)
 DEFAULT_OVERLAP = 0.25
+#: Key of :meth:`OrganSegmentation3D.segment`'s info holding {label index: mean softmax probability}.
+LABEL_CONFIDENCE = "label_confidence"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,6 +201,7 @@ class OrganSegmentation3D(Tool):
             )
         loaded, _ = self._ensure_loaded()
         label_map, info = self.segment(volume)
+        softmax: dict[int, float] = info.pop(LABEL_CONFIDENCE)
         table = self.label_table(loaded)
         for index in np.unique(label_map).tolist():  # channels the bundle/config does not name
             if index != 0 and index not in table:
@@ -215,7 +220,9 @@ class OrganSegmentation3D(Tool):
                 continue
             size = mask_size(mask, volume)
             sizes[lab.name] = round(size.value, 2)
-            segments.append(label_codes(lab).segment(lab.name, mask, [size]))
+            segment = label_codes(lab).segment(lab.name, mask, [size])
+            segment.confidence = Confidence("mean softmax probability", softmax.get(index, 0.0), cfg.uncertain_below)
+            segments.append(segment)
         segments, missing_targets = select_segments(segments, params.get("targets"), params.get("exclude"))
         sizes = {k: v for k, v in sizes.items() if k in {s.label for s in segments}}
         missing += missing_targets
@@ -227,11 +234,17 @@ class OrganSegmentation3D(Tool):
         )
         # Volumes in mL; in voxels when the series does not say how large its voxels are.
         in_ml = all(seg.measurements[0].unit.value == "mL" for seg in segments)
-        summary = {"labels": list(sizes), "volumes_ml" if in_ml else "volumes_voxels": sizes, "not_found": missing}
+        summary: dict[str, Any] = {
+            "labels": list(sizes), "volumes_ml" if in_ml else "volumes_voxels": sizes, "not_found": missing,
+        }
+        unsure = [s.label for s in segments if s.confidence is not None and s.confidence.uncertain]
+        if unsure:
+            summary["uncertain"] = unsure
         return ToolOutput(api_name=self.api_name, algorithm=algorithm, summary=summary, segments=segments)
 
     def segment(self, volume: Volume) -> tuple[np.ndarray, dict[str, Any]]:
-        """Label map (slices, rows, cols) on the source grid, and the inference parameters used."""
+        """Label map (slices, rows, cols) on the source grid, and the inference parameters used
+        (plus, under :data:`LABEL_CONFIDENCE`, each label's mean softmax probability)."""
         import torch
         from monai.inferers import sliding_window_inference
 
@@ -251,7 +264,10 @@ class OrganSegmentation3D(Tool):
                 image.to(device), roi, cfg.sw_batch_size, loaded.network, overlap=overlap, mode=cfg.blend
             )
             assert isinstance(logits, torch.Tensor)
-            labels = torch.argmax(logits[0], dim=0)
+            probability, labels = torch.softmax(logits[0].float(), dim=0).max(dim=0)
+            # The network's own confidence in each label: its mean softmax over the voxels it won.
+            count = torch.bincount(labels.flatten(), minlength=logits.shape[1])
+            total = torch.bincount(labels.flatten(), weights=probability.flatten(), minlength=logits.shape[1])
         label_map = from_network_grid(labels, mapping)
         info = {
             "axcodes": axcodes,
@@ -260,6 +276,7 @@ class OrganSegmentation3D(Tool):
             "overlap": overlap,
             "network_grid": list(mapping.network_shape),
             "device": str(device),
+            LABEL_CONFIDENCE: {int(i): float(total[i] / count[i]) for i in torch.nonzero(count).flatten().tolist()},
         }
         return label_map, info
 
