@@ -117,7 +117,7 @@ class Candidate:
 def judge(candidate: Candidate, scene: Scene) -> Candidate:
     """Apply every rule to ``candidate``; its ``reasons`` and ``facts`` are filled in place."""
     box = candidate.box
-    mask, hu, body = candidate.mask[box], scene.hu[box], scene.body[box]
+    mask, hu = candidate.mask[box], scene.hu[box]
     grid = scene.grid
     reasons, facts = candidate.reasons, candidate.facts
     if candidate.volume_ml < scene.min_lung_ml:
@@ -144,8 +144,8 @@ def judge(candidate: Candidate, scene: Scene) -> Candidate:
             f"mottled like stool or air cells ({air_fraction:.0%} of its outline is air; lung {MIN_AIR_FRACTION:.0%}+)"
         )
     _vertical(candidate, scene, reasons, facts)
-    _position(candidate, mask, body, box, scene, reasons, facts)
-    _ribs(mask, hu, body, box, scene, candidate, reasons, facts)
+    _position(mask, box, scene, reasons, facts)
+    _ribs(mask, box, scene, reasons, facts)
     _airway(candidate, scene, reasons, facts)
     return candidate
 
@@ -193,8 +193,7 @@ def _vertical(candidate: Candidate, scene: Scene, reasons: list[str], facts: dic
 
 
 def _position(
-    candidate: Candidate, mask: np.ndarray, body: np.ndarray, box: tuple[slice, ...], scene: Scene,
-    reasons: list[str], facts: dict[str, float],
+    mask: np.ndarray, box: tuple[slice, ...], scene: Scene, reasons: list[str], facts: dict[str, float]
 ) -> None:
     """Lateral to the mediastinum and reaching the back, measured on its widest slices."""
     grid = scene.grid
@@ -231,8 +230,7 @@ def _position(
 
 
 def _ribs(
-    mask: np.ndarray, hu: np.ndarray, body: np.ndarray, box: tuple[slice, ...], scene: Scene,
-    candidate: Candidate, reasons: list[str], facts: dict[str, float],
+    mask: np.ndarray, box: tuple[slice, ...], scene: Scene, reasons: list[str], facts: dict[str, float]
 ) -> None:
     """Bone in the body wall beside the region (ribs), in enough of its slices."""
     grid = scene.grid
