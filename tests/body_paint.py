@@ -52,6 +52,14 @@ class Canvas:
         sz, sy, sx = parts
         return (sz, sy, sx), self.zs[sz][:, None, None], self.ys[sy][None, :, None], self.xs[sx][None, None, :]
 
+    def around(
+        self, centre: tuple[float, ...], semi: tuple[float, ...]
+    ) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray, np.ndarray] | None:
+        """:meth:`box` of the ellipsoid with this centre and these semi-axes."""
+        lo = (centre[0] - semi[0], centre[1] - semi[1], centre[2] - semi[2])
+        hi = (centre[0] + semi[0], centre[1] + semi[1], centre[2] + semi[2])
+        return self.box(lo, hi)
+
     def everything(self) -> tuple[tuple[slice, slice, slice], np.ndarray, np.ndarray, np.ndarray]:
         box = self.box((-1e9, -1e9, -1e9), (1e9, 1e9, 1e9))
         assert box is not None
@@ -230,9 +238,7 @@ class Body:
     def mediastinum(self) -> None:
         p = self.p
         centre, semi = p.heart()
-        lo = tuple(c - s for c, s in zip(centre, semi))
-        hi = tuple(c + s for c, s in zip(centre, semi))
-        box = self.c.box(lo, hi)  # type: ignore[arg-type]
+        box = self.c.around(centre, semi)
         if box is not None:
             region, Z, Y, X = box
             self.c.paint(region, _ellipsoid(Z, Y, X, centre, semi) & self.cavity(Z, Y, X), anat.BLOOD_HU, TISSUE)
@@ -277,9 +283,7 @@ class Body:
                 self.tube(tube, anat.AIR_HU, None, where=label)
 
     def organ(self, centre: tuple[float, ...], semi: tuple[float, ...], hu: float, extra: Callable[..., np.ndarray] | None = None) -> None:
-        lo = tuple(c - s for c, s in zip(centre, semi))
-        hi = tuple(c + s for c, s in zip(centre, semi))
-        box = self.c.box(lo, hi)  # type: ignore[arg-type]
+        box = self.c.around(centre, semi)
         if box is None:
             return
         region, Z, Y, X = box
@@ -310,9 +314,7 @@ class Body:
         p = self.p
         centre = (52.0 * p.sx, -18.0 * p.sy, p.z_dome_left - 55.0)
         semi = (46.0 * p.sx, 42.0 * p.sy, 52.0)
-        lo = tuple(c - s for c, s in zip(centre, semi))
-        hi = tuple(c + s for c, s in zip(centre, semi))
-        box = self.c.box(lo, hi)  # type: ignore[arg-type]
+        box = self.c.around(centre, semi)
         if box is None:
             return
         region, Z, Y, X = box
@@ -386,9 +388,7 @@ class Body:
             self._gas_pocket((side * 58.0 * sx, 12.0 * sy, 398.0), (12.0, 12.0, 14.0), mottled=True)  # mastoids
 
     def _gas_pocket(self, centre: tuple[float, ...], semi: tuple[float, ...], mottled: bool) -> None:
-        lo = tuple(c - s for c, s in zip(centre, semi))
-        hi = tuple(c + s for c, s in zip(centre, semi))
-        box = self.c.box(lo, hi)  # type: ignore[arg-type]
+        box = self.c.around(centre, semi)
         if box is None:
             return
         region, Z, Y, X = box
