@@ -147,10 +147,17 @@ def test_grounding_boxes_carry_their_score(tmp_path: Path, ct: Volume) -> None:
     assert set(out.summary) <= {"boxes", "logits", "phrases", "slices", "total_boxes"}  # MMedAgent's keys
     for box in out.boxes:
         assert box.confidence == Confidence("detection score", box.score, 0.5)
-    texts = sr_texts(ct, out, tmp_path)
-    for box in out.boxes:
-        marker = ", uncertain" if box.score < 0.5 else ""
-        assert f"{box.label} (score {box.score:.2f}{marker})" in texts
+    strict = GroundingDinoTool(tiny_grounding_settings(
+        folder, box_threshold=0.0, text_threshold=0.0, max_detections=5, uncertain_below=1.0
+    )).run(ct, {"prompts": ["lung", "tumor"], "slices": [2]})
+    texts = sr_texts(ct, strict, tmp_path)
+    for box in strict.boxes:
+        assert box.confidence is not None and box.confidence.uncertain is (box.score < 1.0)
+        marker = ", uncertain" if box.confidence.uncertain else ""
+        # The box's summary Comment: "lung (score 0.42, uncertain): Area ... mm2".
+        assert any(t.startswith(f"{box.label} (score {box.score:.2f}{marker})") for t in texts), texts
+        if box.confidence.uncertain:
+            assert f"uncertain: detection score {box.score:.2f}, below 1.00" in texts
 
 
 def test_classifiers_carry_probabilities(tmp_path: Path, ct: Volume) -> None:
