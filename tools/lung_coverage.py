@@ -36,7 +36,7 @@ from tools.lung_masks import body_mask
 MOST_OF_LUNG_MM = 180.0
 SAMPLE_SPACING_MM = 10.0
 SAMPLE_PIXEL_MM = 3.0
-MIN_LUNG_SLICE_CM2 = 8.0
+MIN_LUNG_SLICE_CM2 = 4.0
 BODY_THRESHOLD_HU = -500.0
 LUNG_THRESHOLD_HU = -320.0
 #: At most this many slices are read for the routing check.
