@@ -64,8 +64,7 @@ def _run_job(name: str, tmp_path: Path) -> dict:
 
     folder = named(name).folder
     first = pydicom.dcmread(named(name).truth.files[0], stop_before_pixels=True)
-    config = load_config(overrides={"node": {"data_dir": str(tmp_path / "var")},
-                                    "planner": {"intent_embedding": False}})
+    config = load_config(overrides={"node": {"data_dir": str(tmp_path / "var")}})
     spec = JobSpec(
         job_id=name, study_uid=str(first.StudyInstanceUID), series_uid=str(first.SeriesInstanceUID),
         series_dir=str(folder), result_dir=str(tmp_path / "result"), route="ct-lungs",
