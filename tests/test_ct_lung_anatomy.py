@@ -142,3 +142,13 @@ def test_chest_abdomen_pelvis_at_higher_resolution() -> None:
     for side, figures in score(result).items():
         assert figures.dice >= 0.9 and figures.precision >= 0.95 and figures.other_gas <= 0.002, side
     assert len(result.output.summary["not_lung"]) >= 2
+
+
+def test_one_side_asked_on_a_partial_lung() -> None:
+    from tools.ct_lung import CTLungSegmentation
+
+    result = lung_case("abdomen-lung-bases")
+    out = CTLungSegmentation().run(result.volume, {"targets": ["right lung"]})
+    assert [s.label for s in out.segments] == ["Right lung (base only)"]
+    assert out.summary["coverage"] == "right lung: base only"
+    assert "right_lung_in_view_ml" in out.summary and not any(k.startswith("left_lung") for k in out.summary)
