@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
@@ -28,21 +29,17 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from highdicom.seg import SOP_CLASS_UIDS as SEG_SOP_CLASS_UIDS
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
-from pydicom.uid import SurfaceSegmentationStorage
-
 from config.schema import AppConfig, DestinationConfig
 from dicom_node.atomic import write_json_atomic
+from dicom_node.deliver.seg_refusal import files_for, is_segmentation
 from dicom_node.deliver.sender import SendReport, send_files
 
 log = logging.getLogger(__name__)
 
-#: SOP classes a destination with ``accepts_seg: false`` does not get (PS3.4 Annex B.5).
-SEGMENTATION_SOP_CLASSES = frozenset({*SEG_SOP_CLASS_UIDS, str(SurfaceSegmentationStorage)})
 #: Longest a destination thread sleeps before looking for due deliveries again.
 MAX_IDLE_SECONDS = 1.0
+#: How often :meth:`Outbox.wait_settled` looks again.
+SETTLE_POLL_SECONDS = 0.2
 #: Folder under the node's data_dir holding the delivery records.
 OUTBOX_FOLDER = "outbox"
 
@@ -168,41 +165,6 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80] or "_"
 
 
-def _sop_class(path: Path) -> str | None:
-    try:
-        return str(read_file_meta_info(path).MediaStorageSOPClassUID)
-    except (OSError, InvalidDicomError, AttributeError):
-        return None  # the sender reports the unreadable file when it tries to send it
-
-
-def _files_for(
-    destination: str,
-    dest: DestinationConfig,
-    paths: list[str],
-    seg_files: set[str],
-    replacements: dict[str, list[str]],
-) -> tuple[list[str], dict[str, str], dict[str, list[str]]]:
-    """Files, skipped and replaced of one delivery. A destination that refuses SEG gets each SEG
-    skipped, and its replacement files (if any) are sent in its place."""
-    send: list[str] = []
-    skipped: dict[str, str] = {}
-    replaced: dict[str, list[str]] = {}
-    if dest.accepts_seg:
-        return list(paths), skipped, replaced
-    for path in paths:
-        send.append(path)
-        if path not in seg_files:
-            continue
-        others = replacements.get(path, [])
-        why = f"destination {destination} does not accept Segmentation Storage"
-        if others:
-            why += f"; replaced by {len(others)} secondary-capture overlay image(s)"
-            replaced[path] = others
-            send.extend(others)
-        skipped[path] = why
-    return send, skipped, replaced
-
-
 def backoff_seconds(attempts: int, initial: float, maximum: float) -> float:
     """Delay after the ``attempts``-th failed attempt: initial, 2x, 4x ... capped at maximum."""
     return float(min(initial * 2 ** max(attempts - 1, 0), maximum))
@@ -258,7 +220,7 @@ class Outbox:
         unknown = [n for n in names if n not in self._config.destinations]
         if unknown:
             raise ValueError(f"unknown destination(s): {', '.join(unknown)}")
-        seg_files = {p for p in paths if _sop_class(Path(p)) in SEGMENTATION_SOP_CLASSES}
+        seg_files = {p for p in paths if is_segmentation(Path(p))}
         ids = []
         for name in names:
             existing = self._existing(job_id, name)
@@ -267,18 +229,18 @@ class Outbox:
                 ids.append(existing)
                 continue
             now = self._clock()
-            send, skipped, replaced = _files_for(
-                name, self._config.destinations[name], paths, seg_files, replacements)
+            chosen = files_for(self._config, name, paths, seg_files, replacements)
             delivery = Delivery(
                 delivery_id=f"{_safe(job_id)}.{_safe(name)}.{secrets.token_hex(4)}",
-                job_id=job_id, destination=name, files=send, created_at=now, updated_at=now,
-                window_start=now, next_attempt_at=now, skipped=skipped, replaced=replaced,
+                job_id=job_id, destination=name, files=chosen.send, created_at=now,
+                updated_at=now, window_start=now, next_attempt_at=now, skipped=chosen.skipped,
+                replaced=chosen.replaced,
             )
             if not delivery.remaining:
                 delivery.state, delivery.next_attempt_at = DeliveryState.DONE, None
             write_delivery(self.directory, delivery)
             log.info("outbox: queued %s (%d file(s), %d skipped) for %s",
-                     delivery.delivery_id, len(delivery.remaining), len(skipped), name)
+                     delivery.delivery_id, len(delivery.remaining), len(chosen.skipped), name)
             if delivery.state is not DeliveryState.DONE:
                 self._activate(delivery)
             ids.append(delivery.delivery_id)
@@ -315,6 +277,21 @@ class Outbox:
 
     def get(self, delivery_id: str) -> Delivery:
         return load_delivery(self.directory / f"{_safe(delivery_id)}.json")
+
+    def wait_settled(self, job_ids: Iterable[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds until no delivery of these jobs is pending or being
+        sent (the threads must be running); False if some still are."""
+        wanted = set(job_ids)
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                busy = any(d.job_id in wanted for active in self._active.values()
+                           for d in active.values())
+            if not busy:
+                return True
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return False
+            time.sleep(SETTLE_POLL_SECONDS)
 
     def _activate(self, delivery: Delivery) -> None:
         with self._lock:
