@@ -14,8 +14,10 @@ from pydicom.dataset import Dataset
 
 from config.loader import load_config
 from config.schema import AppConfig
-from dicom_node.jobs.embedded import JobRunner
-from dicom_node.jobs.pipeline import JobSpec, WorkerContext, run_job
+from dicom_node.jobs.manifest import Manifest
+from dicom_node.jobs.pipeline import WorkerContext, run_job
+from dicom_node.jobs.runner import JobRunner
+from dicom_node.jobs.spec import JobSpec
 from tests.phantoms import PhantomTruth, write_ct_phantom
 from tests.receive_helpers import DCMTK_BIN, dcmtk_env
 from tools.registry import ToolRegistry
@@ -94,7 +96,7 @@ def pipeline_runner(config: AppConfig) -> JobRunner:
     """The real pipeline (``run_job``) for ``config``, with the shared tool registry."""
     ctx = WorkerContext(config=config, registry=tool_registry())
 
-    def run(spec: JobSpec) -> dict[str, Any]:
+    def run(spec: JobSpec) -> Manifest:
         return run_job(spec, ctx)
 
     return run

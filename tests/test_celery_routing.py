@@ -13,12 +13,13 @@ import pytest
 
 from config.loader import load_config
 from dicom_node.jobs.celery_app import CPU_QUEUE, GPU_QUEUE, queue_for_tools, tool_queues
-from dicom_node.jobs.celery_queue import CeleryQueue
-from dicom_node.jobs.embedded import EmbeddedQueue
-from dicom_node.jobs.pipeline import JobSpec
-from dicom_node.jobs.queues import make_queue
+from dicom_node.jobs.celery_queue import CeleryExecutor
+from dicom_node.jobs.embedded import EmbeddedExecutor
+from dicom_node.jobs.queues import make_executor
+from dicom_node.jobs.service import JobService
 from dicom_node.jobs.shared import SharedJobState
-from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from dicom_node.jobs.spec import JobRequest, SeriesRef
+from dicom_node.jobs.store import JobStore
 from tests.celery_helpers import (
     RedisServer,
     celery_config,
@@ -48,45 +49,37 @@ def test_queue_follows_the_tools_a_route_may_call() -> None:
     assert queue_for_tools(None, queues) == GPU_QUEUE
 
 
-def _spec(tmp_path: Path, job_id: str, tools: list[str] | None) -> JobSpec:
-    return JobSpec(job_id=job_id, study_uid="1.2", series_uid="1.2.3", series_dir=str(tmp_path),
-                   result_dir=str(tmp_path / "r" / job_id), route="r", instruction="x",
-                   planner="rules", tools=tools)
-
-
 def test_jobs_published_to_their_queue_with_shared_state(redis_server: RedisServer, tmp_path: Path) -> None:
     config = load_config(overrides=celery_config(tmp_path / "var", free_port(), free_port(),
                                                  redis_server.url))
     store = JobStore(tmp_path / "var" / "jobs")
-    specs = [_spec(tmp_path, "job-cpu", ["ct lung segmentation"]), _spec(tmp_path, "job-gpu", None)]
-    for spec in specs:
-        store.save(JobRecord(job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid,
-                             state=JobState.QUEUED, route="r", fingerprint="f", instance_count=7,
-                             spec=spec.to_dict()))
-    queue = make_queue(config, store, None)
-    assert isinstance(queue, CeleryQueue)
+    series = SeriesRef("1.2", "1.2.3", str(tmp_path), tuple(f"1.2.3.{i}" for i in range(7)), "f")
+    requests = [JobRequest("cpu", "r", "x", "rules", ["ct lung segmentation"], []),
+                JobRequest("gpu", "r", "x", "rules", None, [])]
+    executor = make_executor(config)
+    assert isinstance(executor, CeleryExecutor)
+    service = JobService(config, store, executor, None, tmp_path / "var" / "results")
     client = redis_server.client()
-    queue.start()
+    service.start()
     try:
-        for spec in specs:
-            queue.submit(spec)
+        cpu_job, gpu_job = service.submit(series, requests)
         assert wait_until(lambda: client.llen(CPU_QUEUE) == 1 and client.llen(GPU_QUEUE) == 1, 15)
     finally:
-        queue.stop()
+        service.stop()
     bodies = {q: json.loads(client.lindex(q, 0)) for q in (CPU_QUEUE, GPU_QUEUE)}
-    assert bodies[CPU_QUEUE]["headers"]["id"] == "job-cpu"
-    assert bodies[GPU_QUEUE]["headers"]["id"] == "job-gpu"
+    assert bodies[CPU_QUEUE]["headers"]["id"] == cpu_job.job_id
+    assert bodies[GPU_QUEUE]["headers"]["id"] == gpu_job.job_id
     state = SharedJobState(client)
-    shared = state.get("job-cpu")
-    assert shared is not None and shared.state is JobState.QUEUED and shared.published
-    assert shared.instance_count == 7
+    shared = state.get(cpu_job.job_id)
+    assert shared is not None and shared.state == "queued" and shared.published
+    assert len(store.load(cpu_job.job_id).spec.instance_uids or []) == 7
 
-    # Submitting again (a node restart) follows the published job instead of publishing twice.
-    again = CeleryQueue(config, store)
+    # Taken up again (a node restart): the published job is followed, not published twice.
+    again = JobService(config, store, make_executor(config), None, tmp_path / "var" / "results")
     again.start()
     try:
-        again.submit(specs[0])
-        assert wait_until(lambda: "job-cpu" in again._tracked, 10)
+        again.adopt(store.load(cpu_job.job_id))
+        assert not again.wait_idle(timeout=2)  # followed, waiting for a worker
     finally:
         again.stop()
     assert client.llen(CPU_QUEUE) == 1
@@ -94,11 +87,10 @@ def test_jobs_published_to_their_queue_with_shared_state(redis_server: RedisServ
 
 def test_without_broker_the_embedded_pool_runs(tmp_path: Path) -> None:
     config = load_config(overrides={"node": {"data_dir": str(tmp_path)}})
-    store = JobStore(tmp_path / "jobs")
-    assert isinstance(make_queue(config, store, None), EmbeddedQueue)
+    assert isinstance(make_executor(config, counting_runner), EmbeddedExecutor)
     celery = load_config(overrides={"queue": {"broker_url": "redis://127.0.0.1:1/0"}})
     with pytest.raises(ValueError, match="custom job runner"):
-        make_queue(celery, store, None, runner=counting_runner)
+        make_executor(celery, runner=counting_runner)
 
 
 def test_worker_command_needs_a_broker(tmp_path: Path) -> None:

@@ -15,12 +15,13 @@ import pydicom
 import pytest
 
 from config.loader import load_config
-from config.schema import AppConfig
+from config.schema import AppConfig, DestinationConfig
 from dicom_node.app.commands.status import collect
 from dicom_node.app.node import Node
-from dicom_node.jobs.celery_queue import CeleryQueue
-from dicom_node.jobs.pipeline import JobSpec
+from dicom_node.jobs.queues import make_executor
+from dicom_node.jobs.service import JobService
 from dicom_node.jobs.shared import SharedJobState
+from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from tests.celery_helpers import (
     RedisServer,
@@ -29,9 +30,12 @@ from tests.celery_helpers import (
     wait_until,
     write_yaml,
 )
+from tests.orthanc_helpers import ORTHANC_AET, start_orthanc
 from tests.outbox_helpers import StoreSCP
 from tests.phantoms import write_ct_phantom
+from tests.qr_helpers import write_study
 from tests.receive_helpers import free_port, storescu
+from tests.test_http_api import call
 
 pytestmark = pytest.mark.slow
 
@@ -150,13 +154,13 @@ def test_worker_killed_mid_job_other_worker_finishes(cluster: Cluster) -> None:
         series = send_phantoms(node, cluster.root / "kill" / "in", 1, slices=64, rows=192, cols=192)
         running = wait_until(
             lambda: next((s for r in node.jobs.all() if r.route
-                          for s in [state.get(r.job_id)] if s and s.state is JobState.RUNNING), None),
+                          for s in [state.get(r.job_id)] if s and s.state == "running"), None),
             timeout=60, interval=0.02,
         )
         assert running is not None, "the job never ran"
         victim = next(w for w in cluster.workers if w.hostname == running.worker)
         victim.kill9()
-        assert state.get(running.job_id).state is JobState.RUNNING  # killed while holding the job
+        assert state.get(running.job_id).state == "running"  # killed while holding the job
         wait_results(pacs, 2, timeout=90)
         assert_one_seg_one_sr_each(pacs, series)
         (record,) = [r for r in node.jobs.all() if r.route]
@@ -201,27 +205,36 @@ def test_poison_job_fails_with_reason_after_bounded_tries(cluster: Cluster, tmp_
                                                  cluster.redis.url))
     store = JobStore(tmp_path / "var" / "jobs")
     missing = tmp_path / "not-mounted" / "series"
-    spec = JobSpec(
-        job_id=f"poison-{time.time_ns()}", study_uid="1.2.3", series_uid="1.2.3.4",
-        series_dir=str(missing), result_dir=str(tmp_path / "results"), route="ct-lungs",
-        instruction="Segment the lungs.", planner="rules",
-    )
-    store.save(JobRecord(job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid,
-                         state=JobState.QUEUED, route=spec.route, fingerprint="f",
-                         instance_count=3, spec=spec.to_dict()))
-    done: list[str] = []
-    queue = CeleryQueue(config, store, on_done=lambda record, manifest: done.append(record.job_id))
-    queue.start()
+    series = SeriesRef("1.2.3", f"1.2.3.{time.time_ns()}", str(missing),
+                       ("1.2.3.4.1", "1.2.3.4.2", "1.2.3.4.3"), "poison")
+    handed: list[str] = []
+    service = JobService(config, store, make_executor(config), RecordingOutbox(handed),
+                         tmp_path / "var" / "results")
+    service.start()
     try:
-        queue.submit(spec)
-        assert queue.wait_idle(timeout=60)
+        (record,) = service.submit(series, [JobRequest("ct-lungs", "ct-lungs", "Segment the lungs.",
+                                                       "rules", None, ["pacs"])])
+        assert service.wait_idle(timeout=60)
     finally:
-        queue.stop()
-    record = store.load(spec.job_id)
-    assert record.state is JobState.FAILED and not done
+        service.stop()
+    record = store.load(record.job_id)
+    assert record.state is JobState.FAILED and not handed
     assert record.attempt == config.queue.max_retries + 1
+    assert record.retries == config.queue.max_retries
     assert record.error and "not found on worker host" in record.error and str(missing) in record.error
+    assert record.error.startswith(f"gave up after {record.attempt} attempt(s)")
     assert record.worker in {w.hostname for w in cluster.workers}
+
+
+class RecordingOutbox:
+    """Records the jobs whose results reach the outbox."""
+
+    def __init__(self, handed: list[str]) -> None:
+        self.handed = handed
+
+    def enqueue(self, job_id: str, files: list[Path], destinations: list[str],
+                fallbacks: object = None) -> None:
+        self.handed.append(job_id)
 
 
 def test_node_restart_while_workers_run_its_jobs(cluster: Cluster) -> None:
@@ -243,7 +256,7 @@ def test_node_restart_while_workers_run_its_jobs(cluster: Cluster) -> None:
     finally:
         node.stop()
     try:
-        assert wait_until(lambda: state.get(published.job_id).state is JobState.DONE, 60)
+        assert wait_until(lambda: state.get(published.job_id).state == "done", 60)
         assert not list(pacs.out_dir.iterdir())  # nobody handed the results on yet
         node = Node(config)
         node.start()
@@ -280,28 +293,28 @@ def test_lost_worker_attempts_are_bounded_and_done_jobs_never_rerun(
     for spec in specs:
         store.save(JobRecord(job_id=spec.job_id, study_uid=spec.study_uid,
                              series_uid=spec.series_uid, state=JobState.QUEUED, route=spec.route,
-                             fingerprint="f", instance_count=8, spec=spec.to_dict()))
+                             fingerprint="f", instance_count=8, spec=spec))
     limit = config.queue.max_retries + 1 + config.queue.max_redeliveries
     client = cluster.redis.client()
     lost, done = specs
     # Earlier deliveries of "lost" all ended with their worker killed.
     client.hset(SharedJobState.key(lost.job_id), mapping={"state": "queued", "attempt": limit})
-    client.hset(SharedJobState.key(done.job_id),
-                mapping={"state": "done", "attempt": 1, "manifest": '{"files": []}'})
+    client.hset(SharedJobState.key(done.job_id), mapping={"state": "done", "attempt": 1})
     handed: list[str] = []
-    queue = CeleryQueue(config, store, on_done=lambda record, manifest: handed.append(record.job_id))
-    queue.start()
+    service = JobService(config, store, make_executor(config), RecordingOutbox(handed),
+                         tmp_path / "results")
+    service.start()
     try:
-        queue.submit(lost)
+        service.adopt(store.load(lost.job_id))  # the node restarted: it takes the job up again
         # Deliver the done job straight to a worker, as a redelivery would.
         from dicom_node.jobs.celery_app import TASK_NAME, make_celery_app
 
         make_celery_app(config).send_task(TASK_NAME, args=[done.to_dict()], task_id=done.job_id)
-        assert queue.wait_idle(timeout=30)
+        assert service.wait_idle(timeout=30)
         assert wait_until(lambda: any(f"job {done.job_id} already done" in w.log.read_text()
                                       for w in cluster.workers), 30)
     finally:
-        queue.stop()
+        service.stop()
     record = store.load(lost.job_id)
     assert record.state is JobState.FAILED and record.error and "gave up after" in record.error
     assert record.attempt == limit + 1
@@ -309,3 +322,34 @@ def test_lost_worker_attempts_are_bounded_and_done_jobs_never_rerun(
     assert client.hget(SharedJobState.key(done.job_id), "attempt") == "1"
     assert not Path(done.result_dir).exists() and handed == []
     client.close()
+
+
+def test_question_runs_on_a_worker_and_the_node_delivers_it(cluster: Cluster, tmp_path: Path) -> None:
+    """With a broker configured, an HTTP question is a job like any other: a Celery worker runs
+    it, and the node's outbox sends the answer to the destination asked for."""
+    cluster.ensure_workers()
+    orthanc = start_orthanc(tmp_path / "orthanc", free_port(), auto_route=False)
+    try:
+        truth = write_study(tmp_path / "ct", accession="ACC-CELERY-Q")
+        orthanc.upload(truth.files)
+        base, pacs = cluster.node_config("question")
+        config = base.model_copy(update={
+            "destinations": {**base.destinations, "orthanc": DestinationConfig(
+                ae_title=ORTHANC_AET, host="127.0.0.1", port=orthanc.dicom_port)},
+            "api": base.api.model_copy(update={"enabled": True, "port": 0}),
+        })
+        try:
+            with Node(config) as node:
+                status, answer, _ = call(node.api_port, "POST", "/questions", {
+                    "from": "orthanc", "accession": "ACC-CELERY-Q", "send_to": ["pacs"],
+                    "question": "How large is the left lung?", "wait": 120}, token=None)
+                assert status == 200 and answer["state"] == "done", answer
+                (job,) = answer["jobs"]
+                record = node.jobs.load(job["job_id"])
+                assert record.worker in {w.hostname for w in cluster.workers}, record
+                wait_results(pacs, 2, timeout=30)
+                assert_one_seg_one_sr_each(pacs, [truth.series_uid])
+        finally:
+            pacs.stop()
+    finally:
+        orthanc.stop()

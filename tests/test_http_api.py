@@ -26,11 +26,12 @@ import pytest
 import yaml
 
 from config.loader import load_config
-from config.schema import AppConfig
+from config.schema import AppConfig, DestinationConfig
 from dicom_node.app.http_api import ApiSetupError
 from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobState
 from tests.orthanc_helpers import ORTHANC_AET, Orthanc, start_orthanc
+from tests.outbox_helpers import StoreSCP
 from tests.qr_helpers import pipeline_runner, write_study
 from tests.receive_helpers import (
     PROJECT_ROOT,
@@ -160,8 +161,8 @@ def test_question_by_accession_answered_into_orthanc(
     study_id = orthanc.upload(truth.files)[0]["ParentStudy"]
     config = api_config(tmp_path, orthanc.dicom_port, token_env=TOKEN_ENV)
     question = "How large is the left lung?"
-    # The node's own runner never runs here (nothing is routed); questions run the pipeline.
-    with Node(config, runner=counting_runner, question_runner=pipeline_runner(config)) as node:
+    # Questions are the node's jobs: they run the node's runner (here the real pipeline).
+    with Node(config, runner=pipeline_runner(config)) as node:
         port = node.api_port
         status, answer, headers = call(port, "POST", "/questions", {
             "from": "pacs", "accession": "ACC-API-7", "question": question, "wait": 240})
@@ -201,3 +202,38 @@ def test_question_by_accession_answered_into_orthanc(
     assert answer["request_id"] in caplog.text and truth.study_uid in caplog.text
     for phi in ("ACC-API-7", "API-1", question):
         assert phi not in caplog.text
+
+
+@pytest.mark.slow
+def test_question_results_go_out_through_the_node_outbox(
+    tmp_path: Path, orthanc: Orthanc, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A question is one of the node's jobs: its answer is delivered by the node's own outbox
+    thread for the destination (no second outbox in the question's thread, nothing waiting for
+    a restart), and the viewer receives the SEG and SR once."""
+    caplog.set_level(logging.INFO, logger="dicom_node.deliver.outbox")
+    truth = write_study(tmp_path / "ct", accession="ACC-API-OUTBOX")
+    orthanc.upload(truth.files)
+    viewer = StoreSCP(tmp_path / "viewer", free_port(), ae_title="VIEWER").start()
+    try:
+        base = api_config(tmp_path, orthanc.dicom_port)
+        config = base.model_copy(update={"destinations": {
+            **base.destinations,
+            "viewer": DestinationConfig(ae_title="VIEWER", host="127.0.0.1", port=viewer.port),
+        }})
+        with Node(config, runner=pipeline_runner(config)) as node:
+            status, answer, _ = call(node.api_port, "POST", "/questions", {
+                "from": "pacs", "accession": "ACC-API-OUTBOX", "send_to": ["viewer"],
+                "question": "How large is the right lung?", "wait": 240}, token=None)
+            assert status == 200 and answer["state"] == "done", answer
+            (job,) = answer["jobs"]
+            delivered = [r for r in caplog.records
+                         if "delivered" in r.getMessage() and job["job_id"] in r.getMessage()]
+            assert delivered, caplog.text[-2000:]
+            assert {r.threadName for r in delivered} == {"outbox-viewer"}
+            got = wait_for(lambda: len(viewer.received()) >= 2 and viewer.received(), timeout=30)
+            modalities = sorted(str(pydicom.dcmread(p, stop_before_pixels=True).Modality)
+                                for p in got.values())
+            assert modalities == ["SEG", "SR"]
+    finally:
+        viewer.stop()

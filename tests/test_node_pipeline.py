@@ -48,7 +48,8 @@ class RecordingOutbox:
     def __init__(self) -> None:
         self.enqueued: list[tuple[str, list[Path], list[str]]] = []
 
-    def enqueue(self, job_id: str, files: list[Path], destinations: list[str]) -> None:
+    def enqueue(self, job_id: str, files: list[Path], destinations: list[str],
+                fallbacks: object = None) -> None:
         self.enqueued.append((job_id, files, destinations))
 
 
@@ -273,24 +274,49 @@ def test_results_reach_a_real_pacs_through_the_outbox(
 
 
 class RefusingOutbox:
-    """An outbox whose disk is full: enqueue raises."""
+    """An outbox on a full disk for its first ``full`` hand-offs (ENOSPC, transient), then
+    taking them; with ``refuse`` it refuses the destination for good (a permanent error)."""
 
-    def enqueue(self, job_id: str, files: list[Path], destinations: list[str]) -> None:
-        raise OSError(28, "No space left on device")
+    def __init__(self, full: int = 0, refuse: bool = False) -> None:
+        self.full, self.refuse, self.calls = full, refuse, 0
+        self.enqueued: list[str] = []
+
+    def enqueue(self, job_id: str, files: list[Path], destinations: list[str],
+                fallbacks: object = None) -> None:
+        self.calls += 1
+        if self.refuse:
+            raise ValueError(f"unknown destination(s): {', '.join(destinations)}")
+        if self.calls <= self.full:
+            raise OSError(28, "No space left on device")
+        self.enqueued.append(job_id)
 
 
-def test_job_whose_results_cannot_be_queued_is_failed_not_done(
+def test_results_not_handed_on_are_retried_when_transient_else_failed(
     nodes: list[Node], tmp_path: Path
 ) -> None:
+    """One retry policy for every failure of a run, the hand-off to the outbox included: a full
+    disk is retried with backoff until the results are queued; a refusal fails the job."""
     config = node_config(tmp_path / "var", free_port())
-    config = config.model_copy(
-        update={"routes": [config.routes[0].model_copy(update={"send_to": ["pacs"]})]}
-    )
-    node = start(nodes, Node(config, runner=counting_runner, outbox=RefusingOutbox()))
+    config = config.model_copy(update={
+        "routes": [config.routes[0].model_copy(update={"send_to": ["pacs"]})],
+        "queue": config.queue.model_copy(update={"retry_backoff_seconds": 0.2,
+                                                 "retry_backoff_max_seconds": 0.4}),
+    })
+    full = RefusingOutbox(full=2)
+    node = start(nodes, Node(config, runner=counting_runner, outbox=full))
     assert storescu(node.port, make_ct_series(tmp_path / "ct", 2)).returncode == 0
     (record,) = wait_for(lambda: done_records(node))
-    assert record.state is JobState.FAILED
-    assert "outbox" in (record.error or "") and "No space left" in (record.error or "")
+    assert record.state is JobState.DONE and full.enqueued == [record.job_id]
+    assert (record.attempt, record.retries, record.error) == (3, 2, None)
+
+    refused = RefusingOutbox(refuse=True)
+    node = start(nodes, Node(config.model_copy(update={"node": config.node.model_copy(update={
+        "port": free_port(), "data_dir": tmp_path / "var2"})}), runner=counting_runner,
+        outbox=refused))
+    assert storescu(node.port, make_ct_series(tmp_path / "ct2", 2)).returncode == 0
+    (record,) = wait_for(lambda: done_records(node))
+    assert record.state is JobState.FAILED and refused.calls == 1 and record.attempt == 1
+    assert "outbox" in (record.error or "") and "unknown destination" in (record.error or "")
 
 
 def test_late_instances_after_a_restart_still_supersede(
@@ -323,3 +349,4 @@ def test_late_instances_after_a_restart_still_supersede(
         ]
     )
     assert new.instance_count == 4 and new.supersedes == [old.job_id]
+

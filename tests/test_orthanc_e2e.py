@@ -118,7 +118,7 @@ def test_retrieve_by_accession_with_a_question_via_c_get(
     assert [s.series_uid for s in result.series] == [truth.series_uid]
     assert result.pulled == {truth.series_uid: len(truth.files)}
     (job,) = result.jobs
-    assert job.spec is not None and job.spec["instruction"] == question
+    assert job.spec is not None and job.spec.instruction == question
     sr = _check_results(orthanc, study_id, truth)
     texts = [str(elem.value) for elem in sr.iterall() if elem.keyword == "TextValue"]
     assert question in texts

@@ -78,7 +78,7 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def job(ctx: WorkerContext, series: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     result_dir = tmp_path_factory.mktemp("results") / "job-overlay"
-    return run_job(spec_for(series, result_dir, ["pacs", "viewer"]), ctx)
+    return run_job(spec_for(series, result_dir, ["pacs", "viewer"]), ctx).to_dict()
 
 
 def overlay_paths(manifest: dict[str, Any]) -> list[Path]:
@@ -138,7 +138,7 @@ def test_every_overlay_passes_dciodvfy(job: dict[str, Any]) -> None:
 
 
 def test_overlays_are_deterministic(ctx: WorkerContext, series: Path, job: dict[str, Any], tmp_path: Path) -> None:
-    again = run_job(spec_for(series, tmp_path / "again", ["viewer"]), ctx)
+    again = run_job(spec_for(series, tmp_path / "again", ["viewer"]), ctx).to_dict()
     first, second = overlay_paths(job), overlay_paths(again)
     assert [p.name for p in first] == [p.name for p in second]
     for a, b in zip(first, second, strict=True):
@@ -149,9 +149,9 @@ def test_overlays_are_deterministic(ctx: WorkerContext, series: Path, job: dict[
 
 def test_no_overlays_when_every_destination_takes_seg(ctx: WorkerContext, series: Path, tmp_path: Path) -> None:
     manifest = run_job(spec_for(series, tmp_path / "pacs-only", ["pacs"]), ctx)
-    assert manifest["fallback_files"] == {}
+    assert manifest.fallback_files == {}
     assert not (tmp_path / "pacs-only" / OVERLAY_FOLDER).exists()
-    assert [Path(f).name for f in manifest["files"]] == ["seg.dcm", "sr.dcm"]
+    assert [Path(f).name for f in manifest.files] == ["seg.dcm", "sr.dcm"]
 
 
 def test_rerun_removes_overlays_it_no_longer_writes(ctx: WorkerContext, series: Path, tmp_path: Path) -> None:
@@ -161,7 +161,7 @@ def test_rerun_removes_overlays_it_no_longer_writes(ctx: WorkerContext, series: 
     shutil.copy(next((result_dir / OVERLAY_FOLDER).glob("*.dcm")), stale)
     manifest = run_job(spec_for(series, result_dir, ["viewer"]), ctx)
     assert not stale.exists()
-    assert sorted(result_dir.joinpath(OVERLAY_FOLDER).glob("*.dcm")) == overlay_paths(manifest)
+    assert sorted(result_dir.joinpath(OVERLAY_FOLDER).glob("*.dcm")) == overlay_paths(manifest.to_dict())
 
 
 @pytest.mark.parametrize("name", ["eCT_Supplemental.dcm", "RG1_UNCI.dcm"])

@@ -17,6 +17,7 @@ import pytest
 from config.loader import load_config
 from config.schema import AppConfig
 from dicom_node.app.node import Node
+from dicom_node.jobs.manifest import Manifest
 from dicom_node.jobs.pipeline import SR_FILE, JobSpec, WorkerContext, run_job
 from dicom_node.jobs.store import JobRecord, JobState
 from tests.dicom_validate import dciodvfy_errors
@@ -44,10 +45,10 @@ def spec_for(series_dir: Path, result_dir: Path, supersedes: list[str] | None = 
     )
 
 
-def result_uids(manifest: dict[str, Any]) -> dict[str, str]:
+def result_uids(manifest: Manifest) -> dict[str, str]:
     """File name -> SOP Instance UID, read from the written files (not the manifest's claim)."""
     return {Path(p).name: str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID)
-            for p in manifest["files"]}
+            for p in manifest.files}
 
 
 def predecessors(sr_path: Path) -> list[tuple[str, str, str]]:
@@ -92,7 +93,7 @@ def test_late_instance_sr_names_the_earlier_sr(ctx: WorkerContext, slices: tuple
     assert pydicom.dcmread(second_sr).PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
         .ReferencedSOPSequence[0].ReferencedSOPClassUID == first_ds.SOPClassUID
     assert predecessors(first_sr) == []
-    assert second["supersedes"] == [{"sop_instance_uid": old["sr.dcm"],
+    assert second.supersedes == [{"sop_instance_uid": old["sr.dcm"],
                                      "series_uid": str(first_ds.SeriesInstanceUID)}]
     for path in (first_sr, second_sr):
         assert dciodvfy_errors(path) == [], path
@@ -114,7 +115,7 @@ def test_unreadable_or_foreign_predecessors_are_left_out(
     ds.StudyInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(foreign)
     manifest = run_job(spec_for(five, tmp_path / "job", [str(missing), str(not_dicom), str(foreign)]), ctx)
-    assert manifest["supersedes"] == []
+    assert manifest.supersedes == []
     sr = tmp_path / "job" / SR_FILE
     assert "PredecessorDocumentsSequence" not in pydicom.dcmread(sr)
     assert dciodvfy_errors(sr) == []
@@ -143,9 +144,9 @@ def test_failed_superseded_job_hands_on_its_own_predecessor(tmp_path: Path) -> N
     save("v1", JobState.DONE)
     save("v2", JobState.FAILED, supersedes=("v1", "other-route"))
     save("other-route", JobState.DONE, route="ct-other")
-    assert node._predecessor_reports(["v2"], "ct-lungs") == [str(tmp_path / "v1" / SR_FILE)]
-    assert node._predecessor_reports(["v1"], "ct-lungs") == [str(tmp_path / "v1" / SR_FILE)]
-    assert node._predecessor_reports(["other-route"], "ct-lungs") == []
+    assert node.job_service._predecessor_reports(["v2"], "ct-lungs") == [str(tmp_path / "v1" / SR_FILE)]
+    assert node.job_service._predecessor_reports(["v1"], "ct-lungs") == [str(tmp_path / "v1" / SR_FILE)]
+    assert node.job_service._predecessor_reports(["other-route"], "ct-lungs") == []
 
 
 @pytest.mark.slow
@@ -162,7 +163,7 @@ def test_node_late_instance_job_supersedes_the_first_sr(tmp_path: Path) -> None:
     finally:
         node.stop()
     assert second.instance_count == 5 and second.supersedes == [first.job_id]
-    assert second.spec is not None and second.spec["supersedes"] == [str(Path(first.result_dir or "") / SR_FILE)]
+    assert second.spec is not None and second.spec.supersedes == [str(Path(first.result_dir or "") / SR_FILE)]
     old = json.loads(Path(first.manifest_path or "").read_text())
     new_sr = Path(second.result_dir or "") / SR_FILE
     assert [uid for _, _, uid in predecessors(new_sr)] == [old["sop_instance_uids"]["sr.dcm"]]

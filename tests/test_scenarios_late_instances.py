@@ -16,7 +16,7 @@ import pytest
 from config.loader import load_config
 from dicom_node.app.commands.status import collect
 from dicom_node.app.node import Node
-from dicom_node.jobs.embedded import pipeline_runner
+from dicom_node.jobs.runner import pipeline_runner
 from dicom_node.jobs.pipeline import JobSpec
 from dicom_node.jobs.store import JobState
 from tests.outbox_helpers import StoreSCP

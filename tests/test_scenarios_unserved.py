@@ -43,5 +43,5 @@ def test_cr_sent_to_the_ct_lung_route_fails_with_the_reason(ctx: WorkerContext, 
 def test_an_ask_the_cr_can_serve_is_still_answered(ctx: WorkerContext, cr_series: Path,
                                                     tmp_path: Path) -> None:
     manifest = run_job(spec(cr_series, tmp_path / "job", "Describe this image."), ctx)
-    assert manifest["answer"] and not manifest["errors"]
+    assert manifest.answer and not manifest.errors
     assert (tmp_path / "job" / "sr.dcm").exists()

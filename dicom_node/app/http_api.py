@@ -10,11 +10,13 @@ started and stopped by :class:`dicom_node.app.node.Node`. Every answer is JSON.
     GET  /questions/<request_id> where that request is: accepted, running, done, failed
 
 A question runs in a background thread of the node process: :func:`retrieve_and_process` finds
-the study (C-FIND), pulls it (C-GET into the node's spool, or C-MOVE to the node's AE title),
-runs one "question" job per series with the question as instruction, and sends the answer
-SR to the PACS it came from (or ``send_to``). Its deliveries are on-disk outbox records like
-every other: they are attempted for up to ``outbox.retry_window_seconds``, and pending ones
-resume at the node's next start. Requests are records too, ``<data_dir>/questions/<id>.json``.
+the study (C-FIND), pulls it (C-GET into the node's spool, or C-MOVE to the node's AE title) and
+submits one "question" job per series, with the question as instruction, to the node's own job
+service: the node's queue runs it (Celery workers when a broker is configured) and the node's
+outbox sends the answer SR to the PACS it came from (or ``send_to``) as soon as the job is done,
+like any routed result. The request ends once its jobs ended and their deliveries were made (or
+given up after ``outbox.retry_window_seconds``; ``GET /status`` shows them). Requests are
+records too, ``<data_dir>/questions/<id>.json``.
 
 With ``api.token_env`` set, every request must carry ``Authorization: Bearer <token>`` (the
 value of that environment variable); otherwise 401. Logs carry request ids, job ids and
@@ -42,8 +44,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from config.schema import AppConfig
 from dicom_node.atomic import write_json_atomic
-from dicom_node.jobs.embedded import JobRunner
-from dicom_node.jobs.store import JobStore
+from dicom_node.jobs.service import JobService
+from dicom_node.receive.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +196,15 @@ class QuestionStore:
 class HttpApi:
     """The HTTP server plus the questions it started. See the module docstring."""
 
-    def __init__(self, config: AppConfig, runner: JobRunner | None = None) -> None:
-        """``runner`` runs question jobs (default: a pipeline runner built on the first question,
-        then reused, so models load once)."""
+    def __init__(self, config: AppConfig, jobs: JobService, spool: Spool) -> None:
+        """``jobs`` and ``spool`` are the node's: questions are pulled into its spool and run as
+        its jobs."""
         self.config = config
         data_dir = Path(config.node.data_dir).resolve()
-        self.jobs = JobStore(data_dir / "jobs")
+        self.job_service = jobs
+        self.jobs = jobs.store
+        self.spool = spool
         self.questions = QuestionStore(data_dir / QUESTIONS_FOLDER)
-        self._runner: JobRunner | None = runner
-        self._runner_lock = threading.Lock()
         self._token: str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -210,15 +212,6 @@ class HttpApi:
         self._asking_lock = threading.Lock()
 
     # -- lifecycle ---------------------------------------------------------------------------
-
-    def _question_runner(self) -> JobRunner:
-        with self._runner_lock:
-            runner = self._runner
-            if runner is None:
-                from dicom_node.jobs.embedded import pipeline_runner
-
-                runner = self._runner = pipeline_runner(self.config)
-            return runner
 
     def start(self) -> None:
         api = self.config.api
@@ -321,8 +314,9 @@ class HttpApi:
         try:
             result = retrieve_and_process(
                 self.config, body.source, query, method=body.method, instruction=body.question,
-                send_to=body.send_to, send_timeout=self.config.outbox.retry_window_seconds,
-                runner=self._question_runner(),
+                send_to=body.send_to, wait_seconds=None,
+                send_timeout=self.config.outbox.retry_window_seconds, jobs=self.job_service,
+                spool=self.spool,
             )
         except RetrieveError as exc:
             record.errors.append(str(exc))

@@ -1,19 +1,19 @@
 """The job: one routed series in, result files out. The same function runs in the embedded pool
-and in Celery workers, so it takes only serialisable arguments (a :class:`JobSpec` as a dict)
-plus the per-process :class:`WorkerContext` that keeps models warm across jobs.
+and in Celery workers, so it takes only a :class:`~dicom_node.jobs.spec.JobSpec` plus the
+per-process :class:`WorkerContext` that keeps models warm across jobs.
 
 Data flow (top to bottom): load series -> agent (planner + tools + aggregator) -> SEG + SR
 (the SR naming the SRs it supersedes; secondary-capture overlays too when a destination refuses
-SEG) -> files in the job's result folder -> manifest (the node's outbox sends the files).
+SEG) -> files in the job's result folder -> manifest (returned; the worker writes it, the node's
+outbox sends the files).
 """
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -24,49 +24,16 @@ from agent.planners.base import Planner, UnknownPlanner, build_planner
 from agent.protocol import to_plain
 from config import AppConfig
 from dicom_node.atomic import write_dataset_atomic, write_json_atomic
+from dicom_node.deliver.seg_refusal import needs_stand_ins
+from dicom_node.jobs.manifest import Manifest
+from dicom_node.jobs.retry import JobFailed
+from dicom_node.jobs.spec import JobSpec
 from dicom_node.receive.spool import INSTANCE_SUFFIX
 from image_model.loader import LoadError, load_series
 from sr_templates.outputs import build_outputs, build_overlays, identity_for
 from tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything a worker needs to process one series; JSON-serialisable."""
-
-    job_id: str
-    study_uid: str
-    series_uid: str
-    #: Folder holding the series' instances (the spool folder, or a worker-local copy).
-    series_dir: str
-    #: Folder the job writes its results into (created if missing).
-    result_dir: str
-    route: str
-    instruction: str
-    planner: str
-    #: Tools the planner may call (None: all available).
-    tools: list[str] | None = None
-    destinations: list[str] = field(default_factory=list)
-    attempt: int = 1
-    #: SR files of the earlier jobs on this series (before late instances arrived) whose results
-    #: this job replaces: the new SR lists them as predecessors (PS3.3 C.17.2.3). Paths, read
-    #: when the job runs; a missing one (its job failed or is not finished) is left out.
-    supersedes: list[str] = field(default_factory=list)
-    #: SOP Instance UIDs of the instance set this job was created for (spool files
-    #: ``<uid>.dcm`` in ``series_dir``). A job still queued when late instances arrive must not
-    #: take them in: the job created for the enlarged set supersedes it, and two jobs on one set
-    #: would produce the same output UIDs. None: every file in ``series_dir``.
-    instance_uids: list[str] | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobSpec:
-        return cls(**data)
-
 
 @dataclass
 class WorkerContext:
@@ -98,31 +65,15 @@ class WorkerContext:
             return self.planners[name]
 
 
-class JobFailed(Exception):
-    """The series cannot be processed; the message is the reason recorded in job state."""
-
-
 #: File names in a job's result folder.
 SEG_FILE = "seg.dcm"
 SR_FILE = "sr.dcm"
 CONVERSATION_FILE = "conversation.json"
-MANIFEST_FILE = "manifest.json"
 #: Folder (in the result folder) of the secondary-capture overlays that replace the SEG for
 #: destinations with ``accepts_seg: false``; files ``0001.dcm``, ``0002.dcm``...
 OVERLAY_FOLDER = "overlay"
 #: What the predecessor check reads from an earlier SR (enough for a Predecessor Documents item).
 _PREDECESSOR_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
-
-
-def needs_overlays(spec: JobSpec, config: AppConfig) -> bool:
-    """Whether some destination of the job refuses Segmentation Storage (it gets overlays).
-
-    Overlays are written only then: one RGB image per segmented slice costs ~3x a source slice on
-    disk, wasted when every destination takes the SEG."""
-    return any(
-        name in config.destinations and not config.destinations[name].accepts_seg
-        for name in spec.destinations
-    )
 
 
 def predecessor_reports(spec: JobSpec) -> list[Dataset]:
@@ -179,8 +130,8 @@ def _instance_files(spec: JobSpec) -> Path | list[Path]:
     return paths
 
 
-def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
-    """Process one series; return the manifest (also written to ``result_dir/manifest.json``).
+def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
+    """Process one series; return the manifest (the worker writes it beside the results).
 
     Raises :class:`JobFailed` with a readable reason for input the pipeline cannot handle: a
     series the loader refuses, or one where every tool the planner called refused it (an SR
@@ -226,33 +177,34 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> dict[str, Any]:
     # The SEG's stand-in for destinations that refuse it: {SEG path: overlay paths}.
     fallback_files: dict[str, list[str]] = {}
     overlays: list[Dataset] = []
-    if SEG_FILE in uids and needs_overlays(spec, config):
+    # Overlays are written only where a destination refuses SEG: one RGB image per segmented
+    # slice costs ~3x a source slice on disk, wasted when every destination takes the SEG.
+    if SEG_FILE in uids and needs_stand_ins(config, spec.destinations):
         overlays.extend(build_overlays(volume, result.outputs, config.output, identity))
     written = write_overlays(out_dir, overlays)
     if written:
         fallback_files[str(out_dir / SEG_FILE)] = list(written)
         uids.update({f"{OVERLAY_FOLDER}/{Path(p).name}": uid for p, uid in written.items()})
     write_json_atomic(out_dir / CONVERSATION_FILE, result.conversation.to_llava_json())
-    manifest = {
-        "job_id": spec.job_id,
-        "study_uid": spec.study_uid,
-        "series_uid": spec.series_uid,
-        "route": spec.route,
-        "instances": len(volume.datasets),
-        "files": files,
-        "fallback_files": fallback_files,
-        "sop_instance_uids": uids,
-        "supersedes": [
+    manifest = Manifest(
+        job_id=spec.job_id,
+        study_uid=spec.study_uid,
+        series_uid=spec.series_uid,
+        route=spec.route,
+        instances=len(volume.datasets),
+        files=files,
+        fallback_files=fallback_files,
+        sop_instance_uids=uids,
+        supersedes=[
             {"sop_instance_uid": str(ds.SOPInstanceUID), "series_uid": str(ds.SeriesInstanceUID)}
             for ds in predecessors
         ],
-        "answer": result.answer,
-        "planner": result.planner,
-        "fallback_reason": result.fallback_reason,
-        "errors": result.errors,
-        "tools": [{"api_name": o.api_name, "summary": to_plain(o.summary)} for o in result.outputs],
-    }
-    write_json_atomic(out_dir / MANIFEST_FILE, manifest)
+        answer=result.answer,
+        planner=result.planner,
+        fallback_reason=result.fallback_reason,
+        errors=result.errors,
+        tools=[{"api_name": o.api_name, "summary": to_plain(o.summary)} for o in result.outputs],
+    )
     log.info(
         "job %s: %d output file(s), %d overlay(s), %d predecessor report(s), planner %s%s",
         spec.job_id, len(files), len(written), len(predecessors), result.planner,

@@ -1,27 +1,33 @@
-"""Job state shared by the node and its Celery workers: one Redis hash per job.
+"""The Celery queue's meeting point in Redis: one hash per job, ``mmed:job:<job_id>``.
 
-``mmed:job:<job_id>`` holds ``state`` (queued / running / done / failed, the values of
-:class:`~dicom_node.jobs.store.JobState`), timestamps, the worker hostname and pid, the attempt
-count (every start of the task counts, redeliveries after a lost worker included), the error
-text, the expected instance count and, once done, the manifest (JSON). Workers write it; the node
-writes ``queued`` when it publishes and mirrors every change into its own job record
-(``<data_dir>/jobs/<job_id>.json``) so ``mmed-node status`` shows it.
+It is not a second store of job state (that is the node's job record, see
+:mod:`dicom_node.jobs.store`): it holds only what workers on other hosts need to agree on, and
+what they tell the node.
 
-With Redis persistence on (AOF), the hash survives a Redis restart, and it is keyed by the
-derived job id, so it survives restarts of the node and of workers too.
+* the **claim**: ``begin`` (one Lua script, atomic) decides whether a delivered task may run: a
+  job that finished, or that waits for the node's retry decision, never runs again; otherwise
+  the attempt is counted (``attempt``: every start, redeliveries after a lost worker included)
+  and the job is marked ``running`` by this worker (``worker``, ``worker_pid``, ``started``). A
+  job past its attempt limit is marked ``failed`` instead.
+* the **report**: the worker that ran it writes how the run ended: ``done``, ``failed`` (a
+  permanent reason: never retried) or ``retry`` (a transient error: the node decides, with the one
+  retry policy, whether and when it runs again); ``error`` holds the reason.
+* what the **node** writes: ``queued`` and ``published`` when it publishes a run.
+
+``state`` therefore takes the values queued, running, retry, done and failed. Finished hashes
+expire after :data:`FINISHED_TTL_SECONDS`; the node's record is the lasting copy. With Redis
+persistence on (AOF) a hash survives a Redis restart, and it is keyed by the derived job id, so
+it survives restarts of the node and of workers too.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 import redis
 from redis.typing import EncodableT, FieldT
-
-from dicom_node.jobs.store import JobState
 
 KEY_PREFIX = "mmed:job:"
 #: Finished jobs' hashes expire after this long (the node's JSON record is the long-term copy).
@@ -29,18 +35,28 @@ FINISHED_TTL_SECONDS = 7 * 24 * 3600
 #: Connect/read timeout of the state client: an outage must fail fast, not hang the node.
 SOCKET_TIMEOUT_SECONDS = 5.0
 
-#: Atomically decide whether a delivered task may run: a finished job is never run again (a
-#: duplicate delivery), otherwise count the attempt and mark the job running.
-#: Returns {previous state, attempt after increment}.
+QUEUED, RUNNING, RETRY, DONE, FAILED = "queued", "running", "retry", "done", "failed"
+#: States in which a delivered task must not run (the job ended, or waits for the node).
+NOT_RUNNABLE = frozenset({DONE, FAILED, RETRY})
+
+#: KEYS[1] the hash; ARGV: worker, pid, now, attempt limit, finished TTL.
+#: Returns {verdict, attempt}: verdict "run", "gave-up", or the state that forbids running.
 _BEGIN = """
 local state = redis.call('HGET', KEYS[1], 'state')
-if state == 'done' or state == 'failed' then
+if state == 'done' or state == 'failed' or state == 'retry' then
   return {state, tonumber(redis.call('HGET', KEYS[1], 'attempt') or '0')}
 end
 local attempt = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+if attempt > tonumber(ARGV[4]) then
+  redis.call('HSET', KEYS[1], 'state', 'failed', 'finished', ARGV[3], 'updated', ARGV[3], 'error',
+             'gave up after ' .. (attempt - 1) .. ' attempt(s): the job kept ending without a ' ..
+             'result (its worker was lost each time)')
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return {'gave-up', attempt}
+end
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'worker_pid', ARGV[2],
-           'started', ARGV[3], 'updated', ARGV[3])
-return {state or '', attempt}
+           'started', ARGV[3], 'updated', ARGV[3], 'error', '')
+return {'run', attempt}
 """
 
 
@@ -49,7 +65,7 @@ class SharedJob:
     """A decoded job hash."""
 
     job_id: str
-    state: JobState
+    state: str
     attempt: int = 0
     worker: str | None = None
     worker_pid: int | None = None
@@ -58,10 +74,8 @@ class SharedJob:
     finished: float | None = None
     updated: float | None = None
     error: str | None = None
-    instance_count: int | None = None
     #: The node published the task (False: recorded but the publish may not have happened).
     published: bool = False
-    manifest: dict[str, Any] | None = None
 
     @classmethod
     def from_hash(cls, job_id: str, raw: dict[str, str]) -> SharedJob:
@@ -73,7 +87,7 @@ class SharedJob:
 
         return cls(
             job_id=job_id,
-            state=JobState(raw.get("state") or JobState.QUEUED.value),
+            state=raw.get("state") or QUEUED,
             attempt=integer("attempt") or 0,
             worker=raw.get("worker") or None,
             worker_pid=integer("worker_pid"),
@@ -82,10 +96,20 @@ class SharedJob:
             finished=num("finished"),
             updated=num("updated"),
             error=raw.get("error") or None,
-            instance_count=integer("instance_count"),
             published=raw.get("published") == "1",
-            manifest=json.loads(raw["manifest"]) if raw.get("manifest") else None,
         )
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``begin`` decided: ``run``, ``gave-up``, or the state that forbids running."""
+
+    verdict: str
+    attempt: int
+
+    @property
+    def may_run(self) -> bool:
+        return self.verdict == "run"
 
 
 class SharedJobState:
@@ -125,50 +149,51 @@ class SharedJobState:
 
     # -- node side
 
-    def mark_queued(self, job_id: str, instance_count: int | None) -> None:
-        """Before publishing: the job exists and waits for a worker."""
+    def mark_queued(self, job_id: str, fresh: bool) -> None:
+        """Before publishing a run: the job waits for a worker. ``fresh`` starts the attempt
+        count again (a new job, or one an operator retries)."""
         now = time.time()
         fields: dict[FieldT, EncodableT] = {
-            "state": JobState.QUEUED.value, "queued": now, "updated": now
+            "state": QUEUED, "queued": now, "updated": now, "published": "0", "error": "",
         }
-        if instance_count is not None:
-            fields["instance_count"] = instance_count
-        self._client.hset(self.key(job_id), mapping=fields)
+        pipe = self._client.pipeline(transaction=True)
+        if fresh:
+            pipe.delete(self.key(job_id))
+        pipe.hset(self.key(job_id), mapping=fields)
+        pipe.persist(self.key(job_id))
+        pipe.execute()
 
     def mark_published(self, job_id: str) -> None:
         self._client.hset(self.key(job_id), "published", "1")
 
     # -- worker side
 
-    def begin(self, job_id: str, worker: str, pid: int) -> tuple[str, int]:
-        """Count one attempt and mark the job running, unless it already finished.
-
-        Returns ``(previous state or "", attempt)``; a previous state of ``done``/``failed``
-        means the task must not run (``attempt`` is then the count so far).
-        """
-        previous, attempt = self._begin(keys=[self.key(job_id)], args=[worker, pid, time.time()])
-        return str(previous), int(attempt)
-
-    def mark_retrying(self, job_id: str, error: str, delay: float) -> None:
-        now = time.time()
-        self._client.hset(
-            self.key(job_id),
-            mapping={"state": JobState.QUEUED.value, "error": error, "updated": now,
-                     "retry_at": now + delay},
+    def begin(self, job_id: str, worker: str, pid: int, max_attempts: int) -> Claim:
+        """Count one attempt and mark the job running, unless it may not run (see the module
+        docstring)."""
+        verdict, attempt = self._begin(
+            keys=[self.key(job_id)],
+            args=[worker, pid, time.time(), max_attempts, FINISHED_TTL_SECONDS],
         )
+        return Claim(str(verdict), int(attempt))
 
-    def mark_done(self, job_id: str, manifest: dict[str, Any]) -> None:
-        self._finish(job_id, JobState.DONE, {"manifest": json.dumps(manifest, default=str), "error": ""})
+    def report_done(self, job_id: str) -> None:
+        self._finish(job_id, DONE, "")
 
-    def mark_failed(self, job_id: str, error: str) -> None:
-        self._finish(job_id, JobState.FAILED, {"error": error})
+    def report_failed(self, job_id: str, error: str) -> None:
+        self._finish(job_id, FAILED, error)
 
-    def _finish(self, job_id: str, state: JobState, fields: dict[FieldT, EncodableT]) -> None:
+    def report_retry(self, job_id: str, error: str) -> None:
+        """A transient error: the node decides whether and when the job runs again."""
+        now = time.time()
+        self._client.hset(self.key(job_id), mapping={"state": RETRY, "error": error,
+                                                      "updated": now, "finished": now})
+
+    def _finish(self, job_id: str, state: str, error: str) -> None:
         now = time.time()
         key = self.key(job_id)
         pipe = self._client.pipeline(transaction=True)
-        values: dict[FieldT, EncodableT] = {"state": state.value, "finished": now, "updated": now}
-        pipe.hset(key, mapping={**values, **fields})
+        pipe.hset(key, mapping={"state": state, "finished": now, "updated": now, "error": error})
         pipe.expire(key, FINISHED_TTL_SECONDS)
         pipe.execute()
 

@@ -1,7 +1,12 @@
 """Job records: one JSON file per job at ``<data_dir>/jobs/<job_id>.json``.
 
 Like mercure's task files, job state is visible on disk: an operator can ``cat`` a record to see
-where a series is. :class:`JobStore` is the one loader and the one writer of these files.
+where a series is. :class:`JobStore` is the one loader and the one writer of these files, and
+:class:`~dicom_node.jobs.service.JobService` (one per data_dir, in the node or in a standalone
+``mmed-node retrieve``) is the one owner that changes them: the records are the one store of job
+state, whatever queue runs the jobs. Celery workers never write them; they report through the
+job's lease hash in Redis (:mod:`dicom_node.jobs.shared`), which the owner reads.
+
 Series that no route matched are recorded here too (state ``unrouted`` with the reason; ``skipped``
 when a route's image check failed), so they are kept and visible rather than silently dropped.
 """
@@ -14,12 +19,16 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass as validated
+
 from dicom_node.atomic import write_json_atomic
+from dicom_node.jobs.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +61,10 @@ def make_job_id(
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:24]
 
 
-@dataclass
+@validated(config=ConfigDict(extra="forbid", validate_assignment=True))
 class JobRecord:
+    """One job: what it was asked (``spec``), where it is (``state``) and what became of it."""
+
     job_id: str
     study_uid: str
     series_uid: str
@@ -67,7 +78,13 @@ class JobRecord:
     updated: float = field(default_factory=time.time)
     started: float | None = None
     finished: float | None = None
+    #: Number of the current (or last) run of the job: every start counts, restarts after a
+    #: lost worker or node included.
     attempt: int = 1
+    #: Retries after transient errors used so far (see :mod:`dicom_node.jobs.retry`).
+    retries: int = 0
+    #: When a job queued for a retry runs again (Unix time; None: as soon as a worker is free).
+    retry_at: float | None = None
     #: Hostname of the Celery worker that ran the job last (None in the embedded queue).
     worker: str | None = None
     #: Readable reason for ``failed`` / ``unrouted`` / ``skipped``.
@@ -79,21 +96,30 @@ class JobRecord:
     #: Jobs of an earlier instance set of the same series that this job's results replace.
     supersedes: list[str] = field(default_factory=list)
     #: The job spec handed to the runner (None for unrouted series).
-    spec: dict[str, Any] | None = None
-    #: Path of the manifest the runner returned (written to result_dir/manifest.json).
+    spec: JobSpec | None = None
+    #: Path of the manifest the run wrote (``result_dir/manifest.json``), once done.
     manifest_path: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["state"] = self.state.value
-        return data
+        """The JSON form (the file on disk, ``mmed-node status --json``, ``GET /jobs/<id>``)."""
+        return _RECORD.dump_python(self, mode="json")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobRecord:
+        """Read the JSON form back (fields this version does not know are ignored); raises
+        ValueError naming what is wrong."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        values["state"] = JobState(values["state"])
-        return cls(**values)
+        if isinstance(values.get("spec"), dict):
+            values["spec"] = JobSpec.from_dict(values["spec"])
+        try:
+            return _RECORD.validate_python(values)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+
+_RECORD: TypeAdapter[JobRecord] = TypeAdapter(JobRecord)
+_FIELDS = frozenset(f.name for f in dataclasses.fields(JobRecord))
 
 
 class JobStore:
@@ -128,11 +154,12 @@ class JobStore:
             return None
 
     def update(self, job_id: str, **changes: Any) -> JobRecord:
-        """Load, change fields, save (under the store's lock for the read-modify-write)."""
+        """Load, change fields (validated), save (under the store's lock for the
+        read-modify-write)."""
         with self._lock:
             record = self.load(job_id)
             for name, value in changes.items():
-                if not hasattr(record, name):
+                if name not in _FIELDS:
                     raise AttributeError(f"JobRecord has no field {name!r}")
                 setattr(record, name, value)
             record.updated = time.time()

@@ -1,26 +1,29 @@
-"""The Celery task: ``process_series(spec_dict)`` runs :func:`dicom_node.jobs.pipeline.run_job`, the
-same job function as the embedded pool, in a worker process.
+"""The Celery task: ``process_series(spec_dict)`` runs one job in a worker process, the same run
+as the embedded pool's (:func:`~dicom_node.jobs.runner.execute`: :func:`~dicom_node.jobs.pipeline.run_job`,
+then the manifest in the result folder).
 
-Per process, one :class:`WorkerRuntime` holds the config, the shared job state client and the
+Per process, one :class:`WorkerRuntime` holds the config, the job hash client and the
 :class:`~dicom_node.jobs.pipeline.WorkerContext` (tool registry + planners), built once and reused, so
 models stay warm across jobs. Workers run ``--pool solo`` or ``threads``: nothing forks after
 torch started (a forked child of a torch parent can deadlock).
 
-Outcomes, recorded in the job's shared hash (:mod:`dicom_node.jobs.shared`):
+A delivered task first claims the job (:meth:`~dicom_node.jobs.shared.SharedJobState.begin`): a
+job that finished, or waits for the node's retry decision, is not run again (a duplicate
+delivery); a job past its attempt limit is marked ``failed``. Then it runs and reports in the
+job's hash (:mod:`dicom_node.jobs.shared`):
 
-* success -> ``done`` with the manifest; the node hands the files to its outbox;
-* :class:`~dicom_node.jobs.pipeline.JobFailed` (the series cannot be processed) -> ``failed`` at once,
-  never retried;
-* a transient error (``OSError``: shared volume not mounted yet, NFS hiccup, disk full; CUDA out
-  of memory) -> retried with exponential backoff up to ``queue.max_retries`` times, then
-  ``failed`` with the last reason;
-* any other exception (a bug) -> ``failed`` with its type and message;
-* a job whose worker dies each time it runs it is counted per delivery and ends ``failed`` once
-  it used ``max_retries + 1 + max_redeliveries`` attempts (a poison job cannot loop forever).
+* success -> ``done`` (the node reads the manifest from the result folder and hands the files to
+  its outbox);
+* :class:`~dicom_node.jobs.retry.JobFailed` (the series cannot be processed) or a bug ->
+  ``failed`` with the reason, never retried;
+* a transient error (:func:`dicom_node.jobs.retry.is_transient`: shared volume not mounted yet,
+  NFS hiccup, disk full, CUDA out of memory) -> ``retry`` with the reason: the node applies the
+  one retry policy (:mod:`dicom_node.jobs.retry`) and publishes the job again after the backoff.
+  Workers never republish: a broker that is down at that moment cannot lose the retry.
 
 Series data reaches a worker through the node's data volume, mounted at the same path on every
-worker host (docs/scaling.md); a worker that cannot see the series fails the job with that reason
-instead of reading a partial series.
+worker host (docs/scaling.md); a worker that cannot see the series reports a transient error
+with that reason instead of reading a partial series.
 """
 
 from __future__ import annotations
@@ -40,8 +43,11 @@ from celery.exceptions import Reject
 
 from config.schema import AppConfig
 from dicom_node.jobs.celery_app import TASK_NAME
-from dicom_node.jobs.pipeline import JobFailed, JobSpec, WorkerContext, run_job
+from dicom_node.jobs.pipeline import WorkerContext, run_job
+from dicom_node.jobs.retry import JobFailed, RetryPolicy, classify
+from dicom_node.jobs.runner import execute
 from dicom_node.jobs.shared import SharedJobState
+from dicom_node.jobs.spec import JobSpec
 from dicom_node.receive.spool import INSTANCE_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -58,21 +64,10 @@ class SeriesNotVisible(OSError):
     """The series folder is missing or incomplete on this worker host (transient: retried)."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth retrying: I/O (OSError and its subclasses) and CUDA running out of memory."""
-    if isinstance(exc, (OSError, MemoryError)):
-        return True
-    return type(exc).__name__ == "OutOfMemoryError"  # torch.cuda.OutOfMemoryError, no torch import
-
-
-def backoff_seconds(retries: int, initial: float, maximum: float) -> float:
-    """Delay before retry number ``retries + 1``: initial, 2x, 4x ... capped at maximum."""
-    return float(min(initial * 2**retries, maximum))
-
-
-def check_series_visible(spec: JobSpec, expected: int | None) -> None:
+def check_series_visible(spec: JobSpec) -> None:
     """Raise :class:`SeriesNotVisible` unless this host sees the job's series folder with at
-    least the instances the node counted (the shared volume may be missing or lagging)."""
+    least the instances the job was created for (the shared volume may be missing or lagging)."""
+    expected = len(set(spec.instance_uids)) if spec.instance_uids is not None else None
     folder = Path(spec.series_dir)
     host = socket.gethostname()
     if not folder.is_dir():
@@ -111,47 +106,37 @@ class WorkerRuntime:
 
     def process(self, task: Task, spec_dict: dict[str, Any]) -> dict[str, Any]:
         spec = JobSpec.from_dict(spec_dict)
-        queue = self.config.queue
         worker = str(task.request.hostname or socket.gethostname())
-        previous, attempt = self._write_state(lambda: self.state.begin(spec.job_id, worker, os.getpid()))
-        if previous in ("done", "failed"):
-            log.info("job %s already %s: duplicate delivery ignored", spec.job_id, previous)
-            return {"job_id": spec.job_id, "state": previous, "duplicate": True}
-        limit = queue.max_retries + 1 + queue.max_redeliveries
-        if attempt > limit:
-            reason = (f"gave up after {attempt - 1} attempt(s): the job kept ending without a result "
-                      "(its worker was lost each time)")
-            self._write_state(lambda: self.state.mark_failed(spec.job_id, reason))
-            log.error("job %s: %s", spec.job_id, reason)
+        limit = RetryPolicy.from_config(self.config.queue).max_attempts
+        claim = self._write_state(lambda: self.state.begin(spec.job_id, worker, os.getpid(), limit))
+        if claim.verdict == "gave-up":
+            log.error("job %s: gave up after %d attempt(s): its worker was lost each time",
+                      spec.job_id, claim.attempt - 1)
             return {"job_id": spec.job_id, "state": "failed"}
-        log.info("job %s: attempt %d on %s (series %s)", spec.job_id, attempt, worker, spec.series_uid)
+        if not claim.may_run:
+            log.info("job %s already %s: duplicate delivery ignored", spec.job_id, claim.verdict)
+            return {"job_id": spec.job_id, "state": claim.verdict, "duplicate": True}
+        log.info("job %s: attempt %d on %s (series %s)", spec.job_id, claim.attempt, worker,
+                 spec.series_uid)
         try:
-            shared = self._write_state(lambda: self.state.get(spec.job_id))
-            check_series_visible(spec, shared.instance_count if shared else None)
-            manifest = run_job(spec, self.context())
-        except JobFailed as exc:
-            return self._failed(spec, str(exc))
+            check_series_visible(spec)
+            context = self.context()
+            execute(spec, lambda s: run_job(s, context))
         except Exception as exc:
-            if not is_transient(exc):
+            failure = classify(exc)
+            if failure.transient:
+                log.warning("job %s: transient error (%s); the node decides on a retry",
+                            spec.job_id, failure.reason)
+                self._write_state(lambda: self.state.report_retry(spec.job_id, failure.reason))
+                return {"job_id": spec.job_id, "state": "retry"}
+            if not isinstance(exc, JobFailed):
                 log.exception("job %s crashed", spec.job_id)
-                return self._failed(spec, f"{type(exc).__name__}: {exc}")
-            reason = f"{type(exc).__name__}: {exc}"
-            retries = int(task.request.retries or 0)
-            if retries >= queue.max_retries:
-                return self._failed(spec, f"gave up after {attempt} attempt(s): {reason}")
-            delay = backoff_seconds(retries, queue.retry_backoff_seconds, queue.retry_backoff_max_seconds)
-            log.warning("job %s: transient error (%s); retry %d in %.1f s",
-                        spec.job_id, reason, retries + 1, delay)
-            self._write_state(lambda: self.state.mark_retrying(spec.job_id, reason, delay))
-            raise task.retry(countdown=delay, max_retries=queue.max_retries) from exc
-        self._write_state(lambda: self.state.mark_done(spec.job_id, manifest))
+            log.warning("job %s failed: %s", spec.job_id, failure.reason)
+            self._write_state(lambda: self.state.report_failed(spec.job_id, failure.reason))
+            return {"job_id": spec.job_id, "state": "failed"}
+        self._write_state(lambda: self.state.report_done(spec.job_id))
         log.info("job %s done on %s", spec.job_id, worker)
         return {"job_id": spec.job_id, "state": "done"}
-
-    def _failed(self, spec: JobSpec, reason: str) -> dict[str, Any]:
-        log.warning("job %s failed: %s", spec.job_id, reason)
-        self._write_state(lambda: self.state.mark_failed(spec.job_id, reason))
-        return {"job_id": spec.job_id, "state": "failed"}
 
     def _write_state(self, write: Callable[[], T]) -> T:
         """Run a job-state read/write, waiting out a short Redis outage; if Redis stays away,

@@ -7,17 +7,19 @@
          ``instruction``: one "question" job whose instruction replaces the route's, its answer
          SR sent back to the PACS it came from.
 
-:func:`retrieve_and_process` is the API (``mmed-node retrieve`` calls it). Jobs run in the
-calling process through the node's own :class:`EmbeddedQueue` and job records, so
-``mmed-node status`` shows them; after a C-MOVE without a question the running node routes the
-series itself and this module only waits for its job records. Question jobs get output UIDs of
-their own (the question is hashed into the pipeline version used for UID derivation), so their
-SEG/SR never collide with the routed results of the same series.
+:func:`retrieve_and_process` is the API. Jobs are submitted to a
+:class:`~dicom_node.jobs.service.JobService`, the node's own when it runs in the node (the HTTP
+API's questions: the node's queue and its outbox, which delivers at once), or one built for the
+data_dir by :func:`~dicom_node.jobs.service.standalone_jobs` when ``mmed-node retrieve`` runs
+without a node (it holds the data_dir's lock meanwhile; with a node serving the data_dir it
+refuses, except for a C-MOVE without a question, where the running node routes the series itself
+and this module only waits for its job records). Question jobs get output UIDs of their own (the
+question is part of the output variant used for UID derivation), so their SEG/SR never collide
+with the routed results of the same series.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -38,10 +40,12 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from config.schema import AppConfig, DestinationConfig
+from dicom_node.data_dir import DataDirBusy
 from dicom_node.deliver.association import AssociationFailed, open_association
-from dicom_node.jobs.embedded import EmbeddedQueue, JobRunner, pipeline_runner
-from dicom_node.jobs.pipeline import JobSpec
-from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
+from dicom_node.jobs.runner import JobRunner
+from dicom_node.jobs.service import JobService, standalone_jobs
+from dicom_node.jobs.spec import JobRequest, SeriesRef
+from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from dicom_node.receive.routing import route_series, series_tags_from_dataset
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from dicom_node.receive.spool import CorruptInstance, Spool, parse_instance
@@ -52,8 +56,6 @@ log = logging.getLogger(__name__)
 
 Method = Literal["move", "get"]
 PENDING = frozenset({QRStatus.PENDING, QRStatus.PENDING_WARNING})
-#: Route name recorded for a question job when no route matches the series.
-QUESTION_ROUTE = "question"
 #: Series of these modalities hold no images to analyse (results such as our own SEG/SR already in
 #: the study, presentation states, key objects...): not pulled unless --modality asks for them.
 NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "PR", "KO", "RTSTRUCT", "RTPLAN", "REG", "DOC", "FID"})
@@ -245,117 +247,44 @@ def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, sp
 # ---- processing ---------------------------------------------------------------------------
 
 
-def _record(spec: JobSpec, fingerprint: str, count: int, calling: str, called: str) -> JobRecord:
-    return JobRecord(
-        job_id=spec.job_id, study_uid=spec.study_uid, series_uid=spec.series_uid,
-        state=JobState.QUEUED, route=spec.route, fingerprint=fingerprint, instance_count=count,
-        result_dir=spec.result_dir, destinations=list(spec.destinations), calling_ae=calling,
-        called_ae=called, spec=spec.to_dict(),
-    )
-
-
-def plan_jobs(
+def plan_requests(
     config: AppConfig, spool: Spool, series: RemoteSeries, source_ae: str,
     instruction: str | None, send_to: list[str] | None, default_reply_to: str,
-) -> tuple[list[tuple[JobSpec, str, int]], str | None]:
-    """Job specs for one spooled series (with fingerprint and count), or why there are none."""
+) -> tuple[SeriesRef | None, list[JobRequest], str | None]:
+    """The spooled series and the jobs to run on it, or why there are none."""
     paths = spool.instance_paths(series.study_uid, series.series_uid)
     if not paths:
-        return [], f"series {series.series_uid}: no instances in {spool.root}"
-    sops = [p.stem for p in paths]
-    fingerprint = instance_set_fingerprint(sops)
+        return None, [], f"series {series.series_uid}: no instances in {spool.root}"
+    sops = tuple(sorted(p.stem for p in paths))
+    ref = SeriesRef(
+        study_uid=series.study_uid, series_uid=series.series_uid,
+        series_dir=str(spool.series_dir(series.study_uid, series.series_uid).resolve()),
+        sop_uids=sops, fingerprint=instance_set_fingerprint(sops), calling_ae=source_ae,
+        called_ae=config.node.ae_title,
+    )
     header = pydicom.dcmread(paths[0], stop_before_pixels=True)
     routes = [m.route for m in route_series(config, series_tags_from_dataset(header), source_ae,
                                             config.node.ae_title, paths).fired]
-    data_dir = Path(config.node.data_dir).resolve()
-    folder = str(spool.series_dir(series.study_uid, series.series_uid))
-
-    def spec(route_key: str, route_name: str, text: str, planner: str | None,
-             tools: list[str] | None, destinations: list[str]) -> tuple[JobSpec, str, int]:
-        job_id = make_job_id(series.study_uid, series.series_uid, fingerprint, route_key)
-        return JobSpec(
-            job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
-            series_dir=folder, result_dir=str(data_dir / "results" / job_id), route=route_name,
-            instruction=text, planner=planner or config.planner.backend, tools=tools,
-            destinations=destinations, instance_uids=sorted(sops),
-        ), fingerprint, len(sops)
-
     if instruction:
-        route = routes[0] if routes else None
-        digest = hashlib.sha256(instruction.encode("utf-8")).hexdigest()[:16]
-        return [spec(f"{QUESTION_ROUTE}:{digest}", route.name if route else QUESTION_ROUTE,
-                     instruction, route.planner if route else None, route.tools if route else None,
-                     send_to if send_to is not None else [default_reply_to])], None
+        reply_to = send_to if send_to is not None else [default_reply_to]
+        return ref, [JobRequest.question(instruction, routes[0] if routes else None, reply_to)], None
     if not routes:
-        return [], f"series {series.series_uid}: no route matched"
-    return [spec(r.name, r.name, r.instruction, r.planner, r.tools,
-                 send_to if send_to is not None else list(r.send_to)) for r in routes], None
-
-
-def run_jobs(
-    config: AppConfig, jobs: list[tuple[JobSpec, str, int]], runner: JobRunner,
-    calling: str, send_timeout: float,
-) -> list[JobRecord]:
-    """Run the jobs through an embedded queue (the node's job states and records), then hand
-    their results to the outbox and attempt delivery for up to ``send_timeout`` seconds;
-    deliveries still pending stay on disk and resume at the node's next start."""
-    from dicom_node.deliver.outbox import Outbox
-
-    data_dir = Path(config.node.data_dir).resolve()
-    store = JobStore(data_dir / "jobs")
-    outbox = Outbox(data_dir, config)
-    touched: set[str] = set()
-
-    def done(record: JobRecord, manifest: dict[str, Any]) -> None:
-        # As Node._job_done: result files, and the overlays standing in for the SEG where a
-        # destination refuses Segmentation Storage (accepts_seg: false).
-        if not record.destinations:
-            return
-        base = Path(record.result_dir or ".")
-        files = [base / f for f in manifest.get("files", [])]  # base / absolute = absolute
-        fallbacks = {
-            str(base / seg): [base / p for p in others]
-            for seg, others in (manifest.get("fallback_files") or {}).items()
-        }
-        outbox.enqueue(record.job_id, files, list(record.destinations), fallbacks=fallbacks or None)
-        touched.update(record.destinations)
-
-    queue = EmbeddedQueue(runner, store, workers=1, on_done=done)
-    queue.start()
-    try:
-        for spec, fingerprint, count in jobs:
-            held = store.get(spec.job_id)
-            if held is not None and held.state is JobState.DONE:
-                log.info("job %s already done, not run again", spec.job_id)
-                continue
-            store.save(_record(spec, fingerprint, count, calling, config.node.ae_title))
-            queue.submit(spec)
-        queue.wait_idle()
-    finally:
-        queue.stop()
-    deadline = time.monotonic() + send_timeout
-    pending = set(touched)
-    while pending and time.monotonic() < deadline:
-        for name in sorted(pending):
-            if outbox.deliver_due(name) is None:
-                pending.discard(name)
-        if pending:
-            time.sleep(0.2)
-    return [store.load(spec.job_id) for spec, _, _ in jobs]
+        return ref, [], f"series {series.series_uid}: no route matched"
+    return ref, [JobRequest.for_route(r, send_to) for r in routes], None
 
 
 def wait_for_node_jobs(
-    config: AppConfig, series: RemoteSeries, fingerprint: str, timeout: float,
+    config: AppConfig, series: RemoteSeries, fingerprint: str, timeout: float | None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[JobRecord]:
     """After a C-MOVE the running node routes the series itself: wait for its job records."""
     store = JobStore(Path(config.node.data_dir).resolve() / "jobs")
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         records = [r for r in store.all() if r.series_uid == series.series_uid and r.fingerprint == fingerprint]
         if records and all(r.state.finished for r in records):
             return records
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             return records
         sleep(0.25)
 
@@ -368,24 +297,49 @@ def retrieve_and_process(
     method: Method = "get",
     instruction: str | None = None,
     send_to: list[str] | None = None,
-    wait_seconds: float = 600.0,
+    wait_seconds: float | None = 600.0,
     send_timeout: float = 60.0,
+    jobs: JobService | None = None,
+    spool: Spool | None = None,
     runner: JobRunner | None = None,
 ) -> RetrieveResult:
     """Find, pull and process the series ``query`` names on the PACS ``source_name`` (a key of
-    ``config.destinations``). See the module docstring for what each method needs."""
+    ``config.destinations``). ``jobs`` is the running node's job service (its ``spool`` too);
+    without it a standalone one is built for the data_dir (with ``runner``, default the
+    pipeline), which needs the data_dir free of a running node. ``wait_seconds`` bounds the wait
+    for the jobs (None: no bound), ``send_timeout`` the wait for their deliveries afterwards
+    (the outbox goes on after it). See the module docstring for what each method needs."""
     if source_name not in config.destinations:
         raise RetrieveError(f"unknown PACS {source_name!r} (known: {', '.join(sorted(config.destinations)) or 'none'})")
     for name in send_to or []:
         if name not in config.destinations:
             raise RetrieveError(f"unknown destination {name!r}")
+    spool = spool or Spool(Path(config.node.data_dir).resolve() / "spool")
+    if jobs is not None or (method == "move" and not instruction):
+        return _retrieve(config, source_name, query, method, instruction, send_to, wait_seconds,
+                         send_timeout, spool, jobs)
+    try:
+        with standalone_jobs(config, runner) as service:
+            return _retrieve(config, source_name, query, method, instruction, send_to, None,
+                             send_timeout, spool, service)
+    except DataDirBusy as exc:
+        raise RetrieveError(
+            f"{exc}: a node is serving this data_dir; ask it through its HTTP API "
+            "(api.enabled: POST /questions), or use --method move without --instruction and let "
+            "it route the series") from None
+
+
+def _retrieve(
+    config: AppConfig, source_name: str, query: RetrieveQuery, method: Method,
+    instruction: str | None, send_to: list[str] | None, wait_seconds: float | None,
+    send_timeout: float, spool: Spool, jobs: JobService | None,
+) -> RetrieveResult:
     source = config.destinations[source_name]
-    spool = Spool(Path(config.node.data_dir).resolve() / "spool")
     result = RetrieveResult(series=find_series(config, source, query))
     if not result.series:
         result.errors.append("no matching series on the PACS")
         return result
-    planned: list[tuple[JobSpec, str, int]] = []
+    submitted: list[str] = []
     for series in result.series:
         try:
             if method == "move":
@@ -401,15 +355,18 @@ def retrieve_and_process(
             result.errors.append(f"series {series.series_uid}: nothing arrived in {spool.root}"
                                  + (" (is the node running with this data_dir?)" if method == "move" else ""))
             continue
-        if method == "move" and not instruction:
+        if jobs is None:  # a C-MOVE without a question: the node routes the series itself
             fingerprint = instance_set_fingerprint(p.stem for p in held)
             result.jobs.extend(wait_for_node_jobs(config, series, fingerprint, wait_seconds))
             continue
-        jobs, why = plan_jobs(config, spool, series, source.ae_title, instruction, send_to, source_name)
+        ref, requests, why = plan_requests(config, spool, series, source.ae_title, instruction,
+                                           send_to, source_name)
         if why:
             result.skipped.append(why)
-        planned.extend(jobs)
-    if planned:
-        result.jobs.extend(run_jobs(config, planned, runner or pipeline_runner(config),
-                                    source.ae_title, send_timeout))
+        if ref is not None and requests:
+            submitted.extend(r.job_id for r in jobs.submit(ref, requests))
+    if jobs is not None and submitted:
+        job_ids = list(dict.fromkeys(submitted))
+        result.jobs.extend(jobs.wait(job_ids, wait_seconds))
+        jobs.settle(job_ids, send_timeout)
     return result

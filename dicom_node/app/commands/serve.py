@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import importlib
 import logging
-import os
 import signal
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 from dicom_node.app.commands import load_config_or_report
+from dicom_node.data_dir import DATA_DIR_LOCK, lock_data_dir
 
 if TYPE_CHECKING:
-    from dicom_node.jobs.embedded import JobRunner
+    from dicom_node.jobs.runner import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +52,6 @@ def load_runner(spec: str) -> JobRunner:
     if not callable(runner):
         raise TypeError(f"--runner {spec} is not callable")
     return runner
-
-
-#: Held (flock) by the serving node for its lifetime: two nodes on one data_dir would both
-#: re-run the same queued jobs after a restart and race on the same records.
-DATA_DIR_LOCK = "node.lock"
-
-
-def lock_data_dir(data_dir: Path) -> TextIO | None:
-    """Take the data_dir's exclusive lock; None if another process holds it. The returned file
-    must stay open: the lock is released when the process exits, even after ``kill -9``."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(data_dir / DATA_DIR_LOCK, "a+", encoding="utf-8")  # noqa: SIM115 - held open
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        return None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    return handle
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,109 @@
+"""The one retry policy of the jobs layer, for the embedded pool and Celery workers alike.
+
+A run that ends without a result ends in one of two ways (:func:`classify`):
+
+* **permanent** (:class:`JobFailed`: the series cannot be processed; any other exception: a bug)
+  -> the job ends ``failed`` with the reason, never retried: running it again gives the same;
+* **transient** (``OSError``: a volume not mounted yet, an NFS hiccup, a full disk; memory or CUDA
+  memory exhausted; the broker or Redis unreachable) -> run again after a backoff
+  (``queue.retry_backoff_seconds`` doubling up to ``queue.retry_backoff_max_seconds``), at most
+  ``queue.max_retries`` times, then ``failed`` with the last reason.
+
+Separately, a run may be **lost** (its worker or, for the embedded pool, the node process died
+mid-run): every start counts as an attempt, and a job that used ``max_retries + 1 +
+max_redeliveries`` attempts is not started again (a poison job cannot loop forever).
+
+The classification happens where the exception is caught (the worker); the decision is made by
+the one owner of job state (:class:`~dicom_node.jobs.service.JobService`) with this policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.schema import QueueConfig
+
+
+class JobFailed(Exception):
+    """The series cannot be processed; the message is the reason recorded in job state."""
+
+
+#: Exception class names meaning "the broker or Redis is unreachable now", matched by name so
+#: that the embedded pool needs neither kombu nor redis imported.
+_BROKER_DOWN = frozenset({"OperationalError", "ConnectionError", "TimeoutError", "BusyLoadingError"})
+#: Exception class names of running out of (GPU) memory (torch.cuda.OutOfMemoryError).
+_OUT_OF_MEMORY = frozenset({"OutOfMemoryError"})
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a run ended without a result, and whether running it again may help."""
+
+    reason: str
+    transient: bool
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` (a :class:`JobFailed` is its message alone: a reason for people)."""
+    if isinstance(exc, JobFailed):
+        return str(exc)
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth retrying: I/O (OSError and its subclasses, ENOSPC included), memory or CUDA
+    memory exhausted, and a broker or Redis that cannot be reached."""
+    if isinstance(exc, JobFailed):
+        return False
+    if isinstance(exc, (OSError, MemoryError)):
+        return True
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return bool(names & (_OUT_OF_MEMORY | _BROKER_DOWN))
+
+
+def classify(exc: BaseException) -> Failure:
+    return Failure(describe(exc), is_transient(exc))
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 3
+    backoff_seconds: float = 5.0
+    backoff_max_seconds: float = 300.0
+    max_redeliveries: int = 2
+
+    @classmethod
+    def from_config(cls, queue: QueueConfig) -> RetryPolicy:
+        return cls(queue.max_retries, queue.retry_backoff_seconds, queue.retry_backoff_max_seconds,
+                   queue.max_redeliveries)
+
+    @property
+    def max_attempts(self) -> int:
+        """Starts a job may use, lost runs included."""
+        return self.max_retries + 1 + self.max_redeliveries
+
+    def backoff(self, retries: int) -> float:
+        """Delay before retry number ``retries + 1``: initial, 2x, 4x ... capped at the maximum."""
+        return float(min(self.backoff_seconds * 2**retries, self.backoff_max_seconds))
+
+    def retry_delay(self, failure: Failure, retries: int) -> float | None:
+        """Seconds until the job runs again after ``failure``, or None: it ends ``failed``.
+        ``retries`` is the number of retries it already used."""
+        if not failure.transient or retries >= self.max_retries:
+            return None
+        return self.backoff(retries)
+
+    def gave_up(self, failure: Failure, attempts: int) -> str:
+        """The reason recorded when a job is not run again."""
+        if not failure.transient:
+            return failure.reason
+        return f"gave up after {attempts} attempt(s): {failure.reason}"
+
+    def lost_runs_exhausted(self, attempts: int) -> str | None:
+        """After a lost run (attempt number ``attempts`` never ended): the reason the job ends
+        ``failed``, or None when it may start again."""
+        if attempts < self.max_attempts:
+            return None
+        return (f"gave up after {attempts} attempt(s): the job kept ending without a result "
+                "(its worker was lost each time)")

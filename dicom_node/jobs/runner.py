@@ -1,0 +1,98 @@
+"""How one job runs on a worker, and what a queue reports about its runs.
+
+A queue backend (an :class:`Executor`: the embedded pool, or the node side of Celery) runs jobs
+somewhere and reports each run to the one owner of job state
+(:class:`~dicom_node.jobs.service.JobService`) as :class:`RunEvent` s: started, done, failed
+(classified transient or permanent by :mod:`dicom_node.jobs.retry`) or lost (the run never
+ended: its worker died). The owner decides what follows (record, retry, give up, hand the results
+to the outbox); the backend decides nothing about the job's fate.
+
+Wherever it runs, a run is :func:`execute`: the runner (the pipeline, or a custom one for tests
+and ``serve --runner``) and then the manifest, written once by :func:`write_manifest`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from config.schema import AppConfig
+from dicom_node.jobs.manifest import Manifest, write_manifest
+from dicom_node.jobs.pipeline import WorkerContext, run_job
+from dicom_node.jobs.retry import Failure
+from dicom_node.jobs.spec import JobSpec
+
+#: A job runner: the spec in, the manifest out (a :class:`Manifest` or a plain mapping that
+#: validates as one). Raises :class:`~dicom_node.jobs.retry.JobFailed` for a series it cannot
+#: process; any other exception is classified by :func:`dicom_node.jobs.retry.classify`.
+JobRunner = Callable[[JobSpec], "Manifest | Mapping[str, Any]"]
+
+
+def execute(spec: JobSpec, runner: JobRunner) -> Manifest:
+    """Run one job here and write its manifest into its result folder."""
+    manifest = Manifest.coerce(runner(spec))
+    write_manifest(Path(spec.result_dir), manifest)
+    return manifest
+
+
+def pipeline_runner(config: AppConfig) -> JobRunner:
+    """The default runner: :func:`run_job` with one :class:`WorkerContext` per process, built now
+    (tool settings are checked at start; models load on first use and stay warm)."""
+    ctx = WorkerContext.build(config)
+
+    def run(spec: JobSpec) -> Manifest:
+        return run_job(spec, ctx)
+
+    return run
+
+
+class RunKind(str, enum.Enum):
+    STARTED = "started"
+    #: The run produced its results and wrote the manifest.
+    DONE = "done"
+    #: The run ended without a result (``failure`` says why and whether to retry).
+    FAILED = "failed"
+    #: The run never ended: its worker (or, in the embedded pool, the node) died mid-run.
+    LOST = "lost"
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    job_id: str
+    kind: RunKind
+    #: Number of the run (1 for the first start of the job).
+    attempt: int
+    #: Celery worker hostname (None in the embedded pool).
+    worker: str | None = None
+    at: float = field(default_factory=time.time)
+    failure: Failure | None = None
+    #: Set when the queue already recorded the job as finished for good and will not run it
+    #: again whatever the owner decides (a Celery job that used every attempt).
+    final: bool = False
+
+
+Report = Callable[[RunEvent], None]
+
+
+class Executor(Protocol):
+    """A queue backend: runs jobs and reports their runs. One per job service."""
+
+    def start(self, report: Report) -> None:
+        """Start running; events go to ``report`` (called from the backend's threads)."""
+
+    def run(self, spec: JobSpec, attempt: int, not_before: float | None = None) -> None:
+        """Run the job (as run number ``attempt``) once a worker is free, not before the Unix
+        time ``not_before``. Never blocks on a worker or a broker. Attempt 1 starts the job
+        afresh: whatever the backend remembers of earlier runs is dropped."""
+
+    def adopt(self, spec: JobSpec, running: bool, attempt: int, not_before: float | None) -> None:
+        """Take on a job the previous owner left unfinished (after a restart): ``running`` says
+        whether its record shows a run in progress then."""
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; let running ones finish up to ``timeout``. Jobs not started stay
+        ``queued`` in their records and are adopted again at the next start."""

@@ -1,0 +1,342 @@
+"""The jobs service: the one way in for work, and the one owner of job state.
+
+    submit(series, requests)  -> a job record per request (state ``queued``) -> the executor
+    executor (embedded pool or Celery) -> run events: started / done / failed / lost
+    done    -> the manifest (one loader) -> the outbox (one hand-off) -> record ``done``
+    failed  -> the retry policy: run again after a backoff, or record ``failed`` with the reason
+    lost    -> run again, or ``failed`` once the job used every attempt
+
+Everything that makes jobs goes through :meth:`JobService.submit`: the node's scheduler for a
+routed series, ``mmed-node retrieve`` and the HTTP API's questions. Inside a running node they
+share the node's service, hence its queue (Celery workers when a broker is configured) and its
+single outbox, whose threads deliver at once. A process that is not the node (``mmed-node
+retrieve`` while no node runs) builds the same service for the data_dir with
+:func:`standalone_jobs`, holding the data_dir's lock meanwhile so that there is never a second
+owner.
+
+Why the JSON records are the one store, and the Redis hashes of the Celery queue are not a
+second one: a node must record work while the broker is down (it keeps receiving and spooling),
+an operator reads the records with the node stopped, and the Q/R index serves results from them.
+Workers on other hosts need a place to claim a job atomically and to renew their claim, which a
+file on a shared volume cannot give; that lease, and the outcome report of the worker holding it,
+is all a hash holds (:mod:`dicom_node.jobs.shared`). The service turns reports into record
+changes; nothing else writes a record.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+from config.schema import AppConfig
+from dicom_node.data_dir import DataDirBusy, lock_data_dir
+from dicom_node.jobs.manifest import load_manifest, manifest_path
+from dicom_node.jobs.pipeline import SR_FILE
+from dicom_node.jobs.retry import Failure, RetryPolicy, classify
+from dicom_node.jobs.runner import Executor, JobRunner, RunEvent, RunKind
+from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
+from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
+
+log = logging.getLogger(__name__)
+
+#: Folders under the data_dir.
+JOBS_FOLDER = "jobs"
+RESULTS_FOLDER = "results"
+
+
+class OutboxLike(Protocol):
+    """Where finished jobs' results go (:class:`dicom_node.deliver.outbox.Outbox`)."""
+
+    def enqueue(
+        self,
+        job_id: str,
+        files: list[Path],
+        destinations: list[str],
+        fallbacks: Mapping[str, Sequence[Path]] | None = None,
+    ) -> Any: ...
+
+    def wait_settled(self, job_ids: Iterable[str], timeout: float) -> bool: ...
+
+
+class JobService:
+    def __init__(
+        self,
+        config: AppConfig,
+        store: JobStore,
+        executor: Executor,
+        outbox: OutboxLike | None,
+        results_dir: Path,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.results_dir = Path(results_dir).resolve()
+        self.policy = policy or RetryPolicy.from_config(config.queue)
+        self._executor = executor
+        self._outbox = outbox
+        #: Guards record changes and ``_active``; notified when a job finishes.
+        self._cond = threading.Condition(threading.RLock())
+        #: Jobs handed to the executor by this service and not finished yet.
+        self._active: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._executor.start(self._on_event)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the executor (running jobs finish up to ``timeout``; queued ones stay queued in
+        their records for the next owner)."""
+        self._executor.stop(timeout)
+
+    def adopt(self, record: JobRecord) -> None:
+        """Take on an unfinished job an earlier owner left (after a restart)."""
+        if record.state.finished or record.spec is None:
+            return
+        with self._cond:
+            self._active.add(record.job_id)
+        log.info("job %s (%s, attempt %d) taken up again", record.job_id, record.state.value,
+                 record.attempt)
+        self._executor.adopt(record.spec, record.state is JobState.RUNNING, record.attempt,
+                             record.retry_at)
+
+    # -- the way in --------------------------------------------------------------------------
+
+    def submit(self, series: SeriesRef, requests: Iterable[JobRequest]) -> list[JobRecord]:
+        """One job per request on the instance set ``series``; returns their records.
+
+        Job ids are derived (instance set + request key), so asking twice for the same thing
+        gives the same job: one already ``done`` is returned as it is, one in progress here is
+        not queued twice; anything else (new, failed, or left unfinished by an owner that is
+        gone) is queued afresh."""
+        records = []
+        for request in requests:
+            job_id = make_job_id(series.study_uid, series.series_uid, series.fingerprint,
+                                 request.key)
+            with self._cond:
+                held = self.store.get(job_id)
+                if held is not None and (held.state is JobState.DONE or job_id in self._active):
+                    log.info("job %s already %s, not queued again", job_id, held.state.value)
+                    records.append(held)
+                    continue
+                spec = self._spec(job_id, series, request)
+                record = self.store.save(JobRecord(
+                    job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
+                    state=JobState.QUEUED, route=request.route, fingerprint=series.fingerprint,
+                    instance_count=len(series.sop_uids), result_dir=spec.result_dir,
+                    destinations=list(spec.destinations), calling_ae=series.calling_ae,
+                    called_ae=series.called_ae, supersedes=list(series.supersedes), spec=spec,
+                ))
+                self._active.add(job_id)
+            log.info("series %s (%d instances) -> route %s, job %s%s", series.series_uid,
+                     len(series.sop_uids), request.route, job_id,
+                     f" (supersedes {', '.join(series.supersedes)})" if series.supersedes else "")
+            self._executor.run(spec, 1)
+            records.append(record)
+        return records
+
+    def record_unrouted(
+        self, series: SeriesRef, reason: str, state: JobState = JobState.UNROUTED
+    ) -> JobRecord:
+        """Record that no route fired for the series (``unrouted``; ``skipped`` when a route's
+        image check failed): kept and visible, never run."""
+        return self.store.save(JobRecord(
+            job_id=make_job_id(series.study_uid, series.series_uid, series.fingerprint, None),
+            study_uid=series.study_uid, series_uid=series.series_uid, state=state,
+            route=None, fingerprint=series.fingerprint, instance_count=len(series.sop_uids),
+            error=reason, finished=time.time(), calling_ae=series.calling_ae,
+            called_ae=series.called_ae, supersedes=list(series.supersedes),
+        ))
+
+    def _spec(self, job_id: str, series: SeriesRef, request: JobRequest) -> JobSpec:
+        return JobSpec(
+            job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
+            series_dir=series.series_dir, result_dir=str(self.results_dir / job_id),
+            route=request.route, instruction=request.instruction,
+            planner=request.planner or self.config.planner.backend, tools=request.tools,
+            destinations=list(request.destinations),
+            supersedes=self._predecessor_reports(series.supersedes, request.route),
+            instance_uids=sorted(series.sop_uids),
+        )
+
+    def _predecessor_reports(self, job_ids: Sequence[str], route: str) -> list[str]:
+        """SR files of the superseded jobs of ``route``, which the new job's SR replaces
+        (its Predecessor Documents, PS3.3 C.17.2.3). A superseded job that failed produced no
+        SR: the jobs it superseded stand in for it, so the chain of versions is not broken."""
+        reports: list[str] = []
+        pending, seen = list(job_ids), set()
+        while pending:
+            job_id = pending.pop(0)
+            if job_id in seen:
+                continue
+            seen.add(job_id)
+            record = self.store.get(job_id)
+            if record is None or record.route != route or record.result_dir is None:
+                continue
+            if record.state is JobState.FAILED:
+                pending.extend(record.supersedes)
+            else:
+                reports.append(str(Path(record.result_dir) / SR_FILE))
+        return reports
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait(self, job_ids: Iterable[str], timeout: float | None = None) -> list[JobRecord]:
+        """The jobs' records once none of them is in progress here, or after ``timeout``."""
+        wanted = list(job_ids)
+        with self._cond:
+            self._cond.wait_for(lambda: not self._active.intersection(wanted), timeout)
+        return [record for job_id in wanted if (record := self.store.get(job_id)) is not None]
+
+    def settle(self, job_ids: Iterable[str], timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the outbox to deliver (or give up on) the results
+        of these jobs; False if some delivery is still pending."""
+        return self._outbox is None or self._outbox.wait_settled(job_ids, timeout)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no job is in progress here; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._active, timeout)
+
+    # -- run events --------------------------------------------------------------------------
+
+    def _on_event(self, event: RunEvent) -> None:
+        """The one place a run's outcome changes a job record (called by the executor)."""
+        with self._cond:
+            record = self.store.get(event.job_id)
+            if record is None or record.spec is None:
+                log.warning("job %s: %s event for a job without a record here; ignored",
+                            event.job_id, event.kind.value)
+                return
+            if record.state.finished:
+                log.info("job %s already %s: %s event ignored", event.job_id,
+                         record.state.value, event.kind.value)
+                self._settle(event.job_id)
+                return
+            if event.kind is RunKind.STARTED:
+                self.store.update(event.job_id, state=JobState.RUNNING, attempt=event.attempt,
+                                  worker=event.worker, started=event.at, error=None,
+                                  retry_at=None)
+            elif event.kind is RunKind.DONE:
+                self._done(record, event)
+            elif event.kind is RunKind.FAILED:
+                assert event.failure is not None
+                self._failed(record, event.failure, event.attempt, event.worker, event.final)
+            else:
+                self._lost(record, event.attempt)
+
+    def _done(self, record: JobRecord, event: RunEvent) -> None:
+        # Hand results on BEFORE recording ``done``: a crash in between runs the job again at
+        # the next start (at-least-once delivery; the outbox sends one delivery per job and
+        # destination) instead of leaving results that are never sent.
+        try:
+            self._hand_off(record)
+        except Exception as exc:  # recorded on the job; classified like any run's failure
+            log.exception("job %s: handing results on failed", record.job_id)
+            failure = classify(exc)
+            self._failed(record, Failure(f"results not handed to the outbox: {failure.reason}",
+                                         failure.transient), event.attempt, event.worker, False)
+            return
+        assert record.spec is not None
+        self.store.update(record.job_id, state=JobState.DONE, finished=event.at,
+                          manifest_path=str(manifest_path(record.spec.result_dir)),
+                          attempt=event.attempt, worker=event.worker, error=None, retry_at=None)
+        log.info("job %s done%s (attempt %d, series %s, route %s)", record.job_id,
+                 f" on {event.worker}" if event.worker else "", event.attempt,
+                 record.series_uid, record.route)
+        self._settle(record.job_id)
+
+    def _hand_off(self, record: JobRecord) -> None:
+        """The one hand-off of a finished job: its result files (and the overlays that stand in
+        for a SEG) to the outbox, for the job's destinations."""
+        if not record.destinations:
+            return
+        assert record.spec is not None
+        base = Path(record.spec.result_dir)
+        if self._outbox is None:
+            log.warning("job %s: no outbox, results stay in %s", record.job_id, base)
+            return
+        manifest = load_manifest(base)
+        self._outbox.enqueue(record.job_id, manifest.result_files(base), list(record.destinations),
+                             fallbacks=manifest.stand_ins(base) or None)
+
+    def _failed(self, record: JobRecord, failure: Failure, attempt: int, worker: str | None,
+                final: bool) -> None:
+        delay = None if final else self.policy.retry_delay(failure, record.retries)
+        if delay is None:
+            reason = failure.reason if final else self.policy.gave_up(failure, attempt)
+            self._finish_failed(record.job_id, reason, attempt, worker)
+            return
+        retry_at = time.time() + delay
+        self.store.update(record.job_id, state=JobState.QUEUED, error=failure.reason,
+                          retries=record.retries + 1, retry_at=retry_at, attempt=attempt,
+                          worker=worker)
+        log.warning("job %s: transient error (%s); retry %d in %.1f s", record.job_id,
+                    failure.reason, record.retries + 1, delay)
+        assert record.spec is not None
+        self._executor.run(record.spec, attempt + 1, retry_at)
+
+    def _lost(self, record: JobRecord, attempt: int) -> None:
+        reason = self.policy.lost_runs_exhausted(attempt)
+        if reason is not None:
+            self._finish_failed(record.job_id, reason, attempt, record.worker)
+            return
+        self.store.update(record.job_id, state=JobState.QUEUED, attempt=attempt + 1)
+        log.info("job %s: run %d was lost with its worker; queued again (attempt %d)",
+                 record.job_id, attempt, attempt + 1)
+        assert record.spec is not None
+        self._executor.run(record.spec, attempt + 1)
+
+    def _finish_failed(self, job_id: str, reason: str, attempt: int, worker: str | None) -> None:
+        log.warning("job %s failed: %s", job_id, reason)
+        self.store.update(job_id, state=JobState.FAILED, finished=time.time(), error=reason,
+                          attempt=attempt, worker=worker, retry_at=None)
+        self._settle(job_id)
+
+    def _settle(self, job_id: str) -> None:
+        with self._cond:
+            self._active.discard(job_id)
+            self._cond.notify_all()
+
+
+def make_service(
+    config: AppConfig, outbox: OutboxLike | None, runner: JobRunner | None = None
+) -> JobService:
+    """The service for ``config.node.data_dir`` with the queue the config asks for."""
+    from dicom_node.jobs.queues import make_executor
+
+    data_dir = Path(config.node.data_dir).resolve()
+    return JobService(config, JobStore(data_dir / JOBS_FOLDER), make_executor(config, runner),
+                      outbox, data_dir / RESULTS_FOLDER)
+
+
+@contextmanager
+def standalone_jobs(config: AppConfig, runner: JobRunner | None = None) -> Iterator[JobService]:
+    """The jobs service of a process that is not the node (a standalone ``mmed-node
+    retrieve``): the node's store, queue and outbox for the data_dir, under the data_dir's lock
+    (a running node holds it: :class:`DataDirBusy`). Deliveries still pending on exit stay on
+    disk; the node sends them when it starts."""
+    from dicom_node.deliver.outbox import Outbox
+
+    data_dir = Path(config.node.data_dir).resolve()
+    lock = lock_data_dir(data_dir)
+    if lock is None:
+        raise DataDirBusy(data_dir)
+    try:
+        outbox = Outbox(data_dir, config)
+        service = make_service(config, outbox, runner)
+        service.start()
+        outbox.start()
+        try:
+            yield service
+            service.wait_idle()
+        finally:
+            service.stop()
+            outbox.stop()
+    finally:
+        lock.close()
