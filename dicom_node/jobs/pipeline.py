@@ -21,6 +21,7 @@ from pydicom.errors import InvalidDicomError
 
 from agent.loop import run_agent
 from agent.planners.base import Planner, UnknownPlanner, build_planner
+from agent.planners.rules import RulesPlanner
 from agent.protocol import to_plain
 from config import AppConfig
 from dicom_node.atomic import write_dataset_atomic, write_json_atomic
@@ -43,6 +44,7 @@ class WorkerContext:
     config: AppConfig
     registry: ToolRegistry
     planners: dict[str, Planner] = field(default_factory=dict)
+    _fallback: Planner | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -63,6 +65,14 @@ class WorkerContext:
                 except UnknownPlanner as exc:
                     raise JobFailed(str(exc)) from None
             return self.planners[name]
+
+    def fallback(self) -> Planner:
+        """The rules planner the agent falls back to, built once from the configured
+        ``planner`` settings (intent embedding on or off, the intent model's folder)."""
+        with self._lock:
+            if self._fallback is None:
+                self._fallback = build_planner(RulesPlanner.name, self.config.planner)
+            return self._fallback
 
 
 #: File names in a job's result folder.
@@ -150,6 +160,7 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         planner,
         max_rounds=config.planner.max_rounds,
         allowed_tools=spec.tools,
+        fallback=ctx.fallback(),
     )
     called = [a for m in result.conversation.messages if m.turn for a in m.turn.actions]
     if called and not result.outputs:
