@@ -350,3 +350,29 @@ def test_late_instances_after_a_restart_still_supersede(
     )
     assert new.instance_count == 4 and new.supersedes == [old.job_id]
 
+
+def test_transient_error_reading_a_header_is_retried_then_routed(
+    nodes: list[Node], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spool's volume goes away for a moment just as the series becomes due (an NFS hiccup):
+    reading the header fails with an OSError. The series is not written off as unrouted: it is
+    tried again after a backoff and routed once its header reads."""
+    config = node_config(tmp_path / "var", free_port(), series_quiet_seconds=1.0)
+    config = config.model_copy(update={"queue": config.queue.model_copy(update={
+        "retry_backoff_seconds": 0.2, "retry_backoff_max_seconds": 0.5})})
+    node = start(nodes, Node(config, runner=counting_runner, use_default_outbox=False))
+    files = make_ct_series(tmp_path / "ct", 3)
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert storescu(node.port, files).returncode == 0
+    folder = node.spool.series_dir(str(first.StudyInstanceUID), str(first.SeriesInstanceUID))
+    away = tmp_path / "volume-away"
+    folder.rename(away)
+    # The scheduler tried it (and said so, naming the series)...
+    wait_for(lambda: any(r.name == "dicom_node.app.node" and str(first.SeriesInstanceUID)
+                         in r.getMessage() for r in caplog.records), timeout=20)
+    assert node.jobs.all() == []  # ...and recorded nothing: no terminal "unrouted"
+    away.rename(folder)
+    (record,) = wait_for(lambda: done_records(node))
+    assert record.state is JobState.DONE and record.route == "ct-count"
+    assert record.instance_count == 3
+    assert json.loads(Path(record.manifest_path or "").read_text())["instance_count"] == 3

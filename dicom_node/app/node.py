@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,10 +31,12 @@ import pydicom
 from pydicom.dataset import Dataset
 
 from config.schema import AppConfig, RouteConfig
+from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
 from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from dicom_node.log_repeats import RepeatedLog
 from dicom_node.qr.handlers import QRDeps, add_qr_contexts, qr_event_handlers
 from dicom_node.qr.index import QRIndex
 from dicom_node.receive.assembly import DueSeries, SeriesTracker
@@ -92,6 +95,14 @@ def series_tags(header: Dataset) -> dict[str, Any]:
     return series_tags_from_dataset(header)
 
 
+@dataclass(frozen=True)
+class _Deferred:
+    """A due series whose header could not be read for now (a transient I/O error)."""
+
+    tries: int
+    not_before: float
+
+
 class Node:
     def __init__(
         self,
@@ -124,6 +135,10 @@ class Node:
         self.job_service = JobService(
             config, self.jobs, make_executor(config, runner), self._outbox, self.results_dir
         )
+        self._routing_policy = RetryPolicy.from_config(config.queue)
+        #: Due series whose header read failed for now, by (study, series, fingerprint).
+        self._deferred: dict[tuple[str, str, str], _Deferred] = {}
+        self._scheduler_errors = RepeatedLog(log)
         self._scp: RunningSCP | None = None
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -262,13 +277,19 @@ class Node:
         while not self._stop.wait(SCHEDULER_INTERVAL_SECONDS):
             try:
                 self.process_due()
-            except Exception:  # outlive one bad series; logged with traceback
-                log.exception("scheduler pass failed")
+            except Exception as exc:  # noqa: BLE001 - outlive a bad pass; logged in full once, then counted
+                self._scheduler_errors.error("scheduler pass failed", exc)
+            else:
+                self._scheduler_errors.clear("scheduler passes succeed again")
 
     def process_due(self) -> list[str]:
         """Route and queue every complete, unprocessed series; returns the job ids created."""
         created: list[str] = []
+        now = time.monotonic()
         for due in self.tracker.due():
+            deferred = self._deferred.get((due.study_uid, due.series_uid, due.fingerprint))
+            if deferred is not None and now < deferred.not_before:
+                continue
             created.extend(self._dispatch(due))
         return created
 
@@ -279,17 +300,29 @@ class Node:
             sop_uids=tuple(sorted(due.sop_uids)), fingerprint=due.fingerprint,
             calling_ae=due.calling_ae, called_ae=due.called_ae, supersedes=due.supersedes,
         )
+        key = (due.study_uid, due.series_uid, due.fingerprint)
+        files = [series_dir / f"{uid}{INSTANCE_SUFFIX}" for uid in series.sop_uids]
         try:
-            header = pydicom.dcmread(
-                series_dir / f"{min(due.sop_uids)}.dcm", stop_before_pixels=True
-            )
-            files = [series_dir / f"{uid}{INSTANCE_SUFFIX}" for uid in sorted(due.sop_uids)]
+            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            # Routing reads instance files too (a route's image check).
             decision = self._router(
                 self.config, series_tags(header), due.calling_ae, due.called_ae, files
             )
-        except Exception as exc:  # recorded on the series, not raised
+        except OSError as exc:
+            # Transient (an I/O error, a volume that went away): the series stays due and is
+            # tried again after a backoff; once its files read it is routed as usual.
+            tries = self._deferred[key].tries + 1 if key in self._deferred else 1
+            delay = self._routing_policy.backoff(tries - 1)
+            self._deferred[key] = _Deferred(tries, time.monotonic() + delay)
+            log.warning("series %s: header not readable (%s: %s); trying again in %.1f s "
+                        "(try %d)", due.series_uid, type(exc).__name__, exc.strerror or exc,
+                        delay, tries)
+            return []
+        except Exception as exc:  # not DICOM, or a routing bug: recorded on the series, not raised
+            self._deferred.pop(key, None)
             log.exception("routing series %s failed", due.series_uid)
             return [self._unrouted(due, series, f"routing failed: {type(exc).__name__}: {exc}")]
+        self._deferred.pop(key, None)
         if not decision.routes:
             # The reason quotes tag values (maybe patient data): it goes to the job record only.
             state = JobState.SKIPPED if decision.skipped else JobState.UNROUTED
