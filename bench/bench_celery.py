@@ -30,7 +30,7 @@ from config.loader import load_config
 from dicom_node.jobs.celery_queue import CeleryQueue
 from dicom_node.jobs.pipeline import JobSpec, WorkerContext, run_job
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
-from tests.phantoms import write_ct_phantom
+from testkit.phantoms import write_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_SERVER = "/usr/bin/redis-server"

@@ -75,7 +75,7 @@ def free_port() -> int:
 def write_ct_series(out_dir: Path, slices: int, rows: int, cols: int) -> list[Path]:
     """A CT series of ``slices`` files (one header template, per-slice UIDs and positions).
 
-    Faster than tests.phantoms for 512x512x200; pixel content does not matter to the receivers.
+    Faster than testkit.phantoms for 512x512x200; pixel content does not matter to the receivers.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from image_model.volume import Volume
-from tests.tools_tiny_models import (
+from testkit.tiny_models import (
     tiny_grounding_settings,
     tiny_sam_settings,
     write_random_sam_vit_b,

@@ -64,7 +64,7 @@ def write_segresnet_bundle(
 ) -> dict[str, Any]:
     from monai.networks.nets import SegResNet
 
-    from tests.tools_models_helpers import write_bundle
+    from testkit.model_files import write_bundle
 
     kwargs: dict[str, Any] = {
         "spatial_dims": 3,
@@ -96,7 +96,7 @@ def write_clip(folder: Path, small: bool) -> dict[str, Any]:
     """Random CLIP: ViT-B/16 at 224 px with a 12-layer text tower (BiomedCLIP's image tower size)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from tests.tools_models_helpers import write_tiny_clip
+    from testkit.model_files import write_tiny_clip
 
     write_tiny_clip(folder)  # tokenizer + processor files (the model is replaced below)
     if small:

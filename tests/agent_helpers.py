@@ -12,7 +12,7 @@ from scipy import ndimage
 from image_model.findings import AlgorithmInfo, Code, Measurement, Segment, ToolOutput
 from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
-from tests.phantoms import write_ct_phantom
+from testkit.phantoms import write_ct_phantom
 from tools.base import Tool, ToolRefused
 from tools.registry import ToolRegistry
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-# Test helper modules (tests/phantoms.py etc.) import as ``tests.x``.
+# Test helper modules import as ``tests.x``, the synthetic inputs shared with bench/ as ``testkit.x``.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 

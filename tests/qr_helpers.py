@@ -18,7 +18,7 @@ from dicom_node.jobs.manifest import Manifest
 from dicom_node.jobs.pipeline import WorkerContext, run_job
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.spec import JobSpec
-from tests.phantoms import PhantomTruth, write_ct_phantom
+from testkit.phantoms import PhantomTruth, write_ct_phantom
 from tests.receive_helpers import DCMTK_BIN, dcmtk_env
 from tools.registry import ToolRegistry
 

@@ -13,8 +13,8 @@ from agent.dataset import make_data, tool_specs_of
 from agent.evaluate import evaluate, read_records
 from agent.planners.base import PlanContext, Planner, PlannerOutputError
 from agent.protocol import AssistantTurn, Conversation, parse_tool_outputs_message
+from testkit.phantoms import write_ct_phantom
 from tests.agent_helpers import real_tool_classes
-from tests.phantoms import write_ct_phantom
 from tools.registry import ToolRegistry
 
 CLI = [sys.executable, "-m", "dicom_node.app.cli"]

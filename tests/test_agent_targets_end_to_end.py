@@ -23,17 +23,17 @@ from image_model.findings import Box, Segment
 from image_model.loader import load_series
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
-from tests.agent_helpers import phantom_volume, registry_of
-from tests.dicom_validate import dciodvfy_errors
-from tests.phantoms import write_ct_phantom
-from tests.tools_models_helpers import ct_phantom, write_tiny_clip
-from tests.tools_tiny_models import (
+from testkit.model_files import ct_phantom, write_tiny_clip
+from testkit.phantoms import write_ct_phantom
+from testkit.tiny_models import (
     one_torch_thread,
     tiny_grounding_settings,
     tiny_sam_settings,
     write_tiny_grounding_dino,
     write_tiny_sam,
 )
+from tests.agent_helpers import phantom_volume, registry_of
+from tests.dicom_validate import dciodvfy_errors
 from tools.classify import BiomedClip
 from tools.ct_lung import CTLungSegmentation
 from tools.grounding import GroundingDinoTool

@@ -23,6 +23,7 @@ from dicom_node.jobs.service import JobService
 from dicom_node.jobs.shared import SharedJobState
 from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from testkit.phantoms import write_ct_phantom
 from tests.celery_helpers import (
     RedisServer,
     Worker,
@@ -32,7 +33,6 @@ from tests.celery_helpers import (
 )
 from tests.orthanc_helpers import ORTHANC_AET, start_orthanc
 from tests.outbox_helpers import StoreSCP
-from tests.phantoms import write_ct_phantom
 from tests.qr_helpers import write_study
 from tests.receive_helpers import free_port, storescu
 from tests.test_http_api import call

@@ -12,8 +12,8 @@ from config.schema import OutputConfig
 from image_model.geometry import slice_thicknesses
 from image_model.loader import load_series
 from sr_templates.outputs import build_outputs
+from testkit.phantoms import write_ct_phantom
 from tests.dicom_validate import dciodvfy_errors
-from tests.phantoms import write_ct_phantom
 from tools.ct_lung import CTLungSegmentation
 
 

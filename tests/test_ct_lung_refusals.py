@@ -9,7 +9,7 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from image_model.loader import load_series
-from tests.phantoms import write_ct_phantom
+from testkit.phantoms import write_ct_phantom
 from tools.base import ToolRefused
 from tools.ct_lung import CTLungSegmentation
 

@@ -8,7 +8,7 @@ import pytest
 from pydicom.uid import JPEG2000Lossless
 
 from image_model.loader import load_series
-from tests.phantoms import PhantomTruth, write_ct_phantom
+from testkit.phantoms import PhantomTruth, write_ct_phantom
 from tools.ct_lung import CTLungSegmentation
 from tools.registry import TOOL_MODULES, ParamsInvalid, ToolRegistry
 

@@ -33,9 +33,9 @@ from image_model.deidentify import (
     scrub_text,
 )
 from image_model.loader import load_series
+from testkit.model_files import ct_phantom, write_series
 from tests.agent_helpers import registry_of
 from tests.agent_hf_helpers import ChatServer, reply
-from tests.tools_models_helpers import ct_phantom, write_series
 from tools.report import LanguageModel, LanguageModelSettings, ReportGeneration
 
 PHI = {

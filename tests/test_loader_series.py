@@ -19,8 +19,8 @@ from pydicom.uid import (
 from image_model.geometry import slice_thicknesses
 from image_model.loader import LoadError, load_series
 from image_model.volume import Volume
+from testkit.phantoms import LUNG_HU, write_ct_phantom
 from tests.dicom_validate import dciodvfy_errors
-from tests.phantoms import LUNG_HU, write_ct_phantom
 
 SMALL: dict[str, Any] = {"slices": 12, "rows": 48, "cols": 48, "pixel_spacing": 6.0, "slice_spacing": 10.0}
 

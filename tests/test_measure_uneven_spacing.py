@@ -13,9 +13,9 @@ from image_model.codes import unit
 from image_model.loader import load_series
 from image_model.measure import mask_size, slice_spacing_known
 from image_model.volume import Volume
-from tests.phantoms import write_ct_phantom
-from tests.tools_models_helpers import threshold_conv_state, write_bundle
-from tests.tools_tiny_models import one_torch_thread, tiny_sam_settings, write_tiny_sam
+from testkit.model_files import threshold_conv_state, write_bundle
+from testkit.phantoms import write_ct_phantom
+from testkit.tiny_models import one_torch_thread, tiny_sam_settings, write_tiny_sam
 from tools.medsam import MedSAMTool
 from tools.organ3d import OrganSegmentation3D
 

@@ -28,9 +28,9 @@ import torch
 import yaml
 
 from config.schema import AppConfig
+from testkit.model_files import TINY_SEGRESNET, write_bundle
+from testkit.tiny_models import TINY_SAM_ENCODER, write_tiny_grounding_dino, write_tiny_sam
 from tests.models_helpers import mirror_server, real_entry, sha256, write_catalogue, zip_folder
-from tests.tools_models_helpers import TINY_SEGRESNET, write_bundle
-from tests.tools_tiny_models import TINY_SAM_ENCODER, write_tiny_grounding_dino, write_tiny_sam
 from tools.model_catalogue import MANIFEST_NAME, load_catalogue
 from tools.registry import ToolRegistry
 

@@ -14,8 +14,8 @@ from config.loader import load_config
 from dicom_node.app.commands.status import collect
 from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobState
+from testkit.phantoms import write_ct_phantom
 from tests.outbox_helpers import StoreSCP
-from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for
 
 

@@ -28,9 +28,9 @@ from image_model.codes import concept
 from image_model.findings import AlgorithmInfo, Segment, ToolOutput
 from image_model.loader import load_series
 from sr_templates.outputs import build_overlays
+from testkit.phantoms import write_ct_phantom
 from tests.dicom_validate import dciodvfy_errors
 from tests.outbox_helpers import StoreSCP
-from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for
 
 INSTRUCTION = "Segment the lungs and measure their volumes."

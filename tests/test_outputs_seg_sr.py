@@ -21,6 +21,7 @@ from sr_templates.identity import OutputIdentity
 from sr_templates.outputs import build_outputs, identity_for
 from sr_templates.seg import build_seg
 from sr_templates.sr import build_sr
+from testkit.phantoms import write_ct_phantom
 from tests.dicom_validate import dciodvfy_errors
 from tests.outputs_helpers import (
     ALGORITHM,
@@ -30,7 +31,6 @@ from tests.outputs_helpers import (
     two_lung_output,
     write_ct_series,
 )
-from tests.phantoms import write_ct_phantom
 
 CFG = OutputConfig(seg_series_number=77, sr_series_number=78, manufacturer="ACME AI", pipeline_version="9.9")
 INSTRUCTION = "Segment the lungs and measure their volumes."

@@ -20,8 +20,8 @@ from dicom_node.app.node import Node
 from dicom_node.jobs.manifest import Manifest
 from dicom_node.jobs.pipeline import SR_FILE, JobSpec, WorkerContext, run_job
 from dicom_node.jobs.store import JobRecord, JobState
+from testkit.phantoms import write_ct_phantom
 from tests.dicom_validate import dciodvfy_errors
-from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for
 
 INSTRUCTION = "Segment the lungs and measure their volumes."

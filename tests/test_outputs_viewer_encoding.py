@@ -27,8 +27,8 @@ from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from sr_templates.seg.palette import colours_for
 from sr_templates.sr.outline import outline, polygon_area
+from testkit.phantoms import write_ct_phantom
 from tests.dicom_validate import dciodvfy_errors, dciodvfy_own_warnings
-from tests.phantoms import write_ct_phantom
 from tools.ct_lung import CTLungSegmentation
 
 CFG = OutputConfig(seg_series_number=61, sr_series_number=62, manufacturer="test", pipeline_version="1.0")

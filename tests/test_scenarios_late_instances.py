@@ -16,11 +16,11 @@ import pytest
 from config.loader import load_config
 from dicom_node.app.commands.status import collect
 from dicom_node.app.node import Node
-from dicom_node.jobs.runner import pipeline_runner
 from dicom_node.jobs.pipeline import JobSpec
+from dicom_node.jobs.runner import pipeline_runner
 from dicom_node.jobs.store import JobState
+from testkit.phantoms import write_ct_phantom
 from tests.outbox_helpers import StoreSCP
-from tests.phantoms import write_ct_phantom
 from tests.receive_helpers import free_port, storescu, wait_for
 
 

@@ -10,7 +10,7 @@ import torch
 from pydicom.data import get_testdata_file
 
 from image_model.loader import load_series
-from tests.tools_models_helpers import (
+from testkit.model_files import (
     ct_datasets,
     ct_phantom,
     write_series,

@@ -14,14 +14,14 @@ import pydicom
 import pytest
 import yaml
 
-from tests.dicom_validate import dciodvfy_errors
-from tests.tools_models_helpers import (
+from testkit.model_files import (
     ct_phantom,
     dice,
     threshold_conv_state,
     write_bundle,
     write_series,
 )
+from tests.dicom_validate import dciodvfy_errors
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 EXPECTED_TOOLS = {

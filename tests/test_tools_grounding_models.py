@@ -18,13 +18,13 @@ from config.schema import OutputConfig
 from image_model.loader import load_series
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
-from tests.dicom_validate import dciodvfy_errors
-from tests.phantoms import write_ct_phantom
-from tests.tools_tiny_models import (
+from testkit.phantoms import write_ct_phantom
+from testkit.tiny_models import (
     one_torch_thread,
     tiny_grounding_settings,
     write_tiny_grounding_dino,
 )
+from tests.dicom_validate import dciodvfy_errors
 from tools.base import ToolRefused
 from tools.device import model_path_availability
 from tools.grounding import (

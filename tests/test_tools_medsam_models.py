@@ -21,9 +21,8 @@ from image_model.loader import load_series
 from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
-from tests.dicom_validate import dciodvfy_errors, dciodvfy_own_warnings
-from tests.phantoms import write_ct_phantom
-from tests.tools_tiny_models import (
+from testkit.phantoms import write_ct_phantom
+from testkit.tiny_models import (
     TINY_SAM_ENCODER,
     build_tiny_sam,
     one_torch_thread,
@@ -32,6 +31,7 @@ from tests.tools_tiny_models import (
     write_tiny_grounding_dino,
     write_tiny_sam,
 )
+from tests.dicom_validate import dciodvfy_errors, dciodvfy_own_warnings
 from tools.base import ToolRefused
 from tools.device import model_dtype, resolve_device
 from tools.grounded_sam import GroundedMedSAMTool

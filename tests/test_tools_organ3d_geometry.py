@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from image_model.measure import mask_volume_ml
-from tests.tools_models_helpers import (
+from testkit.model_files import (
     ct_phantom,
     dice,
     threshold_conv_state,

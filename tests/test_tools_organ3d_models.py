@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from image_model.measure import mask_volume_ml
 from image_model.volume import Volume
-from tests.tools_models_helpers import TINY_SEGRESNET, ct_phantom, write_bundle
+from testkit.model_files import TINY_SEGRESNET, ct_phantom, write_bundle
 from tools.base import ToolRefused
 from tools.organ3d import OrganSegmentation3D
 from tools.registry import ToolRegistry

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tests.tools_models_helpers import (
+from testkit.model_files import (
     ct_phantom,
     threshold_conv_state,
     write_bundle,

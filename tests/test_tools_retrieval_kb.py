@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tools_models_helpers import ct_phantom
+from testkit.model_files import ct_phantom
 from tools.retrieval import Retrieval, chunk_text, default_embedding_model
 
 CHEST = """# Chest
