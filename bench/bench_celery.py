@@ -2,10 +2,10 @@
 processes (solo pool) on the same input, in the same run, beside the same jobs run in-process
 by ``run_job`` (no broker) as the reference.
 
-Input: ``--series`` phantom CT series (tests/phantoms.py), written once. Each run publishes every
-series as a job through :class:`~dicom_node.jobs.celery_queue.CeleryQueue` (the node's own publisher
-and state follower) to freshly started workers and times from the first publish until the last
-job is ``done`` in the shared state; worker start-up (model loading) is excluded.
+Input: ``--series`` phantom CT series (testkit/phantoms.py), written once. Each run submits every
+series as a job to a :class:`~dicom_node.jobs.service.JobService` with the Celery queue (the node's
+own publisher and follower) and freshly started workers, and times from the first submit until
+the last job is ``done`` in its record; worker start-up (model loading) is excluded.
 
     python -m bench.bench_celery                       # 8 series of 32 x 128 x 128, workers 1,2
     python -m bench.bench_celery --series 16 --workers 1,2,4 --slices 64 --size 192
@@ -27,9 +27,12 @@ import redis
 import yaml
 
 from config.loader import load_config
-from dicom_node.jobs.celery_queue import CeleryQueue
-from dicom_node.jobs.pipeline import JobSpec, WorkerContext, run_job
-from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from dicom_node.jobs.pipeline import WorkerContext, run_job
+from dicom_node.jobs.queues import make_executor
+from dicom_node.jobs.service import JobService
+from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
+from dicom_node.jobs.store import JobState, JobStore
+from image_model.fingerprint import instance_set_fingerprint
 from testkit.phantoms import write_ct_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -150,41 +153,34 @@ def specs_for(series: list[Path], results: Path, tag: str) -> list[JobSpec]:
     ]
 
 
+def series_ref(folder: Path) -> SeriesRef:
+    sops = tuple(sorted(p.stem for p in folder.glob("*.dcm")))
+    return SeriesRef("bench", f"bench-{folder.name}", str(folder), sops,
+                     instance_set_fingerprint(sops))
+
+
 def run_celery(count: int, series: list[Path], folder: Path, config_path: Path) -> Row:
     config = load_config(config_path)
     tag = f"celery{count}-{time.time_ns()}"
     store = JobStore(folder / tag / "jobs")
-    specs = specs_for(series, folder / "results", tag)
-    for spec in specs:
-        store.save(
-            JobRecord(
-                job_id=spec.job_id,
-                study_uid=spec.study_uid,
-                series_uid=spec.series_uid,
-                state=JobState.QUEUED,
-                route=spec.route,
-                fingerprint=tag,
-                instance_count=len(list(Path(spec.series_dir).glob("*.dcm"))),
-                spec=spec.to_dict(),
-            )
-        )
+    request = JobRequest("bench", "bench", INSTRUCTION, "rules", None, [])
     workers = start_workers(count, config_path, folder, tag)
-    queue = CeleryQueue(config, store)
+    service = JobService(config, store, make_executor(config), None, folder / "results" / tag)
     try:
-        queue.start()
+        service.start()
         started = time.perf_counter()
-        for spec in specs:
-            queue.submit(spec)
-        if not queue.wait_idle(timeout=3600):
+        for s in series:
+            service.submit(series_ref(s), [request])
+        if not service.wait_idle(timeout=3600):
             raise RuntimeError("jobs did not finish")
         elapsed = time.perf_counter() - started
     finally:
-        queue.stop()
+        service.stop()
         stop(workers)
     failed = [r.job_id for r in store.all() if r.state is not JobState.DONE]
     if failed:
         raise RuntimeError(f"jobs not done: {failed}")
-    return Row(f"celery, {count} worker(s)", len(specs), elapsed)
+    return Row(f"celery, {count} worker(s)", len(series), elapsed)
 
 
 def run_inline(series: list[Path], folder: Path, config_path: Path) -> Row:
