@@ -257,12 +257,13 @@ class QueueConfig(_Strict):
     #: to another worker (the worker died mid-job). Must exceed the longest job, or a slow job
     #: runs twice (harmless: same output UIDs, one delivery per job, but wasted GPU time).
     visibility_timeout_seconds: float = Field(3600.0, gt=0)
-    #: Celery only. Retries after a transient error (OSError, CUDA out of memory), with backoff.
+    #: Retries after a transient error (OSError, CUDA out of memory, a lost broker), with backoff:
+    #: the embedded pool and Celery workers alike (dicom_node/jobs/retry.py).
     max_retries: int = Field(3, ge=0)
     retry_backoff_seconds: float = Field(5.0, gt=0)
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
-    #: Celery only. Deliveries beyond max_retries + 1 that a job may use up by killing its worker
-    #: (OOM, segfault) before it is marked failed: bounds a poison job.
+    #: Starts beyond max_retries + 1 that a job may use up by killing its worker (OOM, segfault)
+    #: or, in the embedded pool, the node, before it is marked failed: bounds a poison job.
     max_redeliveries: int = Field(2, ge=0)
     #: Celery only. How often the node polls job state and resubmits jobs an outage held back.
     poll_seconds: float = Field(0.5, gt=0)
