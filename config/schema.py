@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 #: Keys a route may match on besides DICOM keywords: the association's AE titles.
 ASSOCIATION_KEYS = frozenset({"CallingAETitle", "CalledAETitle"})
@@ -253,20 +253,61 @@ class PlannerConfig(_Strict):
 class QueueConfig(_Strict):
     #: Absent/null: the embedded in-process pool. A redis:// URL switches to Celery workers.
     broker_url: str | None = None
-    #: Celery only. Seconds a job taken by a worker may stay unacknowledged before Redis hands it
-    #: to another worker (the worker died mid-job). Must exceed the longest job, or a slow job
-    #: runs twice (harmless: same output UIDs, one delivery per job, but wasted GPU time).
+    #: Celery only. A running job holds a lease its worker renews every lease_renew_seconds; one
+    #: not renewed for lease_seconds (the worker died: kill -9, OOM, power) is handed to another
+    #: worker at once, however long the job itself runs.
+    lease_seconds: float = Field(20.0, gt=0)
+    lease_renew_seconds: float = Field(5.0, gt=0)
+    #: Celery only, a last resort: seconds an unacknowledged task waits before Redis hands it out
+    #: again even though nobody took its lease back (e.g. the node was down). Leases make it
+    #: independent of job length; a redelivered task whose job is still leased or finished is
+    #: dropped by the worker.
     visibility_timeout_seconds: float = Field(3600.0, gt=0)
     #: Retries after a transient error (OSError, CUDA out of memory, a lost broker), with backoff:
     #: the embedded pool and Celery workers alike (dicom_node/jobs/retry.py).
     max_retries: int = Field(3, ge=0)
     retry_backoff_seconds: float = Field(5.0, gt=0)
     retry_backoff_max_seconds: float = Field(300.0, gt=0)
+    #: A full disk (ENOSPC, EDQUOT) is waited out without using up max_retries: the job runs
+    #: again with backoff until space returns, for up to this long, then fails with the reason.
+    disk_full_patience_seconds: float = Field(86400.0, gt=0)
     #: Starts beyond max_retries + 1 that a job may use up by killing its worker (OOM, segfault)
     #: or, in the embedded pool, the node, before it is marked failed: bounds a poison job.
     max_redeliveries: int = Field(2, ge=0)
     #: Celery only. How often the node polls job state and resubmits jobs an outage held back.
     poll_seconds: float = Field(0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _renewed_in_time(self) -> QueueConfig:
+        if self.lease_seconds < 2 * self.lease_renew_seconds:
+            raise ValueError("queue.lease_seconds must be at least twice queue.lease_renew_seconds "
+                             "(a lease lapses only after missed renewals)")
+        return self
+
+
+class RetentionConfig(_Strict):
+    """Disk lifecycle of the data_dir (dicom_node/app/retention.py, dicom_node/disk.py).
+
+    Retention removes a series (its spool folder, job records, result folders and outbox
+    records) only once it is finished: every job of it ended and every result was delivered
+    everywhere it had to go. Anything else is kept, however old or large."""
+
+    #: Finished series with no activity for this long are removed (null: kept for ever).
+    max_age_days: float | None = Field(30.0, gt=0)
+    #: Above this total (spool + results + outbox + job records), finished series are removed,
+    #: oldest first, until 90 % of it is used (null: no quota). Bytes, or a size like "200GiB".
+    max_size: ByteSize | None = None
+    #: How often retention runs inside the node (and every half minute while the disk is low).
+    interval_seconds: float = Field(300.0, gt=0)
+    #: Nothing of a series that changed more recently than this is removed.
+    min_idle_seconds: float = Field(60.0, ge=0)
+    #: The low-space watermark: below this many free bytes, or min_free_percent of the file
+    #: system, the node refuses new instances (C-STORE 0xA700, Refused: Out of Resources) and
+    #: retention removes finished series, oldest first.
+    min_free: ByteSize = ByteSize(1 << 30)
+    min_free_percent: float = Field(5.0, ge=0, lt=100)
+    #: Instances are accepted again once free space is this much above the watermark.
+    resume_margin_percent: float = Field(2.0, ge=0, lt=100)
 
 
 class ApiConfig(_Strict):
@@ -293,6 +334,7 @@ class AppConfig(_Strict):
     output: OutputConfig = OutputConfig()
     planner: PlannerConfig = PlannerConfig()
     queue: QueueConfig = QueueConfig()
+    retention: RetentionConfig = RetentionConfig()
     api: ApiConfig = ApiConfig()
     #: Per-tool settings keyed by API_name (model paths, device, thresholds); each tool validates its own.
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
