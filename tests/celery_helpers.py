@@ -139,9 +139,10 @@ def celery_config(
                 "send_to": ["pacs"],
             }
         ],
+        # Recovery settings (leases, visibility timeout) stay at their defaults: a worker lost
+        # mid-job is recovered through its lease, as in a deployment.
         "queue": {
             "broker_url": broker_url,
-            "visibility_timeout_seconds": 6,
             "max_retries": 2,
             "retry_backoff_seconds": 0.3,
             "retry_backoff_max_seconds": 1,

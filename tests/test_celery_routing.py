@@ -1,11 +1,13 @@
-"""Celery queue choice and publishing, against a real redis-server (no workers): jobs land on
-the ``gpu`` or ``cpu`` list by the tools their route may call; the node records them in the
-shared job hash; without a broker URL the node keeps its embedded pool."""
+"""Celery queue choice, publishing and leases, against a real redis-server (no workers): jobs
+land on the ``gpu`` or ``cpu`` list by the tools their route may call; the node records them in
+the job hash; a lease outlives a long run and lapses once its worker is gone; without a broker
+URL the node keeps its embedded pool."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from dicom_node.jobs.service import JobService
 from dicom_node.jobs.shared import SharedJobState
 from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.store import JobStore
+from dicom_node.jobs.worker_tasks import Heartbeat
 from tests.celery_helpers import (
     RedisServer,
     celery_config,
@@ -99,3 +102,39 @@ def test_worker_command_needs_a_broker(tmp_path: Path) -> None:
                             cwd=PROJECT_ROOT, env=child_env(), capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 2 and "queue.broker_url is not set" in result.stdout
+
+
+def test_a_lease_outlives_a_long_run_and_lapses_once_after_its_worker(
+    redis_server: RedisServer,
+) -> None:
+    """The claim and lease scripts against a real Redis: a run longer than its lease keeps it
+    through the heartbeat; a duplicate delivery meanwhile does not run; once the heartbeat stops
+    (the worker died) the lease lapses, the node takes the job back exactly once, the next run
+    counts a new attempt, and the lost run's late report is refused."""
+    state = SharedJobState(redis_server.client())
+    job = "job-lease"
+    claim = state.begin(job, "w1@test", 101, max_attempts=5, lease_seconds=1.0)
+    assert claim.may_run and claim.attempt == 1
+    with Heartbeat(state, job, claim.token, lease_seconds=1.0, renew_seconds=0.25):
+        time.sleep(2.5)  # two and a half lease periods
+        shared = state.get(job)
+        assert shared is not None and shared.state == "running" and shared.leased
+        assert state.begin(job, "w2@test", 102, 5, 1.0).verdict == "held"
+    assert wait_until(lambda: (s := state.get(job)) is not None and s.lapsed, 5)
+    assert state.take_lapsed(job, 1, "lost")
+    assert not state.take_lapsed(job, 1, "lost")  # exactly once
+    again = state.begin(job, "w2@test", 102, 5, 1.0)
+    assert again.may_run and again.attempt == 2
+    assert not state.report_done(job, claim.token)  # the lost run's outcome is not recorded
+    assert state.report_done(job, again.token)
+    assert state.begin(job, "w3@test", 103, 5, 1.0).verdict == "done"
+    # A job that kept losing its workers: the start past the limit marks it failed.
+    poison = "job-poison"
+    for attempt in (1, 2):
+        lost = state.begin(poison, "w1@test", 101, max_attempts=2, lease_seconds=0.2)
+        assert lost.may_run and lost.attempt == attempt
+        assert wait_until(lambda: (s := state.get(poison)) is not None and s.lapsed, 5)
+        assert state.take_lapsed(poison, attempt, "lost")
+    assert state.begin(poison, "w1@test", 101, 2, 0.2).verdict == "gave-up"
+    failed = state.get(poison)
+    assert failed is not None and failed.state == "failed" and "gave up after 2" in (failed.error or "")

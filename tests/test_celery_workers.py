@@ -5,6 +5,7 @@ as a second file) standing in as the PACS."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from dicom_node.jobs.service import JobService
 from dicom_node.jobs.shared import SharedJobState
 from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from image_model.fingerprint import instance_set_fingerprint
 from testkit.phantoms import write_ct_phantom
 from tests.celery_helpers import (
     RedisServer,
@@ -144,8 +146,12 @@ def test_several_series_one_seg_and_one_sr_each(cluster: Cluster) -> None:
 
 
 def test_worker_killed_mid_job_other_worker_finishes(cluster: Cluster) -> None:
+    """Default recovery settings (a 20 s lease, the 3600 s visibility timeout left as a last
+    resort): kill -9 of the worker holding a job; the other worker finishes it within 60 s of
+    the kill, and the PACS receives exactly one SEG and one SR."""
     cluster.ensure_workers()
     config, pacs = cluster.node_config("kill")
+    assert config.queue.visibility_timeout_seconds == 3600 and config.queue.lease_seconds == 20
     state = SharedJobState.from_url(cluster.redis.url)
     node = Node(config)
     node.start()
@@ -160,8 +166,10 @@ def test_worker_killed_mid_job_other_worker_finishes(cluster: Cluster) -> None:
         assert running is not None, "the job never ran"
         victim = next(w for w in cluster.workers if w.hostname == running.worker)
         victim.kill9()
+        killed = time.monotonic()
         assert state.get(running.job_id).state == "running"  # killed while holding the job
-        wait_results(pacs, 2, timeout=90)
+        wait_results(pacs, 2, timeout=60)
+        assert time.monotonic() - killed < 60
         assert_one_seg_one_sr_each(pacs, series)
         (record,) = [r for r in node.jobs.all() if r.route]
         assert record.state is JobState.DONE
@@ -353,3 +361,42 @@ def test_question_runs_on_a_worker_and_the_node_delivers_it(cluster: Cluster, tm
             pacs.stop()
     finally:
         orthanc.stop()
+
+
+def test_retry_due_during_a_broker_outage_is_published_when_it_returns(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A worker reports a transient error (the series is not visible on its host yet); the node
+    schedules the retry; Redis goes down before the retry is due, so publishing it fails; once
+    Redis is back the node publishes it and the job completes. Workers never republish, so no
+    retry can be dropped with a broker that is down at that moment."""
+    cluster.ensure_workers()
+    overrides = celery_config(tmp_path / "var", free_port(), free_port(), cluster.redis.url,
+                              retry_backoff_seconds=3, retry_backoff_max_seconds=3)
+    config = load_config(overrides=overrides)
+    store = JobStore(tmp_path / "var" / "jobs")
+    phantom = write_ct_phantom(tmp_path / "phantom", slices=12, rows=48, cols=48,
+                               seed=time.time_ns() % 2**31)
+    sops = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in phantom.files}
+    mount = tmp_path / "not-mounted-yet" / "series"
+    series = SeriesRef(phantom.study_uid, phantom.series_uid, str(mount), tuple(sorted(sops)),
+                       instance_set_fingerprint(sops))
+    service = JobService(config, store, make_executor(config), None, tmp_path / "var" / "results")
+    service.start()
+    try:
+        (record,) = service.submit(series, [JobRequest("ct-lungs", "ct-lungs", "Segment the lungs.",
+                                                       "rules", None, [])])
+        assert wait_until(lambda: (r := store.load(record.job_id)).retries == 1
+                          and r.state is JobState.QUEUED, 30)
+        cluster.redis.stop()
+        mount.mkdir(parents=True)  # the volume appears meanwhile
+        for uid, path in sops.items():
+            shutil.copy(path, mount / f"{uid}.dcm")
+        time.sleep(5.0)  # the retry fell due while Redis was down
+        assert store.load(record.job_id).state is JobState.QUEUED
+        cluster.redis.start()
+        assert service.wait_idle(timeout=90)
+    finally:
+        service.stop()
+    done = store.load(record.job_id)
+    assert done.state is JobState.DONE and done.attempt == 2 and done.retries == 1, done

@@ -3,11 +3,12 @@
 The node (publisher) and every worker build the same app with :func:`make_celery_app`, so both
 sides agree on serialisation, routing and delivery guarantees:
 
-* **At-least-once.** ``task_acks_late``: a worker acknowledges a job only after it finished, so a
-  worker killed mid-job (``kill -9``, OOM) leaves the message unacknowledged and Redis hands it
-  to another worker once ``queue.visibility_timeout_seconds`` has passed.
-  ``task_reject_on_worker_lost`` does the same for a pool child that dies.
-  ``worker_prefetch_multiplier=1``: a busy worker holds no second job hostage.
+* **At-least-once.** ``task_acks_late``: a worker acknowledges a job only after it finished.
+  A worker killed mid-job (``kill -9``, OOM) stops renewing the job's lease, and the node hands
+  the job to another worker once the lease lapses (:mod:`dicom_node.jobs.shared`); the message
+  it left unacknowledged comes back only after ``queue.visibility_timeout_seconds``, the last
+  resort, and is then dropped by the claim. ``task_reject_on_worker_lost`` does the same for a
+  pool child that dies. ``worker_prefetch_multiplier=1``: a busy worker holds no second job hostage.
 * **No duplicate results.** A re-run writes the same output UIDs (derived from the source
   instance set and pipeline version, :mod:`sr_templates.identity`); a job already ``done`` in
   the shared job state (:mod:`dicom_node.jobs.shared`) is not run again; the outbox records one

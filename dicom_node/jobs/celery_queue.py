@@ -9,11 +9,12 @@ One background thread does two things every ``queue.poll_seconds``:
    An adopted job whose hash shows it already published, running or finished (a node restart
    while a worker held it) is followed, not published twice.
 2. **Follow** published runs: read their hashes (:mod:`dicom_node.jobs.shared`) and report to
-   the job service: started (attempt, worker), done, failed (permanent: the worker's reason) or
+   the job service: started (attempt, worker), done, failed (permanent: the worker's reason),
    failed transient (a ``retry`` report: the service applies the retry policy and, to retry,
-   calls :meth:`~CeleryExecutor.run` again after the backoff). Retries are therefore published
-   by this thread like any run, with the same outage handling: a retry is never lost to a
-   broker that is down at that moment.
+   calls :meth:`~CeleryExecutor.run` again after the backoff) or lost (a running job whose lease
+   lapsed: its worker died; the service runs it again at once, on another worker, unless it used
+   every attempt). Retries and re-runs are therefore published by this thread like any run,
+   with the same outage handling: none is lost to a broker that is down at that moment.
 """
 
 from __future__ import annotations
@@ -165,7 +166,9 @@ class CeleryExecutor:
                 log.info("job %s is already %s in its hash: following it", job_id,
                          shared.state if shared else "")
                 return
-        self._state.mark_queued(job_id, fresh=run.attempt == 1 and not run.adopted)
+        if not self._state.mark_queued(job_id, fresh=run.attempt == 1 and not run.adopted):
+            log.info("job %s finished meanwhile: following it, not publishing it again", job_id)
+            return
         # retry=False: an outage must fail fast here (the loop retries), not block in kombu.
         self._app.send_task(TASK_NAME, args=[run.spec.to_dict()], task_id=job_id, retry=False)
         self._state.mark_published(job_id)
@@ -199,7 +202,14 @@ class CeleryExecutor:
             followed.reported = shared.attempt
             self._emit(RunEvent(job_id, RunKind.STARTED, shared.attempt, shared.worker,
                                 at=shared.started or time.time()))
-        if shared.state == hashes.DONE:
+        if shared.lapsed:
+            reason = (f"the worker running attempt {shared.attempt} ({shared.worker or '?'}) was "
+                      "lost: its lease lapsed")
+            if not self._state.take_lapsed(job_id, shared.attempt, reason):
+                return  # renewed or taken back meanwhile: look again next time
+            log.warning("job %s: %s; handing it to another worker", job_id, reason)
+            event = RunEvent(job_id, RunKind.LOST, shared.attempt, shared.worker)
+        elif shared.state == hashes.DONE:
             event = RunEvent(job_id, RunKind.DONE, shared.attempt, shared.worker,
                              at=shared.finished or time.time())
         elif shared.state == hashes.FAILED:
@@ -208,7 +218,8 @@ class CeleryExecutor:
                              final=True)
         elif shared.state == hashes.RETRY:
             event = RunEvent(job_id, RunKind.FAILED, shared.attempt, shared.worker,
-                             failure=Failure(shared.error or "transient error", True))
+                             failure=Failure(shared.error or "transient error", True,
+                                             shared.disk_full))
         else:
             return
         with self._lock:

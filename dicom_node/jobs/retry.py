@@ -4,10 +4,13 @@ A run that ends without a result ends in one of two ways (:func:`classify`):
 
 * **permanent** (:class:`JobFailed`: the series cannot be processed; any other exception: a bug)
   -> the job ends ``failed`` with the reason, never retried: running it again gives the same;
-* **transient** (``OSError``: a volume not mounted yet, an NFS hiccup, a full disk; memory or CUDA
-  memory exhausted; the broker or Redis unreachable) -> run again after a backoff
+* **transient** (``OSError``: a volume not mounted yet, an NFS hiccup; memory or CUDA memory
+  exhausted; the broker or Redis unreachable) -> run again after a backoff
   (``queue.retry_backoff_seconds`` doubling up to ``queue.retry_backoff_max_seconds``), at most
-  ``queue.max_retries`` times, then ``failed`` with the last reason.
+  ``queue.max_retries`` times, then ``failed`` with the last reason;
+* **a full disk** (``ENOSPC``, ``EDQUOT``): transient too, but it says nothing about the job, so it
+  uses up no retries: the job runs again with a backoff as long as it has waited so far (capped
+  at the maximum), until space returns, for up to ``queue.disk_full_patience_seconds``.
 
 Separately, a run may be **lost** (its worker or, for the embedded pool, the node process died
 mid-run): every start counts as an attempt, and a job that used ``max_retries + 1 +
@@ -19,6 +22,7 @@ the one owner of job state (:class:`~dicom_node.jobs.service.JobService`) with t
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 
 from config.schema import QueueConfig
@@ -41,13 +45,17 @@ class Failure:
 
     reason: str
     transient: bool
+    #: The disk (or quota) is full: wait for space, without using up retries.
+    disk_full: bool = False
 
 
 def describe(exc: BaseException) -> str:
-    """``Type: message`` (a :class:`JobFailed` is its message alone: a reason for people)."""
+    """``Type: message``, first line only (a :class:`JobFailed` is its message alone: a reason
+    for people). Some libraries re-raise with a traceback in the message (pydicom's writer)."""
+    lines = str(exc).splitlines()
+    text = lines[0] if lines else ""
     if isinstance(exc, JobFailed):
-        return str(exc)
-    text = str(exc)
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -62,8 +70,25 @@ def is_transient(exc: BaseException) -> bool:
     return bool(names & (_OUT_OF_MEMORY | _BROKER_DOWN))
 
 
+#: errno values of a full disk or quota.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """A full disk or quota, also when re-raised by a library without the errno (the original
+    is then the cause: pydicom's writer names the element it was writing)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain, not a cycle
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(exc: BaseException) -> Failure:
-    return Failure(describe(exc), is_transient(exc))
+    return Failure(describe(exc), is_transient(exc), is_disk_full(exc))
 
 
 @dataclass(frozen=True)
@@ -72,11 +97,12 @@ class RetryPolicy:
     backoff_seconds: float = 5.0
     backoff_max_seconds: float = 300.0
     max_redeliveries: int = 2
+    disk_full_patience_seconds: float = 86400.0
 
     @classmethod
     def from_config(cls, queue: QueueConfig) -> RetryPolicy:
         return cls(queue.max_retries, queue.retry_backoff_seconds, queue.retry_backoff_max_seconds,
-                   queue.max_redeliveries)
+                   queue.max_redeliveries, queue.disk_full_patience_seconds)
 
     @property
     def max_attempts(self) -> int:
@@ -87,15 +113,23 @@ class RetryPolicy:
         """Delay before retry number ``retries + 1``: initial, 2x, 4x ... capped at the maximum."""
         return float(min(self.backoff_seconds * 2**retries, self.backoff_max_seconds))
 
-    def retry_delay(self, failure: Failure, retries: int) -> float | None:
+    def retry_delay(self, failure: Failure, retries: int, waited: float = 0.0) -> float | None:
         """Seconds until the job runs again after ``failure``, or None: it ends ``failed``.
-        ``retries`` is the number of retries it already used."""
+        ``retries`` is the number of retries it already used, ``waited`` how long it has been
+        waiting for disk space (since its first disk-full failure in a row)."""
+        if failure.disk_full:
+            if waited > self.disk_full_patience_seconds:
+                return None
+            return float(min(max(waited, self.backoff_seconds), self.backoff_max_seconds))
         if not failure.transient or retries >= self.max_retries:
             return None
         return self.backoff(retries)
 
     def gave_up(self, failure: Failure, attempts: int) -> str:
         """The reason recorded when a job is not run again."""
+        if failure.disk_full:
+            return (f"gave up after waiting {self.disk_full_patience_seconds:g} s for disk space "
+                    f"({attempts} attempt(s)): {failure.reason}")
         if not failure.transient:
             return failure.reason
         return f"gave up after {attempts} attempt(s): {failure.reason}"

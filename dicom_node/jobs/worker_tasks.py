@@ -7,10 +7,13 @@ Per process, one :class:`WorkerRuntime` holds the config, the job hash client an
 models stay warm across jobs. Workers run ``--pool solo`` or ``threads``: nothing forks after
 torch started (a forked child of a torch parent can deadlock).
 
-A delivered task first claims the job (:meth:`~dicom_node.jobs.shared.SharedJobState.begin`): a
-job that finished, or waits for the node's retry decision, is not run again (a duplicate
-delivery); a job past its attempt limit is marked ``failed``. Then it runs and reports in the
-job's hash (:mod:`dicom_node.jobs.shared`):
+A delivered task first claims the job and takes its lease
+(:meth:`~dicom_node.jobs.shared.SharedJobState.begin`): a job that finished, waits for the node's
+retry decision, or is leased by another worker, is not run again (a duplicate delivery); a job
+past its attempt limit is marked ``failed``. While it runs, a heartbeat thread renews the lease
+every ``queue.lease_renew_seconds`` (a worker killed mid-job stops renewing, and the node hands
+the job to another worker once the lease lapses). Then it reports in the job's hash
+(:mod:`dicom_node.jobs.shared`):
 
 * success -> ``done`` (the node reads the manifest from the result folder and hands the files to
   its outbox);
@@ -35,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import redis
 from celery import Celery, Task
@@ -84,6 +87,40 @@ def check_series_visible(spec: JobSpec) -> None:
             )
 
 
+class Heartbeat:
+    """Renews a running job's lease every ``renew_seconds`` until the block ends (a thread:
+    the job itself may hold the worker's main thread for as long as it runs)."""
+
+    def __init__(self, state: SharedJobState, job_id: str, token: str, lease_seconds: float,
+                 renew_seconds: float) -> None:
+        self._state, self._job_id, self._token = state, job_id, token
+        self._lease, self._every = lease_seconds, renew_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job_id[:8]}", daemon=True)
+        #: False once the lease was found gone (the node took the job back).
+        self.held = True
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                renewed = self._state.renew(self._job_id, self._token, self._lease)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("job %s: lease not renewed, Redis unreachable (%s)", self._job_id, exc)
+                continue
+            if not renewed and self.held:
+                self.held = False
+                log.warning("job %s: lease lost (not renewed in time); another worker may run "
+                            "the job now", self._job_id)
+
+
 class WorkerRuntime:
     """Per-process state of a worker: config, job state client, warm :class:`WorkerContext`."""
 
@@ -108,7 +145,9 @@ class WorkerRuntime:
         spec = JobSpec.from_dict(spec_dict)
         worker = str(task.request.hostname or socket.gethostname())
         limit = RetryPolicy.from_config(self.config.queue).max_attempts
-        claim = self._write_state(lambda: self.state.begin(spec.job_id, worker, os.getpid(), limit))
+        queue = self.config.queue
+        claim = self._write_state(lambda: self.state.begin(spec.job_id, worker, os.getpid(), limit,
+                                                           queue.lease_seconds))
         if claim.verdict == "gave-up":
             log.error("job %s: gave up after %d attempt(s): its worker was lost each time",
                       spec.job_id, claim.attempt - 1)
@@ -118,25 +157,35 @@ class WorkerRuntime:
             return {"job_id": spec.job_id, "state": claim.verdict, "duplicate": True}
         log.info("job %s: attempt %d on %s (series %s)", spec.job_id, claim.attempt, worker,
                  spec.series_uid)
+        token = claim.token
         try:
-            check_series_visible(spec)
-            context = self.context()
-            execute(spec, lambda s: run_job(s, context))
+            with Heartbeat(self.state, spec.job_id, token, queue.lease_seconds,
+                           queue.lease_renew_seconds):
+                check_series_visible(spec)
+                context = self.context()
+                execute(spec, lambda s: run_job(s, context))
         except Exception as exc:
             failure = classify(exc)
             if failure.transient:
                 log.warning("job %s: transient error (%s); the node decides on a retry",
                             spec.job_id, failure.reason)
-                self._write_state(lambda: self.state.report_retry(spec.job_id, failure.reason))
+                self._report(spec.job_id, lambda: self.state.report_retry(
+                    spec.job_id, token, failure.reason, failure.disk_full))
                 return {"job_id": spec.job_id, "state": "retry"}
             if not isinstance(exc, JobFailed):
                 log.exception("job %s crashed", spec.job_id)
             log.warning("job %s failed: %s", spec.job_id, failure.reason)
-            self._write_state(lambda: self.state.report_failed(spec.job_id, failure.reason))
+            self._report(spec.job_id, lambda: self.state.report_failed(spec.job_id, token,
+                                                                       failure.reason))
             return {"job_id": spec.job_id, "state": "failed"}
-        self._write_state(lambda: self.state.report_done(spec.job_id))
+        self._report(spec.job_id, lambda: self.state.report_done(spec.job_id, token))
         log.info("job %s done on %s", spec.job_id, worker)
         return {"job_id": spec.job_id, "state": "done"}
+
+    def _report(self, job_id: str, report: Callable[[], bool]) -> None:
+        if not self._write_state(report):
+            log.warning("job %s: its lease was taken back while it ran (presumed lost); this "
+                        "run's outcome is not recorded, the run that took over decides", job_id)
 
     def _write_state(self, write: Callable[[], T]) -> T:
         """Run a job-state read/write, waiting out a short Redis outage; if Redis stays away,

@@ -31,8 +31,8 @@ def register(subparsers: Any) -> None:
             "Consume jobs from the Redis broker at queue.broker_url and run the pipeline on them. "
             "Series are read from the path in each job, i.e. the node's data volume mounted at "
             "the same path on this host (docs/scaling.md). Models load once at start and stay "
-            "warm. Stop with SIGTERM (finishes the running job) or kill: an unfinished job goes "
-            "back to the queue after queue.visibility_timeout_seconds."
+            "warm. Stop with SIGTERM (finishes the running job) or kill: an unfinished job's lease "
+            "lapses after queue.lease_seconds and the node hands it to another worker."
         ),
     )
     parser.add_argument("--config", metavar="FILE", help="YAML config merged over the embedded defaults")
