@@ -11,6 +11,8 @@ import sys
 COMMAND_GROUPS: tuple[str, ...] = (
     "dicom_node.app.commands.serve",
     "dicom_node.app.commands.status",
+    "dicom_node.app.commands.jobs",
+    "dicom_node.app.commands.prune",
     "dicom_node.app.commands.rules",
     "dicom_node.app.commands.retrieve",
     "dicom_node.app.commands.worker",

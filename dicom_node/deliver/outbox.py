@@ -13,6 +13,11 @@ the last error, and stays listed. On restart, ``pending`` deliveries resume and 
 ``sending`` when the process died is sent again: re-sending the same SOP Instance UIDs is
 harmless, a PACS stores it as the same instance (one that answers Duplicate SOP Instance
 instead counts as delivered, see :func:`dicom_node.deliver.sender.is_stored`).
+
+While delivery records cannot be written (a full disk), nothing is sent that could not be
+recorded first: an attempt starts only once its ``sending`` state is on disk, and the final state
+of a delivery whose record write failed is kept in memory and written again on the next pass
+(never sent twice for it); the repeated error is logged once, then counted.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ from config.schema import AppConfig, DestinationConfig
 from dicom_node.atomic import write_json_atomic
 from dicom_node.deliver.seg_refusal import files_for, is_segmentation
 from dicom_node.deliver.sender import SendReport, send_files
+from dicom_node.log_repeats import RepeatedLog
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +201,9 @@ class Outbox:
         self._wake = {name: threading.Event() for name in config.destinations}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        #: Deliveries whose final state is not on disk yet (a record write failed), by id.
+        self._unsaved: set[str] = set()
+        self._write_errors = RepeatedLog(log)
 
     # ---- queueing
 
@@ -271,6 +280,25 @@ class Outbox:
         self._activate(delivery)
         return delivery
 
+    def remove(self, delivery_ids: Iterable[str]) -> list[str]:
+        """Delete the records of final (done or failed) deliveries (retention); returns the ids
+        removed. One still pending or being sent is kept."""
+        removed = []
+        for delivery_id in delivery_ids:
+            path = self.directory / f"{_safe(delivery_id)}.json"
+            with self._lock:
+                active = any(delivery_id in by_id for by_id in self._active.values())
+            if active:
+                continue
+            try:
+                state = load_delivery(path).state
+            except ValueError:
+                continue
+            if state in (DeliveryState.DONE, DeliveryState.FAILED):
+                path.unlink(missing_ok=True)
+                removed.append(delivery_id)
+        return removed
+
     def list(self) -> list[Delivery]:
         """Every delivery on disk, oldest first (what ``mmed-node status`` shows)."""
         return load_deliveries(self.directory)
@@ -334,7 +362,11 @@ class Outbox:
         wake = self._wake[destination]
         while not self._stop.is_set():
             wake.clear()
-            delay = self.deliver_due(destination)
+            try:
+                delay = self.deliver_due(destination)
+            except OSError as exc:  # the thread outlives a disk that fails it; logged, counted
+                self._write_errors.error(f"outbox thread for {destination} failed a pass", exc)
+                delay = None
             wake.wait(min(delay, MAX_IDLE_SECONDS) if delay is not None else MAX_IDLE_SECONDS)
 
     def deliver_due(self, destination: str) -> float | None:
@@ -344,6 +376,9 @@ class Outbox:
         for delivery in queue:
             if self._stop.is_set():
                 break
+            if delivery.delivery_id in self._unsaved:
+                self._save_final(delivery)
+                continue
             due = delivery.next_attempt_at
             if due is None or due <= self._clock():
                 self._attempt(delivery)
@@ -361,7 +396,14 @@ class Outbox:
         delivery.state = DeliveryState.SENDING
         delivery.attempts += 1
         delivery.updated_at = self._clock()
-        write_delivery(self.directory, delivery)
+        try:
+            write_delivery(self.directory, delivery)
+        except OSError as exc:  # not recorded, not sent: tried again shortly
+            self._write_errors.error("outbox records cannot be written; sending waits", exc)
+            delivery.state, delivery.attempts = DeliveryState.PENDING, delivery.attempts - 1
+            delivery.next_attempt_at = self._clock() + timedelta(
+                seconds=self._config.outbox.retry_initial_seconds)
+            return
         try:
             report = self._sender(dest, [Path(f) for f in delivery.remaining], calling_ae)
         except Exception as exc:  # the one place a sender bug becomes a recorded, retried error
@@ -385,6 +427,22 @@ class Outbox:
         else:
             self._finish(delivery, DeliveryState.DONE, None)
 
+    def _save_final(self, delivery: Delivery) -> bool:
+        """Write a delivery's final state; while that fails it stays active (and is not sent
+        again) and the write is tried on every pass. True once written."""
+        try:
+            write_delivery(self.directory, delivery)
+        except OSError as exc:
+            self._write_errors.error("outbox records cannot be written; final states wait", exc)
+            self._unsaved.add(delivery.delivery_id)
+            return False
+        self._unsaved.discard(delivery.delivery_id)
+        if not self._unsaved:
+            self._write_errors.clear("outbox records can be written again")
+        with self._lock:
+            self._active.get(delivery.destination, {}).pop(delivery.delivery_id, None)
+        return True
+
     def _after_failure(self, delivery: Delivery, error: str) -> None:
         """Schedule the next attempt, or give up once the retry window has passed."""
         now = self._clock()
@@ -401,7 +459,10 @@ class Outbox:
         delivery.last_error = error
         delivery.next_attempt_at = min(now + timedelta(seconds=delay), window_end)
         delivery.updated_at = now
-        write_delivery(self.directory, delivery)
+        try:
+            write_delivery(self.directory, delivery)
+        except OSError as exc:  # the record says "sending": a restart sends again, harmlessly
+            self._write_errors.error("outbox records cannot be written", exc)
         log.warning("outbox: %s attempt %d failed (%s); next attempt in %.1f s",
                     delivery.delivery_id, delivery.attempts, error,
                     (delivery.next_attempt_at - now).total_seconds())
@@ -411,10 +472,8 @@ class Outbox:
         delivery.last_error = error
         delivery.next_attempt_at = None
         delivery.updated_at = self._clock()
-        write_delivery(self.directory, delivery)
-        with self._lock:
-            self._active.get(delivery.destination, {}).pop(delivery.delivery_id, None)
         if state is DeliveryState.DONE:
             log.info("outbox: %s delivered (%d file(s))", delivery.delivery_id, len(delivery.sent))
         else:
             log.error("outbox: %s failed: %s", delivery.delivery_id, error)
+        self._save_final(delivery)

@@ -14,6 +14,15 @@ retrieve`` while no node runs) builds the same service for the data_dir with
 :func:`standalone_jobs`, holding the data_dir's lock meanwhile so that there is never a second
 owner.
 
+While job records cannot be written (a full disk), a run event is kept in memory and applied
+again every second until it is recorded (the repeated error is logged once, then counted); the
+job's work is never redone for it, and nothing is lost unless the process dies meanwhile (then
+the restart takes the job up again from its last recorded state).
+
+An operator's retry of a failed job (``mmed-node jobs retry ID``) is a request file in
+``<data_dir>/jobs/requests/``, applied by the owner: at once in a running node, else at its
+next start.
+
 Why the JSON records are the one store, and the Redis hashes of the Celery queue are not a
 second one: a node must record work while the broker is down (it keeps receiving and spooling),
 an operator reads the records with the node stopped, and the Q/R index serves results from them.
@@ -28,6 +37,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,12 +51,32 @@ from dicom_node.jobs.retry import Failure, RetryPolicy, classify
 from dicom_node.jobs.runner import Executor, JobRunner, RunEvent, RunKind
 from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
+from dicom_node.log_repeats import RepeatedLog
 
 log = logging.getLogger(__name__)
 
 #: Folders under the data_dir.
 JOBS_FOLDER = "jobs"
 RESULTS_FOLDER = "results"
+#: Under the jobs folder: operators' requests (``<job_id>.retry``), applied by the owner.
+REQUESTS_FOLDER = "requests"
+RETRY_SUFFIX = ".retry"
+#: How often events that could not be recorded, and operators' requests, are looked at.
+KEEPER_INTERVAL_SECONDS = 1.0
+
+
+class JobNotRetryable(ValueError):
+    """An operator asked to retry a job that is unknown, unfinished or done."""
+
+
+def request_retry(jobs_root: Path, job_id: str) -> Path:
+    """Ask the owner of the data_dir to run a failed job again (any process may call this)."""
+    JobStore(jobs_root).path(job_id)  # validates the id
+    folder = jobs_root / REQUESTS_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{job_id}{RETRY_SUFFIX}"
+    path.touch()
+    return path
 
 
 class OutboxLike(Protocol):
@@ -83,16 +113,33 @@ class JobService:
         self._cond = threading.Condition(threading.RLock())
         #: Jobs handed to the executor by this service and not finished yet.
         self._active: set[str] = set()
+        #: Run events not yet recorded (job records could not be written), oldest first.
+        self._unrecorded: deque[RunEvent] = deque()
+        self._write_errors = RepeatedLog(log)
+        self._stop = threading.Event()
+        self._keeper: threading.Thread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         self._executor.start(self._on_event)
+        self._stop.clear()
+        self._keeper = threading.Thread(target=self._keep, name="mmed-jobs-keeper", daemon=True)
+        self._keeper.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the executor (running jobs finish up to ``timeout``; queued ones stay queued in
         their records for the next owner)."""
+        self._stop.set()
         self._executor.stop(timeout)
+        if self._keeper is not None:
+            self._keeper.join(timeout)
+            self._keeper = None
+
+    def _keep(self) -> None:
+        while not self._stop.wait(KEEPER_INTERVAL_SECONDS):
+            self._record_pending()
+            self.apply_requests()
 
     def adopt(self, record: JobRecord) -> None:
         """Take on an unfinished job an earlier owner left (after a restart)."""
@@ -206,7 +253,34 @@ class JobService:
     # -- run events --------------------------------------------------------------------------
 
     def _on_event(self, event: RunEvent) -> None:
-        """The one place a run's outcome changes a job record (called by the executor)."""
+        """The one place a run's outcome changes a job record (called by the executor). An
+        event that cannot be recorded now waits, in order, for the next try."""
+        with self._cond:
+            if any(pending.job_id == event.job_id for pending in self._unrecorded):
+                self._unrecorded.append(event)  # keep the job's events in order
+                return
+            self._record(event, first_try=True)
+
+    def _record_pending(self) -> None:
+        with self._cond:
+            while self._unrecorded:
+                if not self._record(self._unrecorded[0], first_try=False):
+                    return
+                self._unrecorded.popleft()
+            self._write_errors.clear("job records can be written again")
+
+    def _record(self, event: RunEvent, first_try: bool) -> bool:
+        """Apply one event; False (and kept, when first tried) if a record could not be written."""
+        try:
+            self._apply(event)
+        except OSError as exc:
+            self._write_errors.error("job records cannot be written; run events wait", exc)
+            if first_try:
+                self._unrecorded.append(event)
+            return False
+        return True
+
+    def _apply(self, event: RunEvent) -> None:
         with self._cond:
             record = self.store.get(event.job_id)
             if record is None or record.spec is None:
@@ -237,15 +311,20 @@ class JobService:
         try:
             self._hand_off(record)
         except Exception as exc:  # recorded on the job; classified like any run's failure
-            log.exception("job %s: handing results on failed", record.job_id)
             failure = classify(exc)
+            if failure.transient:
+                log.warning("job %s: handing results on failed: %s", record.job_id, failure.reason)
+            else:
+                log.exception("job %s: handing results on failed", record.job_id)
             self._failed(record, Failure(f"results not handed to the outbox: {failure.reason}",
-                                         failure.transient), event.attempt, event.worker, False)
+                                         failure.transient, failure.disk_full),
+                         event.attempt, event.worker, False)
             return
         assert record.spec is not None
         self.store.update(record.job_id, state=JobState.DONE, finished=event.at,
                           manifest_path=str(manifest_path(record.spec.result_dir)),
-                          attempt=event.attempt, worker=event.worker, error=None, retry_at=None)
+                          attempt=event.attempt, worker=event.worker, error=None, retry_at=None,
+                          waiting_since=None)
         log.info("job %s done%s (attempt %d, series %s, route %s)", record.job_id,
                  f" on {event.worker}" if event.worker else "", event.attempt,
                  record.series_uid, record.route)
@@ -267,17 +346,23 @@ class JobService:
 
     def _failed(self, record: JobRecord, failure: Failure, attempt: int, worker: str | None,
                 final: bool) -> None:
-        delay = None if final else self.policy.retry_delay(failure, record.retries)
+        now = time.time()
+        waiting_since = (record.waiting_since or now) if failure.disk_full else None
+        delay = None if final else self.policy.retry_delay(failure, record.retries,
+                                                           now - (waiting_since or now))
         if delay is None:
             reason = failure.reason if final else self.policy.gave_up(failure, attempt)
             self._finish_failed(record.job_id, reason, attempt, worker)
             return
-        retry_at = time.time() + delay
+        retry_at = now + delay
+        # A full disk says nothing about the job: waited out without using up its retries.
+        retries = record.retries + (0 if failure.disk_full else 1)
         self.store.update(record.job_id, state=JobState.QUEUED, error=failure.reason,
-                          retries=record.retries + 1, retry_at=retry_at, attempt=attempt,
-                          worker=worker)
-        log.warning("job %s: transient error (%s); retry %d in %.1f s", record.job_id,
-                    failure.reason, record.retries + 1, delay)
+                          retries=retries, retry_at=retry_at, attempt=attempt, worker=worker,
+                          waiting_since=waiting_since)
+        log.warning("job %s: %s (%s); runs again in %.1f s", record.job_id,
+                    "waiting for disk space" if failure.disk_full else f"retry {retries}",
+                    failure.reason, delay)
         assert record.spec is not None
         self._executor.run(record.spec, attempt + 1, retry_at)
 
@@ -302,6 +387,53 @@ class JobService:
         with self._cond:
             self._active.discard(job_id)
             self._cond.notify_all()
+
+    # -- operators and retention -------------------------------------------------------------
+
+    def retry(self, job_id: str) -> JobRecord:
+        """Run a failed job again from scratch (attempts and retries start over)."""
+        with self._cond:
+            record = self.store.get(job_id)
+            if record is None:
+                raise JobNotRetryable(f"no job {job_id}")
+            if record.state is not JobState.FAILED or record.spec is None:
+                raise JobNotRetryable(f"job {job_id} is {record.state.value}, not failed")
+            record = self.store.update(job_id, state=JobState.QUEUED, attempt=1, retries=0,
+                                       error=None, finished=None, retry_at=None,
+                                       waiting_since=None, worker=None)
+            self._active.add(job_id)
+        log.info("job %s queued again by an operator", job_id)
+        assert record.spec is not None
+        self._executor.run(record.spec, 1)
+        return record
+
+    def apply_requests(self) -> None:
+        """Apply operators' retry requests waiting in the jobs folder (each once)."""
+        folder = self.store.root / REQUESTS_FOLDER
+        try:
+            requests = sorted(folder.glob(f"*{RETRY_SUFFIX}"))
+        except OSError:
+            return
+        for path in requests:
+            job_id = path.name[: -len(RETRY_SUFFIX)]
+            try:
+                self.retry(job_id)
+            except (JobNotRetryable, ValueError) as exc:
+                log.warning("retry request for job %s ignored: %s", job_id, exc)
+            except OSError as exc:  # the record cannot be written now: try again later
+                self._write_errors.error("job records cannot be written; requests wait", exc)
+                continue
+            path.unlink(missing_ok=True)
+
+    def in_progress(self, job_id: str) -> bool:
+        with self._cond:
+            return job_id in self._active
+
+    def forget(self, job_ids: Iterable[str]) -> list[str]:
+        """Remove the records of finished jobs (retention, after their results went); returns
+        the ids removed (a job in progress here, or unfinished, is kept)."""
+        with self._cond:
+            return self.store.remove_finished(job_ids, keep=set(self._active))
 
 
 def make_service(

@@ -19,6 +19,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Container, Iterable
 from dataclasses import field
 from enum import Enum
 from pathlib import Path
@@ -85,6 +86,8 @@ class JobRecord:
     retries: int = 0
     #: When a job queued for a retry runs again (Unix time; None: as soon as a worker is free).
     retry_at: float | None = None
+    #: Since when the job has been waiting for disk space (its first disk-full failure in a row).
+    waiting_since: float | None = None
     #: Hostname of the Celery worker that ran the job last (None in the embedded queue).
     worker: str | None = None
     #: Readable reason for ``failed`` / ``unrouted`` / ``skipped``.
@@ -166,6 +169,19 @@ class JobStore:
             write_json_atomic(self.path(record.job_id), record.to_dict())
         return record
 
+    def remove_finished(self, job_ids: Iterable[str], keep: Container[str] = ()) -> list[str]:
+        """Delete the records of finished jobs (retention, once their results are gone), except
+        those in ``keep``; returns the ids removed."""
+        removed = []
+        with self._lock:
+            for job_id in job_ids:
+                record = self.get(job_id)
+                if job_id in keep or (record is not None and not record.state.finished):
+                    continue
+                self.path(job_id).unlink(missing_ok=True)
+                removed.append(job_id)
+        return removed
+
     def all(self) -> list[JobRecord]:
         """Every readable record, oldest first; unreadable files are logged and skipped."""
         records = []
@@ -174,6 +190,8 @@ class JobStore:
                 continue
             try:
                 records.append(self.load(path.stem))
+            except FileNotFoundError:
+                continue  # removed since it was listed (retention)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("job record %s unreadable: %s", path.name, exc)
         records.sort(key=lambda r: r.created)
