@@ -7,22 +7,27 @@ real pipeline is wired by the integrator and tested elsewhere.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pydicom
 import pytest
+import yaml
 from pydicom.uid import generate_uid
 
 from config.loader import load_config
 from dicom_node.app.commands.status import collect
 from dicom_node.app.node import Node
 from dicom_node.jobs.pipeline import JobFailed, JobSpec
+from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.store import JobRecord, JobState, make_job_id
 from image_model.fingerprint import instance_set_fingerprint
 from tests.outbox_helpers import StoreSCP
 from tests.receive_helpers import (
+    PROJECT_ROOT,
     counting_runner,
     free_port,
     make_ct_series,
@@ -295,7 +300,7 @@ def test_results_not_handed_on_are_retried_when_transient_else_failed(
     nodes: list[Node], tmp_path: Path
 ) -> None:
     """One retry policy for every failure of a run, the hand-off to the outbox included: a full
-    disk is retried with backoff until the results are queued; a refusal fails the job."""
+    disk is waited out with backoff until the results are queued; a refusal fails the job."""
     config = node_config(tmp_path / "var", free_port())
     config = config.model_copy(update={
         "routes": [config.routes[0].model_copy(update={"send_to": ["pacs"]})],
@@ -307,7 +312,8 @@ def test_results_not_handed_on_are_retried_when_transient_else_failed(
     assert storescu(node.port, make_ct_series(tmp_path / "ct", 2)).returncode == 0
     (record,) = wait_for(lambda: done_records(node))
     assert record.state is JobState.DONE and full.enqueued == [record.job_id]
-    assert (record.attempt, record.retries, record.error) == (3, 2, None)
+    # A full disk is waited out: it used no retries.
+    assert (record.attempt, record.retries, record.error, record.waiting_since) == (3, 0, None, None)
 
     refused = RefusingOutbox(refuse=True)
     node = start(nodes, Node(config.model_copy(update={"node": config.node.model_copy(update={
@@ -376,3 +382,71 @@ def test_transient_error_reading_a_header_is_retried_then_routed(
     assert record.state is JobState.DONE and record.route == "ct-count"
     assert record.instance_count == 3
     assert json.loads(Path(record.manifest_path or "").read_text())["instance_count"] == 3
+
+
+def test_a_job_that_keeps_killing_the_node_ends_failed_after_bounded_attempts(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    """The embedded pool's runs die with the node. A job found running at every start (it kills
+    the node each time, say by running it out of memory) is started again until it used every
+    attempt, then ends failed with the reason, without running."""
+    port = free_port()
+    first = start_counting(nodes, tmp_path / "var", port, series_quiet_seconds=60)
+    assert storescu(first.port, make_ct_series(tmp_path / "ct", 2)).returncode == 0
+    first.stop()
+    nodes.remove(first)
+    (series,) = list(first.spool.scan())
+    fp = instance_set_fingerprint(series.sop_uids)
+    job_id = make_job_id(series.study_uid, series.series_uid, fp, "ct-count")
+    spec = JobSpec(job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
+                   series_dir=str(series.folder), result_dir=str(tmp_path / "var" / "results" / job_id),
+                   route="ct-count", instruction="Count.", planner="rules",
+                   instance_uids=sorted(series.sop_uids))
+    limit = RetryPolicy.from_config(first.config.queue).max_attempts
+    first.jobs.save(JobRecord(job_id, series.study_uid, series.series_uid, JobState.RUNNING,
+                              "ct-count", fp, 2, attempt=limit, spec=spec))
+    again = start_counting(nodes, tmp_path / "var", port)
+    (record,) = wait_for(lambda: done_records(again))
+    assert record.state is JobState.FAILED and record.attempt == limit
+    assert record.error == (f"gave up after {limit} attempt(s): the job kept ending without a "
+                            "result (its worker was lost each time)")
+    assert not Path(spec.result_dir).exists()  # not run again
+
+
+def test_operator_retries_a_failed_job_from_the_command_line(
+    nodes: list[Node], tmp_path: Path
+) -> None:
+    """``mmed-node jobs list/show/retry`` as a subprocess beside a running node: the retry is a
+    request the node applies at once; the job runs again from scratch and ends done."""
+    broken = tmp_path / "model-missing"
+    broken.touch()
+
+    def flaky_runner(spec: JobSpec) -> dict[str, Any]:
+        if broken.exists():
+            raise JobFailed("model folder missing")
+        return counting_runner(spec)
+
+    config = node_config(tmp_path / "var", free_port())
+    node = start(nodes, Node(config, runner=flaky_runner, use_default_outbox=False))
+    assert storescu(node.port, make_ct_series(tmp_path / "ct", 2)).returncode == 0
+    (failed,) = wait_for(lambda: done_records(node))
+    assert failed.state is JobState.FAILED and failed.error == "model folder missing"
+    config_file = tmp_path / "node.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json", by_alias=True)))
+
+    def jobs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "dicom_node.app.cli", "jobs", "--config",
+                               str(config_file), *args], cwd=PROJECT_ROOT, capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    listed = jobs("list", "--state", "failed")
+    assert listed.returncode == 0 and failed.job_id in listed.stdout and "model folder missing" in listed.stdout
+    shown = jobs("show", failed.job_id)
+    assert json.loads(shown.stdout)["state"] == "failed"
+    broken.unlink()  # the operator fixed the cause
+    retried = jobs("retry", failed.job_id)
+    assert retried.returncode == 0 and "the running node takes it up" in retried.stdout, retried
+    record = wait_for(lambda: (r := node.jobs.load(failed.job_id)).state is JobState.DONE and r)
+    assert record.attempt == 1 and record.error is None
+    again = jobs("retry", failed.job_id)
+    assert again.returncode == 1 and "only a failed job can be retried" in again.stdout

@@ -14,6 +14,10 @@ JobService, so they share the node's queue and outbox).
 
 A restart rebuilds everything from disk (:meth:`Node.recover`): spool folders are the truth for
 instances, job records for what was processed.
+
+The disk: below the low-space watermark (dicom_node/disk.py) the SCP refuses instances with
+status 0xA700; retention (retention.py) removes finished, delivered series by age, size quota
+and free space, inside the node.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TextIO
 
 import pydicom
 from pydicom.dataset import Dataset
 
 from config.schema import AppConfig, RouteConfig
+from dicom_node.app.retention import Retention, settle_trash
+from dicom_node.data_dir import DataDirBusy, lock_data_dir
+from dicom_node.deliver.outbox import Outbox
+from dicom_node.disk import DiskGuard
 from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
@@ -83,8 +91,6 @@ def default_router(
 
 
 def default_outbox(config: AppConfig) -> OutboxLike:
-    from dicom_node.deliver.outbox import Outbox
-
     return Outbox(config.node.data_dir, config)
 
 
@@ -111,9 +117,12 @@ class Node:
         router: Router | None = None,
         outbox: OutboxLike | None = None,
         use_default_outbox: bool = True,
+        data_dir_lock: TextIO | None = None,
     ) -> None:
         """``runner`` runs every job of the embedded pool, the HTTP API's questions included
-        (default: the pipeline); with ``queue.broker_url`` set, Celery workers run them all."""
+        (default: the pipeline); with ``queue.broker_url`` set, Celery workers run them all.
+        The node owns its data_dir while it runs: :meth:`start` takes the data_dir lock
+        (:mod:`dicom_node.data_dir`) unless ``data_dir_lock`` already holds it."""
         self.config = config
         # Absolute, so job specs stay valid for workers running elsewhere (another cwd, Celery).
         data_dir = Path(config.node.data_dir).resolve()
@@ -135,10 +144,18 @@ class Node:
         self.job_service = JobService(
             config, self.jobs, make_executor(config, runner), self._outbox, self.results_dir
         )
+        self.disk = DiskGuard(data_dir, config.retention)
+        self.retention = Retention(
+            config, self.jobs,
+            self._outbox if isinstance(self._outbox, Outbox) else Outbox(data_dir, config),
+            self.disk, tracker=self.tracker, in_progress=self.job_service.in_progress,
+            forget_jobs=self.job_service.forget,
+        )
         self._routing_policy = RetryPolicy.from_config(config.queue)
         #: Due series whose header read failed for now, by (study, series, fingerprint).
         self._deferred: dict[tuple[str, str, str], _Deferred] = {}
         self._scheduler_errors = RepeatedLog(log)
+        self._lock = data_dir_lock
         self._scp: RunningSCP | None = None
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
@@ -149,14 +166,20 @@ class Node:
     def start(self) -> None:
         """Recover state from disk, start workers, outbox, scheduler, then listen (last: no
         instance is acknowledged before the node can process it)."""
+        data_dir = Path(self.config.node.data_dir).resolve()
+        if self._lock is None:
+            self._lock = lock_data_dir(data_dir)
+            if self._lock is None:
+                raise DataDirBusy(data_dir)
         self.job_service.start()
         try:
+            settle_trash(data_dir)
             self.recover()
             start_outbox = getattr(self._outbox, "start", None)
             if callable(start_outbox):
                 start_outbox()
             deps = HandlerDeps(
-                self.spool, self.tracker, policy_from_config(self.config.node)
+                self.spool, self.tracker, policy_from_config(self.config.node), disk=self.disk
             )
             self._stop.clear()
             self._scheduler = threading.Thread(
@@ -169,6 +192,7 @@ class Node:
                 handlers=qr_event_handlers(qr),
             )
             self._scp = start_scp(self.config.node, deps, qr_service)
+            self.retention.start()
             if self.config.api.enabled:
                 from dicom_node.app.http_api import HttpApi
 
@@ -203,10 +227,14 @@ class Node:
         if self._scheduler is not None:
             self._scheduler.join(timeout)
             self._scheduler = None
+        self.retention.stop(timeout)
         self.job_service.stop(timeout)
         stop_outbox = getattr(self._outbox, "stop", None)
         if callable(stop_outbox):
             stop_outbox()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __enter__(self) -> Self:
         self.start()

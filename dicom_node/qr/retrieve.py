@@ -42,6 +42,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from config.schema import AppConfig, DestinationConfig
 from dicom_node.data_dir import DataDirBusy
 from dicom_node.deliver.association import AssociationFailed, open_association
+from dicom_node.disk import DiskGuard
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JobService, standalone_jobs
 from dicom_node.jobs.spec import JobRequest, SeriesRef
@@ -214,11 +215,15 @@ def c_move(config: AppConfig, source: DestinationConfig, series: RemoteSeries) -
     return int(final.get("NumberOfCompletedSuboperations", 0) or 0)
 
 
-def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, spool: Spool) -> int:
-    """C-GET the series; each instance is spooled durably before it is acknowledged."""
+def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, spool: Spool,
+          disk: DiskGuard | None = None) -> int:
+    """C-GET the series; each instance is spooled durably before it is acknowledged (and none
+    is while the data_dir's disk is under its low-space watermark)."""
     stored: list[str] = []
 
     def on_store(event: Event) -> int:
+        if disk is not None and disk.low():
+            return int(Status.OUT_OF_RESOURCES)
         data = event.encoded_dataset(include_meta=True)
         try:
             info = parse_instance(data)
@@ -340,12 +345,13 @@ def _retrieve(
         result.errors.append("no matching series on the PACS")
         return result
     submitted: list[str] = []
+    disk = DiskGuard(spool.root, config.retention)
     for series in result.series:
         try:
             if method == "move":
                 c_move(config, source, series)
             else:
-                c_get(config, source, series, spool)
+                c_get(config, source, series, spool, disk)
         except RetrieveError as exc:
             result.errors.append(str(exc))
             continue

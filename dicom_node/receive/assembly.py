@@ -190,6 +190,21 @@ class SeriesTracker:
                 state.processed_fingerprint = fingerprint
                 state.processed_jobs = jobs
 
+    def forget(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> None:
+        """Retention removed these instances from the spool: drop them from the series' state.
+        A series left without instances is forgotten; one that received new instances meanwhile
+        keeps those, unprocessed and superseding nothing (the jobs they would replace are gone)."""
+        with self._lock:
+            key = (study_uid, series_uid)
+            state = self._series.get(key)
+            if state is None:
+                return
+            state.instances.difference_update(sop_uids)
+            if not state.instances and not state.open_associations:
+                del self._series[key]
+            else:
+                state.processed_fingerprint, state.processed_jobs = None, ()
+
     def snapshot(self) -> list[SeriesState]:
         """Copies of every series' state (for status displays and tests)."""
         with self._lock:

@@ -19,6 +19,7 @@ from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
 from dicom_node import status
+from dicom_node.disk import DiskGuard
 from dicom_node.receive.assembly import SeriesTracker
 from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
 from dicom_node.uids import InvalidUID
@@ -77,6 +78,8 @@ class HandlerDeps:
     spool: Spool
     tracker: SeriesTracker
     policy: AssociationPolicy = field(default_factory=AssociationPolicy)
+    #: The data_dir's low-space watermark (dicom_node/disk.py); None: never checked.
+    disk: DiskGuard | None = None
 
 
 def association_key(event: Event) -> str:
@@ -124,6 +127,9 @@ def handle_store(event: Event, deps: HandlerDeps) -> int:
     synced: spool.py). A SOP instance already held is answered SUCCESS and not stored or counted
     again.
     """
+    # Disk lifecycle: below the low-space watermark nothing is acknowledged (dicom_node/disk.py).
+    if deps.disk is not None and deps.disk.low():
+        return status.OUT_OF_RESOURCES
     dataset = event.encoded_dataset(include_meta=False)
     # Parsed as received (the context's transfer syntax), header only: no decode of the rest.
     info = parse_dataset(dataset, str(event.context.transfer_syntax))

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        node = Node(config, runner=runner)
+        node = Node(config, runner=runner, data_dir_lock=lock)
     except ValueError as exc:  # e.g. an unknown tool name in the config's tools section
         print(f"config: {exc}", file=sys.stderr)
         return 2

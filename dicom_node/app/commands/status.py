@@ -1,7 +1,8 @@
-"""``mmed-node status [--json]``: series, jobs and deliveries, read from the files on disk.
+"""``mmed-node status [--json]``: series, jobs, deliveries, disk use and the oldest undelivered
+result, read from the files on disk.
 
-It reads ``<data_dir>/spool`` and ``<data_dir>/jobs`` directly (it does not talk to a running
-node), so it also works while the node is down.
+It reads ``<data_dir>`` directly (it does not talk to a running node), so it also works while the
+node is down.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from dicom_node.app.commands import load_config_or_report
+from dicom_node.app.retention import tree_bytes
+from dicom_node.disk import DiskGuard
 from dicom_node.jobs.store import JobStore
 from dicom_node.receive.spool import Spool
 from image_model.fingerprint import instance_set_fingerprint
@@ -33,6 +37,36 @@ def register(subparsers: Any) -> None:
         "--json", action="store_true", help="print one JSON document instead of tables"
     )
     parser.set_defaults(func=run)
+
+
+#: The data_dir's areas whose size ``status`` shows.
+AREAS = ("spool", "results", "outbox", "jobs")
+
+
+def disk_use(config: Any) -> dict[str, Any]:
+    """Bytes per area of the data_dir, and the file system's free space against the watermark."""
+    data_dir = Path(config.node.data_dir)
+    use: dict[str, Any] = {f"{area}_bytes": tree_bytes(data_dir / area) for area in AREAS}
+    use["data_dir_bytes"] = sum(use.values())
+    guard = DiskGuard(data_dir, config.retention)
+    space = guard.space() if data_dir.is_dir() else None
+    if space is not None:
+        use.update(filesystem_bytes=space.total, free_bytes=space.free,
+                   free_percent=round(space.free_percent, 1),
+                   low_mark_bytes=guard.low_mark(space.total), refusing_instances=guard.low())
+    return use
+
+
+def oldest_undelivered(deliveries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The oldest delivery not done (pending, being sent, or failed), with its age."""
+    waiting = [d for d in deliveries if d["state"] != "done"]
+    if not waiting:
+        return None
+    oldest = min(waiting, key=lambda d: d["created_at"])
+    since = datetime.fromisoformat(oldest["created_at"])
+    return {key: oldest[key] for key in ("delivery_id", "job_id", "destination", "state",
+                                         "created_at", "last_error")} | {
+        "age_seconds": round((datetime.now(UTC) - since).total_seconds())}
 
 
 def _deliveries(data_dir: Path) -> list[dict[str, Any]]:
@@ -65,10 +99,13 @@ def collect(config: Any) -> dict[str, Any]:
                     or "waiting",
                 }
             )
+    deliveries = _deliveries(data_dir)
     return {
         "series": series,
         "jobs": [{k: v for k, v in j.to_dict().items() if k != "spec"} for j in jobs],
-        "deliveries": _deliveries(data_dir),
+        "deliveries": deliveries,
+        "oldest_undelivered": oldest_undelivered(deliveries),
+        "disk": disk_use(config),
     }
 
 
@@ -92,6 +129,21 @@ def run(args: argparse.Namespace) -> int:
             f"  {j['job_id']}  {j['state']:<8} route={j['route'] or '-'} n={j['instance_count']} series={j['series_uid']}"
             f"{' worker=' + j['worker'] if j.get('worker') else ''}{err}"
         )
+    disk = report["disk"]
+    line = (f"disk: {disk['data_dir_bytes'] >> 20} MiB in {config.node.data_dir} ("
+            + ", ".join(f"{area} {disk[area + '_bytes'] >> 20} MiB" for area in AREAS) + ")")
+    if "free_bytes" in disk:
+        line += (f"; {disk['free_bytes'] >> 20} MiB free ({disk['free_percent']}%), watermark "
+                 f"{disk['low_mark_bytes'] >> 20} MiB"
+                 + ("; REFUSING new instances" if disk["refusing_instances"] else ""))
+    print(line)
+    oldest = report["oldest_undelivered"]
+    if oldest:
+        print(f"oldest undelivered: {oldest['delivery_id']} -> {oldest['destination']} "
+              f"({oldest['state']}, {oldest['age_seconds']} s old)"
+              + (f": {oldest['last_error']}" if oldest.get("last_error") else ""))
+    else:
+        print("oldest undelivered: none")
     print(f"deliveries ({len(report['deliveries'])}):")
     for d in report["deliveries"]:
         err = f"  {d['last_error']}" if d.get("last_error") else ""
