@@ -38,7 +38,7 @@ import pydicom
 
 from config.loader import load_config
 from dicom_node.app.node import Node
-from dicom_node.app.retention import tree_bytes
+from dicom_node.app.retention_plan import tree_bytes
 from dicom_node.jobs.manifest import Manifest
 from dicom_node.jobs.spec import JobSpec
 from testkit.phantoms import write_ct_phantom

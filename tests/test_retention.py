@@ -26,15 +26,8 @@ import yaml
 from config.loader import load_config
 from config.schema import AppConfig, RetentionConfig
 from dicom_node.app.node import Node
-from dicom_node.app.retention import (
-    TRASH_FOLDER,
-    UNITS_FILE,
-    Unit,
-    plan_prune,
-    settle_pass,
-    settle_trash,
-    survey,
-)
+from dicom_node.app.retention import TRASH_FOLDER, UNITS_FILE, settle_pass, settle_trash
+from dicom_node.app.retention_plan import Unit, plan_prune, survey
 from dicom_node.disk import DiskGuard, DiskSpace
 from dicom_node.jobs.spec import JobSpec
 from dicom_node.jobs.store import JobRecord, JobState, JobStore

@@ -1,10 +1,11 @@
-"""Retention: the data_dir's disk lifecycle. It runs inside the node every
+"""Retention: the data_dir's disk lifecycle (what may go is chosen in
+:mod:`dicom_node.app.retention_plan`, how it goes is here). It runs inside the node every
 ``retention.interval_seconds`` (and every half minute while the disk is low); ``mmed-node prune``
 shows a pass (``--dry-run``) or runs one while no node is serving.
 
 A **unit** is one series and everything that came of it: its spool folder, its job records (every
 instance set), their result folders and their outbox records. A unit is removed whole, and only
-once it is finished (:func:`keep_reason` is None):
+once it is finished (:func:`~dicom_node.app.retention_plan.keep_reason` is None):
 
 * its spool holds no instance set that was not processed yet, and the node is not receiving it;
 * every job of it ended (done, failed or unrouted) and none is in progress;
@@ -12,7 +13,7 @@ once it is finished (:func:`keep_reason` is None):
   delivery, and each delivery is ``done`` (a ``failed`` delivery is kept for an operator's retry);
 * nothing of it changed in the last ``retention.min_idle_seconds``.
 
-Which finished units go (:func:`plan_prune`, a pure function): those idle for longer than
+Which finished units go (:func:`~dicom_node.app.retention_plan.plan_prune`, a pure function): those idle for longer than
 ``retention.max_age_days``; then, above 90 % of ``retention.max_size``, the oldest until 80 % of
 the quota is used (retention starts before the quota is reached, and runs again at once while
 it is under pressure); then, while the file system is under the low-space watermark
@@ -38,284 +39,36 @@ import secrets
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
-from config.schema import AppConfig, RetentionConfig
+from config.schema import AppConfig
+from dicom_node.app.retention_plan import (
+    PrunePlan,
+    SeriesKey,
+    Unit,
+    entries,
+    plan_prune,
+    survey,
+)
 from dicom_node.atomic import write_json_atomic
-from dicom_node.deliver.outbox import Delivery, DeliveryState, Outbox
-from dicom_node.disk import DiskGuard, DiskSpace
-from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from dicom_node.deliver.outbox import Outbox
+from dicom_node.disk import DiskGuard
+from dicom_node.jobs.store import JobStore
 from dicom_node.log_repeats import RepeatedLog
 from dicom_node.receive.assembly import SeriesTracker
 from dicom_node.receive.spool import INSTANCE_SUFFIX, ORIGIN_FILE, TEMP_PREFIX
-from image_model.fingerprint import instance_set_fingerprint
 
 log = logging.getLogger(__name__)
 
 TRASH_FOLDER = "trash"
 #: How long a spool folder rests in the trash before its late arrivals are moved back.
 TRASH_GRACE_SECONDS = 2.0
-#: Above this share of the size quota retention removes finished units, oldest first, until
-#: the lower share is used: it starts before the quota is reached, so that what arrives until
-#: the next pass still fits.
-QUOTA_HIGH_WATER = 0.9
-QUOTA_LOW_WATER = 0.8
 #: While the disk is low, retention runs at least this often.
 LOW_DISK_INTERVAL_SECONDS = 30.0
 #: In a pass's trash folder (which holds ``<study>/<series>/`` as the spool does): the series
 #: and the instances the pass removes.
 UNITS_FILE = "units.json"
-
-SeriesKey = tuple[str, str]
-
-
-@dataclass
-class Unit:
-    """One series and what came of it."""
-
-    study_uid: str
-    series_uid: str
-    folder: Path | None = None
-    sop_uids: frozenset[str] = frozenset()
-    spool_bytes: int = 0
-    jobs: list[JobRecord] = field(default_factory=list)
-    results: list[Path] = field(default_factory=list)
-    result_bytes: int = 0
-    deliveries: list[Delivery] = field(default_factory=list)
-    record_bytes: int = 0
-    #: Unix time of the last change to any part of it.
-    last_activity: float = 0.0
-    #: Why it must stay (None: finished, it may go).
-    keep: str | None = None
-
-    @property
-    def key(self) -> SeriesKey:
-        return (self.study_uid, self.series_uid)
-
-    @property
-    def bytes(self) -> int:
-        return self.spool_bytes + self.result_bytes + self.record_bytes
-
-
-@dataclass
-class PrunePlan:
-    units: list[Unit]
-    #: The units to remove, each with why, oldest first.
-    remove: list[tuple[Unit, str]]
-    #: Bytes of every unit now.
-    total_bytes: int
-    space: DiskSpace | None = None
-
-    @property
-    def freed_bytes(self) -> int:
-        return sum(u.bytes for u, _ in self.remove)
-
-    @property
-    def pressed(self) -> bool:
-        """Removals were for the size quota or free space (not age alone): look again soon."""
-        return any(not why.startswith("age") for _, why in self.remove)
-
-    def kept(self) -> dict[str, int]:
-        """How many units stay, by kind of reason (unprocessed, receiving, undelivered...)."""
-        kept: dict[str, int] = {}
-        for unit in self.units:
-            if unit.keep is not None:
-                kind = unit.keep.split(":", 1)[0]
-                kept[kind] = kept.get(kind, 0) + 1
-        return kept
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "units": len(self.units),
-            "bytes": self.total_bytes,
-            "remove": [{"study_uid": u.study_uid, "series_uid": u.series_uid, "bytes": u.bytes,
-                        "why": why, "jobs": [j.job_id for j in u.jobs]} for u, why in self.remove],
-            "freed_bytes": self.freed_bytes,
-            "kept": self.kept(),
-        }
-
-
-# -- the survey ----------------------------------------------------------------------------
-
-
-def tree_bytes(path: Path) -> int:
-    """Bytes of the files under ``path`` (0 when it is gone)."""
-    total = 0
-    try:
-        entries = list(os.scandir(path))
-    except (FileNotFoundError, NotADirectoryError):
-        return 0
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                total += tree_bytes(Path(entry.path))
-            else:
-                total += entry.stat(follow_symlinks=False).st_size
-        except FileNotFoundError:
-            continue
-    return total
-
-
-def _entries(folder: Path) -> list[os.DirEntry[str]]:
-    """A folder's entries by name; none when it went away meanwhile (a store or a pass races)."""
-    try:
-        return sorted(os.scandir(folder), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _scan_spool(root: Path) -> Iterable[tuple[str, str, Path, frozenset[str], int, float]]:
-    """(study, series, folder, SOP UIDs, bytes, newest change) per series folder, the folder's
-    own change included (a store links a name into it); read only (a running node's stores may
-    be writing)."""
-    for study in _entries(root):
-        if not study.is_dir() or study.name.startswith("."):
-            continue
-        for series in _entries(Path(study.path)):
-            if not series.is_dir():
-                continue
-            try:
-                newest = series.stat(follow_symlinks=False).st_mtime
-            except FileNotFoundError:
-                continue
-            sops, size = set(), 0
-            for entry in _entries(Path(series.path)):
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                size += st.st_size
-                newest = max(newest, st.st_mtime)
-                if entry.name.endswith(INSTANCE_SUFFIX) and not entry.name.startswith("."):
-                    sops.add(entry.name[: -len(INSTANCE_SUFFIX)])
-            yield study.name, series.name, Path(series.path), frozenset(sops), size, newest
-
-
-def keep_reason(
-    unit: Unit,
-    now: float,
-    min_idle: float,
-    receiving: Callable[[SeriesKey], bool],
-    in_progress: Callable[[str], bool],
-) -> str | None:
-    """Why the unit must stay; None when it is finished. The reason starts with its kind."""
-    if unit.folder is not None and not unit.sop_uids:
-        # Created by a store whose instance is not linked yet (or left empty by a crash).
-        return "receiving: a series folder without instances yet"
-    if unit.sop_uids:
-        fingerprint = instance_set_fingerprint(unit.sop_uids)
-        if not any(j.fingerprint == fingerprint for j in unit.jobs):
-            return "unprocessed: its current instance set has no job yet"
-    if receiving(unit.key):
-        return "receiving: the node is still receiving or routing it"
-    for job in unit.jobs:
-        if not job.state.finished or in_progress(job.job_id):
-            return f"job unfinished: {job.job_id} is {job.state.value}"
-    by_job: dict[str, list[Delivery]] = {}
-    for delivery in unit.deliveries:
-        by_job.setdefault(delivery.job_id, []).append(delivery)
-    for job in unit.jobs:
-        if job.state is not JobState.DONE:
-            continue
-        sent_to = {d.destination for d in by_job.get(job.job_id, [])}
-        for destination in job.destinations:
-            if destination not in sent_to:
-                return f"undelivered: job {job.job_id} has no delivery to {destination}"
-        for delivery in by_job.get(job.job_id, []):
-            if delivery.state is not DeliveryState.DONE:
-                return (f"undelivered: {delivery.delivery_id} to {delivery.destination} is "
-                        f"{delivery.state.value}")
-    if now - unit.last_activity < min_idle:
-        return f"recent: changed in the last {min_idle:g} s"
-    return None
-
-
-def survey(
-    data_dir: Path,
-    store: JobStore,
-    deliveries: list[Delivery],
-    now: float,
-    min_idle: float,
-    receiving: Callable[[SeriesKey], bool] = lambda key: False,
-    in_progress: Callable[[str], bool] = lambda job_id: False,
-) -> list[Unit]:
-    """Every unit of the data_dir, with its size, last activity and keep reason."""
-    units: dict[SeriesKey, Unit] = {}
-
-    def unit(study: str, series: str) -> Unit:
-        return units.setdefault((study, series), Unit(study, series))
-
-    for study, series, folder, sops, size, newest in _scan_spool(data_dir / "spool"):
-        u = unit(study, series)
-        u.folder, u.sop_uids, u.spool_bytes = folder, sops, size
-        u.last_activity = max(u.last_activity, newest)
-    by_job: dict[str, Unit] = {}
-    for record in store.all():
-        u = unit(record.study_uid, record.series_uid)
-        u.jobs.append(record)
-        by_job[record.job_id] = u
-        u.last_activity = max(u.last_activity, record.updated)
-        try:
-            u.record_bytes += store.path(record.job_id).stat().st_size
-        except (FileNotFoundError, ValueError):
-            pass
-        result_dir = record.spec.result_dir if record.spec else record.result_dir
-        if result_dir and Path(result_dir).is_dir():
-            u.results.append(Path(result_dir))
-            u.result_bytes += tree_bytes(Path(result_dir))
-    outbox = data_dir / "outbox"
-    for delivery in deliveries:
-        u2 = by_job.get(delivery.job_id)
-        if u2 is None:
-            continue  # a delivery without a job record: not ours to judge
-        u2.deliveries.append(delivery)
-        u2.last_activity = max(u2.last_activity, delivery.updated_at.timestamp())
-        try:
-            u2.record_bytes += (outbox / f"{delivery.delivery_id}.json").stat().st_size
-        except FileNotFoundError:
-            pass
-    for u in units.values():
-        u.keep = keep_reason(u, now, min_idle, receiving, in_progress)
-    return sorted(units.values(), key=lambda u: u.last_activity)
-
-
-# -- the plan ------------------------------------------------------------------------------
-
-
-def plan_prune(
-    units: list[Unit], config: RetentionConfig, now: float,
-    space: DiskSpace | None = None, resume_free: int | None = None,
-) -> PrunePlan:
-    """Which finished units go, and why (see the module docstring)."""
-    removable = sorted((u for u in units if u.keep is None), key=lambda u: u.last_activity)
-    chosen: dict[SeriesKey, str] = {}
-    if config.max_age_days is not None:
-        limit = config.max_age_days * 86400
-        for u in removable:
-            if now - u.last_activity > limit:
-                chosen[u.key] = f"age: idle {(now - u.last_activity) / 86400:.1f} days"
-    total = sum(u.bytes for u in units)
-    remaining = total - sum(u.bytes for u in removable if u.key in chosen)
-    if config.max_size is not None and remaining > QUOTA_HIGH_WATER * config.max_size:
-        target = QUOTA_LOW_WATER * config.max_size
-        for u in removable:
-            if remaining <= target:
-                break
-            if u.key not in chosen:
-                chosen[u.key] = f"size: {remaining >> 20} MiB over the {int(config.max_size) >> 20} MiB quota"
-                remaining -= u.bytes
-    if space is not None and resume_free is not None and space.free < resume_free:
-        freed = total - remaining
-        for u in removable:
-            if space.free + freed >= resume_free:
-                break
-            if u.key not in chosen:
-                chosen[u.key] = f"free space: {space.free >> 20} MiB free, under {resume_free >> 20} MiB"
-                freed += u.bytes
-    remove = [(u, chosen[u.key]) for u in removable if u.key in chosen]
-    return PrunePlan(units, remove, total, space)
 
 
 # -- the removal ---------------------------------------------------------------------------
@@ -334,7 +87,7 @@ def _restore(folder: Path, live: Path, pruned: set[str] | None) -> list[str]:
     spool folder ``live`` (it arrived while the series was being removed: it was acknowledged;
     ``pruned`` None: every instance, when the pass's list is lost); returns their SOP UIDs."""
     restored: list[str] = []
-    for entry in _entries(folder):
+    for entry in entries(folder):
         name = entry.name
         if not name.endswith(INSTANCE_SUFFIX) or name.startswith((TEMP_PREFIX, ".")):
             continue
@@ -365,10 +118,10 @@ def settle_pass(pass_dir: Path, spool_root: Path) -> dict[SeriesKey, list[str]]:
     except (OSError, ValueError, KeyError, TypeError):
         listed = None  # the list could not be written (a full disk): keep every instance
     restored: dict[SeriesKey, list[str]] = {}
-    for study in _entries(pass_dir):
+    for study in entries(pass_dir):
         if not study.is_dir():
             continue
-        for series in _entries(Path(study.path)):
+        for series in entries(Path(study.path)):
             key = (study.name, series.name)
             if listed is not None and key not in listed:
                 continue
@@ -385,7 +138,7 @@ def settle_pass(pass_dir: Path, spool_root: Path) -> dict[SeriesKey, list[str]]:
 
 def settle_trash(data_dir: Path) -> None:
     """Settle what a pass interrupted by a crash left in the trash (at start)."""
-    for pass_dir in _entries(data_dir / TRASH_FOLDER):
+    for pass_dir in entries(data_dir / TRASH_FOLDER):
         try:
             settle_pass(Path(pass_dir.path), data_dir / "spool")
         except (OSError, ValueError, KeyError) as exc:

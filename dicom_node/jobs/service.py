@@ -11,8 +11,8 @@ routed series, ``mmed-node retrieve`` and the HTTP API's questions. Inside a run
 share the node's service, hence its queue (Celery workers when a broker is configured) and its
 single outbox, whose threads deliver at once. A process that is not the node (``mmed-node
 retrieve`` while no node runs) builds the same service for the data_dir with
-:func:`standalone_jobs`, holding the data_dir's lock meanwhile so that there is never a second
-owner.
+:func:`~dicom_node.jobs.standalone.standalone_jobs`, holding the data_dir's lock meanwhile so that
+there is never a second owner.
 
 While job records cannot be written (a full disk), a run event is kept in memory and applied
 again every second until it is recorded (the repeated error is logged once, then counted); the
@@ -38,17 +38,15 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from config.schema import AppConfig
-from dicom_node.data_dir import DataDirBusy, lock_data_dir
 from dicom_node.jobs.manifest import load_manifest, manifest_path
 from dicom_node.jobs.pipeline import SR_FILE
 from dicom_node.jobs.retry import Failure, RetryPolicy, classify
-from dicom_node.jobs.runner import Executor, JobRunner, RunEvent, RunKind
+from dicom_node.jobs.runner import Executor, RunEvent, RunKind
 from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
 from dicom_node.log_repeats import RepeatedLog
@@ -434,41 +432,3 @@ class JobService:
         the ids removed (a job in progress here, or unfinished, is kept)."""
         with self._cond:
             return self.store.remove_finished(job_ids, keep=set(self._active))
-
-
-def make_service(
-    config: AppConfig, outbox: OutboxLike | None, runner: JobRunner | None = None
-) -> JobService:
-    """The service for ``config.node.data_dir`` with the queue the config asks for."""
-    from dicom_node.jobs.queues import make_executor
-
-    data_dir = Path(config.node.data_dir).resolve()
-    return JobService(config, JobStore(data_dir / JOBS_FOLDER), make_executor(config, runner),
-                      outbox, data_dir / RESULTS_FOLDER)
-
-
-@contextmanager
-def standalone_jobs(config: AppConfig, runner: JobRunner | None = None) -> Iterator[JobService]:
-    """The jobs service of a process that is not the node (a standalone ``mmed-node
-    retrieve``): the node's store, queue and outbox for the data_dir, under the data_dir's lock
-    (a running node holds it: :class:`DataDirBusy`). Deliveries still pending on exit stay on
-    disk; the node sends them when it starts."""
-    from dicom_node.deliver.outbox import Outbox
-
-    data_dir = Path(config.node.data_dir).resolve()
-    lock = lock_data_dir(data_dir)
-    if lock is None:
-        raise DataDirBusy(data_dir)
-    try:
-        outbox = Outbox(data_dir, config)
-        service = make_service(config, outbox, runner)
-        service.start()
-        outbox.start()
-        try:
-            yield service
-            service.wait_idle()
-        finally:
-            service.stop()
-            outbox.stop()
-    finally:
-        lock.close()

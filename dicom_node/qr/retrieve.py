@@ -10,7 +10,7 @@
 :func:`retrieve_and_process` is the API. Jobs are submitted to a
 :class:`~dicom_node.jobs.service.JobService`, the node's own when it runs in the node (the HTTP
 API's questions: the node's queue and its outbox, which delivers at once), or one built for the
-data_dir by :func:`~dicom_node.jobs.service.standalone_jobs` when ``mmed-node retrieve`` runs
+data_dir by :func:`~dicom_node.jobs.standalone.standalone_jobs` when ``mmed-node retrieve`` runs
 without a node (it holds the data_dir's lock meanwhile; with a node serving the data_dir it
 refuses, except for a C-MOVE without a question, where the running node routes the series itself
 and this module only waits for its job records). Question jobs get output UIDs of their own (the
@@ -44,8 +44,9 @@ from dicom_node.data_dir import DataDirBusy
 from dicom_node.deliver.association import AssociationFailed, open_association
 from dicom_node.disk import DiskGuard
 from dicom_node.jobs.runner import JobRunner
-from dicom_node.jobs.service import JobService, standalone_jobs
+from dicom_node.jobs.service import JobService
 from dicom_node.jobs.spec import JobRequest, SeriesRef
+from dicom_node.jobs.standalone import standalone_jobs
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from dicom_node.receive.routing import route_series, series_tags_from_dataset
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.app.commands import load_config_or_report
-from dicom_node.app.retention import PrunePlan, Retention, settle_trash
+from dicom_node.app.retention import Retention, settle_trash
+from dicom_node.app.retention_plan import PrunePlan
 from dicom_node.data_dir import lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard

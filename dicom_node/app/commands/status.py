@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.app.commands import load_config_or_report
-from dicom_node.app.retention import tree_bytes
+from dicom_node.app.retention_plan import tree_bytes
 from dicom_node.disk import DiskGuard
 from dicom_node.jobs.store import JobStore
 from dicom_node.receive.spool import Spool
