@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -149,3 +150,21 @@ def make_tls_files(folder: Path) -> dict[str, Path]:
                 "-CAcreateserial", "-out", f"{leaf}.pem", "-days", "2", "-extfile", f"{leaf}.ext")
     names = ("ca.pem", "other-ca.pem", "server.pem", "server.key", "client.pem", "client.key")
     return {name: folder / name for name in names}
+
+
+def results_by_source(pacs: StoreSCP, sources: set[str], whole: bool = False) -> dict[str, Counter[str]]:
+    """Source Series UID -> Counter of result modalities, one count per file the PACS stored
+    (a SEG names its source in ReferencedSeriesSequence, an SR in its evidence). ``whole``
+    reads the pixel data too: every file must be a complete object."""
+    out: dict[str, Counter[str]] = {}
+    for path in pacs.out_dir.iterdir():
+        ds = dcmread(path, stop_before_pixels=not whole)
+        if ds.Modality == "SEG":
+            referenced = {str(s.SeriesInstanceUID) for s in ds.ReferencedSeriesSequence}
+        else:
+            referenced = {str(s.SeriesInstanceUID)
+                          for study in ds.CurrentRequestedProcedureEvidenceSequence
+                          for s in study.ReferencedSeriesSequence}
+        (source,) = referenced & sources
+        out.setdefault(source, Counter())[str(ds.Modality)] += 1
+    return out

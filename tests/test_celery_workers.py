@@ -34,7 +34,7 @@ from tests.celery_helpers import (
     write_yaml,
 )
 from tests.orthanc_helpers import ORTHANC_AET, start_orthanc
-from tests.outbox_helpers import StoreSCP
+from tests.outbox_helpers import StoreSCP, results_by_source
 from tests.qr_helpers import write_study
 from tests.receive_helpers import free_port, storescu
 from tests.test_http_api import call
@@ -93,27 +93,11 @@ def send_phantoms(node: Node, folder: Path, count: int, **grid: int) -> list[str
     return series
 
 
-def results_by_series(pacs: StoreSCP, sources: list[str]) -> dict[str, Counter[str]]:
-    """Source Series UID -> Counter of result modalities, one count per file the PACS stored."""
-    out: dict[str, Counter[str]] = {}
-    for path in pacs.out_dir.iterdir():
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        if ds.Modality == "SEG":
-            referenced = {str(s.SeriesInstanceUID) for s in ds.ReferencedSeriesSequence}
-        else:
-            referenced = {str(s.SeriesInstanceUID)
-                          for study in ds.CurrentRequestedProcedureEvidenceSequence
-                          for s in study.ReferencedSeriesSequence}
-        (source,) = referenced & set(sources)
-        out.setdefault(source, Counter())[str(ds.Modality)] += 1
-    return out
-
-
 def assert_one_seg_one_sr_each(pacs: StoreSCP, series: list[str]) -> None:
     files = list(pacs.out_dir.iterdir())
     uids = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files}
     assert len(files) == len(uids) == 2 * len(series), "a result was delivered twice"
-    got = results_by_series(pacs, series)
+    got = results_by_source(pacs, set(series))
     assert got == {s: Counter({"SEG": 1, "SR": 1}) for s in series}
 
 

@@ -30,7 +30,7 @@ from dicom_node.app.node import Node
 from dicom_node.jobs.retry import RetryPolicy, classify
 from dicom_node.jobs.spec import JobSpec
 from dicom_node.jobs.store import JobState
-from tests.outbox_helpers import StoreSCP
+from tests.outbox_helpers import StoreSCP, results_by_source
 from tests.qr_helpers import pipeline_runner, write_study
 from tests.receive_helpers import free_port, storescu, wait_for
 
@@ -62,22 +62,6 @@ def fill(folder: Path) -> Path:
             except OSError as exc:
                 assert exc.errno == errno.ENOSPC
     return filler
-
-
-def results(pacs: StoreSCP, sources: set[str]) -> dict[str, Counter[str]]:
-    """Source Series UID -> result modalities stored by the PACS (one count per file)."""
-    out: dict[str, Counter[str]] = {}
-    for path in pacs.out_dir.iterdir():
-        ds = pydicom.dcmread(path)  # a whole, readable object: nothing partial was sent
-        if ds.Modality == "SEG":
-            referenced = {str(s.SeriesInstanceUID) for s in ds.ReferencedSeriesSequence}
-        else:
-            referenced = {str(s.SeriesInstanceUID)
-                          for study in ds.CurrentRequestedProcedureEvidenceSequence
-                          for s in study.ReferencedSeriesSequence}
-        (source,) = referenced & sources
-        out.setdefault(source, Counter())[str(ds.Modality)] += 1
-    return out
 
 
 def test_disk_full_during_a_run(
@@ -130,7 +114,9 @@ def test_disk_full_during_a_run(
             wait_for(lambda: len(list(pacs.out_dir.iterdir())) >= 6, 120)
             threading.Event().wait(1.0)  # a duplicate delivery would arrive now
             sources = {s.series_uid for s in studies}
-            assert results(pacs, sources) == {uid: Counter({"SEG": 1, "SR": 1}) for uid in sources}
+            # Whole objects only (read to the last byte): nothing partial was sent.
+            assert results_by_source(pacs, sources, whole=True) == {
+                uid: Counter({"SEG": 1, "SR": 1}) for uid in sources}
             records = [r for r in node.jobs.all() if r.route]
             assert len(records) == 3 and all(r.state is JobState.DONE for r in records)
             assert all(r.retries == 0 and r.waiting_since is None for r in records)

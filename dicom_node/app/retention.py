@@ -51,7 +51,7 @@ from dicom_node.app.retention_plan import (
     plan_prune,
     survey,
 )
-from dicom_node.atomic import write_json_atomic
+from dicom_node.atomic import fsync_dir, write_json_atomic
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
 from dicom_node.jobs.store import JobStore
@@ -74,14 +74,6 @@ UNITS_FILE = "units.json"
 # -- the removal ---------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _restore(folder: Path, live: Path, pruned: set[str] | None) -> list[str]:
     """Move every instance of a trashed series folder that is not in ``pruned`` back into the
     spool folder ``live`` (it arrived while the series was being removed: it was acknowledged;
@@ -101,8 +93,8 @@ def _restore(folder: Path, live: Path, pruned: set[str] | None) -> list[str]:
             os.rename(entry.path, live / name)
         restored.append(sop)
     if restored:
-        _fsync_dir(live)
-        _fsync_dir(live.parent)
+        fsync_dir(live)
+        fsync_dir(live.parent)
         log.warning("retention: %d instance(s) of series %s arrived while it was removed; kept",
                     len(restored), live.name)
     return restored
