@@ -1,7 +1,7 @@
 """Benchmark (not a test): per-tool latency of ``grounding dino``, ``MedSAM`` and
 ``grounding dino + MedSAM`` on a 512x512 image and a 100-slice volume.
 
-Models are random-weight checkpoints written in the real formats (see tests/tools_tiny_models.py)
+Models are random-weight checkpoints written in the real formats (see testkit/tiny_models.py)
 and loaded through the tools' real loaders: tiny ones by default (seconds on a CPU), and with
 ``--real-sam`` also a real-size SAM ViT-B (1024 input), whose image encoder is timed on a few
 slices and reported as slices/s. Latency excludes model loading, which is reported separately.

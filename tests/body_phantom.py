@@ -23,10 +23,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from testkit.phantoms import _common_header, _ds, _file_meta
 from tests import body_anatomy as anat
 from tests.body_anatomy import Patient
 from tests.body_paint import AIRWAY, GAS, LUNG_LEFT, LUNG_RIGHT, OUTSIDE, TABLE, Body, Canvas
-from tests.phantoms import _common_header, _ds, _file_meta
 
 
 @dataclass(frozen=True)

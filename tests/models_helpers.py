@@ -2,7 +2,7 @@
 
 The mirror is a real HTTP server (the standard library's file server) on 127.0.0.1 serving a folder
 laid out as ``<entry>/<file>``, the layout ``models fetch --mirror`` asks for. Its files are tiny
-random-weight checkpoints in the real formats (tests/tools_tiny_models.py, tests/tools_models_helpers.py).
+random-weight checkpoints in the real formats (testkit/tiny_models.py, testkit/model_files.py).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from testkit.phantoms import PhantomTruth, write_ct_phantom
 from tests.receive_helpers import DCMTK_BIN, dcmtk_env
 from tools.registry import ToolRegistry
 
-#: Small phantom: fast through the real pipeline, still a proper lung CT (see tests/phantoms.py).
+#: Small phantom: fast through the real pipeline, still a proper lung CT (see testkit/phantoms.py).
 PHANTOM = {"slices": 16, "rows": 64, "cols": 64, "slice_spacing": 8.0}
 
 

@@ -70,7 +70,7 @@ def _run_job(name: str, tmp_path: Path) -> dict:
         series_dir=str(folder), result_dir=str(tmp_path / "result"), route="ct-lungs",
         instruction=INSTRUCTION, planner="rules", destinations=["pacs"],
     )
-    return run_job(spec, WorkerContext.build(config))
+    return run_job(spec, WorkerContext.build(config)).to_dict()
 
 
 def test_lung_bases_only_seg_and_sr_say_partial(tmp_path: Path) -> None:

@@ -270,7 +270,7 @@ def test_build_sr_without_numbering_matches_build_outputs(ct: Volume, written: d
 
 
 def test_lung_phantom_masks_round_trip(tmp_path: Path) -> None:
-    """The spine's case: the CT lung phantom (helper module tests/phantoms.py), its true lung
+    """The spine's case: the CT lung phantom (helper module testkit/phantoms.py), its true lung
     masks as the tool result, SEG + SR written and read back, volumes preserved."""
     truth = write_ct_phantom(tmp_path / "ct", slices=16, rows=48, cols=48)
     volume = load_volume(truth.files)

@@ -22,16 +22,16 @@ from image_model.findings import Confidence, ToolOutput, caveats
 from image_model.loader import load_series
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
-from tests.dicom_validate import dciodvfy_errors
-from tests.phantoms import write_ct_phantom
-from tests.tools_models_helpers import TINY_SEGRESNET, ct_phantom, write_bundle, write_tiny_clip
-from tests.tools_tiny_models import (
+from testkit.model_files import TINY_SEGRESNET, ct_phantom, write_bundle, write_tiny_clip
+from testkit.phantoms import write_ct_phantom
+from testkit.tiny_models import (
     one_torch_thread,
     tiny_grounding_settings,
     tiny_sam_settings,
     write_tiny_grounding_dino,
     write_tiny_sam,
 )
+from tests.dicom_validate import dciodvfy_errors
 from tools.classify import BiomedClip, MetadataClassification
 from tools.grounding import GroundingDinoTool
 from tools.medsam import MedSAMTool, Prompt
