@@ -19,3 +19,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "run the tests with scripts/test.sh (a private loopback-only network namespace); "
             "set MMED_ALLOW_HOST_NETWORK=1 to run them on the host network anyway"
         )
+
+
+# The study the viewer tests share (built once per session by `mmed-node tools run`).
+from tests.viewers.study import viewer_study  # noqa: E402, F401

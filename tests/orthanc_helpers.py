@@ -22,6 +22,8 @@ from tests.receive_helpers import free_port
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
 ORTHANC_AET = "ORTHANC"
+#: Debian's orthanc-dicomweb plugin (QIDO-RS, WADO-RS, STOW-RS under /dicom-web/).
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 #: OnStableSeries fires once a series got no new instance for StableAge seconds.
 ROUTING_LUA = """
@@ -73,7 +75,8 @@ class Orthanc:
 
 
 def orthanc_config(folder: Path, http_port: int, dicom_port: int, node_port: int,
-                   node_aet: str = "MMEDNODE", auto_route: bool = True, stable_age: int = 1) -> Path:
+                   node_aet: str = "MMEDNODE", auto_route: bool = True, stable_age: int = 1,
+                   dicomweb: bool = False) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     lua = folder / "route.lua"
     lua.write_text(ROUTING_LUA)
@@ -88,7 +91,7 @@ def orthanc_config(folder: Path, http_port: int, dicom_port: int, node_port: int
         "AuthenticationEnabled": False,
         "HttpServerEnabled": True,
         "DicomServerEnabled": True,
-        "Plugins": [],
+        "Plugins": [str(DICOMWEB_PLUGIN)] if dicomweb else [],
         "StableAge": stable_age,
         "LuaScripts": [str(lua)] if auto_route else [],
         "DicomModalities": {"node": [node_aet, "127.0.0.1", node_port]},
@@ -99,16 +102,20 @@ def orthanc_config(folder: Path, http_port: int, dicom_port: int, node_port: int
         "SaveJobs": False,
         "DicomScuTimeout": 10,
     }
+    if dicomweb:
+        # Full metadata from the stored files: viewers need every attribute of a SEG/SR.
+        config["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True,
+                              "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
     path = folder / "orthanc.json"
     path.write_text(json.dumps(config, indent=2))
     return path
 
 
-def start_orthanc(folder: Path, node_port: int, *, auto_route: bool = True,
+def start_orthanc(folder: Path, node_port: int, *, auto_route: bool = True, dicomweb: bool = False,
                   timeout: float = 30.0) -> Orthanc:
     """Start Orthanc with a generated config and wait until GET /system answers."""
     http_port, dicom_port = free_port(), free_port()
-    config = orthanc_config(folder, http_port, dicom_port, node_port, auto_route=auto_route)
+    config = orthanc_config(folder, http_port, dicom_port, node_port, auto_route=auto_route, dicomweb=dicomweb)
     log = folder / "orthanc.log"
     with log.open("ab") as out:
         proc = subprocess.Popen([str(ORTHANC_BIN), "--verbose", str(config)], stdout=out,
