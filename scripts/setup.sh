@@ -40,4 +40,6 @@ if ! "$PY" -c "import torch, torchvision" >/dev/null 2>&1; then
 fi
 echo "setup: installing mmedagent-node (editable) with test extras"
 "$PY" -m pip install -q -e '.[test]'
+# The viewers the SEG/SR tests open our objects in (OHIF, Cornerstone, chromium, orthanc-dicomweb).
+bash scripts/setup_viewers.sh
 echo "setup: done. Run the node with: mmed-node serve   (tests: scripts/test.sh)"
