@@ -22,4 +22,4 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 # The study the viewer tests share (built once per session by `mmed-node tools run`).
-from tests.viewers.study import viewer_study  # noqa: E402, F401
+from tests.viewers.study import viewer_study  # noqa: F401

@@ -4,7 +4,6 @@ recommended colours, and MeasurementReport.generateToolState places every SR mea
 source image with its values."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pydicom

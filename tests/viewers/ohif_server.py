@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 DICOMWEB_PREFIX = "/dicom-web"
 #: Request headers passed on to Orthanc (the DICOMweb content negotiation and byte ranges).
 FORWARDED_HEADERS = ("Accept", "Range", "Content-Type")
-#: Answer headers passed back (hop-by-hop headers such as Transfer-Encoding are not).
-RETURNED_HEADERS = ("Content-Type", "Content-Range", "Accept-Ranges")
+#: Answer headers passed back besides Content-Type (hop-by-hop ones such as Transfer-Encoding are not).
+RETURNED_HEADERS = ("Content-Range", "Accept-Ranges")
 
 
 def app_config(data_source_root: str = DICOMWEB_PREFIX) -> str:
@@ -79,10 +79,10 @@ def _handler(dist: Path, orthanc_port: int, config_js: bytes) -> type[BaseHTTPRe
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+        def log_message(self, format: str, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        def do_GET(self) -> None:
             path = urlsplit(self.path).path
             if path.startswith(DICOMWEB_PREFIX + "/"):
                 self._proxy()
@@ -106,7 +106,7 @@ def _handler(dist: Path, orthanc_port: int, config_js: bytes) -> type[BaseHTTPRe
                 rsp = conn.getresponse()
                 body = rsp.read()
                 kind = rsp.getheader("Content-Type", "application/octet-stream")
-                extra = {k: v for k in RETURNED_HEADERS[1:] if (v := rsp.getheader(k))}
+                extra = {k: v for k in RETURNED_HEADERS if (v := rsp.getheader(k))}
                 self._send(rsp.status, body, kind, extra)
             finally:
                 conn.close()
