@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -133,3 +134,28 @@ def classification_output() -> ToolOutput:
         labels=[LabelScore("chest CT", 0.88), LabelScore("abdomen CT", 0.07)],
         text="Zero-shot classification: chest CT.",
     )
+
+
+#: Prefix of the tracking identifiers of groups drawn for Cornerstone (sr_templates.sr.templates).
+CORNERSTONE_PREFIX = "Cornerstone3DTools@^0.1.0:"
+
+
+def finding_label(tracking_identifier: str) -> str:
+    """The finding's label in a tracking identifier: without the Cornerstone tool prefix."""
+    if tracking_identifier.startswith(CORNERSTONE_PREFIX):
+        return tracking_identifier[len(CORNERSTONE_PREFIX):].partition(":")[2]
+    return tracking_identifier
+
+
+def drawn_findings(report: Any) -> dict[str, tuple[Any, Any]]:
+    """Every drawn finding of a highdicom MeasurementReport, by label: (group, region), the
+    region being a TID 1410 group's Image Region or the SCOORD/SCOORD3D its TID 1501 numbers are
+    INFERRED FROM."""
+    found: dict[str, tuple[Any, Any]] = {}
+    for group in report.get_planar_roi_measurement_groups():
+        found[finding_label(group.tracking_identifier)] = (group, group.roi)
+    for group in report.get_image_measurement_groups():
+        regions = [c for m in group.get_measurements() for c in m.referenced_coordinates]
+        if regions:
+            found[finding_label(group.tracking_identifier)] = (group, regions[0])
+    return found

@@ -17,8 +17,9 @@ from image_model.loader import load_series
 from image_model.measure import mask_size
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
+from sr_templates.source import assumed_plane_frame_of_reference
 from tests.dicom_validate import dciodvfy_errors
-from tests.outputs_helpers import ALGORITHM, detection_output
+from tests.outputs_helpers import ALGORITHM, detection_output, drawn_findings
 
 CFG = OutputConfig()
 
@@ -67,19 +68,20 @@ def test_enhanced_ct_seg_references_source_frames(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back[0, ..., 0].astype(bool), outputs[0].segments[0].mask[slice_index])
 
     report = hd.sr.srread(sr_path).content
-    planar = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}
+    drawn = drawn_findings(report)
     # The segment's outline is a SCOORD on its source frame; the box a SCOORD3D (the enhanced CT
     # has a Frame of Reference), on the frame's plane.
-    source_item = planar["Blob"].roi.ContentSequence[0].ReferencedSOPSequence[0]
+    blob, outline_region = drawn["Blob"]
+    source_item = outline_region.ContentSequence[0].ReferencedSOPSequence[0]
     assert source_item.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert list(map(int, np.atleast_1d(source_item.ReferencedFrameNumber))) == [frame]
-    box = planar["nodule"].roi
+    _, box = drawn["nodule"]
     assert box.ValueType == "SCOORD3D" and box.ReferencedFrameOfReferenceUID == source.FrameOfReferenceUID
     normal = np.cross(volume.orientation[:3], volume.orientation[3:])
     np.testing.assert_allclose(box.value @ normal, volume.positions[slice_index] @ normal)
     (volumetric,) = report.get_volumetric_roi_measurement_groups()
     assert volumetric.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
-    assert volumetric.tracking_uid == planar["Blob"].tracking_uid
+    assert volumetric.tracking_uid == blob.tracking_uid
 
 
 def test_chest_cr_box_and_mask(tmp_path: Path) -> None:
@@ -92,18 +94,17 @@ def test_chest_cr_box_and_mask(tmp_path: Path) -> None:
     assert "PixelSpacing" in cr  # the source's zero spacing was not removed from the caller's dataset
 
     seg = hd.seg.segread(seg_path)
-    assert "FrameOfReferenceUID" not in seg
-    assert list(seg.PatientOrientation) == list(cr.PatientOrientation)
+    # No plane in the patient: the SEG lies on its assumed image plane (sr_templates.source).
+    assert seg.FrameOfReferenceUID == assumed_plane_frame_of_reference(volume)
+    assert "PatientOrientation" not in seg  # Type 2C: not required once the frames have a plane
 
     report = hd.sr.srread(sr_path).content
-    planar = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}["nodule"]
+    box, region = drawn_findings(report)["nodule"]
     rows, cols = int(cr.Rows), int(cr.Columns)
-    assert planar.roi.ValueType == "SCOORD"  # no Frame of Reference: image coordinates
-    np.testing.assert_allclose(planar.roi.value[0], [0.25 * cols, 0.25 * rows])
-    np.testing.assert_allclose(planar.roi.value[2], [0.75 * cols, 0.5 * rows])
-    assert planar.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == cr.SOPInstanceUID
-    # Pixel spacing is unknown for this CR, so the area (in the box's TID 1501 twin, same tracking
-    # UID) is in pixels, never in made-up mm2.
-    (numbers,) = [g for g in report.get_image_measurement_groups() if g.tracking_uid == planar.tracking_uid]
-    (area,) = numbers.get_measurements()
+    assert region.ValueType == "SCOORD"  # no Frame of Reference: image coordinates
+    np.testing.assert_allclose(region.value[0], [0.25 * cols, 0.25 * rows])
+    np.testing.assert_allclose(region.value[2], [0.75 * cols, 0.5 * rows])
+    assert region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == cr.SOPInstanceUID
+    # Pixel spacing is unknown for this CR, so the box's area is in pixels, never in made-up mm2.
+    (area,) = box.get_measurements()
     assert area.unit.value == "{pixels}" and area.value == pytest.approx(0.5 * cols * 0.25 * rows)

@@ -179,14 +179,18 @@ def test_sr_read_back_has_measurements_boxes_findings_and_answer(ct: Volume, wri
             assert value == pytest.approx(m.value, rel=1e-6) and unit_value == m.unit.value
         assert values[concept("volume").value][1] == unit("mL").value
 
-    # Planar groups: each segment's outline (same tracking as its volumetric group) and the box.
+    # Every finding is drawn: the segments' outlines and the box as Cornerstone tools (TID 1501,
+    # their numbers INFERRED FROM the region), the tool's labels and the answer on the whole image.
     planar = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}
-    # Every finding is drawn: the segments' outlines, the box, the tool's labels, the answer.
-    assert sorted(planar) == ["BiomedClip", "Left lung", "MMedAgent answer", "Right lung", "nodule"]
+    assert sorted(planar) == ["BiomedClip", "MMedAgent answer"]
+    drawn = {g.tracking_identifier: g for g in report.get_image_measurement_groups()}
+    prefix = "Cornerstone3DTools@^0.1.0:"
+    assert sorted(drawn) == [prefix + "PlanarFreehandROI:Left lung", prefix + "PlanarFreehandROI:Right lung",
+                             prefix + "RectangleROI:nodule"]
     for group in volumetric:
-        assert planar[group.tracking_identifier].tracking_uid == group.tracking_uid
+        assert drawn[prefix + "PlanarFreehandROI:" + group.tracking_identifier].tracking_uid == group.tracking_uid
     # The box, on a CT with a Frame of Reference: SCOORD3D in patient mm, on slice 3's plane.
-    region = planar["nodule"].roi
+    ((region,),) = [m.referenced_coordinates for m in drawn[prefix + "RectangleROI:nodule"].get_measurements()]
     assert region.ValueType == "SCOORD3D" and region.ReferencedFrameOfReferenceUID == ct.datasets[0].FrameOfReferenceUID
     cols, rows = ct.shape[2], ct.shape[1]
     corners = np.array([[0.25 * cols, 0.25 * rows], [0.75 * cols, 0.25 * rows], [0.75 * cols, 0.5 * rows],

@@ -26,9 +26,11 @@ from image_model.measure import mask_size
 from image_model.volume import Volume
 from sr_templates.outputs import build_outputs
 from sr_templates.seg.palette import colours_for
+from sr_templates.source import assumed_plane_frame_of_reference
 from sr_templates.sr.outline import outline, polygon_area
 from testkit.phantoms import write_ct_phantom
 from tests.dicom_validate import dciodvfy_errors, dciodvfy_own_warnings
+from tests.outputs_helpers import CORNERSTONE_PREFIX, drawn_findings
 from tools.ct_lung import CTLungSegmentation
 
 CFG = OutputConfig(seg_series_number=61, sr_series_number=62, manufacturer="test", pipeline_version="1.0")
@@ -162,15 +164,43 @@ def test_overlay_colours_are_the_seg_colours(ct: Written) -> None:
 
 
 @pytest.mark.parametrize("name,spacing", [("cr", (1.0, 1.0)), ("dx", IMAGER_SPACING)])
-def test_2d_seg_has_its_shared_pixel_measures(name: str, spacing: tuple[float, float],
-                                             request: pytest.FixtureRequest) -> None:
+def test_2d_seg_lies_on_the_assumed_image_plane(name: str, spacing: tuple[float, float],
+                                               request: pytest.FixtureRequest) -> None:
+    """A projection image's SEG: its own Frame of Reference (derived from the source series, not
+    the source's), rows along x and columns along y, every frame at the origin, the pixel size
+    the source states; the real alignment is the per-frame reference to the source image."""
     written: Written = request.getfixturevalue(name)
     seg = hd.seg.segread(written.seg)
-    assert "FrameOfReferenceUID" not in seg  # a projection: no plane position or orientation
-    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
-    assert [float(v) for v in measures.PixelSpacing] == pytest.approx(spacing)
+    source = pydicom.dcmread(written.source, stop_before_pixels=True)
+    assert seg.FrameOfReferenceUID == assumed_plane_frame_of_reference(written.volume)
+    assert seg.FrameOfReferenceUID != source.get("FrameOfReferenceUID")
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    assert [float(v) for v in shared.PlaneOrientationSequence[0].ImageOrientationPatient] == [1, 0, 0, 0, 1, 0]
+    assert [float(v) for v in shared.PixelMeasuresSequence[0].PixelSpacing] == pytest.approx(spacing)
+    for frame in seg.PerFrameFunctionalGroupsSequence:
+        assert [float(v) for v in frame.PlanePositionSequence[0].ImagePositionPatient] == [0, 0, 0]
+        (derivation,) = frame.DerivationImageSequence
+        assert derivation.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     # The CR states no spacing: the SEG says its 1 mm is assumed.
     assert ("assumed" in seg.ContentDescription) == (name == "cr")
+
+
+@pytest.mark.parametrize("name", ["cr", "dx"])
+def test_odd_packed_length_is_fractional_with_a_null_pad(name: str, request: pytest.FixtureRequest) -> None:
+    """1955 x 1841 pixels pack to an odd number of bytes: the SEG is FRACTIONAL (OCCUPANCY, 0/1),
+    its odd Pixel Data padded with a NULL byte (PS3.5 7.1.1), its pixels the mask's."""
+    written: Written = request.getfixturevalue(name)
+    seg = hd.seg.segread(written.seg)
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentationFractionalType == "OCCUPANCY"
+    assert int(seg.MaximumFractionalValue) == 1 and seg.BitsAllocated == 8
+    assert len(seg.PixelData) % 2 == 0 and seg.PixelData[-1:] == b"\x00"
+    mask = written.outputs[0].segments[0].mask
+    pixels = seg.get_pixels_by_source_instance([str(written.volume.datasets[0].SOPInstanceUID)], segment_numbers=[1])
+    np.testing.assert_array_equal(pixels[..., 0], mask)
+
+
+def test_even_packed_length_stays_binary(ct: Written) -> None:
+    assert hd.seg.segread(ct.seg).SegmentationType == "BINARY"
 
 
 def _library_uids(sr: hd.sr.Comprehensive3DSR) -> list[str]:
@@ -186,8 +216,7 @@ def _region_uids(sr: hd.sr.Comprehensive3DSR, volume: Volume) -> set[str]:
     """The source images the report's regions lie on (SCOORD: referenced; SCOORD3D: by plane)."""
     uids = set()
     normal = np.cross(volume.orientation[:3], volume.orientation[3:])
-    for group in sr.content.get_planar_roi_measurement_groups():
-        region = group.roi
+    for _, region in drawn_findings(sr.content).values():
         if region.ValueType == "SCOORD":
             uids.add(str(region.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
         else:
@@ -205,27 +234,31 @@ def test_sr_has_an_image_library_of_the_images_it_draws_on(name: str, request: p
     assert set(library) <= {str(ds.SOPInstanceUID) for ds in written.volume.datasets}
 
 
-def _comments(group: hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations) -> list[str]:
+def _comments(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[str]:
     """The group's Comment (DCM 121106) TEXT items, in order."""
     return [str(i.TextValue) for i in group[0].ContentSequence
             if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == text_role("summary").value]
 
 
-def test_every_segment_is_placed_on_its_largest_slice(ct: Written) -> None:
-    """Each TID 1411 group (the segment reference and its numbers) has a TID 1410 twin with the
-    same tracking identifier and UID, without NUMs, whose SCOORD outlines the segment on its
-    largest slice and whose first Comment names the segment's values."""
+def test_every_segment_is_drawn_on_its_largest_slice(ct: Written) -> None:
+    """Each TID 1411 group (the segment reference and its numbers) has a TID 1501 twin with the
+    same tracking UID, drawn as Cornerstone's PlanarFreehandROI: its Area NUM INFERRED FROM a
+    SCOORD outlining the segment on its largest slice, its first Comment naming the segment's
+    values."""
     report = hd.sr.srread(ct.sr).content
-    planar = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}
+    drawn = drawn_findings(report)
     segments = {s.label: s for s in ct.outputs[0].segments}
     for group in report.get_volumetric_roi_measurement_groups():
-        twin = planar[group.tracking_identifier]
-        assert twin.tracking_uid == group.tracking_uid and twin.get_measurements() == []
+        twin, _ = drawn[group.tracking_identifier]
+        assert twin.tracking_identifier == CORNERSTONE_PREFIX + "PlanarFreehandROI:" + group.tracking_identifier
+        assert twin.tracking_uid == group.tracking_uid
         segment = segments[group.tracking_identifier]
         mask = segment.mask
         z = int(np.argmax(mask.reshape(len(mask), -1).sum(axis=1)))
-        region = twin.roi
-        assert region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+        (area,) = twin.get_measurements()
+        (region,) = area.referenced_coordinates
+        assert area.name.meaning == "Area" and region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
+        assert region.RelationshipType == "INFERRED FROM"
         ref = region.ContentSequence[0].ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == ct.volume.datasets[z].SOPInstanceUID
         points = region.value
@@ -234,6 +267,8 @@ def test_every_segment_is_placed_on_its_largest_slice(ct: Written) -> None:
         labels, _ = ndimage.label(mask[z])
         largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
         assert polygon_area(points) == ndimage.binary_fill_holes(largest).sum()
+        _, dy, dx = ct.volume.spacing
+        assert area.value == pytest.approx(polygon_area(points) * dy * dx) and area.unit.value == "mm2"
         volume_ml = segment.measurements[0].value
         assert _comments(twin)[0] == f"{segment.label}: Volume {volume_ml:.6g} mL; " \
             f"Mean {segment.measurements[1].value:.6g} Hounsfield unit"
@@ -248,9 +283,8 @@ def test_units_are_physical_only_when_the_spacing_is_known(
 ) -> None:
     written: Written = request.getfixturevalue(name)
     report = hd.sr.srread(written.sr).content
-    box = {g.tracking_identifier: g for g in report.get_planar_roi_measurement_groups()}["nodule"]
-    (numbers,) = [g for g in report.get_image_measurement_groups() if g.tracking_uid == box.tracking_uid]
-    (area,) = numbers.get_measurements()
+    box, _ = drawn_findings(report)["nodule"]
+    (area,) = box.get_measurements()
     assert area.unit.value == area_unit
     comments = _comments(box)
     assert comments[0].startswith("nodule (score 0.") and area_unit.strip("{}") in comments[0]
@@ -263,14 +297,14 @@ def test_units_are_physical_only_when_the_spacing_is_known(
 
 
 def test_boxes_in_patient_coordinates_where_there_is_a_frame_of_reference(ct: Written, cr: Written) -> None:
-    ct_box = {g.tracking_identifier: g for g in hd.sr.srread(ct.sr).content.get_planar_roi_measurement_groups()}
-    region = ct_box["nodule"].roi
+    ct_box, region = drawn_findings(hd.sr.srread(ct.sr).content)["nodule"]
+    assert ct_box.tracking_identifier == CORNERSTONE_PREFIX + "RectangleROI:nodule"
     assert region.ValueType == "SCOORD3D"
     assert region.ReferencedFrameOfReferenceUID == ct.volume.datasets[0].FrameOfReferenceUID
     np.testing.assert_allclose(region.value[:, 2], ct.volume.positions[5][2])  # on slice 5's plane (axial)
-    assert ct_box["nodule"].finding_type.meaning == "Nodule"
-    cr_box = {g.tracking_identifier: g for g in hd.sr.srread(cr.sr).content.get_planar_roi_measurement_groups()}
-    assert cr_box["nodule"].roi.ValueType == "SCOORD"
+    assert ct_box.finding_type.meaning == "Nodule"
+    _, cr_region = drawn_findings(hd.sr.srread(cr.sr).content)["nodule"]
+    assert cr_region.ValueType == "SCOORD"
 
 
 def _dcmqi(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -297,8 +331,9 @@ def test_dcmqi_reads_sides_colours_and_measurements(ct: Written, tmp_path: Path)
                for i in g["measurementItems"] if i["quantity"]["CodeMeaning"] == "Volume"}
     truth = {s.label: s.measurements[0].value for s in ct.outputs[0].segments}
     assert volumes == pytest.approx(truth, rel=1e-6)
-    assert {g["TrackingIdentifier"]: g["Laterality"]["CodeMeaning"] for g in groups if "Laterality" in g} == {
-        "Left lung": "Left", "Right lung": "Right"}
+    sides = {g["TrackingIdentifier"].rpartition(":")[2]: g["Laterality"]["CodeMeaning"] for g in groups
+             if "Laterality" in g}
+    assert sides == {"Left lung": "Left", "Right lung": "Right"}
 
 
 def test_a_report_without_regions_still_has_a_library(ct: Written, tmp_path: Path) -> None:

@@ -1,10 +1,15 @@
-"""Tool masks -> one BINARY DICOM Segmentation (PS3.3 A.51) built by highdicom.
+"""Tool masks -> one DICOM Segmentation (PS3.3 A.51) built by highdicom.
 
 OHIF overlays a SEG only when it references the source series and each frame's source image
 (ReferencedSeriesSequence, per-frame DerivationImageSequence); highdicom writes both when it is
 given the source datasets, so every source instance is passed in (``Volume.datasets``). Empty
 frames are omitted (frames = slices x segments), and segments with an empty mask are left out
-altogether so segment numbers stay contiguous.
+altogether so segment numbers stay contiguous. A projection image (CR, DX) is given to highdicom
+on an assumed image plane (:func:`sr_templates.source.assumed_plane_header`), so its SEG has the
+plane orientation, position and pixel measures every viewer reads.
+
+The Segmentation Type is BINARY, one bit per pixel, except where that encoding trips a reader:
+see :func:`segmentation_type`.
 """
 from __future__ import annotations
 
@@ -13,7 +18,6 @@ from typing import Any
 
 import highdicom as hd
 import numpy as np
-from pydicom.dataset import Dataset
 
 from config.schema import OutputConfig
 from image_model.findings import AlgorithmInfo, Segment
@@ -23,24 +27,36 @@ from sr_templates.charset import character_set_for, charset_kwargs, source_chars
 from sr_templates.equipment import CONTENT_LABEL, Equipment
 from sr_templates.identity import OutputIdentity
 from sr_templates.seg.content import EncodedSegment, encode_segments, segment_description
-from sr_templates.source import source_headers
+from sr_templates.source import seg_source_headers
 
 SERIES_DESCRIPTION = "MMedAgent segmentation"
 CONTENT_DESCRIPTION = "Segments produced by the MMedAgent node tools"
 ASSUMED_SPACING_DESCRIPTION = "MMedAgent segments; source pixel spacing unknown, 1 mm assumed"
+#: Content Creator's Name (Type 2, PS3.3 C.10.9 Content Identification Macro): the node is no
+#: person, so the value is empty but present (dcmqi warns when it is absent).
+CONTENT_CREATOR_NAME = ""
+#: A FRACTIONAL SEG's Maximum Fractional Value (PS3.3 C.8.20.2.3): 1 means "fully occupied", so the
+#: stored values are the mask's own 0 and 1 (dcmqi writes them unchanged, as for a BINARY SEG).
+MAX_FRACTIONAL_VALUE = 1
 
 
 class Segmentation(hd.seg.Segmentation):
-    """highdicom's Segmentation, completed for projection sources (CR/DX) with no Frame of
-    Reference: the General Image module then requires Patient Orientation (Type 2C, PS3.3
-    C.7.6.1.1.1), which highdicom 0.28 does not write. The SEG frame is the source's pixel matrix,
-    so the source's row/column directions apply; Type 2 allows it empty when the source has none.
+    """highdicom's Segmentation, its Pixel Data padded as PS3.5 7.1.1 says.
+
+    A value of odd length is padded to even with one NULL byte (00H). highdicom 0.28 pads Pixel
+    Data with the character "0" (30H) instead. For a BINARY SEG the byte lies after the last
+    pixel's bit and readers skip it; a single-frame FRACTIONAL SEG of an odd pixel count
+    (:func:`segmentation_type`) hands its readers the whole value as the frame, and OHIF counts
+    the pad byte as one more pixel, of value 48, neither 0 nor the maximum, and refuses the SEG
+    as truly fractional. So the constructor ends by correcting highdicom's pad byte to NULL: the
+    one byte past the frames' own length, nothing else.
     """
 
-    def __init__(self, source_images: Sequence[Dataset], **kwargs: Any) -> None:
-        super().__init__(source_images=source_images, **kwargs)
-        if "FrameOfReferenceUID" not in self and "PatientOrientation" not in self:
-            self.PatientOrientation = source_images[0].get("PatientOrientation", "")
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        frames_bytes = -(-int(self.NumberOfFrames) * int(self.Rows) * int(self.Columns) * int(self.BitsAllocated) // 8)
+        if frames_bytes % 2 and len(self.PixelData) == frames_bytes + 1:
+            self.PixelData = self.PixelData[:frames_bytes] + b"\x00"
 
 
 def _segment_array(volume: Volume, encoded: Sequence[EncodedSegment]) -> np.ndarray:
@@ -82,24 +98,29 @@ def _pixel_array(volume: Volume, encoded: Sequence[EncodedSegment]) -> np.ndarra
     return frames
 
 
-def pixel_measures(volume: Volume) -> dict[str, Any]:
-    """The shared Pixel Measures of a SEG on a source without a Frame of Reference (a CR or DX).
+def frame_count(encoded: Sequence[EncodedSegment]) -> int:
+    """Frames of the SEG: one per segment and slice where that segment has a pixel (the others
+    are omitted)."""
+    return sum(int(np.any(item.segment.mask.reshape(len(item.segment.mask), -1), axis=1).sum()) for item in encoded)
 
-    highdicom copies Pixel Measures from a source with a Frame of Reference, and writes none for
-    one without, leaving the SEG's Shared Functional Groups item empty, which viewers cannot read
-    (OHIF reads ``SharedFunctionalGroupsSequence[0].PixelMeasuresSequence``; highdicom's own
-    reader needs its Pixel Spacing). So the SEG states the spacing the loader used: Pixel Spacing,
-    else Imager Pixel Spacing (PS3.3 10.7.1.3); with none usable, the 1 mm the loader assumed,
-    which the SEG's Content Description then says (:func:`content_description`) and the SR never
-    uses for a size (it counts pixels). Slice Thickness (Type 1C there, but required by readers
-    such as highdicom's) is the source's, else the loader's nominal 1 mm: a projection has none.
-    Plane orientation and position need a Frame of Reference (PS3.3 C.7.6.16.2.3-4), so a source
-    without one gets neither.
+
+def segmentation_type(volume: Volume, encoded: Sequence[EncodedSegment]) -> hd.seg.SegmentationTypeValues:
+    """BINARY, unless its packed Pixel Data would be an odd number of bytes: then FRACTIONAL.
+
+    A BINARY SEG packs its frames' pixels one bit each, end to end (PS3.5 8.1.1), and a value of
+    odd length is padded to even (PS3.5 7.1.1). Cornerstone's SEG reader (@cornerstonejs/adapters
+    5.6.8, what OHIF 3.13 uses) accepts only the unpadded length and refuses the object, so any
+    BINARY SEG whose frames x rows x columns / 8 rounds up to an odd count does not open there:
+    a single-frame CR of 1955 x 1841 pixels is one. Such a SEG is written FRACTIONAL (OCCUPANCY,
+    Maximum Fractional Value 1): one byte per pixel holding the mask's 0 or 1, the same segments
+    and frames, valid for every reader of PS3.3 C.8.20.2.3, and read by OHIF, Cornerstone (which
+    takes a fractional SEG whose values are all 0 or the maximum as binary) and dcmqi alike.
     """
-    if "FrameOfReferenceUID" in volume.datasets[0]:
-        return {}
-    dz, dy, dx = volume.spacing
-    return {"pixel_measures": hd.PixelMeasuresSequence(pixel_spacing=(dy, dx), slice_thickness=dz)}
+    _, rows, cols = volume.shape
+    packed_bytes = -(-frame_count(encoded) * rows * cols // 8)
+    if packed_bytes % 2:
+        return hd.seg.SegmentationTypeValues.FRACTIONAL
+    return hd.seg.SegmentationTypeValues.BINARY
 
 
 def content_description(volume: Volume) -> str:
@@ -132,10 +153,15 @@ def build_seg(
         (text for item in encoded for text in (item.segment.label, item.algorithm.name, item.algorithm.version)),
         source_charset(volume),
     )
+    kind = segmentation_type(volume, encoded)
+    fractional: dict[str, Any] = {}
+    if kind == hd.seg.SegmentationTypeValues.FRACTIONAL:
+        fractional = {"fractional_type": hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
+                      "max_fractional_value": MAX_FRACTIONAL_VALUE}
     seg = Segmentation(
-        source_images=source_headers(volume),
+        source_images=seg_source_headers(volume),
         pixel_array=_pixel_array(volume, encoded),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=kind,
         segment_descriptions=[segment_description(item) for item in encoded],
         series_instance_uid=identity.seg_series_uid,
         series_number=identity.seg_series_number,
@@ -147,9 +173,10 @@ def build_seg(
         device_serial_number=equipment.serial_number,
         content_label=CONTENT_LABEL,
         content_description=content_description(volume),
+        content_creator_name=CONTENT_CREATOR_NAME,
         series_description=SERIES_DESCRIPTION,
         omit_empty_frames=True,
-        **pixel_measures(volume),
+        **fractional,
         **charset_kwargs(charset),
     )
     return seg, encoded

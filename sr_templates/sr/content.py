@@ -65,10 +65,20 @@ def tracking(identity: OutputIdentity, label: str, *key: str) -> hd.sr.TrackingI
     return hd.sr.TrackingIdentifier(uid=identity.item_uid(*key), identifier=label)
 
 
-def measurement_items(measurements: Sequence[Measurement]) -> list[hd.sr.Measurement]:
-    """TID 300 NUM items; non-finite values cannot be encoded (DS/FD in MeasuredValueSequence)."""
+Coordinates = hd.sr.CoordinatesForMeasurement | hd.sr.CoordinatesForMeasurement3D
+
+
+def measurement_items(
+    measurements: Sequence[Measurement], inferred_from: Coordinates | None = None
+) -> list[hd.sr.Measurement]:
+    """TID 300 NUM items; non-finite values cannot be encoded (DS/FD in MeasuredValueSequence).
+    ``inferred_from``: the region each was measured on (TID 300 INFERRED FROM, TID 320 rows 3-4),
+    which only a TID 1501 group may carry in highdicom."""
     return [
-        hd.sr.Measurement(name=coded(m.name), value=float(m.value), unit=coded(m.unit))
+        hd.sr.Measurement(
+            name=coded(m.name), value=float(m.value), unit=coded(m.unit),
+            referenced_coordinates=[inferred_from] if inferred_from is not None else None,
+        )
         for m in measurements
         if math.isfinite(m.value)
     ]
@@ -180,6 +190,18 @@ class Placed:
 
     def _patient(self) -> np.ndarray:
         return to_patient(self.volume, self.index, self.polyline)
+
+    def coordinates(self) -> Coordinates:
+        """The region as the source of a measurement (TID 300 INFERRED FROM, TID 320)."""
+        if self.in_patient:
+            return hd.sr.CoordinatesForMeasurement3D(
+                graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE, graphic_data=self._patient(),
+                frame_of_reference_uid=str(self.volume.datasets[0].FrameOfReferenceUID),
+            )
+        return hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=self.polyline,
+            source_image=source_image(self.volume, self.index),
+        )
 
     def region(self) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
         """The group's Image Region (TID 1410 row 7)."""

@@ -6,8 +6,10 @@ Report layout (PS3.16 TID 1500):
   procedure reported: from the source Modality (CID 100, codes.json)
   image library (TID 1600): the source images the groups are drawn on
   imaging measurements (groups built from data, :mod:`sr_templates.sr.templates`), each placed:
-    per SEG segment: TID 1411 (its measurements, referencing the segment) + TID 1410 (its outline)
-    per tool output: TID 1410 per box, TID 1410 with its labels/text/loose measurements
+    per SEG segment: TID 1411 (its measurements, referencing the segment) + TID 1501 drawn twin
+      (the area of its outline, INFERRED FROM the outline; same tracking UID)
+    per tool output: a drawn TID 1501 per box; TID 1410 on the whole key image with its
+      labels/text (TID 1501 there if it has loose measurements)
     last: TID 1410 with the instruction and the agent's final answer (TEXT)
 Evidence: the source instances and the SEG (Current Requested Procedure Evidence Sequence).
 """

@@ -5,21 +5,32 @@ A report is a list of groups built from data: each SEG segment passes through ev
 answer closes the list. A new kind of result is one builder added to a tuple; a new property of a
 segment shown in the report is one line in :func:`segment_evaluations`.
 
-Every finding is drawn on an image (:func:`placed_groups`): a TID 1410 Planar ROI group with its
-Image Region and a summary Comment (the finding and its values in words), without NUM items; its
-numbers sit in a second group with the SAME tracking identifier and UID (PS3.16 TID 4108: both
-describe one finding), a TID 1411 referencing the SEG segment for a segment, a TID 1501 for the
-rest. Why split: OHIF 3 throws on a group without SCOORD/SCOORD3D and merges groups by tracking
-UID, so it shows region and values together; its measurement panel lists what Cornerstone's
-adapters turn into tools, which they do for a TID 1410 group only when it has no NUM (they look
-for coordinates inside the NUM, which TID 1410 does not allow), labelled by its Comment.
+Every finding with numbers is *drawn*: its group is a TID 1501 group whose TID 300 measurements
+(NUM) are each INFERRED FROM the region they were measured on (TID 320 Image or Spatial
+Coordinates: a SCOORD on the source image, or a SCOORD3D in its Frame of Reference), the form
+OHIF itself writes and the one Cornerstone's SR adapters (what OHIF hydrates measurements with)
+read: they look for the region inside the group's first NUM, restore the NUMs named Area, Mean,
+Standard Deviation, Maximum, Minimum... as the drawn tool's statistics, and label the drawing
+with the group's first Comment. Which drawing tool they restore is named by the Tracking
+Identifier, prefixed as OHIF's own reports are (``Cornerstone3DTools@^0.1.0:<Tool>``), then the
+finding's label so that the identifier stays unique to the finding (PS3.16 TID 4108); see
+:func:`viewer_identifier`. TID 1410/1411 do not carry coordinates inside their measurements
+(highdicom refuses them there), hence TID 1501.
 
-* segment -> TID 1411 (its measurements, referencing the segment) + TID 1410: its outline on its
-  largest slice, a SCOORD POLYLINE on that source image;
-* box -> TID 1410: SCOORD3D POLYLINE in patient coordinates where the source has a Frame of
-  Reference, else SCOORD on the image; its label and score + TID 1501: its area;
-* a tool's labels / text (+ TID 1501 with its loose numbers), and the instruction + final answer:
-  TID 1410 on the whole image of the report's key slice (:func:`key_slice`).
+* segment -> TID 1411: its measurements (volume or area, mean...) referencing the SEG segment,
+  under its label, for standard readers (dcmqi's tid1500reader, 3D Slicer); and a TID 1501
+  ``PlanarFreehandROI`` group with the SAME Tracking Unique Identifier (both describe one
+  finding): the area of its outline on its largest slice, INFERRED FROM that outline, labelled
+  by a Comment naming the segment and its values (OHIF never shows a volume as a statistic, so
+  the label says it). OHIF merges groups by tracking UID, so its SR view shows the volume, the
+  mean and the outline together;
+* box -> TID 1501 ``RectangleROI``: its area INFERRED FROM the box, a SCOORD3D in patient
+  coordinates where the source has a Frame of Reference, else a SCOORD on the image; labelled
+  by its label and score;
+* a tool's labels / text, and the instruction + final answer -> TID 1410 on the whole image of
+  the report's key slice (:func:`key_slice`), no numbers (Cornerstone restores a 5-point
+  rectangle as ``RectangleROI`` on its own); a tool's loose measurements -> TID 1501
+  ``RectangleROI`` on that whole image.
 
 Sizes are in mm2/mL only when the source says how large its pixels are; otherwise in pixels or
 voxels, and the group says so in a TEXT comment (:func:`sr_templates.sr.content.units_note`).
@@ -53,6 +64,13 @@ from sr_templates.sr.content import (
     tracking,
     units_note,
 )
+
+#: The prefix of the Tracking Identifier of every measurement OHIF 3 writes, which Cornerstone's SR
+#: adapters read to pick the drawing tool a group is restored as.
+CORNERSTONE_TOOLS = "Cornerstone3DTools@^0.1.0"
+#: Cornerstone drawing tools: a closed outline, a rectangle.
+FREEHAND = "PlanarFreehandROI"
+RECTANGLE = "RectangleROI"
 from sr_templates.sr.outline import outline, polygon_area
 
 Group = (
@@ -89,9 +107,17 @@ def key_slice(volume: Volume, outputs: Sequence[ToolOutput], encoded: Sequence[E
 
 # --- segments ---------------------------------------------------------------------------------
 
-def segment_tracking(report: Report, item: EncodedSegment) -> hd.sr.TrackingIdentifier:
-    """One tracking identifier per segment, shared by all its groups (TID 4108)."""
-    return tracking(report.identity, item.segment.label, "segment", str(item.segment_number))
+def viewer_identifier(tool: str, label: str) -> str:
+    """The Tracking Identifier of a group drawn with Cornerstone's ``tool``:
+    ``Cornerstone3DTools@^0.1.0:<tool>:<label>``. The adapters pick the tool by this prefix (an
+    identifier that only starts with it is theirs too); the label after it keeps the identifier
+    unique to the finding and readable."""
+    return f"{CORNERSTONE_TOOLS}:{tool}:{label}"
+
+
+def segment_uid_key(item: EncodedSegment) -> tuple[str, ...]:
+    """What the tracking UID of a segment is derived from: one UID for all its groups."""
+    return ("segment", str(item.segment_number))
 
 
 def finding_sites(codes: SegmentCodes) -> list[hd.sr.FindingSite] | None:
@@ -117,12 +143,13 @@ def segment_evaluations(report: Report, segment: Segment) -> list[hd.sr.Qualitat
 
 
 def volumetric_group(report: Report, item: EncodedSegment) -> Iterator[Group]:
-    """TID 1411 for one SEG segment: its measurements, type, site and producing algorithm."""
+    """TID 1411 for one SEG segment: its measurements, type, site and producing algorithm,
+    under the segment's label."""
     if report.seg is None:
         return
     segment = item.segment
     yield hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=segment_tracking(report, item),
+        tracking_identifier=tracking(report.identity, segment.label, *segment_uid_key(item)),
         referenced_segment=referenced_segment(item, report.seg, report.volume),
         finding_type=coded(segment.type),
         finding_category=coded(segment.category),
@@ -147,48 +174,60 @@ def summary(title: str, measurements: Sequence[Measurement]) -> hd.sr.Qualitativ
     return text_evaluation("summary", f"{title}: {values}" if values else title)
 
 
-def placed_groups(
-    tracking_identifier: hd.sr.TrackingIdentifier,
-    placed: Placed,
-    algorithm: AlgorithmInfo,
-    title: str,
-    sizes: Sequence[Measurement] = (),
-    evaluations: Sequence[hd.sr.QualitativeEvaluation] = (),
-    codes: SegmentCodes | None = None,
-    stated_elsewhere: Sequence[Measurement] = (),
-) -> Iterator[Group]:
-    """A finding drawn at ``placed``: a TID 1410 group with the region, a summary comment (its
-    title and values) and the evaluations; its numbers ``sizes``, if any, in a TID 1501 group
-    with the same tracking identifier and UID (see the module doc). ``codes``: what the finding
-    is; ``stated_elsewhere``: values another group of the same finding holds (a segment's TID
-    1411), named in the summary only."""
+@dataclass(frozen=True)
+class Finding:
+    """What one drawn group says: its label (``title``), the numbers measured on its region
+    (``sizes``), further evaluations, and its codes. The label names ``sizes``, or, when given,
+    ``named``: the finding's own values, which another group holds (a segment's TID 1411)."""
+
+    title: str
+    sizes: Sequence[Measurement] = ()
+    evaluations: Sequence[hd.sr.QualitativeEvaluation] = ()
+    codes: SegmentCodes | None = None
+    named: Sequence[Measurement] | None = None
+
+
+def drawn_group(
+    tracking_identifier: hd.sr.TrackingIdentifier, placed: Placed, algorithm: AlgorithmInfo, finding: Finding
+) -> Group:
+    """A finding drawn at ``placed``: its summary Comment first (the label viewers show), then
+    its evaluations; its numbers each INFERRED FROM the region (TID 1501, see the module doc);
+    without numbers, a TID 1410 group with the region itself."""
+    codes = finding.codes
     finding_type = coded(codes.type) if codes is not None else None
     category = coded(codes.category) if codes is not None else None
     sites = finding_sites(codes) if codes is not None else None
-    yield hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=tracking_identifier, referenced_region=placed.region(), finding_type=finding_type,
-        finding_category=category, finding_sites=sites, algorithm_id=algorithm_id(algorithm),
-        qualitative_evaluations=[summary(title, [*stated_elsewhere, *sizes]), *evaluations],
-    )
-    numbers = measurement_items(sizes)
-    if numbers:
-        yield hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking_identifier, finding_type=finding_type, finding_category=category,
-            finding_sites=sites, algorithm_id=algorithm_id(algorithm), measurements=numbers,
+    named = finding.sizes if finding.named is None else finding.named
+    evaluations = [summary(finding.title, named), *finding.evaluations]
+    numbers = measurement_items(finding.sizes, placed.coordinates())
+    if not numbers:
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking_identifier, referenced_region=placed.region(), finding_type=finding_type,
+            finding_category=category, finding_sites=sites, algorithm_id=algorithm_id(algorithm),
+            qualitative_evaluations=evaluations,
         )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking_identifier, finding_type=finding_type, finding_category=category,
+        finding_sites=sites, algorithm_id=algorithm_id(algorithm), measurements=numbers,
+        qualitative_evaluations=evaluations,
+    )
 
 
 def outline_group(report: Report, item: EncodedSegment) -> Iterator[Group]:
-    """The segment's outline on its largest slice (SCOORD on that source image), its summary
-    naming the segment's values; the numbers themselves are the TID 1411 group's."""
+    """The segment's outline on its largest slice (a ``PlanarFreehandROI``) with the outline's
+    area, labelled by the segment and its own values (which its TID 1411 group holds), under the
+    segment's tracking UID."""
     segment, volume = item.segment, report.volume
     index = representative_slice(segment.mask)
     placed = Placed.on_slice(volume, index, outline(segment.mask[index]))
-    yield from placed_groups(
-        segment_tracking(report, item), placed, item.algorithm, segment.label,
-        evaluations=segment_evaluations(report, segment), codes=codes_of(segment),
-        stated_elsewhere=segment.measurements,
+    identifier = hd.sr.TrackingIdentifier(
+        uid=report.identity.item_uid(*segment_uid_key(item)), identifier=viewer_identifier(FREEHAND, segment.label)
     )
+    finding = Finding(
+        segment.label, [area_size(polygon_area(placed.polyline), volume)], segment_evaluations(report, segment),
+        codes_of(segment), named=segment.measurements,
+    )
+    yield drawn_group(identifier, placed, item.algorithm, finding)
 
 
 #: Every group a SEG segment gets, in order.
@@ -198,17 +237,18 @@ SEGMENT_GROUPS: tuple[Callable[[Report, EncodedSegment], Iterator[Group]], ...] 
 # --- tool outputs -----------------------------------------------------------------------------
 
 def box_groups(report: Report, output: ToolOutput) -> Iterator[Group]:
-    """Each detection box, placed where it was drawn, with its area, label and score; a label the
-    code table knows names the finding."""
+    """Each detection box, drawn where it was found (a ``RectangleROI``), with its area, label
+    and score; a label the code table knows names the finding."""
     volume = report.volume
     for number, box in enumerate(output.boxes):
         placed = Placed.on_slice(volume, slice_of(volume, box), box_polyline(volume, box), in_patient=True)
         codes = segment_codes(box.label)
-        yield from placed_groups(
-            tracking(report.identity, box.label, output.api_name, "box", str(number)), placed, output.algorithm,
+        identifier = tracking(report.identity, viewer_identifier(RECTANGLE, box.label), output.api_name, "box", str(number))
+        finding = Finding(
             scored_label(box), [area_size(polygon_area(placed.polyline), volume)],
             [*units_note(volume), *caveat_evaluations(box)], codes if codes.type != concept("tissue") else None,
         )
+        yield drawn_group(identifier, placed, output.algorithm, finding)
 
 
 def findings_group(report: Report, output: ToolOutput) -> Iterator[Group]:
@@ -221,10 +261,14 @@ def findings_group(report: Report, output: ToolOutput) -> Iterator[Group]:
     if output.text:
         evaluations.append(text_evaluation("tool_text", output.text))
     if evaluations or output.measurements:
-        yield from placed_groups(
-            tracking(report.identity, output.api_name, output.api_name, "findings"),
-            Placed.whole_image(report.volume, report.key_slice), output.algorithm, output.api_name,
-            output.measurements, evaluations,
+        label = viewer_identifier(RECTANGLE, output.api_name) if output.measurements else output.api_name
+        # The label viewers show names the tool's labels too (a classifier's result).
+        named = "; ".join(f"{x.label} ({x.score:.2f})" for x in output.labels)
+        title = f"{output.api_name}: {named}" if named else output.api_name
+        yield drawn_group(
+            tracking(report.identity, label, output.api_name, "findings"),
+            Placed.whole_image(report.volume, report.key_slice), output.algorithm,
+            Finding(title, output.measurements, evaluations),
         )
 
 
@@ -236,9 +280,8 @@ def answer_group(report: Report, instruction: str, answer_text: str, planner: Al
     """The agent's final answer (its summary comment) and the instruction, placed on the key
     slice's whole image."""
     evaluations = [text_evaluation("instruction", instruction)] if instruction.strip() else []
-    (group,) = placed_groups(
+    return drawn_group(
         tracking(report.identity, "MMedAgent answer", "answer"),
         Placed.whole_image(report.volume, report.key_slice), planner,
-        answer_text.strip() or "MMedAgent answer", evaluations=evaluations,
+        Finding(answer_text.strip() or "MMedAgent answer", evaluations=evaluations),
     )
-    return group
