@@ -242,9 +242,9 @@ def _comments(group: hd.sr.MeasurementsAndQualitativeEvaluations) -> list[str]:
 
 def test_every_segment_is_drawn_on_its_largest_slice(ct: Written) -> None:
     """Each TID 1411 group (the segment reference and its numbers) has a TID 1501 twin with the
-    same tracking UID, drawn as Cornerstone's PlanarFreehandROI: its Area NUM INFERRED FROM a
-    SCOORD outlining the segment on its largest slice, its first Comment naming the segment's
-    values."""
+    same tracking UID, drawn as Cornerstone's PlanarFreehandROI: its Area (and the statistics of
+    the pixels inside) INFERRED FROM a SCOORD outlining the segment on its largest slice, its
+    first Comment naming the segment's values."""
     report = hd.sr.srread(ct.sr).content
     drawn = drawn_findings(report)
     segments = {s.label: s for s in ct.outputs[0].segments}
@@ -255,10 +255,11 @@ def test_every_segment_is_drawn_on_its_largest_slice(ct: Written) -> None:
         segment = segments[group.tracking_identifier]
         mask = segment.mask
         z = int(np.argmax(mask.reshape(len(mask), -1).sum(axis=1)))
-        (area,) = twin.get_measurements()
+        area, *inside = twin.get_measurements()
         (region,) = area.referenced_coordinates
         assert area.name.meaning == "Area" and region.ValueType == "SCOORD" and region.GraphicType == "POLYLINE"
         assert region.RelationshipType == "INFERRED FROM"
+        assert all(m.referenced_coordinates == [region] for m in inside)
         ref = region.ContentSequence[0].ReferencedSOPSequence[0]
         assert ref.ReferencedSOPInstanceUID == ct.volume.datasets[z].SOPInstanceUID
         points = region.value
@@ -266,7 +267,13 @@ def test_every_segment_is_drawn_on_its_largest_slice(ct: Written) -> None:
         # The outline encloses exactly the slice's largest piece of the mask, holes filled.
         labels, _ = ndimage.label(mask[z])
         largest = labels == np.argmax(np.bincount(labels.ravel())[1:]) + 1
-        assert polygon_area(points) == ndimage.binary_fill_holes(largest).sum()
+        filled = ndimage.binary_fill_holes(largest)
+        assert polygon_area(points) == filled.sum()
+        # The pixel values inside the outline, as a viewer measures the drawn region (in HU).
+        hu = ct.volume.pixels[z][filled]
+        assert {m.name.meaning: m.value for m in inside} == pytest.approx(
+            {"Mean": hu.mean(), "Standard Deviation": hu.std(), "Minimum": hu.min(), "Maximum": hu.max()})
+        assert {m.unit.value for m in inside} == {unit("HU").value}
         _, dy, dx = ct.volume.spacing
         assert area.value == pytest.approx(polygon_area(points) * dy * dx) and area.unit.value == "mm2"
         volume_ml = segment.measurements[0].value

@@ -1,7 +1,8 @@
 """The node's SEG and SR read by dcmjs + @cornerstonejs/adapters (what OHIF uses underneath) in
-plain Node: every segment maps to the right source images with the tool's voxel counts, labels and
-recommended colours, and MeasurementReport.generateToolState places every SR measurement on a
-source image with its values."""
+plain Node, for the result of every tool (tests/viewers/study.py): every segment maps to the right
+source images with the tool's voxel counts, labels and recommended colours, and
+MeasurementReport.generateToolState turns every finding of the SR into a drawn tool on a source
+image (or in its Frame of Reference), labelled by the finding with its values."""
 from __future__ import annotations
 
 from typing import Any
@@ -10,8 +11,16 @@ import pydicom
 import pytest
 
 from tests.viewers import installed
-from tests.viewers.expected import close_rgb, distinct, seg_segments, sr_measurement_groups
-from tests.viewers.study import Result, ViewerStudy
+from tests.viewers.expected import (
+    close_rgb,
+    distinct,
+    numbers_in,
+    seg_segments,
+    shown,
+    sr_findings,
+    sr_tracking_uids,
+)
+from tests.viewers.study import RUNS, WITH_SEG, Result, ViewerStudy
 
 #: Metrics Cornerstone's adapters restore from an SR group's NUM items (CodeMeaning -> cachedStats key).
 RESTORED = {"Mean": "mean", "Area": "area", "Standard Deviation": "stdDev", "Maximum": "max", "Minimum": "min",
@@ -22,22 +31,21 @@ RESTORED = {"Mean": "mean", "Area": "area", "Standard Deviation": "stdDev", "Max
 def reports(viewer_study: ViewerStudy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     installed.require(installed.NODE_MODULES / "@cornerstonejs" / "adapters", installed.NODE_MODULES / "dcmjs")
     work = tmp_path_factory.mktemp("cornerstone")
-    out = {}
-    for name, result in (("ct", viewer_study.ct), ("cr", viewer_study.cr)):
-        request = {"sources": result.source_files, "seg": result.seg, "sr": result.sr}
-        out[name] = installed.run_node("cornerstone_read.mjs", request, work / name)
-    return out
+    request = {name: {"sources": r.source_files, "seg": r.seg, "sr": r.sr} for name, r in viewer_study.results.items()}
+    return installed.run_node("cornerstone_read.mjs", {"results": request}, work)
 
 
-def _result(study: ViewerStudy, name: str) -> Result:
-    return study.ct if name == "ct" else study.cr
-
-
-@pytest.mark.parametrize("name", ["ct", "cr"])
-def test_seg_segments_map_to_source_images(name: str, reports: dict[str, Any], viewer_study: ViewerStudy) -> None:
-    result = _result(viewer_study, name)
-    seg = reports[name]["seg"]
+def _seg_report(reports: dict[str, Any], name: str) -> dict[str, Any]:
+    seg: dict[str, Any] = reports[name]["seg"]
     assert "error" not in seg, f"Cornerstone could not read the {name} SEG: {seg.get('error')}"
+    return seg
+
+
+@pytest.mark.parametrize("name", WITH_SEG)
+def test_seg_segments_map_to_source_images(name: str, reports: dict[str, Any], viewer_study: ViewerStudy) -> None:
+    result: Result = viewer_study.results[name]
+    assert result.seg is not None
+    seg = _seg_report(reports, name)
     declared = seg_segments(result.seg)
     by_label = {s["label"]: s for s in seg["segments"].values()}
     assert set(by_label) == set(declared)
@@ -49,33 +57,45 @@ def test_seg_segments_map_to_source_images(name: str, reports: dict[str, Any], v
     assert set(seg["segmentsOnImage"]) <= sources
 
 
-@pytest.mark.parametrize("name", ["ct", "cr"])
+@pytest.mark.parametrize("name", WITH_SEG)
 def test_seg_colours_are_the_recommended_ones(name: str, reports: dict[str, Any], viewer_study: ViewerStudy) -> None:
-    seg = reports[name]["seg"]
-    assert "error" not in seg, f"Cornerstone could not read the {name} SEG: {seg.get('error')}"
-    declared = seg_segments(_result(viewer_study, name).seg)
+    result = viewer_study.results[name]
+    assert result.seg is not None
+    seg = _seg_report(reports, name)
+    declared = seg_segments(result.seg)
     for segment in seg["segments"].values():
         assert segment["rgb"] is not None, f"{segment['label']}: no RecommendedDisplayCIELabValue"
         assert close_rgb(segment["rgb"], declared[segment["label"]].rgb)
     assert distinct([tuple(s["rgb"]) for s in seg["segments"].values()])
 
 
-@pytest.mark.parametrize("name", ["ct", "cr"])
-def test_sr_measurements_are_placed_with_values(name: str, reports: dict[str, Any], viewer_study: ViewerStudy) -> None:
-    result = _result(viewer_study, name)
+@pytest.mark.parametrize("name", list(RUNS))
+def test_sr_findings_are_drawn_with_their_values(name: str, reports: dict[str, Any],
+                                                viewer_study: ViewerStudy) -> None:
+    """Per finding (groups merged by tracking UID): one drawn tool on a source image or in its
+    frame, labelled by the finding's name and every value of all its groups, the values
+    Cornerstone restores as statistics equal to the SR's. Every group (labels and answer too) is
+    drawn, or is the standard readers' twin of a finding drawn (a segment's TID 1411)."""
+    result = viewer_study.results[name]
     sr = reports[name]["sr"]
     assert "error" not in sr, f"generateToolState threw on the {name} SR: {sr.get('error')}"
-    assert sr["warnings"] == [], "groups Cornerstone could not turn into tool state"
-    groups = sr_measurement_groups(result.sr)
-    assert groups, "the SR holds no measurement"
-    placed = {m["trackingUid"]: m for m in sr["measurements"]}
+    findings = sr_findings(result.sr)
+    drawn: dict[str, list[dict[str, Any]]] = {}
+    for measurement in sr["measurements"]:
+        drawn.setdefault(measurement["trackingUid"], []).append(measurement)
     source = pydicom.dcmread(result.source_files[0], stop_before_pixels=True)
-    for group in groups:
-        assert group.tracking_uid in placed, f"{group.tracking_identifier}: not returned by generateToolState"
-        measurement = placed[group.tracking_uid]
-        on_source = measurement["referencedSop"] in set(result.source_uids)
-        in_frame = measurement["frameOfReference"] == source.get("FrameOfReferenceUID", "-")
-        assert on_source or in_frame, f"{group.tracking_identifier}: not placed on the source images"
-        for meaning, (value, _unit) in group.values.items():
-            if meaning in RESTORED:
-                assert measurement["stats"].get(RESTORED[meaning]) == pytest.approx(value, rel=1e-4), meaning
+    for uid, finding in findings.items():
+        assert len(drawn.get(uid, [])) == 1, f"{finding.label}: drawn {len(drawn.get(uid, []))} times"
+        (tool,) = drawn[uid]
+        on_source = tool["referencedSop"] in set(result.source_uids)
+        in_frame = tool["frameOfReference"] == source.get("FrameOfReferenceUID", "-")
+        assert on_source or in_frame, f"{finding.label}: not placed on the source images"
+        label = tool["label"] or ""
+        assert label.startswith(finding.label), f"{finding.label}: labelled {label!r}"
+        stats = tool["stats"]
+        for meaning, value, unit in finding.numbers:
+            restored = RESTORED.get(meaning)
+            assert shown(value, numbers_in(label)) or (restored and stats.get(restored) == pytest.approx(value)), (
+                f"{finding.label}: {meaning} {value} {unit} neither in the label {label!r} nor in {stats}")
+    assert set(sr_tracking_uids(result.sr)) == set(drawn), "groups with neither a drawing nor a drawn twin"
+    assert {w["trackingUid"] for w in sr["warnings"]} <= set(drawn), f"groups not drawn: {sr['warnings']}"

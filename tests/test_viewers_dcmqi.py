@@ -1,8 +1,8 @@
-"""The node's SEG and SR through dcmqi, 3D Slicer's DICOM converter (PyPI wheel ``dcmqi``):
-``segimage2itkimage`` must give back the source geometry, the tool's voxel counts, the laterality
-(dcmqi reads it only from the modifier nested in SegmentedPropertyTypeCodeSequence) and distinct
-recommended colours (from RecommendedDisplayCIELabValue); ``tid1500reader`` must list every
-measurement with its value."""
+"""The node's SEG and SR through dcmqi, 3D Slicer's DICOM converter (PyPI wheel ``dcmqi``), for the
+result of every tool (tests/viewers/study.py): ``segimage2itkimage`` must give back the source
+geometry, the tool's voxel counts, the laterality (dcmqi reads it only from the modifier nested in
+SegmentedPropertyTypeCodeSequence) and distinct recommended colours (from
+RecommendedDisplayCIELabValue); ``tid1500reader`` must list every measurement with its value."""
 from __future__ import annotations
 
 import json
@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 
+from image_model.loader import load_series
 from tests.viewers import installed
-from tests.viewers.expected import close_rgb, distinct, seg_segments, sr_measurement_groups
+from tests.viewers.expected import close_rgb, distinct, seg_segments, sr_findings, sr_tracking_uids
 from tests.viewers.nrrd import read_nrrd
-from tests.viewers.study import Result, ViewerStudy
+from tests.viewers.study import RUNS, WITH_SEG, ViewerStudy
 
 TIMEOUT_S = 120
-LATERALITY = {"ct": {"Left lung": "Left", "Right lung": "Right"}, "cr": {"right lung": "Right"}}
 
 
 def _require() -> None:
@@ -38,17 +37,14 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def segs(viewer_study: ViewerStudy, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     _require()
     out = {}
-    for name, result in (("ct", viewer_study.ct), ("cr", viewer_study.cr)):
+    for name in WITH_SEG:
         folder = tmp_path_factory.mktemp(f"dcmqi-{name}")
-        proc = _run("segimage2itkimage", "--inputDICOM", str(result.seg), "--outputDirectory", str(folder), "-t", "nrrd")
+        seg = viewer_study.results[name].seg
+        proc = _run("segimage2itkimage", "--inputDICOM", str(seg), "--outputDirectory", str(folder), "-t", "nrrd")
         meta = folder / "meta.json"
         out[name] = {"proc": proc, "folder": folder,
                      "meta": json.loads(meta.read_text()) if meta.is_file() else None}
     return out
-
-
-def _result(study: ViewerStudy, name: str) -> Result:
-    return study.ct if name == "ct" else study.cr
 
 
 def _segments(read: dict[str, Any]) -> list[tuple[dict[str, Any], Path]]:
@@ -59,40 +55,49 @@ def _segments(read: dict[str, Any]) -> list[tuple[dict[str, Any], Path]]:
             for i, group in enumerate(read["meta"]["segmentAttributes"], start=1) for attrs in group]
 
 
-@pytest.mark.parametrize("name", ["ct", "cr"])
+@pytest.mark.parametrize("name", WITH_SEG)
 def test_seg_geometry_and_voxel_counts(name: str, segs: dict[str, Any], viewer_study: ViewerStudy) -> None:
-    result = _result(viewer_study, name)
+    """Every segment's voxels where the tool put them, on the source's grid: its plane and pixel
+    spacing; slice by slice on the source's positions where it has them (a projection image is
+    on its assumed plane: origin 0, rows along x)."""
+    result = viewer_study.results[name]
     voxels = {s["label"]: s["voxels"] for s in result.summary["segments"]}
-    sources = [pydicom.dcmread(p, stop_before_pixels=True) for p in result.source_files]
-    first = sources[0]
-    spacing = [float(v) for v in first.get("PixelSpacing") or first.ImagerPixelSpacing]
+    volume = load_series(result.source_files)
+    _, row_step, column_step = volume.spacing
+    orientation = np.asarray(volume.orientation)
     for attrs, path in _segments(segs[name]):
         image = read_nrrd(path)
         assert int((image.voxels == attrs["labelID"]).sum()) == voxels[attrs["SegmentLabel"]], attrs["SegmentLabel"]
-        assert image.voxels.shape[1:] == (int(first.Rows), int(first.Columns))
-        assert np.linalg.norm(image.directions[0]) == pytest.approx(spacing[1], abs=1e-3)  # along a row
-        assert np.linalg.norm(image.directions[1]) == pytest.approx(spacing[0], abs=1e-3)  # down a column
-        if "ImageOrientationPatient" in first:
-            iop = np.array([float(v) for v in first.ImageOrientationPatient])
-            np.testing.assert_allclose(image.directions[0] / spacing[1], iop[:3], atol=1e-4)
-            np.testing.assert_allclose(image.directions[1] / spacing[0], iop[3:], atol=1e-4)
-            positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in sources])
-            for k in range(image.voxels.shape[0]):
-                slice_origin = image.origin + k * image.directions[2]
-                assert np.min(np.linalg.norm(positions - slice_origin, axis=1)) < 0.01, f"slice {k} is no source slice"
+        assert image.voxels.shape[1:] == volume.shape[1:]
+        np.testing.assert_allclose(image.directions[0], orientation[:3] * column_step, atol=1e-4)  # along a row
+        np.testing.assert_allclose(image.directions[1], orientation[3:] * row_step, atol=1e-4)  # down a column
+        for k in range(image.voxels.shape[0]):
+            slice_origin = image.origin + k * image.directions[2]
+            distance = np.min(np.linalg.norm(volume.positions - slice_origin, axis=1))
+            assert distance < 0.01, f"slice {k} is no source slice"
 
 
-@pytest.mark.parametrize("name", ["ct", "cr"])
-def test_seg_laterality_from_the_nested_modifier(name: str, segs: dict[str, Any]) -> None:
+@pytest.mark.parametrize("name", WITH_SEG)
+def test_seg_laterality_from_the_nested_modifier(name: str, segs: dict[str, Any], viewer_study: ViewerStudy) -> None:
+    """dcmqi reads the side the SEG declares (nested in the type, PS3.3 C.8.20.2); a segment whose
+    label names a side declares it."""
+    seg = viewer_study.results[name].seg
+    assert seg is not None
+    declared = seg_segments(seg)
     for attrs, _ in _segments(segs[name]):
+        segment = declared[attrs["SegmentLabel"]]
         modifier = attrs.get("SegmentedPropertyTypeModifierCodeSequence")
-        assert modifier, f"{attrs['SegmentLabel']}: dcmqi read no laterality modifier"
-        assert modifier["CodeMeaning"] == LATERALITY[name][attrs["SegmentLabel"]]
+        assert (modifier or {}).get("CodeMeaning") == segment.modifier, attrs["SegmentLabel"]
+        side = {"left", "right"} & set(segment.label.lower().split())
+        if side and segment.type == "Lung":
+            assert segment.modifier == side.pop().capitalize(), f"{segment.label}: no laterality modifier"
 
 
-@pytest.mark.parametrize("name", ["ct", "cr"])
+@pytest.mark.parametrize("name", WITH_SEG)
 def test_seg_recommended_colours(name: str, segs: dict[str, Any], viewer_study: ViewerStudy) -> None:
-    declared = seg_segments(_result(viewer_study, name).seg)
+    seg = viewer_study.results[name].seg
+    assert seg is not None
+    declared = seg_segments(seg)
     colours = []
     for attrs, _ in _segments(segs[name]):
         segment = declared[attrs["SegmentLabel"]]
@@ -102,20 +107,23 @@ def test_seg_recommended_colours(name: str, segs: dict[str, Any], viewer_study: 
     assert distinct(colours)
 
 
-@pytest.mark.parametrize("name", ["ct", "cr"])
+@pytest.mark.parametrize("name", list(RUNS))
 def test_sr_measurements_read_by_tid1500reader(name: str, viewer_study: ViewerStudy, tmp_path: Path) -> None:
+    """Every group read; every number of every finding, with its unit, among what tid1500reader
+    reads for the finding's tracking UID (the groups of one finding merged, as they share it)."""
     _require()
-    result = _result(viewer_study, name)
+    result = viewer_study.results[name]
     out = tmp_path / "sr.json"
     proc = _run("tid1500reader", "--inputDICOM", str(result.sr), "--outputMetadata", str(out))
     assert proc.returncode == 0 and out.is_file(), f"tid1500reader failed:\n{proc.stdout}{proc.stderr}"
-    read = {m.get("TrackingUniqueIdentifier"): m for m in json.loads(out.read_text())["Measurements"]}
-    groups = sr_measurement_groups(result.sr)
-    assert groups
-    for group in groups:
-        assert group.tracking_uid in read, f"{group.tracking_identifier}: not read"
-        items = {i["quantity"]["CodeMeaning"]: i for i in read[group.tracking_uid]["measurementItems"]}
-        for meaning, (value, unit) in group.values.items():
-            assert meaning in items, f"{group.tracking_identifier}: {meaning} not read"
-            assert float(items[meaning]["value"]) == pytest.approx(value, rel=1e-6)
-            assert items[meaning]["units"]["CodeValue"] == unit
+    read: dict[str, list[tuple[str, float, str]]] = {}
+    for group in json.loads(out.read_text())["Measurements"]:
+        read.setdefault(group.get("TrackingUniqueIdentifier"), []).extend(
+            (i["quantity"]["CodeMeaning"], float(i["value"]), i["units"]["CodeValue"]) for i in group["measurementItems"]
+        )
+    assert set(read) == set(sr_tracking_uids(result.sr)), "groups tid1500reader did not read"
+    for uid, finding in sr_findings(result.sr).items():
+        assert uid in read, f"{finding.label}: not read"
+        for meaning, value, unit in finding.numbers:
+            assert any(m == meaning and u == unit and v == pytest.approx(value, rel=1e-6) for m, v, u in read[uid]), (
+                f"{finding.label}: {meaning} {value} {unit} not read ({read[uid]})")

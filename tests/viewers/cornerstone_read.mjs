@@ -1,8 +1,9 @@
 // Reads the node's SEG and SR with dcmjs + @cornerstonejs/adapters, as OHIF does underneath, in plain
-// Node. Usage: node cornerstone_read.mjs <request.json>, where the request names the files:
-//   {"sources": [source image paths], "seg": path or null, "sr": path or null}
-// Prints one JSON report on stdout; each part carries "error" (message + stack) instead of its result
-// when the library throws, so the Python test can say what the viewer reported.
+// Node. Usage: node cornerstone_read.mjs <request.json>, where the request names the files of each result:
+//   {"results": {name: {"sources": [source image paths], "seg": path or null, "sr": path or null}}}
+// Prints one JSON report on stdout, {name: {"seg": ..., "sr": ...}}; each part carries "error"
+// (message + stack) instead of its result when the library throws, so the Python test can say what
+// the viewer reported.
 import fs from 'node:fs';
 import dcmjs from 'dcmjs';
 import { metaData } from '@cornerstonejs/core';
@@ -23,18 +24,49 @@ const asArray = (value) => (value === undefined ? [] : Array.isArray(value) ? va
 const numbers = (value) => asArray(value).map(Number);
 
 // One imageId per source frame, and the metadata modules cornerstone asks for, from the files' headers
-// (what a DICOMweb metadata provider gives OHIF).
-function sourceProvider(paths) {
-  const modules = new Map();
+// (what a DICOMweb metadata provider gives OHIF). An image without a plane (a CR or DX) gets the plane
+// cornerstone's own provider assumes for it (@cornerstonejs/metadata getImagePlaneCalibrated): position
+// (0, 0, 0), orientation 1\0\0\0\1\0.
+// A frame's plane: the top-level attributes of a single-frame image, the functional groups of a
+// multi-frame one (per-frame first, then shared), as OHIF's metadata provider combines them.
+function framePlane(dataset, frame) {
+  const perFrame = asArray(dataset.PerFrameFunctionalGroupsSequence)[frame - 1] ?? {};
+  const shared = asArray(dataset.SharedFunctionalGroupsSequence)[0] ?? {};
+  const fromGroups = (sequence, keyword) =>
+    asArray(perFrame[sequence])[0]?.[keyword] ?? asArray(shared[sequence])[0]?.[keyword];
+  const thickness = fromGroups('PixelMeasuresSequence', 'SliceThickness') ?? dataset.SliceThickness;
+  return {
+    orientation: numbers(fromGroups('PlaneOrientationSequence', 'ImageOrientationPatient') ?? dataset.ImageOrientationPatient),
+    position: numbers(fromGroups('PlanePositionSequence', 'ImagePositionPatient') ?? dataset.ImagePositionPatient),
+    spacing: numbers(fromGroups('PixelMeasuresSequence', 'PixelSpacing') ?? dataset.PixelSpacing ?? dataset.ImagerPixelSpacing),
+    thickness: thickness === undefined ? undefined : Number(thickness),
+  };
+}
+
+const modules = new Map();
+const provider = {
+  get(type, imageId) {
+    return modules.get(imageId)?.[type];
+  },
+  add(imageId, type, value) {
+    if (!modules.has(imageId)) modules.set(imageId, {});
+    modules.get(imageId)[type] = value;
+  },
+};
+metaData.addProvider((type, imageId) => provider.get(type, imageId), 10000);
+
+function sourceImageIds(name, paths) {
   const imageIds = [];
   for (const [index, path] of paths.entries()) {
     const { dataset } = readDataset(path);
     const frames = Number(dataset.NumberOfFrames || 1);
     for (let frame = 1; frame <= frames; frame++) {
-      const imageId = `file:${index}#frame=${frame}`;
+      const imageId = `file:${name}/${index}#frame=${frame}`;
       imageIds.push(imageId);
-      const iop = numbers(dataset.ImageOrientationPatient);
-      const spacing = numbers(dataset.PixelSpacing || dataset.ImagerPixelSpacing);
+      const plane = framePlane(dataset, frame);
+      const iop = plane.orientation.length ? plane.orientation : [1, 0, 0, 0, 1, 0];
+      const ipp = plane.position.length ? plane.position : [0, 0, 0];
+      const spacing = plane.spacing;
       modules.set(imageId, {
         instance: dataset,
         generalImageModule: { sopInstanceUID: dataset.SOPInstanceUID, instanceNumber: dataset.InstanceNumber },
@@ -48,30 +80,20 @@ function sourceProvider(paths) {
         imagePlaneModule: {
           frameOfReferenceUID: dataset.FrameOfReferenceUID,
           rows: dataset.Rows, columns: dataset.Columns,
-          imageOrientationPatient: iop.length ? iop : undefined,
-          rowCosines: iop.length ? iop.slice(0, 3) : [1, 0, 0],
-          columnCosines: iop.length ? iop.slice(3, 6) : [0, 1, 0],
-          imagePositionPatient: asArray(dataset.ImagePositionPatient).length ? numbers(dataset.ImagePositionPatient) : undefined,
+          imageOrientationPatient: iop,
+          rowCosines: iop.slice(0, 3),
+          columnCosines: iop.slice(3, 6),
+          imagePositionPatient: ipp,
           pixelSpacing: spacing.length ? spacing : undefined,
           rowPixelSpacing: spacing.length ? spacing[0] : undefined,
           columnPixelSpacing: spacing.length ? spacing[1] : undefined,
-          sliceThickness: dataset.SliceThickness === undefined ? undefined : Number(dataset.SliceThickness),
+          sliceThickness: plane.thickness,
         },
         frameNumber: frame,
       });
     }
   }
-  const provider = {
-    get(type, imageId) {
-      return modules.get(imageId)?.[type];
-    },
-    add(imageId, type, value) {
-      if (!modules.has(imageId)) modules.set(imageId, {});
-      modules.get(imageId)[type] = value;
-    },
-  };
-  metaData.addProvider((type, imageId) => provider.get(type, imageId), 10000);
-  return { provider, imageIds };
+  return imageIds;
 }
 
 const describeError = (e) => ({ message: String(e?.message ?? e), stack: String(e?.stack ?? '') });
@@ -121,9 +143,15 @@ function readSr(path, provider, imageIds) {
     map[`${provider.get('sopCommonModule', imageId).sopInstanceUID}:${provider.get('frameNumber', imageId)}`] = imageId;
   }
   const sopOf = (imageId) => (imageId ? provider.get('sopCommonModule', imageId).sopInstanceUID : null);
+  // generateToolState warns once per group it cannot turn into a tool, with the group: keep its
+  // Tracking Unique Identifier so that the test can tell which group it was.
   const warnings = [];
   const warn = console.warn;
-  console.warn = (...args) => warnings.push(args.map((a) => (a instanceof Error ? a.message : typeof a === 'string' ? a : '')).join(' '));
+  const uidOf = (group) => asArray(group?.ContentSequence).find((item) => item?.ValueType === 'UIDREF')?.UID ?? null;
+  console.warn = (...args) => warnings.push({
+    trackingUid: uidOf(args.find((a) => a && typeof a === 'object' && !(a instanceof Error))),
+    message: args.map((a) => (a instanceof Error ? a.message : typeof a === 'string' ? a : '')).join(' ').trim(),
+  });
   const log = console.log;
   console.log = () => {};
   let state;
@@ -152,20 +180,23 @@ function readSr(path, provider, imageIds) {
 }
 
 const request = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
-const { provider, imageIds } = sourceProvider(request.sources);
 const report = {};
-if (request.seg) {
-  try {
-    report.seg = await readSeg(request.seg, provider, imageIds);
-  } catch (e) {
-    report.seg = { error: describeError(e) };
+for (const [name, files] of Object.entries(request.results)) {
+  const imageIds = sourceImageIds(name, files.sources);
+  report[name] = {};
+  if (files.seg) {
+    try {
+      report[name].seg = await readSeg(files.seg, provider, imageIds);
+    } catch (e) {
+      report[name].seg = { error: describeError(e) };
+    }
   }
-}
-if (request.sr) {
-  try {
-    report.sr = readSr(request.sr, provider, imageIds);
-  } catch (e) {
-    report.sr = { error: describeError(e) };
+  if (files.sr) {
+    try {
+      report[name].sr = readSr(files.sr, provider, imageIds);
+    } catch (e) {
+      report[name].sr = { error: describeError(e) };
+    }
   }
 }
 process.stdout.write(JSON.stringify(report) + '\n');

@@ -1,9 +1,12 @@
 // Opens series of one study in OHIF Viewer (served by tests/viewers/ohif_server.py) in headless Debian
 // chromium and reports what a radiologist would see. Usage: node ohif_check.mjs <request.json>:
-//   {"base": url, "study": StudyInstanceUID, "outDir": folder for screenshots and logs, "profileDir": a fresh folder,
-//    "chromium": path, "views": [{"name": str, "series": SeriesInstanceUID, "panel": "seg" | "sr"}]}
+//   {"base": url, "outDir": folder for screenshots and logs, "profileDir": a fresh folder, "chromium": path,
+//    "concurrency": pages open at once,
+//    "pages": [[{"name": str, "study": StudyInstanceUID, "series": SeriesInstanceUID, "panel": "seg" | "sr"}, ...]]}
 // Prints one JSON report: per view, the page errors, the SEG segments (label, colour) or the SR
 // measurements (label, values, whether placed on an image), the side panel's text, a screenshot path.
+// One browser; each page opens its first view by URL and shows the next ones (other series of the
+// same study) in the same viewport, as a radiologist would; pages open in parallel, a few at a time.
 import fs from 'node:fs';
 import path from 'node:path';
 import puppeteer from 'puppeteer-core';
@@ -24,7 +27,7 @@ const browser = await puppeteer.launch({
     `--user-data-dir=${request.profileDir}`,
     '--use-angle=swiftshader', '--enable-unsafe-swiftshader',
   ],
-  defaultViewport: { width: 1600, height: 1000 },
+  defaultViewport: { width: 1280, height: 800 },
 });
 
 // Inside the page: OHIF's services (window.services) say what it loaded and how it shows it.
@@ -51,6 +54,7 @@ function pageState(panel, seriesUid) {
   } else {
     state.measurements = (own?.measurements ?? []).map((m) => ({
       label: m.TrackingIdentifier ?? null,
+      uid: m.TrackingUniqueIdentifier ?? null,
       values: (m.labels ?? []).map((l) => `${l.label}: ${l.value}`),
       placed: m.loaded === true,
       graphicType: m.graphicType ?? m.coords?.[0]?.GraphicType ?? null,
@@ -64,14 +68,24 @@ function pageState(panel, seriesUid) {
   return state;
 }
 
-async function openView(view) {
-  const page = await browser.newPage();
-  const errors = [];
-  const console_ = [];
-  page.on('pageerror', (e) => errors.push(String(e?.stack ?? e)));
+// Inside the page: show another series of the loaded study in the active viewport, as a
+// radiologist's double click on its thumbnail does.
+function showSeries(seriesUid) {
+  const s = window.services;
+  const set = s.displaySetService.getActiveDisplaySets().find((d) => d.SeriesInstanceUID === seriesUid);
+  if (!set) return false;
+  s.viewportGridService.setDisplaySetsForViewport({
+    viewportId: s.viewportGridService.getActiveViewportId(),
+    displaySetInstanceUIDs: [set.displaySetInstanceUID],
+  });
+  return true;
+}
+
+function watch(page, sink) {
+  page.on('pageerror', (e) => sink.errors.push(String(e?.stack ?? e)));
   page.on('console', async (msg) => {
     const text = msg.text();
-    if (msg.type() === 'error' || msg.type() === 'warn' || msg.type() === 'warning') console_.push(`${msg.type()}: ${text}`);
+    if (msg.type() === 'error' || msg.type() === 'warn' || msg.type() === 'warning') sink.console.push(`${msg.type()}: ${text}`);
     // OHIF's React error boundary catches a crashing route and logs it at debug level.
     if (/Error Boundary/.test(text)) {
       let stack = '';
@@ -82,26 +96,33 @@ async function openView(view) {
           // the page moved on
         }
       }
-      errors.push(`${text}\n${stack}`.trim());
+      sink.errors.push(`${text}\n${stack}`.trim());
     }
   });
-  // The onboarding tour would cover the viewport.
-  await page.evaluateOnNewDocument(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
-  const url = `${request.base}/viewer?StudyInstanceUIDs=${request.study}&initialSeriesInstanceUID=${view.series}`;
-  const started = Date.now();
-  await page.goto(url, { waitUntil: 'networkidle0', timeout: 60000 });
+}
+
+// Waits until the view's object is shown (SEG: every segment has its colour; SR: every
+// measurement placed and the hydrated ones stopped arriving), opens its side panel, and reports.
+async function inspect(page, view, sink, started) {
   const panelButton = view.panel === 'seg' ? 'panelSegmentation-btn' : 'trackedMeasurements-btn';
   let state = { ready: false };
+  let tracked = -1;
+  let trackedSince = Date.now();
   while (Date.now() - started < WAIT_MS) {
     state = await page.evaluate(pageState, view.panel, view.series);
+    if (view.panel === 'sr' && state.tracked?.length !== tracked) {
+      tracked = state.tracked?.length ?? -1;
+      trackedSince = Date.now();
+    }
     const done = view.panel === 'seg'
       ? state.segments?.length && state.segments.every((s) => s.color)
-      : state.loaded && state.measurements.every((m) => m.placed);
-    if (done || errors.length) break;
+      : state.loaded && state.measurements.every((m) => m.placed) && tracked > 0 && Date.now() - trackedSince > SETTLE_MS;
+    if (done || sink.errors.length) break;
     await sleep(250);
   }
   const button = await page.$(`[data-cy="${panelButton}"]`);
-  if (button) {
+  const open = await page.$(view.panel === 'seg' ? '[data-cy="data-row"]' : '[data-cy="trackedMeasurements-panel"]');
+  if (button && !open) {
     await button.click();
   }
   await sleep(SETTLE_MS);
@@ -110,21 +131,45 @@ async function openView(view) {
     const selector = panel === 'seg' ? '[data-cy="data-row"]' : '[data-cy="trackedMeasurements-panel"]';
     return [...document.querySelectorAll(selector)].map((e) => e.innerText).join('\n');
   }, view.panel);
-  const rowColours = await page.evaluate(() =>
-    [...document.querySelectorAll('[data-cy="data-row-colorhex"]')].map((e) => getComputedStyle(e).backgroundColor),
-  );
   const screenshot = path.join(request.outDir, `${view.name}.png`);
   await page.screenshot({ path: screenshot });
-  fs.writeFileSync(path.join(request.outDir, `${view.name}.console.txt`), console_.join('\n') + '\n');
+  fs.writeFileSync(path.join(request.outDir, `${view.name}.console.txt`), sink.console.join('\n') + '\n');
+  return { ...state, errors: [...sink.errors], panelText, screenshot, seconds: (Date.now() - started) / 1000 };
+}
+
+// One page per study and source: the first view by its URL, the next ones in the same page.
+async function openPage(views) {
+  const page = await browser.newPage();
+  const sink = { errors: [], console: [] };
+  watch(page, sink);
+  // The onboarding tour would cover the viewport.
+  await page.evaluateOnNewDocument(() => localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour'])));
+  const results = {};
+  for (const [index, view] of views.entries()) {
+    const started = Date.now();
+    sink.errors = [];
+    sink.console = [];
+    if (index === 0) {
+      const url = `${request.base}/viewer?StudyInstanceUIDs=${view.study}&initialSeriesInstanceUID=${view.series}`;
+      await page.goto(url, { waitUntil: 'networkidle0', timeout: 60000 });
+    } else if (!(await page.evaluate(showSeries, view.series))) {
+      sink.errors.push(`series ${view.series} is not in the study OHIF loaded`);
+    }
+    results[view.name] = await inspect(page, view, sink, started);
+  }
   await page.close();
-  return { ...state, errors, panelText, rowColours, screenshot, seconds: (Date.now() - started) / 1000 };
+  return results;
 }
 
 const report = {};
 try {
-  for (const view of request.views) {
-    report[view.name] = await openView(view);
-  }
+  const queue = [...request.pages];
+  const worker = async () => {
+    for (let views = queue.shift(); views; views = queue.shift()) {
+      Object.assign(report, await openPage(views));
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, request.concurrency ?? 1) }, worker));
 } finally {
   await browser.close();
 }

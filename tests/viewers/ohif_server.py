@@ -5,6 +5,9 @@ CORS headers, which Orthanc does not), so one loopback HTTP server does what a h
 reverse proxy does: ``/dicom-web/...`` goes to Orthanc's DICOMweb plugin, ``/app-config.js`` is
 the configuration written here (a DICOMweb data source on ``/dicom-web``), every other path is
 a file of ``dist/``, and unknown paths get ``index.html`` (OHIF routes in the browser).
+Orthanc names bulk data (e.g. an Enhanced CT's palette LUTs) by absolute URLs on its own port;
+the proxy rewrites them to its own origin, as a reverse proxy's URL rewriting would, else the
+browser refuses them as cross-origin.
 """
 from __future__ import annotations
 
@@ -21,6 +24,9 @@ from urllib.parse import urlsplit
 DICOMWEB_PREFIX = "/dicom-web"
 #: Request headers passed on to Orthanc (the DICOMweb content negotiation and byte ranges).
 FORWARDED_HEADERS = ("Accept", "Range", "Content-Type")
+#: Caching of OHIF's scripts (unchanged while the server runs) and of everything else.
+STATIC_CACHE = "max-age=3600"
+NO_CACHE = "no-store"
 #: Answer headers passed back besides Content-Type (hop-by-hop ones such as Transfer-Encoding are not).
 RETURNED_HEADERS = ("Content-Range", "Accept-Ranges")
 
@@ -75,6 +81,7 @@ def app_config(data_source_root: str = DICOMWEB_PREFIX) -> str:
 def _handler(dist: Path, orthanc_port: int, config_js: bytes) -> type[BaseHTTPRequestHandler]:
     root = dist.resolve()
     index = root / "index.html"
+    orthanc_origin = f"http://127.0.0.1:{orthanc_port}".encode()
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -96,7 +103,10 @@ def _handler(dist: Path, orthanc_port: int, config_js: bytes) -> type[BaseHTTPRe
             if not target.is_relative_to(root) or not target.is_file():
                 target = index  # a client-side route such as /viewer
             kind = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-            self._send(200, target.read_bytes(), kind)
+            # dist/'s hashed bundles may be cached: each page of the browser then reuses the
+            # scripts V8 compiled for the first (seconds of CPU per page in software rendering).
+            cache = STATIC_CACHE if target.name.endswith(".js") and target != index else NO_CACHE
+            self._send(200, target.read_bytes(), kind, {"Cache-Control": cache})
 
         def _proxy(self) -> None:
             conn = http.client.HTTPConnection("127.0.0.1", orthanc_port, timeout=60)
@@ -106,6 +116,8 @@ def _handler(dist: Path, orthanc_port: int, config_js: bytes) -> type[BaseHTTPRe
                 rsp = conn.getresponse()
                 body = rsp.read()
                 kind = rsp.getheader("Content-Type", "application/octet-stream")
+                if "json" in kind:
+                    body = body.replace(orthanc_origin, f"http://{self.headers.get('Host', '')}".encode())
                 extra = {k: v for k in RETURNED_HEADERS if (v := rsp.getheader(k))}
                 self._send(rsp.status, body, kind, extra)
             finally:
@@ -118,8 +130,8 @@ def _handler(dist: Path, orthanc_port: int, config_js: bytes) -> type[BaseHTTPRe
             # Cross-origin isolation: OHIF uses SharedArrayBuffer for volumes when allowed.
             self.send_header("Cross-Origin-Opener-Policy", "same-origin")
             self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-            self.send_header("Cache-Control", "no-store")
-            for key, value in (extra or {}).items():
+            extra = {"Cache-Control": NO_CACHE, **(extra or {})}
+            for key, value in extra.items():
                 self.send_header(key, value)
             self.end_headers()
             self.wfile.write(body)
