@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from image_model.codes import concept, unit
-from image_model.findings import Measurement
+from image_model.findings import Code, Measurement
 from image_model.geometry import slice_thicknesses
 from image_model.volume import Volume
 
@@ -88,3 +88,23 @@ def mask_size(mask: np.ndarray, volume: Volume) -> Measurement:
             return Measurement(concept("volume"), mask_volume_ml(mask, volume), unit("mL"))
         return Measurement(concept("volume"), float(np.count_nonzero(mask)), unit("voxels"))
     return area_size(float(np.count_nonzero(mask)), volume)
+
+
+def intensity_unit(volume: Volume) -> Code:
+    """The unit of ``volume``'s pixel values: Hounsfield units for CT (the loader applies the
+    Rescale Slope and Intercept, PS3.3 C.11.1.1.2), else none."""
+    return unit("HU") if volume.modality == "CT" else unit("1")
+
+
+def region_statistics(values: np.ndarray, region: np.ndarray, value_unit: Code) -> list[Measurement]:
+    """Mean, standard deviation, minimum and maximum of the pixel ``values`` inside ``region``
+    (a boolean mask of the same shape): what a viewer computes for a drawn region (PS3.16 CID
+    7464); none for an empty region."""
+    inside = np.asarray(values, dtype=np.float64)[np.asarray(region, dtype=bool)]
+    if inside.size == 0:
+        return []
+    return [
+        Measurement(concept(name), float(statistic(inside)), value_unit)
+        for name, statistic in (("mean", np.mean), ("standard_deviation", np.std),
+                                ("minimum", np.min), ("maximum", np.max))
+    ]

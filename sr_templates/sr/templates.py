@@ -20,7 +20,8 @@ finding's label so that the identifier stays unique to the finding (PS3.16 TID 4
 * segment -> TID 1411: its measurements (volume or area, mean...) referencing the SEG segment,
   under its label, for standard readers (dcmqi's tid1500reader, 3D Slicer); and a TID 1501
   ``PlanarFreehandROI`` group with the SAME Tracking Unique Identifier (both describe one
-  finding): the area of its outline on its largest slice, INFERRED FROM that outline, labelled
+  finding): the area of its outline on its largest slice and the mean, standard deviation,
+  minimum and maximum of the pixel values inside it, INFERRED FROM that outline, labelled
   by a Comment naming the segment and its values (OHIF never shows a volume as a statistic, so
   the label says it). OHIF merges groups by tracking UID, so its SR view shows the volume, the
   mean and the outline together;
@@ -46,7 +47,7 @@ import numpy as np
 
 from image_model.codes import SegmentCodes, concept, segment_codes
 from image_model.findings import AlgorithmInfo, Measurement, Segment, ToolOutput
-from image_model.measure import area_size
+from image_model.measure import area_size, intensity_unit, region_statistics
 from image_model.volume import Volume
 from sr_templates.coded import coded
 from sr_templates.identity import OutputIdentity
@@ -71,7 +72,7 @@ CORNERSTONE_TOOLS = "Cornerstone3DTools@^0.1.0"
 #: Cornerstone drawing tools: a closed outline, a rectangle.
 FREEHAND = "PlanarFreehandROI"
 RECTANGLE = "RectangleROI"
-from sr_templates.sr.outline import outline, polygon_area
+from sr_templates.sr.outline import largest_piece, outline, polygon_area
 
 Group = (
     hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
@@ -223,9 +224,12 @@ def outline_group(report: Report, item: EncodedSegment) -> Iterator[Group]:
     identifier = hd.sr.TrackingIdentifier(
         uid=report.identity.item_uid(*segment_uid_key(item)), identifier=viewer_identifier(FREEHAND, segment.label)
     )
+    # The outline's own numbers, as a viewer measures the drawn region (Area first: Cornerstone
+    # takes the first NUM as the outline's area): its area, and the pixel values inside it.
+    inside = region_statistics(volume.pixels[index], largest_piece(segment.mask[index]), intensity_unit(volume))
     finding = Finding(
-        segment.label, [area_size(polygon_area(placed.polyline), volume)], segment_evaluations(report, segment),
-        codes_of(segment), named=segment.measurements,
+        segment.label, [area_size(polygon_area(placed.polyline), volume), *inside],
+        segment_evaluations(report, segment), codes_of(segment), named=segment.measurements,
     )
     yield drawn_group(identifier, placed, item.algorithm, finding)
 
