@@ -11,32 +11,15 @@
 # Idempotent: re-running installs only what is missing or of another version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/debian_packages.sh
+source scripts/debian_packages.sh
 VIEWERS=tests/viewers
 
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
 
 DEB_PACKAGES=(chromium orthanc orthanc-dicomweb)
 command -v node >/dev/null 2>&1 || DEB_PACKAGES+=(nodejs)
 command -v npm >/dev/null 2>&1 || DEB_PACKAGES+=(npm)
-missing=()
-for pkg in "${DEB_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "setup_viewers: installing Debian packages: ${missing[*]}"
-  # As in setup.sh: keep maintainer scripts from starting Orthanc as a service on every interface.
-  policy=/usr/sbin/policy-rc.d
-  created_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
-    $SUDO chmod +x "$policy"
-    created_policy=1
-  fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
-  [ "$created_policy" = 1 ] && $SUDO rm -f "$policy"
-fi
+install_debian_packages setup_viewers "${DEB_PACKAGES[@]}"
 
 # npm packages, exactly as locked; again only when the lock changed since the last install.
 lock_sum="$(sha256sum "$VIEWERS/package-lock.json" | cut -d' ' -f1)"

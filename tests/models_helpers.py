@@ -9,36 +9,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from tests.loopback_http import quiet, serve_loopback
 from tools.model_catalogue import CATALOGUE_FILE
-
-
-class _QuietHandler(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        return
 
 
 @contextmanager
 def mirror_server(root: Path) -> Iterator[str]:
     """Serve ``root`` on a free loopback port; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_loopback(functools.partial(quiet(SimpleHTTPRequestHandler), directory=str(root))) as base:
+        yield base
 
 
 def sha256(path: Path) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import highdicom as hd
 import numpy as np
@@ -188,32 +189,25 @@ class Placed:
         corners = np.array([[0, 0], [cols, 0], [cols, rows], [0, rows], [0, 0]], dtype=float)
         return cls(volume, index, corners)
 
-    def _patient(self) -> np.ndarray:
-        return to_patient(self.volume, self.index, self.polyline)
+    def _arguments(self) -> dict[str, Any]:
+        """What a SCOORD3D (in patient mm, in the source's Frame of Reference) or a SCOORD (on
+        the source image) of the polyline needs."""
+        if self.in_patient:
+            return {"graphic_type": hd.sr.GraphicTypeValues3D.POLYLINE,
+                    "graphic_data": to_patient(self.volume, self.index, self.polyline),
+                    "frame_of_reference_uid": str(self.volume.datasets[0].FrameOfReferenceUID)}
+        return {"graphic_type": hd.sr.GraphicTypeValues.POLYLINE, "graphic_data": self.polyline,
+                "source_image": source_image(self.volume, self.index)}
 
     def coordinates(self) -> Coordinates:
         """The region as the source of a measurement (TID 300 INFERRED FROM, TID 320)."""
-        if self.in_patient:
-            return hd.sr.CoordinatesForMeasurement3D(
-                graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE, graphic_data=self._patient(),
-                frame_of_reference_uid=str(self.volume.datasets[0].FrameOfReferenceUID),
-            )
-        return hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=self.polyline,
-            source_image=source_image(self.volume, self.index),
-        )
+        kind = hd.sr.CoordinatesForMeasurement3D if self.in_patient else hd.sr.CoordinatesForMeasurement
+        return kind(**self._arguments())
 
     def region(self) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
         """The group's Image Region (TID 1410 row 7)."""
-        if self.in_patient:
-            return hd.sr.ImageRegion3D(
-                graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE, graphic_data=self._patient(),
-                frame_of_reference_uid=str(self.volume.datasets[0].FrameOfReferenceUID),
-            )
-        return hd.sr.ImageRegion(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=self.polyline,
-            source_image=source_image(self.volume, self.index),
-        )
+        kind = hd.sr.ImageRegion3D if self.in_patient else hd.sr.ImageRegion
+        return kind(**self._arguments())
 
 
 def units_note(volume: Volume) -> list[hd.sr.QualitativeEvaluation]:

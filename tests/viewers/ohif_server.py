@@ -14,12 +14,13 @@ from __future__ import annotations
 import http.client
 import json
 import mimetypes
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from tests.loopback_http import serve_loopback
 
 DICOMWEB_PREFIX = "/dicom-web"
 #: Request headers passed on to Orthanc (the DICOMweb content negotiation and byte ranges).
@@ -144,14 +145,5 @@ def serve_ohif(dist: Path, orthanc_port: int) -> Iterator[str]:
     """Serve ``dist`` and the proxy on a free loopback port; yields the base URL."""
     if not (dist / "index.html").is_file():
         raise FileNotFoundError(f"no OHIF build in {dist} (run scripts/setup_viewers.sh)")
-    handler = _handler(dist, orthanc_port, app_config().encode())
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="ohif-http", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_loopback(_handler(dist, orthanc_port, app_config().encode()), name="ohif-http") as base:
+        yield base
