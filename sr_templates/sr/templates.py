@@ -267,7 +267,7 @@ def findings_group(report: Report, output: ToolOutput) -> Iterator[Group]:
     if evaluations or output.measurements:
         label = viewer_identifier(RECTANGLE, output.api_name) if output.measurements else output.api_name
         # The label viewers show names the tool's labels too (a classifier's result).
-        named = "; ".join(f"{x.label} ({x.score:.2f})" for x in output.labels)
+        named = "; ".join(scored_label(x) for x in output.labels)
         title = f"{output.api_name}: {named}" if named else output.api_name
         yield drawn_group(
             tracking(report.identity, label, output.api_name, "findings"),

@@ -1,7 +1,7 @@
 """The studies every viewer test opens: the node's own results on the project's phantoms and on
 real files, one result per tool that writes a SEG or an SR.
 
-* ``ct-lung``: ``ct lung segmentation`` on the CT lung phantom (tests/phantoms.py): two lungs;
+* ``ct-lung``: ``ct lung segmentation`` on the CT lung phantom (testkit/phantoms.py): two lungs;
 * ``ct-organ``: ``organ segmentation 3d`` on the same phantom, a MONAI bundle whose network is
   a fixed 1x1x1 convolution (soft tissue -> "liver", the dense table -> "spleen"): two segments
   of other organs, other colours;
@@ -128,8 +128,8 @@ def _write_models(root: Path) -> Path:
     """Tiny models for the tools and the node config naming them; returns the config."""
     import torch
 
-    from tests.tools_models_helpers import write_bundle
-    from tests.tools_tiny_models import (
+    from testkit.model_files import write_bundle
+    from testkit.tiny_models import (
         tiny_grounding_settings,
         tiny_sam_settings,
         write_tiny_grounding_dino,
@@ -163,7 +163,7 @@ def make_study(root: Path) -> None:
     import torch
 
     from dicom_node.app.cli import main as cli
-    from tests.phantoms import write_ct_phantom
+    from testkit.phantoms import write_ct_phantom
 
     torch.set_num_threads(1)  # tiny models on two shared cores
     _write_cr(root / "cr")
