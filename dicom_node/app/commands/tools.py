@@ -161,10 +161,13 @@ def _write_dicom(
     Their UIDs are derived from the series' instances and from this request (tool and parameters),
     as the pipeline derives them from the job's route and instruction: two tools, or one tool with
     other parameters, on the same image never share a UID (a PACS would keep only the first)."""
+    from agent.planners.aggregate import describe_output
     from sr_templates.identity import variant_of
     from sr_templates.outputs import build_outputs, identity_for
 
-    answer = output.text or json.dumps(output.summary, default=str)
+    # The sentence the agent's aggregator would write, not the raw summary: viewers show this
+    # text as the finding's label.
+    answer = output.text or describe_output(output.api_name, output.summary)
     request = variant_of(tool=args.name, params=json.dumps(params, sort_keys=True, default=str))
     datasets = build_outputs(
         volume, [output], answer, config.output, instruction=f"tools run {args.name}",
