@@ -234,3 +234,33 @@ def test_series_tags_from_dataset_on_a_real_ct() -> None:
     cfg = config([{"name": "ct-thick", "match": {"Modality": "CT", "SliceThickness": {"ge": 5},
                                                  "ImageType": {"contains": "AXIAL"}}}])
     assert names(cfg, tags) == ["ct-thick"]
+
+
+def _explicit_le(group: int, element: int, vr: bytes, value: bytes) -> bytes:
+    import struct
+
+    return struct.pack("<HH", group, element) + vr + struct.pack("<H", len(value)) + value
+
+
+def test_a_malformed_value_the_routes_do_not_read_does_not_stop_routing() -> None:
+    """Found by the fuzzer (seed 7): a binary element whose length is not a multiple of its VR's
+    size made reading ANY tag of the header raise, and the series was never routed."""
+    from io import BytesIO
+
+    from pydicom.errors import BytesLengthException
+    from pydicom.filereader import read_dataset
+
+    data = (
+        _explicit_le(0x0008, 0x0060, b"CS", b"CT")
+        + _explicit_le(0x0008, 0x103E, b"LO", b"Chest ")
+        + _explicit_le(0x0018, 0x1150, b"IS", b"abc ")  # ExposureTime: not an integer string
+        + _explicit_le(0x0028, 0x0010, b"US", b"\x01\x02\x03")  # Rows: 3 bytes for a 2-byte VR
+    )
+    ds = read_dataset(BytesIO(data), is_implicit_VR=False, is_little_endian=True)
+    with pytest.raises(BytesLengthException):
+        [elem.value for elem in ds]  # what reading every element did before
+    tags = series_tags_from_dataset(ds)
+    assert tags["Modality"] == "CT" and tags["SeriesDescription"] == "Chest"
+    assert "Rows" not in tags
+    assert series_tags_from_dataset(ds, {"Modality", "Rows"}) == {"Modality": "CT"}
+    assert names(config([{"name": "ct", "match": {"Modality": "CT"}}]), tags) == ["ct"]

@@ -41,13 +41,17 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag
 
 from config.schema import (
     ASSOCIATION_KEYS,
@@ -361,16 +365,44 @@ def series_tags_from_dataset(ds: Dataset, keywords: Iterable[str] | None = None)
 
     With ``keywords`` only those are taken (absent ones are left out); otherwise every top-level
     element with a keyword and a textual VR. Binary elements and sequences are never taken.
+
+    Each element is decoded only when it is wanted, and one whose value cannot be decoded (a
+    peer's malformed value: wrong length for its VR, bad characters) is left out, as if absent:
+    a broken element the routes never look at must not stop the series from being routed.
     """
     wanted = set(keywords) if keywords is not None else None
     out: dict[str, Any] = {}
-    for elem in ds:
-        keyword = elem.keyword
-        if not keyword or elem.VR in UNMATCHABLE_VRS:
+    for tag in list(ds.keys()):
+        keyword = keyword_for_tag(tag)
+        if not keyword or (wanted is not None and keyword not in wanted):
             continue
-        if wanted is not None and keyword not in wanted:
+        raw = ds.get_item(tag)
+        vr = getattr(raw, "VR", None) or dictionary_VR_or_none(tag)
+        if vr is None or vr in UNMATCHABLE_VRS:
             continue
-        values = _values(elem.value)
+        values = _values(_decoded(ds, tag))
         if values:
             out[keyword] = values[0] if len(values) == 1 else list(values)
     return out
+
+
+#: What pydicom raises on a value it cannot decode (wrong length for the VR, a bad number or
+#: character set, an unknown encoding).
+VALUE_ERRORS = (BytesLengthException, ValueError, TypeError, OverflowError, LookupError, struct.error)
+
+
+def _decoded(ds: Dataset, tag: BaseTag) -> Any:
+    """The element's value, or None (as if absent) when a peer's malformed value cannot be
+    decoded; the value is never echoed."""
+    try:
+        return ds[tag].value
+    except VALUE_ERRORS:
+        return None
+
+
+def dictionary_VR_or_none(tag: BaseTag) -> str | None:
+    """The data dictionary's VR of a tag, or None for a tag it does not know."""
+    try:
+        return str(dictionary_VR(tag))
+    except KeyError:
+        return None
