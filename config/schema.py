@@ -48,6 +48,44 @@ class TLSConfig(_Strict):
         return self
 
 
+MiB = 1 << 20
+
+
+class LimitsConfig(_Strict):
+    """What a peer may cost the node (README "Limits"). A peer that breaks a connection or PDU
+    limit is dropped (A-ABORT, or A-ASSOCIATE-RJ where an answer fits), logged once with its
+    address and AE title and counted; an instance that breaks a dataset limit is refused with a
+    failure status (0xC000) and not stored. The dataset fields are the parse policy's
+    (image_model/parse_policy.py ParseLimits: same names, same defaults)."""
+
+    #: Associations at once, in total and from one peer IP address (A-ASSOCIATE-RJ, transient,
+    #: "local limit exceeded" beyond).
+    max_associations: int = Field(16, ge=1, le=1024)
+    max_associations_per_peer: int = Field(8, ge=1, le=1024)
+    #: Connections still delivering their A-ASSOCIATE-RQ (or TLS handshake); when full, the oldest
+    #: is dropped to make room.
+    max_pending_connections: int = Field(256, ge=1, le=65536)
+    #: Seconds a new connection has to complete its TLS handshake and its A-ASSOCIATE-RQ.
+    associate_timeout_seconds: float = Field(5.0, gt=0, le=300)
+    #: Largest A-ASSOCIATE-RQ accepted (presentation contexts, user information).
+    max_associate_rq_bytes: int = Field(64 * 1024, ge=1024, le=16 * MiB)
+    #: Seconds a PDU that has started may pause before the association is dropped.
+    read_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    #: Seconds an association may stay silent between PDUs before it is aborted.
+    idle_timeout_seconds: float = Field(60.0, gt=0, le=86400)
+    #: Largest dataset (as encoded) one C-STORE may carry; larger: association dropped.
+    max_dataset_bytes: int = Field(64 * MiB, ge=1 * MiB)
+    #: Deflated Explicit VR Little Endian: largest inflated dataset and inflation ratio.
+    max_inflated_bytes: int = Field(64 * MiB, ge=1 * MiB)
+    max_inflate_ratio: float = Field(200.0, ge=2)
+    #: Decoded pixel bytes one instance may declare (Rows x Columns x Samples per Pixel x
+    #: Number of Frames x bytes per sample), checked from the header before any decode.
+    max_pixel_bytes: int = Field(32 * MiB, ge=1 * MiB)
+    #: Sequences nested deeper than this, or more data elements than this, are refused.
+    max_sequence_depth: int = Field(32, ge=2, le=128)
+    max_elements: int = Field(250_000, ge=1000)
+
+
 class NodeConfig(_Strict):
     ae_title: str = "MMEDNODE"
     host: str = "127.0.0.1"
@@ -65,8 +103,11 @@ class NodeConfig(_Strict):
     #: Let pynetdicom log DIMSE identifiers (patient names/IDs) at INFO; off by default: logs
     #: carry UIDs and AE titles only.
     log_phi: bool = False
-    max_pdu: int = Field(0, ge=0)
+    #: Maximum PDU length the node receives (A-ASSOCIATE-AC Maximum Length, PS3.8 D.1); a peer
+    #: sending a longer PDU is dropped.
+    max_pdu: int = Field(1 * MiB, ge=4096, le=64 * MiB)
     tls: TLSConfig = TLSConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 
@@ -310,6 +351,28 @@ class RetentionConfig(_Strict):
     resume_margin_percent: float = Field(2.0, ge=0, lt=100)
 
 
+class QueryRetrieveConfig(_Strict):
+    """Who may query and retrieve what the node holds (C-FIND, C-MOVE, C-GET), apart from who may
+    store: being allowed to send images is not being allowed to read everyone's (README "Query/
+    retrieve access")."""
+
+    #: Calling AE titles allowed to query/retrieve. null (the default): the AE titles of the
+    #: configured ``destinations``, each only from the address of its ``host``; [] : nobody.
+    allowed_calling_aets: list[str] | None = None
+    #: Peer addresses allowed to query/retrieve; empty: any (the AE rule above still applies).
+    allowed_peer_addresses: list[str] = Field(default_factory=list)
+    #: What a caller sees: "all" (everything the node holds) or "own" (series its own AE title
+    #: sent, and the results made from them), widened per caller by ``also_sees``.
+    visibility: Literal["all", "own"] = "all"
+    #: Caller AE title -> AE titles whose series (and results) it sees too (with "own").
+    also_sees: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("allowed_calling_aets")
+    @classmethod
+    def _aets(cls, v: list[str] | None) -> list[str] | None:
+        return None if v is None else [_check_ae_title(a) for a in v]
+
+
 class ApiConfig(_Strict):
     """The node's HTTP API (dicom_node/app/http_api.py): health, status, jobs, questions about a
     study in a PACS. Off by default; without ``token_env`` anyone who can reach it may use it."""
@@ -336,6 +399,7 @@ class AppConfig(_Strict):
     queue: QueueConfig = QueueConfig()
     retention: RetentionConfig = RetentionConfig()
     api: ApiConfig = ApiConfig()
+    query_retrieve: QueryRetrieveConfig = QueryRetrieveConfig()
     #: Per-tool settings keyed by API_name (model paths, device, thresholds); each tool validates its own.
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

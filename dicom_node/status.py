@@ -71,6 +71,14 @@ class RejectReason(IntEnum):
     CALLED_AE_NOT_RECOGNIZED = 0x07
 
 
+class PresentationRejectReason(IntEnum):
+    """A-ASSOCIATE-RJ Reason/Diag. field when the source is the service provider's presentation
+    related function (PS3.8 9.3.4)."""
+
+    TEMPORARY_CONGESTION = 0x01
+    LOCAL_LIMIT_EXCEEDED = 0x02
+
+
 class QRStatus(IntEnum):
     """Query/Retrieve statuses (PS3.4 C.4.1.1.4 C-FIND, C.4.2.1.5 C-MOVE, C.4.3.1.4 C-GET)."""
 
@@ -93,6 +101,8 @@ class QRStatus(IntEnum):
     IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
     #: Unable to process (Cxxx family).
     UNABLE_TO_PROCESS = 0xC000
+    #: Refused: not authorized (PS3.7 C.5.20): the caller may not query/retrieve.
+    NOT_AUTHORIZED = 0x0124
 
 
 MOVE_DESTINATION_UNKNOWN = QRStatus.MOVE_DESTINATION_UNKNOWN

@@ -5,18 +5,15 @@
 TLS, the usual hospital set-up), otherwise any client may connect and the allowlists decide.
 Outgoing associations use :func:`tls_context` (client side).
 
-pynetdicom performs the handshake while accepting the connection and drops a failed one
-silently; :class:`LoggingServerContext` logs why (peer address and the TLS error: no DICOM data
-has been exchanged, so no patient data can leak) and bounds the handshake time so a client that
-connects and says nothing cannot hold the listener.
+The handshake runs in the receive gate (dicom_node/receive/gate.py), off the accept thread and
+within ``node.limits.associate_timeout_seconds``, so a client that connects and says nothing
+holds neither the listener nor anyone else; :func:`handshake_refused` logs why one failed.
 """
 
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
-from typing import Any
 
 from config.schema import TLSConfig
 
@@ -25,8 +22,6 @@ log = logging.getLogger(__name__)
 #: Oldest TLS version allowed on DICOM TLS associations (PS3.15 B.9 follows BCP 195).
 MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
 
-#: Seconds a client gets to complete the TLS handshake.
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
 #: OpenSSL reasons an operator meets most, in words.
 HANDSHAKE_HINTS: dict[str, str] = {
     "WRONG_VERSION_NUMBER": "not a TLS client: plain DICOM to the TLS port?",
@@ -42,32 +37,20 @@ class TLSSetupError(ValueError):
     """The node's TLS settings cannot be used (missing or unreadable certificate or key)."""
 
 
-class LoggingServerContext(ssl.SSLContext):
-    """A server SSLContext whose failed handshakes are logged with their reason."""
-
-    def wrap_socket(self, sock: socket.socket, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        try:
-            peer = "{}:{}".format(*sock.getpeername()[:2])
-        except OSError:
-            peer = "?"
-        sock.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
-        try:
-            wrapped = super().wrap_socket(sock, *args, **kwargs)
-        except (ssl.SSLError, OSError) as exc:
-            reason = getattr(exc, "reason", None) or exc.strerror or str(exc) or type(exc).__name__
-            hint = HANDSHAKE_HINTS.get(str(reason))
-            log.warning("TLS connection from %s refused: %s%s", peer, reason, f" ({hint})" if hint else "")
-            sock.close()
-            raise
-        wrapped.settimeout(None)
-        return wrapped
+def handshake_refused(peer: str, exc: BaseException) -> str:
+    """Log why a client's TLS handshake failed (peer address and the TLS error: no DICOM data
+    has been exchanged, so no patient data can leak); returns the reason."""
+    reason = str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc or type(exc).__name__)
+    hint = HANDSHAKE_HINTS.get(reason)
+    log.warning("TLS connection from %s refused: %s%s", peer, reason, f" ({hint})" if hint else "")
+    return reason
 
 
 def server_tls_context(tls: TLSConfig) -> ssl.SSLContext:
     """Build the listener's context from ``node.tls``; raises :class:`TLSSetupError`."""
     if tls.cert_file is None or tls.key_file is None:
         raise TLSSetupError("node.tls.enabled needs node.tls.cert_file and node.tls.key_file")
-    ctx = LoggingServerContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = MIN_TLS_VERSION
     try:
         ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))

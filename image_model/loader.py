@@ -12,7 +12,14 @@ are handled once, here:
 * stored values become modality units (Rescale Slope/Intercept or Modality LUT, PS3.3 C.11.1),
   float32; MONOCHROME1 is flagged in ``meta`` (values are not inverted);
 * duplicate SOP Instance UIDs are dropped; localizers mixed into an axial series are dropped;
-  instances without pixel data are dropped (and the load refused if none is left).
+  instances without pixel data are dropped (and the load refused if none is left);
+* every file passes the parse policy (:mod:`image_model.parse_policy`: size, deflate, nesting,
+  pixel geometry checked from the header before any decode) before pydicom reads it; a file it
+  refuses is skipped with its reason in ``meta["skipped_files"]``, like an unreadable one, so one
+  bad file does not fail its series;
+* the source headers kept have their invalid but common values (dates like ``1901-02-03``,
+  over-long names, ``PatientSex male``...) put in a valid form or emptied
+  (:mod:`image_model.header_values`), so what outputs copy from them is valid DICOM.
 
 Refused with :class:`LoadError` and a readable reason: nothing readable, several series, no pixel
 data, mixed sizes / orientations / pixel spacings, several frames of reference, slices sharing a
@@ -36,12 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from image_model.geometry import GeometryError, order_stack, same_orientation
+from image_model.header_values import normalise_header
+from image_model.parse_policy import ParseLimits, UnsafeDicom, read_checked
 from image_model.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -69,11 +77,13 @@ class _Slice:
     frame_number: int | None = None
 
 
-def load_series(source: Path | Sequence[Path]) -> Volume:
-    """Load one series from a folder (searched recursively), one file, or a list of files."""
+def load_series(source: Path | Sequence[Path], limits: ParseLimits | None = None) -> Volume:
+    """Load one series from a folder (searched recursively), one file, or a list of files.
+    ``limits``: the parse policy's (the node passes its ``node.limits``; default: the policy's
+    defaults)."""
     paths = _collect_paths(source)
     meta: dict[str, Any] = {"notes": []}
-    datasets = _read_datasets(paths, meta)
+    datasets = _read_datasets(paths, meta, limits or ParseLimits())
     datasets = _drop_duplicates(datasets, meta)
     datasets = _only_images(datasets, meta)
     _check_one_series(datasets)
@@ -110,12 +120,14 @@ def _collect_paths(source: Path | Sequence[Path]) -> list[Path]:
     return paths
 
 
-def _read_datasets(paths: Iterable[Path], meta: dict[str, Any]) -> list[Dataset]:
+def _read_datasets(paths: Iterable[Path], meta: dict[str, Any], limits: ParseLimits) -> list[Dataset]:
     datasets: list[Dataset] = []
     skipped: list[str] = []
     for path in paths:
         try:
-            datasets.append(dcmread(path))
+            datasets.append(read_checked(path, limits))
+        except UnsafeDicom as exc:
+            skipped.append(f"{path.name}: refused by the parse policy: {exc}")
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
             skipped.append(f"{path.name}: {exc.__class__.__name__}: {exc}")
     if skipped:
@@ -324,10 +336,15 @@ def _assemble(slices: list[_Slice], meta: dict[str, Any]) -> Volume:
 
     _display_meta(first.dataset, meta)
     datasets = [first.dataset] if multi_frame else [s.dataset for s in ordered]
+    normalised: set[str] = set()
     for ds in datasets:
         for keyword in PIXEL_KEYWORDS:
             if keyword in ds:
                 delattr(ds, keyword)
+        normalised.update(normalise_header(ds))
+    if normalised:
+        # Names only: the values were patient data.
+        meta["normalised_attributes"] = sorted(normalised)
     return Volume(
         pixels=np.stack([s.pixels for s in ordered]).astype(np.float32, copy=False),
         spacing=(float(dz), float(pixel_spacing[0]), float(pixel_spacing[1])),

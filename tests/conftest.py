@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +21,15 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             "run the tests with scripts/test.sh (a private loopback-only network namespace); "
             "set MMED_ALLOW_HOST_NETWORK=1 to run them on the host network anyway"
         )
+
+
+@pytest.fixture
+def served() -> Iterator[list[Any]]:
+    """Nodes started with ``tests.hostile_helpers.ServedNode`` by a test; stopped after it."""
+    nodes: list[Any] = []
+    yield nodes
+    for node in nodes:
+        node.stop()
 
 
 # The study the viewer tests share (built once per session by `mmed-node tools run`).

@@ -84,6 +84,36 @@ def echoscu(port: int, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProce
     )
 
 
+def ct_image(pixels: np.ndarray, modality: str = "CT", **values: Any) -> Dataset:
+    """One single-frame CT-like image of 16-bit ``pixels`` (no file meta); ``values`` override
+    attributes (new UIDs by default)."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.FrameOfReferenceUID = generate_uid()
+    ds.PatientName = "Test^Receive"
+    ds.PatientID = "RX-1"
+    ds.Modality = modality
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.ImagePositionPatient = [0.0, 0.0, 0.0]
+    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.SliceThickness = 2.0
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
+    ds.PixelRepresentation = 0
+    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    for keyword, value in values.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
 def make_ct_series(
     out_dir: Path,
     n: int = 4,
@@ -103,33 +133,15 @@ def make_ct_series(
     paths = []
     rng = np.random.default_rng(len(series_uid) + start)
     for i in range(start, start + n):
-        ds = Dataset()
+        ds = ct_image(
+            rng.integers(0, 2000, (rows, cols), dtype=np.uint16), modality=modality, InstanceNumber=i,
+            StudyInstanceUID=study_uid, SeriesInstanceUID=series_uid, FrameOfReferenceUID=frame_uid,
+            ImagePositionPatient=[0.0, 0.0, float(i) * 2.0],
+        )
         ds.file_meta = FileMetaDataset()
-        sop_uid = generate_uid()
         ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.PatientName = "Test^Receive"
-        ds.PatientID = "RX-1"
-        ds.Modality = modality
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = i
-        ds.ImagePositionPatient = [0.0, 0.0, float(i) * 2.0]
-        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.SliceThickness = 2.0
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = rng.integers(0, 2000, (rows, cols), dtype=np.uint16).tobytes()
         path = out_dir / f"IM{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)

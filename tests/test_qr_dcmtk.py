@@ -42,7 +42,7 @@ def held(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     )
     config = node_config(tmp, free_port(), {
         "ws": {"ae_title": "WORKSTN", "host": "127.0.0.1", "port": ws_port},
-    })
+    }, query_retrieve={"allowed_calling_aets": ["FINDSCU", "MOVESCU", "GETSCU"]})
     truth = write_study(tmp / "ct", accession="ACC-QR-1", patient_id="QR-PAT-7")
     node = Node(config, runner=pipeline_runner(config))
     node.start()

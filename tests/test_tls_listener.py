@@ -30,7 +30,7 @@ def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any
     config = node_config(tmp, free_port(), {}, node={"tls": {
         "enabled": True, "cert_file": str(certs.server_cert), "key_file": str(certs.server_key),
         "ca_file": str(certs.ca), "verify_peer": True,
-    }})
+    }}, query_retrieve={"allowed_calling_aets": ["FINDSCU"]})
     node = Node(config, runner=counting_runner)
     node.start()
     try:

@@ -7,6 +7,8 @@ import importlib
 import logging
 import sys
 
+from dicom_node import logsafe
+
 #: Modules of the command groups; each defines ``register(subparsers)`` adding its commands.
 COMMAND_GROUPS: tuple[str, ...] = (
     "dicom_node.app.commands.serve",
@@ -54,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
     # highdicom narrates every module it copies at INFO: only useful when debugging.
     logging.getLogger("highdicom").setLevel(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
+    # Peer-supplied text escaped, library tracebacks of bad input on one line (logsafe.py).
+    logsafe.install(args.verbose)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

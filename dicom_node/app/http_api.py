@@ -19,7 +19,9 @@ given up after ``outbox.retry_window_seconds``; ``GET /status`` shows them). Req
 records too, ``<data_dir>/questions/<id>.json``.
 
 With ``api.token_env`` set, every request must carry ``Authorization: Bearer <token>`` (the
-value of that environment variable); otherwise 401. Logs carry request ids, job ids and
+value of that environment variable); otherwise 401. Without it the API listens on a loopback
+address only: on any other address it refuses to start. A body is at most ``MAX_BODY_BYTES``
+and its JSON nesting at most ``MAX_JSON_DEPTH`` (checked before parsing: the parser recurses). Logs carry request ids, job ids and
 Study Instance UIDs, never Patient IDs, accession numbers or question texts.
 """
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -51,6 +54,8 @@ log = logging.getLogger(__name__)
 
 #: Largest request body read; a question is a sentence, not a document.
 MAX_BODY_BYTES = 64 * 1024
+#: Deepest JSON nesting accepted in a body (a question body has two levels).
+MAX_JSON_DEPTH = 32
 MAX_QUESTION_CHARS = 4000
 #: Longest a POST /questions may wait for its answer (``"wait"``) before answering 202.
 MAX_WAIT_SECONDS = 600.0
@@ -65,7 +70,34 @@ REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 MATCHING_CHARACTERS = frozenset("*?\\")
 
 class ApiSetupError(ValueError):
-    """The API cannot start (token variable unset, port unavailable); the message says why."""
+    """The API cannot start (token variable unset, no token on a non-loopback address, port
+    unavailable); the message says why."""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip()).is_loopback
+    except ValueError:
+        return False
+
+
+#: JSON string literals (skipped when counting nesting: brackets inside strings do not nest).
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def json_depth(body: bytes) -> int:
+    """Deepest nesting of arrays/objects in ``body`` (a bounded scan, no recursion)."""
+    depth = deepest = 0
+    for char in _JSON_STRING.sub(b"", body):
+        if char in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
 
 
 class QuestionBody(BaseModel):
@@ -219,8 +251,9 @@ class HttpApi:
             self._token = os.environ.get(api.token_env) or None
             if self._token is None:
                 raise ApiSetupError(f"api.token_env names {api.token_env}, which is not set or empty")
-        elif api.host not in ("127.0.0.1", "::1", "localhost"):
-            log.warning("HTTP API on %s without api.token_env: anyone who reaches it may use it", api.host)
+        elif not is_loopback(api.host):
+            raise ApiSetupError(f"api.host {api.host} is not a loopback address: set api.token_env (a bearer "
+                                "token) before the API may listen there")
         try:
             self._server = _Server((api.host, api.port), _Handler, self)
         except OSError as exc:
@@ -454,9 +487,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {MAX_BODY_BYTES} bytes")
             self.close_connection = True
             return None
+        raw = self.rfile.read(length)
+        if json_depth(raw) > MAX_JSON_DEPTH:
+            self._error(HTTPStatus.BAD_REQUEST, f"body nests deeper than {MAX_JSON_DEPTH} levels")
+            return None
         try:
-            data = json.loads(self.rfile.read(length) or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            data = json.loads(raw or b"null")
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             self._error(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}")
             return None
         if not isinstance(data, dict):

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
-import pydicom
 from pydicom.dataset import Dataset
 
 from config.schema import AppConfig, RouteConfig
@@ -44,6 +43,7 @@ from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
 from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from dicom_node.limits import parse_limits
 from dicom_node.log_repeats import RepeatedLog
 from dicom_node.qr.handlers import QRDeps, add_qr_contexts, qr_event_handlers
 from dicom_node.qr.index import QRIndex
@@ -126,7 +126,7 @@ class Node:
         self.config = config
         # Absolute, so job specs stay valid for workers running elsewhere (another cwd, Celery).
         data_dir = Path(config.node.data_dir).resolve()
-        self.spool = Spool(data_dir / "spool")
+        self.spool = Spool(data_dir / "spool", limits=parse_limits(config.node))
         self.jobs = JobStore(data_dir / JOBS_FOLDER)
         self.results_dir = data_dir / RESULTS_FOLDER
         self.tracker = SeriesTracker(
@@ -186,7 +186,11 @@ class Node:
                 target=self._schedule, name="mmed-scheduler", daemon=True
             )
             self._scheduler.start()
-            qr = QRDeps(QRIndex(self.spool.root, self.results_dir, self.jobs.root), self.config)
+            index = QRIndex(
+                self.spool.root, self.results_dir, self.jobs.root,
+                self.spool.limits, self.spool.quarantine,
+            )
+            qr = QRDeps(index, self.config)
             qr_service = ExtraService(
                 add_contexts=lambda ae: add_qr_contexts(ae, STORAGE_SOP_CLASSES),
                 handlers=qr_event_handlers(qr),
@@ -207,6 +211,10 @@ class Node:
         if self._scp is None:
             raise RuntimeError("node not started")
         return self._scp.port
+
+    def refusals(self) -> dict[str, int]:
+        """Peers dropped for breaking a limit since start, per reason (receive/refusals.py)."""
+        return self._scp.refusals.counts() if self._scp is not None else {}
 
     @property
     def api_port(self) -> int:
@@ -331,7 +339,8 @@ class Node:
         key = (due.study_uid, due.series_uid, due.fingerprint)
         files = [series_dir / f"{uid}{INSTANCE_SUFFIX}" for uid in series.sop_uids]
         try:
-            header = pydicom.dcmread(files[0], stop_before_pixels=True)
+            # Under the parse policy: a file it refuses is quarantined, the next one read.
+            header = self.spool.first_header(due.study_uid, due.series_uid, due.sop_uids)
             # Routing reads instance files too (a route's image check).
             decision = self._router(
                 self.config, series_tags(header), due.calling_ae, due.called_ae, files

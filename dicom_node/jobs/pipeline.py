@@ -29,7 +29,8 @@ from dicom_node.deliver.seg_refusal import needs_stand_ins
 from dicom_node.jobs.manifest import Manifest
 from dicom_node.jobs.retry import JobFailed
 from dicom_node.jobs.spec import JobSpec
-from dicom_node.receive.spool import INSTANCE_SUFFIX
+from dicom_node.limits import parse_limits
+from dicom_node.receive.spool import INSTANCE_SUFFIX, QUARANTINE_NOTE
 from image_model.loader import LoadError, load_series
 from sr_templates.outputs import build_outputs, build_overlays, identity_for
 from tools.registry import ToolRegistry
@@ -129,11 +130,13 @@ def output_variant(spec: JobSpec) -> str:
 
 
 def _instance_files(spec: JobSpec) -> Path | list[Path]:
-    """The files of the job's instance set (the whole folder when the spec names none)."""
+    """The files of the job's instance set (the whole folder when the spec names none). An
+    instance quarantined since (spool.py: the parse policy refused it) is left out."""
     folder = Path(spec.series_dir)
     if spec.instance_uids is None:
         return folder
     paths = [folder / f"{uid}{INSTANCE_SUFFIX}" for uid in sorted(set(spec.instance_uids))]
+    paths = [p for p in paths if p.is_file() or not p.with_name(p.name + QUARANTINE_NOTE).is_file()]
     missing = sum(1 for path in paths if not path.is_file())
     if missing:
         raise JobFailed(f"{missing} of {len(paths)} instances of the job are missing from {folder}")
@@ -149,7 +152,7 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
     """
     config = ctx.config
     try:
-        volume = load_series(_instance_files(spec))
+        volume = load_series(_instance_files(spec), parse_limits(config.node))
     except LoadError as exc:
         raise JobFailed(f"cannot load series: {exc}") from None
     planner = ctx.planner(spec.planner or config.planner.backend)

@@ -8,7 +8,13 @@ information models, all four levels. Move destinations are the ``destinations`` 
 looked up by AE title; any other Move Destination is answered with
 :data:`~dicom_node.status.QRStatus.MOVE_DESTINATION_UNKNOWN`.
 
-Logs carry levels, counts, AE titles and UIDs, never the identifier's patient attributes.
+Who may call, and what each caller sees, is :mod:`dicom_node.qr.access` (``query_retrieve`` in
+the config): a caller it refuses is answered NOT_AUTHORIZED (0124, PS3.7 C.5.20). A C-MOVE/C-GET
+identifier names entities by their unique keys (PS3.4 C.4.2.2.1, C.4.3.2.1): a wildcard in one
+is refused, so ``StudyInstanceUID=*`` or ``PatientID=*`` cannot pull everything.
+
+Logs carry levels, counts, AE titles (escaped) and UIDs, never the identifier's patient
+attributes; an expected refusal is one line, only an unexpected exception logs its traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +35,9 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
 
 from config.schema import AppConfig, DestinationConfig
+from dicom_node import logsafe
 from dicom_node.deliver.sender import MAX_PRESENTATION_CONTEXTS
+from dicom_node.qr.access import QRAccess
 from dicom_node.qr.index import (
     COMPUTED_KEYS,
     LEVEL_KEYS,
@@ -86,6 +94,12 @@ class QRFailure(Exception):
 class QRDeps:
     index: QRIndex
     config: AppConfig
+    #: Who may query/retrieve what (default: from ``config.query_retrieve``).
+    access: QRAccess | None = None
+
+    def __post_init__(self) -> None:
+        if self.access is None:
+            self.access = QRAccess.from_config(self.config)
 
 
 @dataclass(frozen=True)
@@ -177,17 +191,35 @@ def _calling(event: Event) -> str:
     return str(event.assoc.requestor.ae_title).strip()
 
 
+def _caller(event: Event) -> str:
+    """The caller for a log line: address and AE title (escaped)."""
+    return f"{event.assoc.requestor.address} (AE {logsafe.ae_title(_calling(event))})"
+
+
+def _authorize(event: Event, deps: QRDeps, operation: str) -> frozenset[str] | None:
+    """The origins the caller may see (None: everything); raises :class:`QRFailure`
+    NOT_AUTHORIZED for a caller ``query_retrieve`` does not admit."""
+    access = deps.access
+    assert access is not None
+    calling = _calling(event)
+    why = access.refusal(calling, str(event.assoc.requestor.address))
+    if why is not None:
+        raise QRFailure(QRStatus.NOT_AUTHORIZED, f"{operation} not authorized: {why}")
+    return access.origins(calling)
+
+
 def handle_find(event: Event, deps: QRDeps) -> Iterator[tuple[int, Dataset | None]]:
     """C-FIND (PS3.4 C.4.1): one pending response per match, then success."""
     try:
+        origins = _authorize(event, deps, "C-FIND")
         request = parse_identifier(event.identifier, _model(event, FIND_MODELS))
-        entities = deps.index.find(request.model, request.level, request.keys)
+        entities = deps.index.find(request.model, request.level, request.keys, origins)
     except QRFailure as exc:
-        log.warning("C-FIND from %r refused (%s): %s", _calling(event), exc.status.name, exc)
+        log.warning("C-FIND from %s refused (%s): %s", _caller(event), exc.status.name, exc)
         yield int(exc.status), None
         return
     pending = QRStatus.PENDING_WARNING if request.unsupported else QRStatus.PENDING
-    log.info("C-FIND from %r, %s root, level %s: %d match(es)", _calling(event),
+    log.info("C-FIND from %s, %s root, level %s: %d match(es)", _caller(event),
              request.model.value, request.level.value, len(entities))
     for entity in entities:
         if event.is_cancelled:
@@ -197,15 +229,25 @@ def handle_find(event: Event, deps: QRDeps) -> Iterator[tuple[int, Dataset | Non
     yield int(QRStatus.SUCCESS), None
 
 
+#: Characters with a matching meaning (PS3.4 C.2.2.2.4): not allowed in a retrieve's unique keys.
+WILDCARDS = frozenset("*?")
+
+
 def select_instances(event: Event, deps: QRDeps, table: dict[str, InformationModel]) -> list[IndexedInstance]:
-    """The instances a C-MOVE/C-GET identifier names; it must carry the level's unique key
-    (PS3.4 C.4.2.2.1: a retrieve names entities by their unique keys)."""
+    """The instances a C-MOVE/C-GET identifier names. It must carry the level's unique key, and
+    no unique key may hold a wildcard (PS3.4 C.4.2.2.1, C.4.3.2.1: a retrieve names entities by
+    their unique keys: single values, or lists of UIDs)."""
+    origins = _authorize(event, deps, "retrieve")
     request = parse_identifier(event.identifier, _model(event, table))
     unique = UNIQUE_KEY[request.level]
     if not request.keys.get(unique, "").strip():
         raise QRFailure(QRStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                         f"retrieve at level {request.level.value} without {unique}")
-    return deps.index.select(request.model, request.level, request.keys)
+    for key in UNIQUE_KEY.values():
+        if WILDCARDS & set(request.keys.get(key, "")):
+            raise QRFailure(QRStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                            f"wildcard in unique key {key} of a retrieve (PS3.4 C.4.2.2.1)")
+    return deps.index.select(request.model, request.level, request.keys, origins)
 
 
 def _failed_list(instances: list[IndexedInstance]) -> Dataset:
@@ -258,8 +300,8 @@ def handle_move(event: Event, deps: QRDeps) -> Iterator[Any]:
     if dest is None:
         # pynetdicom answers (None, None) with Move Destination Unknown
         # (QRStatus.MOVE_DESTINATION_UNKNOWN, PS3.4 C.4.2.1.5).
-        log.warning("C-MOVE from %r refused (%s): %r is not a configured destination",
-                    _calling(event), QRStatus.MOVE_DESTINATION_UNKNOWN.name, wanted)
+        log.warning("C-MOVE from %s refused (%s): the Move Destination is not a configured destination",
+                    _caller(event), QRStatus.MOVE_DESTINATION_UNKNOWN.name)
         yield None, None
         return
     try:
@@ -272,15 +314,15 @@ def handle_move(event: Event, deps: QRDeps) -> Iterator[Any]:
         try:
             kwargs["tls_args"] = (tls_context(dest.tls), dest.host)
         except (OSError, ssl.SSLError) as exc:
-            failure = QRFailure(QRStatus.UNABLE_TO_PROCESS, f"TLS setup for {wanted} failed: {exc}")
+            failure = QRFailure(QRStatus.UNABLE_TO_PROCESS, f"TLS setup for {dest.ae_title} failed: {exc}")
     yield dest.host, dest.port, kwargs
     if failure is not None:
         # A failure status needs one announced sub-operation to be sent (pynetdicom).
-        log.warning("C-MOVE from %r refused (%s): %s", _calling(event), failure.status.name, failure)
+        log.warning("C-MOVE from %s refused (%s): %s", _caller(event), failure.status.name, failure)
         yield 1
         yield int(failure.status), _failed_list(instances)
         return
-    log.info("C-MOVE from %r to %s: %d instance(s)", _calling(event), wanted, len(instances))
+    log.info("C-MOVE from %s to %s: %d instance(s)", _caller(event), dest.ae_title, len(instances))
     yield len(instances)
     yield from _send_items(event, instances)
 
@@ -290,11 +332,11 @@ def handle_get(event: Event, deps: QRDeps) -> Iterator[Any]:
     try:
         instances = select_instances(event, deps, GET_MODELS)
     except QRFailure as exc:
-        log.warning("C-GET from %r refused (%s): %s", _calling(event), exc.status.name, exc)
+        log.warning("C-GET from %s refused (%s): %s", _caller(event), exc.status.name, exc)
         yield 1
         yield int(exc.status), _failed_list([])
         return
-    log.info("C-GET from %r: %d instance(s)", _calling(event), len(instances))
+    log.info("C-GET from %s: %d instance(s)", _caller(event), len(instances))
     yield len(instances)
     yield from _send_items(event, instances)
 
@@ -317,8 +359,8 @@ def bind(handler: QRHandler, deps: QRDeps, preamble: int) -> Callable[[Event], I
                 produced += 1
                 yield item
         except Exception as exc:  # every failure is answered with a status
-            log.warning("%s from %r failed: %s: %s", handler.__name__, _calling(event),
-                        type(exc).__name__, exc, exc_info=True)
+            log.warning("%s from %s failed: %s", handler.__name__, _caller(event), type(exc).__name__,
+                        exc_info=True)
             if produced < preamble:
                 raise
             yield int(QRStatus.UNABLE_TO_PROCESS), None

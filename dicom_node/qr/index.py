@@ -3,8 +3,11 @@ produced under ``<data_dir>/results/<job_id>/``.
 
 Design (the simplest that stays right): the files on disk are the truth, as they are for the rest
 of the node. :meth:`QRIndex.refresh` walks both trees (directory entries and ``stat`` only) and
-reads the header of a file it has not seen, or whose size/mtime changed, with pydicom
-``stop_before_pixels``; vanished files drop out. Every C-FIND/C-MOVE/C-GET refreshes first, so an
+reads the header of a file it has not seen, or whose size/mtime changed, under the parse policy
+(image_model/parse_policy.py) and then with pydicom ``stop_before_pixels``; vanished files drop
+out. A file the policy refuses is quarantined (moved out of the spool with its reason) and one
+pydicom cannot read is skipped, logged once in one line: one bad file never breaks Q/R for
+anyone else. Every C-FIND/C-MOVE/C-GET refreshes first, so an
 instance acknowledged a moment ago, or a result written by a worker, is found without any hook in
 the receive or job path, and a restart simply rebuilds the cache. Files are written under
 temporary dot-names and renamed (spool, pipeline), so a half-written file is never indexed.
@@ -15,20 +18,21 @@ range (DA, TM, DT) and multiple-value keys; PN matching is case-insensitive (all
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
 import pydicom
 from pydicom.datadict import dictionary_VR
-from pydicom.errors import InvalidDicomError
 
 from dicom_node.jobs.store import JobState, JobStore
+from image_model.parse_policy import ParseLimits, UnsafeDicom, read_checked
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +117,8 @@ class IndexedInstance:
     transfer_syntax_uid: str
     #: True for files the node produced (results), False for received ones (spool).
     produced: bool
+    #: Calling AE title that delivered the series (for results: that delivered their source).
+    origin_ae: str = ""
 
     def get(self, keyword: str) -> tuple[str, ...]:
         return self.values.get(keyword, ())
@@ -149,10 +155,18 @@ def _text_values(value: object, vr: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def read_header(path: Path, produced: bool) -> IndexedInstance | None:
-    """Index one file; None (logged) when it is not a DICOM instance with a SOP Instance UID."""
+Quarantine = Callable[[Path, str], object]
+
+
+def read_header(
+    path: Path, produced: bool, limits: ParseLimits | None = None, quarantine: Quarantine | None = None,
+    origin_ae: str = "",
+) -> IndexedInstance | None:
+    """Index one file; None when it is not a DICOM instance with the three UIDs (logged), or
+    the parse policy refuses it (then passed to ``quarantine`` when given)."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
+        ds = read_checked(path, limits or ParseLimits(), stop_before_pixels=True,
+                          specific_tags=list(HEADER_KEYWORDS))
         values: dict[str, tuple[str, ...]] = {}
         for keyword in HEADER_KEYWORDS[1:]:
             if keyword in ds:
@@ -161,14 +175,20 @@ def read_header(path: Path, produced: bool) -> IndexedInstance | None:
                 if found:
                     values[keyword] = found
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-    except (InvalidDicomError, OSError, ValueError, TypeError, AttributeError, KeyError) as exc:
-        log.warning("Q/R index: skipping unreadable file %s: %s", path.name, exc)
+    except UnsafeDicom as exc:
+        if quarantine is not None:
+            quarantine(path, str(exc))
+        else:
+            log.warning("Q/R index: skipping %s: %s", path.name, exc)
+        return None
+    except Exception as exc:  # noqa: BLE001 - one unreadable file must not break every query
+        log.warning("Q/R index: skipping unreadable file %s (%s)", path.name, type(exc).__name__)
         return None
     for required in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
         if required not in values:
             log.warning("Q/R index: skipping %s (no %s)", path.name, required)
             return None
-    return IndexedInstance(path, values, syntax, produced)
+    return IndexedInstance(path, values, syntax, produced, origin_ae)
 
 
 # ---- matching (PS3.4 C.2.2.2) -------------------------------------------------------------
@@ -264,10 +284,18 @@ class QRIndex:
     instances, see node.py) are left out: a workstation fetches the current results only.
     """
 
-    def __init__(self, spool_root: Path, results_root: Path, jobs_root: Path | None = None) -> None:
+    def __init__(
+        self, spool_root: Path, results_root: Path, jobs_root: Path | None = None,
+        limits: ParseLimits | None = None, quarantine: Quarantine | None = None,
+    ) -> None:
+        """``limits``: the parse policy's (default: its defaults); ``quarantine(path, reason)``
+        moves a file the policy refuses out of the way (the node passes Spool.quarantine)."""
         self.spool_root = Path(spool_root)
         self.results_root = Path(results_root)
         self.jobs_root = Path(jobs_root) if jobs_root is not None else None
+        self.limits = limits or ParseLimits()
+        self._quarantine = quarantine
+        self._origins: dict[Path, str] = {}
         self._lock = threading.Lock()
         #: path -> ((mtime_ns, size), instance or None when unreadable)
         self._cache: dict[Path, tuple[tuple[int, int], IndexedInstance | None]] = {}
@@ -301,7 +329,8 @@ class QRIndex:
                     seen.add(path)
                     cached = self._cache.get(path)
                     if cached is None or cached[0] != stamp:
-                        self._cache[path] = (stamp, read_header(path, produced))
+                        self._cache[path] = (stamp, read_header(
+                            path, produced, self.limits, self._quarantine, self._origin(path, produced)))
             for gone in set(self._cache) - seen:
                 del self._cache[gone]
             superseded = self.superseded_jobs()
@@ -314,6 +343,25 @@ class QRIndex:
                     newest[inst.sop_uid] = (mtime, inst)
             return sorted((i for _, i in newest.values()), key=lambda i: str(i.path))
 
+    def _origin(self, path: Path, produced: bool) -> str:
+        """The calling AE title that delivered the file's series: the spool folder's
+        ``.origin.json``, or for a result the job record's (cached per folder)."""
+        folder = path.parent
+        if folder not in self._origins:
+            origin = ""
+            try:
+                if produced:
+                    if self.jobs_root is not None:
+                        record = JobStore(self.jobs_root).get(folder.name)
+                        origin = record.calling_ae if record is not None else ""
+                else:
+                    origin = str(json.loads((folder / ".origin.json").read_text(encoding="utf-8"))
+                                 .get("calling_ae", ""))
+            except (OSError, ValueError, AttributeError):
+                origin = ""
+            self._origins[folder] = origin
+        return self._origins[folder]
+
     # -- queries ------------------------------------------------------------------------------
 
     def find(
@@ -321,25 +369,33 @@ class QRIndex:
         model: InformationModel,
         level: Level,
         keys: Mapping[str, str],
+        origins: frozenset[str] | None = None,
     ) -> list[Entity]:
         """Entities at ``level`` matching every key in ``keys`` (keyword -> raw request value).
 
         Keys of the requested level and the levels above it are matched (hierarchical search,
-        PS3.4 C.4.1.3.1); computed keys such as NumberOfStudyRelatedInstances match too.
+        PS3.4 C.4.1.3.1); computed keys such as NumberOfStudyRelatedInstances match too. With
+        ``origins``, only instances delivered by those calling AE titles (and results made from
+        them) exist for this query (qr/access.py).
         """
         levels = MODEL_LEVELS[model]
         if level not in levels:
             raise ValueError(f"level {level.value} is not part of the {model.value} root model")
-        entities = group(self.refresh(), level, model)
+        held = self.refresh()
+        if origins is not None:
+            held = [i for i in held if i.origin_ae in origins]
+        entities = group(held, level, model)
         matchable = set(visible_keys(model, level))
         return [
             e for e in entities
             if all(value_matches(k, v, e.values.get(k, ())) for k, v in keys.items() if k in matchable)
         ]
 
-    def select(self, model: InformationModel, level: Level, keys: Mapping[str, str]) -> list[IndexedInstance]:
+    def select(
+        self, model: InformationModel, level: Level, keys: Mapping[str, str], origins: frozenset[str] | None = None
+    ) -> list[IndexedInstance]:
         """The instances below the entities a C-MOVE/C-GET identifier names."""
-        return [i for e in self.find(model, level, keys) for i in e.instances]
+        return [i for e in self.find(model, level, keys, origins) for i in e.instances]
 
 
 def visible_keys(model: InformationModel, level: Level) -> list[str]:

@@ -48,6 +48,7 @@ from dicom_node.jobs.service import JobService
 from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.standalone import standalone_jobs
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
+from dicom_node.limits import parse_limits
 from dicom_node.receive.routing import route_series, series_tags_from_dataset
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from dicom_node.receive.spool import CorruptInstance, Spool, parse_instance
@@ -227,7 +228,7 @@ def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, sp
             return int(Status.OUT_OF_RESOURCES)
         data = event.encoded_dataset(include_meta=True)
         try:
-            info = parse_instance(data)
+            info = parse_instance(data, spool.limits)
         except CorruptInstance as exc:
             log.warning("C-GET from %s: unreadable instance: %s", source.ae_title, exc)
             return int(Status.CANNOT_UNDERSTAND)
@@ -320,7 +321,8 @@ def retrieve_and_process(
     for name in send_to or []:
         if name not in config.destinations:
             raise RetrieveError(f"unknown destination {name!r}")
-    spool = spool or Spool(Path(config.node.data_dir).resolve() / "spool")
+    spool = spool or Spool(
+        Path(config.node.data_dir).resolve() / "spool", limits=parse_limits(config.node))
     if jobs is not None or (method == "move" and not instruction):
         return _retrieve(config, source_name, query, method, instruction, send_to, wait_seconds,
                          send_timeout, spool, jobs)

@@ -3,7 +3,9 @@
 :func:`bind` is the one place where an exception raised while handling a request becomes a
 failure status sent to the peer (pynetdicom's ``service_class.attempt`` plays the same role):
 handlers raise, :func:`failure_status` maps the exception to a named status, and a log line
-records why, with UIDs only (no patient identifiers).
+records why, with UIDs only (no patient identifiers), every peer-supplied value escaped
+(dicom_node/logsafe.py) and an invalid one not echoed at all. Expected bad input is one line;
+only an unexpected exception (a bug) logs its traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.events import Event
 
-from dicom_node import status
+from dicom_node import logsafe, status
 from dicom_node.disk import DiskGuard
 from dicom_node.receive.assembly import SeriesTracker
 from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
@@ -68,7 +70,7 @@ def refuse_association(
             status.RejectResult.REJECTED_PERMANENT,
             status.RejectSource.SERVICE_USER,
             status.RejectReason.CALLING_AE_NOT_RECOGNIZED,
-            f"calling AE {calling_ae!r} not in node.allowed_calling_aets",
+            "calling AE not in node.allowed_calling_aets",
         )
     return None
 
@@ -106,7 +108,7 @@ def handle_requested(event: Event, deps: HandlerDeps) -> None:
     if refusal is None:
         return
     log.warning(
-        "association from %s (AE %r) rejected: %s", address, calling, refusal.why
+        "association from %s (AE %s) rejected: %s", address, logsafe.ae_title(calling), refusal.why
     )
     assoc.acse.send_reject(
         int(refusal.result), int(refusal.source), int(refusal.reason)
@@ -121,29 +123,33 @@ def handle_echo(event: Event, deps: HandlerDeps) -> int:
 
 
 def handle_store(event: Event, deps: HandlerDeps) -> int:
-    """C-STORE (PS3.4 B.2): durably spool the bytes as received, then tell the tracker.
+    """C-STORE (PS3.4 B.2): check the dataset against the parse policy, durably spool the bytes
+    as received, then tell the tracker.
 
     SUCCESS is returned only after the instance is on disk (data flushed, name linked, folder
     synced: spool.py). A SOP instance already held is answered SUCCESS and not stored or counted
-    again.
+    again. A dataset the policy refuses (too large, a deflate bomb, nesting too deep, pixel
+    geometry over the limit, malformed) is answered CANNOT_UNDERSTAND and not stored.
     """
     # Disk lifecycle: below the low-space watermark nothing is acknowledged (dicom_node/disk.py).
     if deps.disk is not None and deps.disk.low():
         return status.OUT_OF_RESOURCES
     dataset = event.encoded_dataset(include_meta=False)
-    # Parsed as received (the context's transfer syntax), header only: no decode of the rest.
-    info = parse_dataset(dataset, str(event.context.transfer_syntax))
+    # One walk of the dataset as received (the context's transfer syntax): the policy's checks
+    # and the receive tags; nothing is decoded.
+    info = parse_dataset(dataset, str(event.context.transfer_syntax), deps.spool.limits)
     requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(
         "\x00 "
     )
     if requested and requested != info.sop_uid:
         raise InstanceMismatch(
-            f"dataset SOPInstanceUID {info.sop_uid} differs from the request's {requested}"
+            f"dataset SOPInstanceUID {info.sop_uid} differs from the request's "
+            f"{logsafe.uid(requested)}"
         )
     calling = _ae(event.assoc.requestor.ae_title)
     called = _ae(event.assoc.acceptor.ae_title)
-    data = b"".join((PART10_PREFIX, encode_file_meta(event.file_meta), dataset))
-    result = deps.spool.store(data, info, calling_ae=calling, called_ae=called)
+    parts = (PART10_PREFIX, encode_file_meta(event.file_meta), dataset)
+    result = deps.spool.store(parts, info, calling_ae=calling, called_ae=called)
     deps.tracker.instance_received(
         info.study_uid,
         info.series_uid,
@@ -169,6 +175,7 @@ def handle_association_ended(event: Event, deps: HandlerDeps) -> None:
 def failure_status(exc: BaseException) -> tuple[int, str]:
     """Map an exception raised by a handler to the DIMSE failure status and a log reason."""
     if isinstance(exc, (CorruptInstance, InvalidUID, InstanceMismatch)):
+        # Their messages name the check that failed, never the offending value.
         return status.CANNOT_UNDERSTAND, str(exc)
     if isinstance(exc, OSError):
         code = (
@@ -191,13 +198,14 @@ def bind(handler: StatusHandler, deps: HandlerDeps) -> Callable[[Event], int]:
             return int(handler(event, deps))
         except Exception as exc:  # every failure is answered with a status
             code, reason = failure_status(exc)
-            sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+            sop = getattr(event.request, "AffectedSOPInstanceUID", "")
             calling = _ae(event.assoc.requestor.ae_title)
             log.warning(
-                "%s from AE %r (SOP instance %s) failed with status %s: %s",
+                "%s from %s (AE %s, SOP instance %s) failed with status %s: %s",
                 handler.__name__,
-                calling,
-                sop or "?",
+                event.assoc.requestor.address,
+                logsafe.ae_title(calling),
+                logsafe.uid(sop),
                 status.Status(code).name,
                 reason,
                 exc_info=not isinstance(

@@ -16,11 +16,12 @@ from typing import Any
 from pydicom import uid as tsuid
 from pydicom.uid import UID
 from pynetdicom import AE, evt
-from pynetdicom.transport import ThreadedAssociationServer
 
 from config.schema import NodeConfig
 from dicom_node.receive import handlers
+from dicom_node.receive.gate import GatedServer, start_gated_server
 from dicom_node.receive.handlers import AssociationPolicy, HandlerDeps
+from dicom_node.receive.refusals import Refusals
 from dicom_node.tls import server_tls_context
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,9 @@ STORAGE_SOP_CLASSES: tuple[str, ...] = (
 
 @dataclass
 class RunningSCP:
-    server: ThreadedAssociationServer
+    server: GatedServer
     ae: AE
+    refusals: Refusals
 
     @property
     def port(self) -> int:
@@ -91,6 +93,7 @@ class RunningSCP:
 
     def stop(self) -> None:
         """Stop listening and abort associations still open (their senders retry later)."""
+        self.server.shutdown()
         self.ae.shutdown()
 
 
@@ -98,6 +101,9 @@ def build_ae(node: NodeConfig) -> AE:
     """The application entity with its supported presentation contexts (no handlers yet)."""
     ae = AE(ae_title=node.ae_title)
     ae.maximum_pdu_size = node.max_pdu
+    # The gate (gate.py) enforces the limits first; pynetdicom's own count agrees with it.
+    ae.maximum_associations = node.limits.max_associations
+    ae.network_timeout = node.limits.idle_timeout_seconds
     # The allowlists are enforced in handlers.handle_requested, so both checks log the same way.
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
@@ -122,7 +128,9 @@ def start_scp(
     """Start listening on ``node.host:node.port`` (port 0: any free port) in background threads.
 
     With ``extra`` the AE also hosts that service (the node passes its Q/R SCP); with
-    ``node.tls`` enabled the listener accepts DICOM TLS only (tls.py)."""
+    ``node.tls`` enabled the listener accepts DICOM TLS only (tls.py). Connections pass the
+    receive gate (gate.py) before pynetdicom sees them: ``node.limits`` apply there and on every
+    PDU (guard.py)."""
     ssl_context = server_tls_context(node.tls) if node.tls.enabled else None
     ae = build_ae(node)
     if extra is not None:
@@ -141,20 +149,15 @@ def start_scp(
     ]
     if extra is not None:
         evt_handlers.extend(extra.handlers)
-    server = ae.start_server(
-        (node.host, node.port),
-        block=False,
-        evt_handlers=evt_handlers,
-        ssl_context=ssl_context,
-    )
-    assert server is not None  # block=False always returns the server
+    refusals = Refusals()
+    server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context)
     log.info(
         "DICOM SCP %s listening on %s:%d",
         node.ae_title,
         node.host,
         server.server_address[1],
     )
-    return RunningSCP(server, ae)
+    return RunningSCP(server, ae, refusals)
 
 
 def policy_from_config(node: NodeConfig) -> AssociationPolicy:

@@ -13,8 +13,13 @@ Parallel associations need no user-space group commit of the folder fsyncs: a jo
 system (ext4's jbd2, XFS's log) already lets concurrent fsyncs share one journal commit, and
 bench/bench_receive.py measured no gain from doing it again here. The dataset is never decoded
 and re-encoded: what the PACS sent is what a later job reads, compressed transfer syntaxes
-included; only the five receive tags are parsed, reading the header up to Series Instance UID
-(0020,000E) and no further.
+included. Before it is stored, the whole dataset passes the parse policy
+(image_model/parse_policy.py: size, deflate inflation, nesting depth, element count, pixel
+geometry, structure) in one walk that also picks up the five receive tags; nothing else is parsed.
+
+A file already on disk that the policy refuses (stored by an older version, or changed since) is
+moved to ``<data_dir>/quarantine/`` with its reason (:meth:`Spool.quarantine`), leaving a
+``<sop>.dcm.quarantined`` note in its series folder, so it never breaks Q/R or a series again.
 
 The spool is the truth for "which instances does the node hold": on restart the series tracker is
 rebuilt by :meth:`Spool.scan`.
@@ -28,22 +33,27 @@ import logging
 import os
 import tempfile
 import threading
-import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
-from typing import BinaryIO
 
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.tag import Tag
 
 from dicom_node.atomic import write_json_atomic
+from dicom_node.logsafe import uid as uid_for_log
 from dicom_node.uids import InvalidUID, validate_uid
+from image_model.parse_policy import (
+    DICM_PREFIX,
+    PREAMBLE_LENGTH,
+    ParseLimits,
+    ScanResult,
+    UnsafeDicom,
+    read_checked,
+    scan_dataset,
+    scan_part10,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +69,25 @@ RECEIVE_KEYWORDS: tuple[str, ...] = (
     "SeriesInstanceUID",
     "Modality",
 )
-#: The tags read: the receive keywords plus Specific Character Set (0008,0005).
-_RECEIVE_TAGS: list[BaseTag | int] = [
-    Tag(kw) for kw in ("SpecificCharacterSet", *RECEIVE_KEYWORDS)
-]
-#: Reading stops at the first element after the highest receive tag (Series Instance UID,
-#: 0020,000E): all five sit in groups 0008/0020, far before Pixel Data (7FE0,0010).
-_LAST_RECEIVE_TAG = int(max(_RECEIVE_TAGS))
-#: Part 10 file: 128-byte preamble, then "DICM" (PS3.10 7.1).
-PREAMBLE_LENGTH = 128
-DICM_PREFIX = b"DICM"
+#: Their tags, as the parse policy's scan returns them.
+_RECEIVE_TAGS: dict[str, int] = {kw: int(Tag(kw)) for kw in RECEIVE_KEYWORDS}
 PART10_PREFIX = bytes(PREAMBLE_LENGTH) + DICM_PREFIX
-#: Group of the File Meta Information elements (PS3.10 7.1), always explicit VR little endian.
-FILE_META_GROUP = 0x0002
 #: The ``.origin.json`` AE titles and parent folders of this many recently used series folders
 #: are known durable; older ones are simply synced again on their next instance.
 DURABLE_FOLDER_CACHE = 4096
 #: Prefix of the named temp files used where ``O_TMPFILE`` is unavailable.
 TEMP_PREFIX = ".rx-"
+#: Suffix of the note left where a quarantined instance was (its reason, as JSON).
+QUARANTINE_NOTE = ".quarantined"
+QUARANTINE_FOLDER = "quarantine"
 #: ``fdatasync`` flushes the data and the metadata needed to read it back (size, blocks): all a
 #: new file needs. Platforms without it use fsync.
 _datasync = getattr(os, "fdatasync", os.fsync)
 
 
 class CorruptInstance(ValueError):
-    """The received bytes are not a readable DICOM dataset with the UIDs the spool needs."""
+    """The received bytes are not a readable DICOM dataset with the UIDs the spool needs, or the
+    parse policy refuses them. The message never quotes a value from the data."""
 
 
 @dataclass(frozen=True)
@@ -121,52 +125,9 @@ class SpooledSeries:
     called_ae: str = ""
 
 
-def _stop_after_receive_tags(tag: BaseTag, vr: str | None, length: int) -> bool:
-    # int's own comparison: BaseTag's Python-level __gt__ costs more than the rest of the walk.
-    return int.__lt__(_LAST_RECEIVE_TAG, tag)
-
-
-def _read_receive_tags(fp: BinaryIO, transfer_syntax: str) -> Dataset:
-    """The receive tags of a dataset (no file meta) encoded in ``transfer_syntax`` at ``fp``.
-
-    Deflated Explicit VR Little Endian (PS3.5 A.5) is inflated first; an unknown (private)
-    transfer syntax is read as explicit VR little endian, the encoding PS3.5 A.4 prescribes for
-    every encapsulated syntax.
-    """
-    tsyntax = UID(transfer_syntax)
-    implicit, little, deflated = False, True, False
-    if tsyntax.is_transfer_syntax:
-        implicit, little = tsyntax.is_implicit_VR, tsyntax.is_little_endian
-        deflated = tsyntax.is_deflated
-    if deflated:
-        fp = BytesIO(zlib.decompress(fp.read(), -zlib.MAX_WBITS))
-    return read_dataset(
-        fp,
-        is_implicit_VR=implicit,
-        is_little_endian=little,
-        stop_when=_stop_after_receive_tags,
-        specific_tags=_RECEIVE_TAGS,
-    )
-
-
-def _instance_info(read: Callable[[], tuple[Dataset, str]]) -> InstanceInfo:
-    """Run ``read`` (-> receive-tag dataset, transfer syntax) and validate what it found."""
-    try:
-        ds, tsyntax = read()
-        values = {kw: _text_value(ds, kw) for kw in RECEIVE_KEYWORDS}
-    except (
-        InvalidDicomError,
-        EOFError,
-        ValueError,
-        TypeError,
-        KeyError,
-        OSError,
-        AttributeError,
-        zlib.error,
-    ) as exc:
-        raise CorruptInstance(
-            f"unreadable dataset: {type(exc).__name__}: {exc}"
-        ) from exc
+def _instance_info(scan: ScanResult) -> InstanceInfo:
+    """The receive tags of a scanned dataset, validated."""
+    values = {kw: scan.text(tag) for kw, tag in _RECEIVE_TAGS.items()}
     try:
         return InstanceInfo(
             study_uid=validate_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
@@ -174,67 +135,31 @@ def _instance_info(read: Callable[[], tuple[Dataset, str]]) -> InstanceInfo:
             sop_uid=validate_uid(values["SOPInstanceUID"], "SOPInstanceUID"),
             sop_class_uid=validate_uid(values["SOPClassUID"], "SOPClassUID"),
             modality=str(values["Modality"] or "").strip(),
-            transfer_syntax_uid=tsyntax,
+            transfer_syntax_uid=scan.transfer_syntax,
         )
     except InvalidUID as exc:
-        raise CorruptInstance(str(exc)) from exc
+        # The message names the attribute; the invalid value itself may be patient data.
+        raise CorruptInstance(f"{exc.args[0].split(' ')[0]} missing or not a valid UID (PS3.5 9.1)") from None
 
 
-def _text_value(ds: Dataset, keyword: str) -> str | None:
-    """The value of a UI or CS element as text, read from its raw bytes.
-
-    Skips pydicom's element conversion (the costliest part of parsing five tags): UI and CS
-    values are ASCII (PS3.5 6.2), padded at the end with NUL or space to even length.
-    """
-    elem = ds.get_item(keyword)
-    if elem is None:
-        return None
-    value = elem.value
-    if isinstance(value, bytes):
-        return value.decode("ascii", "replace").rstrip("\x00 ")
-    return None if value is None else str(value)
+def parse_dataset(dataset: bytes, transfer_syntax_uid: str, limits: ParseLimits | None = None) -> InstanceInfo:
+    """Check a dataset without file meta, as a C-STORE carries it (PS3.7 9.3.1.1: encoded in the
+    presentation context's transfer syntax), against the parse policy and read the receive tags.
+    ``limits``: the node's (default: the policy's defaults). Raises :class:`CorruptInstance`."""
+    try:
+        scan = scan_dataset(dataset, str(transfer_syntax_uid), limits or ParseLimits(), _RECEIVE_TAGS.values())
+    except UnsafeDicom as exc:
+        raise CorruptInstance(str(exc)) from None
+    return _instance_info(scan)
 
 
-def parse_dataset(dataset: bytes, transfer_syntax_uid: str) -> InstanceInfo:
-    """Read the receive-path tags from a dataset without file meta, as a C-STORE carries it
-    (PS3.7 9.3.1.1: the Data Set is encoded in the presentation context's transfer syntax).
-
-    Only the header up to Series Instance UID is walked. Raises :class:`CorruptInstance`.
-    """
-
-    def read() -> tuple[Dataset, str]:
-        return _read_receive_tags(BytesIO(dataset), transfer_syntax_uid), str(
-            transfer_syntax_uid
-        )
-
-    return _instance_info(read)
-
-
-def parse_instance(data: bytes) -> InstanceInfo:
-    """Read the receive-path tags from a Part 10 byte stream (preamble + file meta + dataset).
-
-    The file meta group (PS3.10 7.1) gives the transfer syntax; of the dataset only the header up
-    to Series Instance UID is walked. Raises :class:`CorruptInstance`.
-    """
-
-    def read() -> tuple[Dataset, str]:
-        if data[PREAMBLE_LENGTH : PREAMBLE_LENGTH + len(DICM_PREFIX)] != DICM_PREFIX:
-            raise InvalidDicomError(
-                "no DICM prefix after the 128-byte preamble (PS3.10 7.1)"
-            )
-        fp = BytesIO(data)
-        fp.seek(PREAMBLE_LENGTH + len(DICM_PREFIX))
-        meta = read_dataset(
-            fp,
-            is_implicit_VR=False,
-            is_little_endian=True,
-            stop_when=lambda tag, vr, length: tag.group != FILE_META_GROUP,
-        )
-        tsyntax = str(meta.get("TransferSyntaxUID", "") or "").rstrip("\x00 ")
-        # Without one, read as explicit VR little endian; read_dataset notices implicit VR.
-        return _read_receive_tags(fp, tsyntax or ExplicitVRLittleEndian), tsyntax
-
-    return _instance_info(read)
+def parse_instance(data: bytes, limits: ParseLimits | None = None) -> InstanceInfo:
+    """:func:`parse_dataset` for a Part 10 byte stream (preamble, file meta, dataset)."""
+    try:
+        scan = scan_part10(data, limits or ParseLimits(), _RECEIVE_TAGS.values())
+    except UnsafeDicom as exc:
+        raise CorruptInstance(str(exc)) from None
+    return _instance_info(scan)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -245,10 +170,16 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+def _write_all(fd: int, parts: Sequence[bytes]) -> None:
+    """Write ``parts`` in order (one ``writev``: the parts are never joined in memory)."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]
 
 
 def _tmpfile_supported(folder: Path) -> bool:
@@ -280,10 +211,16 @@ class Spool:
     Thread-safe: the DIMSE handlers of parallel associations store concurrently.
     """
 
-    def __init__(self, root: Path, unnamed_temp_files: bool | None = None) -> None:
+    def __init__(
+        self, root: Path, unnamed_temp_files: bool | None = None, limits: ParseLimits | None = None
+    ) -> None:
         """``unnamed_temp_files``: write through ``O_TMPFILE`` (True), through named ``.rx-``
-        temp files (False), or whichever the file system supports (None, the default)."""
+        temp files (False), or whichever the file system supports (None, the default).
+        ``limits``: the parse policy's limits (default: its defaults). Quarantined files go to
+        ``quarantine/`` beside ``root``."""
         self.root = Path(root)
+        self.limits = limits or ParseLimits()
+        self.quarantine_root = self.root.parent / QUARANTINE_FOLDER
         self.root.mkdir(parents=True, exist_ok=True)
         self._use_tmpfile = (
             _tmpfile_supported(self.root)
@@ -308,35 +245,38 @@ class Spool:
 
     def store(
         self,
-        data: bytes,
+        data: bytes | Sequence[bytes],
         info: InstanceInfo | None = None,
         calling_ae: str = "",
         called_ae: str = "",
     ) -> StoreResult:
-        """Durably store one instance (Part 10 bytes); idempotent per SOP Instance UID.
+        """Durably store one instance (Part 10 bytes, or its parts in order: they are written
+        with one ``writev``, never joined); idempotent per SOP Instance UID.
 
-        ``info`` may be passed when the caller already parsed ``data``. The AE titles are kept
+        ``info`` may be passed when the caller already parsed ``data`` (with the policy). The AE titles are kept
         once per series (``.origin.json``) so routing on CallingAETitle survives a restart.
         A duplicate returns only once the copy already held is durable too (its name may have
         been linked a moment ago by another association still waiting for the folder fsync).
         """
+        parts: list[bytes] = [bytes(data)] if isinstance(data, (bytearray, memoryview)) else (
+            [data] if isinstance(data, bytes) else list(data))
         if info is None:
-            info = parse_instance(data)
+            info = parse_instance(b"".join(parts), self.limits)
         final = self.instance_path(info.study_uid, info.series_uid, info.sop_uid)
         folder = final.parent
         self._ensure_folder(folder, calling_ae, called_ae)
         try:
-            duplicate = final.exists() or not self._write_new(folder, final.name, data)
+            duplicate = final.exists() or not self._write_new(folder, final.name, parts)
         except FileNotFoundError:
             # The folder was removed since it was cached as durable: create it again.
             with self._lock:
                 self._durable_folders.pop(folder, None)
             self._ensure_folder(folder, calling_ae, called_ae)
-            duplicate = final.exists() or not self._write_new(folder, final.name, data)
+            duplicate = final.exists() or not self._write_new(folder, final.name, parts)
         _fsync_dir(folder)
         return StoreResult(info, final, duplicate=duplicate)
 
-    def _write_new(self, folder: Path, name: str, data: bytes) -> bool:
+    def _write_new(self, folder: Path, name: str, data: Sequence[bytes]) -> bool:
         """Write ``data`` durably under ``folder/name`` unless that name exists (then False).
 
         The name is linked only after the data is flushed, so a name never points at bytes
@@ -361,7 +301,7 @@ class Spool:
             os.close(dir_fd)
         return True
 
-    def _write_new_named_temp(self, folder: Path, name: str, data: bytes) -> bool:
+    def _write_new_named_temp(self, folder: Path, name: str, data: Sequence[bytes]) -> bool:
         """:meth:`_write_new` through a named temp file (file systems without ``O_TMPFILE``)."""
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".part")
         try:
@@ -413,6 +353,48 @@ class Spool:
             for p in folder.iterdir()
             if p.suffix == INSTANCE_SUFFIX and not p.name.startswith(".")
         )
+
+    def quarantine(self, path: Path, reason: str) -> Path | None:
+        """Move a spooled (or produced) file the parse policy refuses out of the node's way:
+        to ``<data_dir>/quarantine/`` under its path relative to the data folder, with a note
+        holding ``reason`` where it was. Returns the new path (None if it was already gone)."""
+        path = Path(path)
+        try:
+            relative = path.resolve().relative_to(self.root.parent.resolve())
+        except ValueError:
+            relative = Path(path.name)
+        target = self.quarantine_root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, target)
+        except FileNotFoundError:
+            return None
+        write_json_atomic(path.with_name(path.name + QUARANTINE_NOTE),
+                          {"reason": reason, "moved_to": str(target)})
+        write_json_atomic(target.with_name(target.name + ".reason.json"), {"reason": reason, "from": str(path)})
+        log.warning("quarantined %s: %s", relative, reason)
+        return target
+
+    def read_header(self, path: Path, specific_tags: list[str] | None = None) -> Dataset | None:
+        """The header of a file the node holds, read under the parse policy; a file the policy
+        refuses is quarantined and None returned (so is a file that vanished)."""
+        try:
+            return read_checked(path, self.limits, stop_before_pixels=True, specific_tags=specific_tags)
+        except UnsafeDicom as exc:
+            self.quarantine(path, str(exc))
+        except FileNotFoundError:
+            pass
+        return None
+
+    def first_header(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> Dataset:
+        """The header of the series' first readable instance (by SOP Instance UID); raises
+        :class:`CorruptInstance` when none is."""
+        folder = self.series_dir(study_uid, series_uid)
+        for sop in sorted(sop_uids):
+            header = self.read_header(folder / f"{validate_uid(sop)}{INSTANCE_SUFFIX}")
+            if header is not None:
+                return header
+        raise CorruptInstance(f"no readable instance in series {uid_for_log(series_uid)}")
 
     def scan(self) -> Iterator[SpooledSeries]:
         """Every series folder with at least one instance; leftover temp files are removed."""

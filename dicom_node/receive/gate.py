@@ -1,0 +1,356 @@
+"""The receive gate: every accepted TCP connection waits here, costing one file descriptor and no
+thread, until it has completed its TLS handshake and delivered a whole A-ASSOCIATE-RQ (PS3.8
+9.3.2) within ``node.limits.associate_timeout_seconds``; only then does pynetdicom get it.
+
+So a port scanner, a crashed modality's half-open connection or a peer that sends three bytes and
+stalls never holds an association slot or a thread, and the TLS handshake runs here too, off the
+accept thread, where a silent client delays nobody. One thread runs the gate with a selector.
+
+Checks, in order, each a refusal counted and logged once (refusals.py):
+
+* ``max_pending_connections``: when full, the oldest pending connection is dropped;
+* the TLS handshake (when ``node.tls.enabled``), and the deadline for the whole A-ASSOCIATE-RQ;
+* the first PDU must be an A-ASSOCIATE-RQ no longer than ``max_associate_rq_bytes``, judged from
+  its 6-byte header before the rest is read;
+* the peer address against ``node.allowed_peer_addresses``: an A-ASSOCIATE-RJ (permanent), so a
+  misconfigured modality sees why; pynetdicom never sees the request;
+* ``max_associations`` in total and ``max_associations_per_peer``: answered with an
+  A-ASSOCIATE-RJ (transient, "local limit exceeded", PS3.8 9.3.4).
+
+:class:`GatedServer` is pynetdicom's :class:`~pynetdicom.transport.AssociationServer` with the
+gate in front (``AE.make_server(server_class=GatedServer)``); each admitted connection becomes an
+association with a :class:`~dicom_node.receive.guard.GuardedSocket`.
+"""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from socketserver import TCPServer
+from typing import Any
+
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationServer
+
+from config.schema import NodeConfig
+from dicom_node import status
+from dicom_node.receive.guard import Handoff, StreamLimits
+from dicom_node.receive.refusals import Refusals
+from dicom_node.tls import handshake_refused
+
+log = logging.getLogger(__name__)
+
+#: A-ASSOCIATE-RQ layout (PS3.8 Table 9-11): header, version, reserved, called AE, calling AE.
+RQ_HEADER = 6
+RQ_FIXED = 74
+CALLING_AE = slice(26, 42)
+#: How often the gate wakes without events (deadline checks).
+TICK_SECONDS = 0.25
+#: Backlog of the listening socket (connections the kernel queues before accept).
+LISTEN_BACKLOG = 256
+
+
+@dataclass
+class _Pending:
+    sock: socket.socket
+    address: tuple[Any, ...]
+    deadline: float
+    handshaking: bool
+    buffer: bytearray = field(default_factory=bytearray)
+    #: Bytes still needed: the PDU header first, then the announced body.
+    need: int = RQ_HEADER
+
+    @property
+    def host(self) -> str:
+        return str(self.address[0])
+
+    @property
+    def calling_ae(self) -> bytes:
+        return bytes(self.buffer[CALLING_AE]) if len(self.buffer) >= CALLING_AE.stop else b""
+
+
+#: A-ASSOCIATE-RJ PDU for a full node (PS3.8 9.3.4): transient, from the service provider
+#: (presentation related function), local limit exceeded.
+LOCAL_LIMIT_RJ = struct.pack(
+    ">BBLBBBB", 0x03, 0, 4, 0, status.RejectResult.REJECTED_TRANSIENT,
+    status.RejectSource.SERVICE_PROVIDER_PRESENTATION, status.PresentationRejectReason.LOCAL_LIMIT_EXCEEDED,
+)
+#: A-ASSOCIATE-RJ for an address not on the allowlist: permanent, service user, no reason given.
+ADDRESS_RJ = struct.pack(
+    ">BBLBBBB", 0x03, 0, 4, 0, status.RejectResult.REJECTED_PERMANENT, status.RejectSource.SERVICE_USER,
+    status.RejectReason.NO_REASON_GIVEN,
+)
+
+
+class Gate:
+    """The selector loop that holds pending connections (see the module docstring)."""
+
+    def __init__(self, server: GatedServer, node: NodeConfig, refusals: Refusals,
+                 tls: ssl.SSLContext | None) -> None:
+        self.server = server
+        self.limits = node.limits
+        self.allowed_addresses = frozenset(node.allowed_peer_addresses)
+        self.refusals = refusals
+        self.tls = tls
+        self._selector = selectors.DefaultSelector()
+        self._pending: dict[int, _Pending] = {}
+        self._inbox: deque[tuple[socket.socket, tuple[Any, ...]]] = deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._associations: dict[int, tuple[Association, str]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mmed-receive-gate", daemon=True)
+        self._thread.start()
+
+    # -- from the accept thread --------------------------------------------------------------
+
+    def admit(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        with self._lock:
+            self._inbox.append((sock, address))
+        self._wake()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake()
+        self._thread.join(5)
+        for pending in list(self._pending.values()):
+            _close(pending.sock)
+        self._pending.clear()
+        self._selector.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def track(self, assoc: Association, address: str) -> None:
+        with self._lock:
+            self._associations[id(assoc)] = (assoc, address)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                events = self._selector.select(TICK_SECONDS)
+            except OSError:
+                return
+            for key, _ in events:
+                if key.data is None:
+                    try:
+                        while self._wake_r.recv(4096):
+                            pass
+                    except OSError:
+                        pass
+                    continue
+                pending = key.data
+                try:
+                    self._progress(pending)
+                except Exception:  # one connection's bug must not stop the gate
+                    log.exception("receive gate: connection from %s failed", pending.host)
+                    self._forget(pending)
+            self._take_inbox()
+            self._expire()
+
+    def _take_inbox(self) -> None:
+        with self._lock:
+            arrived = list(self._inbox)
+            self._inbox.clear()
+        for sock, address in arrived:
+            while len(self._pending) >= self.limits.max_pending_connections:
+                oldest = next(iter(self._pending.values()))
+                self._refuse(oldest, "pending_full", f"{self.limits.max_pending_connections} connections waiting "
+                             "for their A-ASSOCIATE-RQ (node.limits.max_pending_connections); the oldest dropped")
+            try:
+                sock.setblocking(False)
+                if self.tls is not None:
+                    sock = self.tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ssl.SSLError):
+                _close(sock)
+                continue
+            pending = _Pending(sock, address, time.monotonic() + self.limits.associate_timeout_seconds,
+                               handshaking=self.tls is not None)
+            self._pending[sock.fileno()] = pending
+            self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for pending in [p for p in self._pending.values() if p.deadline <= now]:
+            what = "TLS handshake" if pending.handshaking else f"A-ASSOCIATE-RQ ({len(pending.buffer)} bytes received)"
+            self._refuse(pending, "associate_timeout", f"no complete {what} within the A-ASSOCIATE-RQ deadline of "
+                         f"{self.limits.associate_timeout_seconds:g} s (node.limits.associate_timeout_seconds)")
+
+    def _progress(self, pending: _Pending) -> None:
+        sock = pending.sock
+        if pending.handshaking:
+            assert isinstance(sock, ssl.SSLSocket)
+            try:
+                sock.do_handshake()
+            except ssl.SSLWantReadError:
+                self._selector.modify(sock, selectors.EVENT_READ, pending)
+                return
+            except ssl.SSLWantWriteError:
+                self._selector.modify(sock, selectors.EVENT_WRITE, pending)
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self.refusals.refuse("tls_handshake", pending.host, "",
+                                     f"TLS handshake failed: {handshake_refused(pending.host, exc)}")
+                self._forget(pending)
+                return
+            pending.handshaking = False
+            self._selector.modify(sock, selectors.EVENT_READ, pending)
+        while pending.need:
+            try:
+                data = sock.recv(pending.need)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except OSError:
+                self._forget(pending)
+                return
+            if not data:
+                log.debug("connection from %s closed before its A-ASSOCIATE-RQ", pending.host)
+                self._forget(pending)
+                return
+            pending.buffer += data
+            pending.need -= len(data)
+            if len(pending.buffer) == RQ_HEADER:
+                pdu_type, _, length = struct.unpack(">BBL", pending.buffer)
+                if pdu_type != 0x01:
+                    self._refuse(pending, "not_associate_rq",
+                                 f"first PDU of type 0x{pdu_type:02x}, not an A-ASSOCIATE-RQ")
+                    return
+                if length > self.limits.max_associate_rq_bytes or length < RQ_FIXED - RQ_HEADER:
+                    self._peek_titles(pending)
+                    self._refuse(pending, "associate_rq_size",
+                                 f"A-ASSOCIATE-RQ of {length} bytes (node.limits.max_associate_rq_bytes is "
+                                 f"{self.limits.max_associate_rq_bytes}); dropped before reading it")
+                    return
+                pending.need = length
+        self._complete(pending)
+
+    def _peek_titles(self, pending: _Pending) -> None:
+        """Read what already arrived of the fixed fields, for the AE title in the log line."""
+        try:
+            pending.buffer += pending.sock.recv(RQ_FIXED - RQ_HEADER)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def _complete(self, pending: _Pending) -> None:
+        """A whole A-ASSOCIATE-RQ: check the association limits, then hand over to pynetdicom."""
+        self._unregister(pending)
+        sock, host = pending.sock, pending.host
+        with self._lock:
+            alive = {k: v for k, v in self._associations.items() if v[0].is_alive()}
+            self._associations = alive
+            total = len(alive)
+            from_peer = sum(1 for _, a in alive.values() if a == host)
+        over = None
+        if self.allowed_addresses and host not in self.allowed_addresses:
+            self.refusals.refuse("peer_address", host, pending.calling_ae,
+                                 "A-ASSOCIATE-RJ: address not in node.allowed_peer_addresses")
+            self._answer_and_close(sock, ADDRESS_RJ)
+            return
+        if total >= self.limits.max_associations:
+            over = ("too_many_associations", f"{total} associations open (node.limits.max_associations)")
+        elif from_peer >= self.limits.max_associations_per_peer:
+            over = ("too_many_per_peer",
+                    f"{from_peer} associations open from this address (node.limits.max_associations_per_peer)")
+        if over is not None:
+            self.refusals.refuse(over[0], host, pending.calling_ae, f"A-ASSOCIATE-RJ (local limit exceeded): {over[1]}")
+            self._answer_and_close(sock, LOCAL_LIMIT_RJ)
+            return
+        try:
+            sock.setblocking(True)
+            sock.settimeout(self.limits.read_timeout_seconds)
+            self.server.finish_request((sock, bytes(pending.buffer)), pending.address)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("receive gate: cannot start the association from %s", host)
+            _close(sock)
+
+    def _answer_and_close(self, sock: socket.socket, pdu: bytes) -> None:
+        try:
+            sock.setblocking(True)
+            sock.settimeout(1.0)
+            sock.sendall(pdu)
+        except OSError:
+            pass
+        _close(sock)
+
+    def _refuse(self, pending: _Pending, reason: str, why: str) -> None:
+        self.refusals.refuse(reason, pending.host, pending.calling_ae, why)
+        self._forget(pending)
+
+    def _unregister(self, pending: _Pending) -> None:
+        self._pending.pop(pending.sock.fileno(), None)
+        try:
+            self._selector.unregister(pending.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def _forget(self, pending: _Pending) -> None:
+        self._unregister(pending)
+        _close(pending.sock)
+
+
+def _close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class GatedServer(AssociationServer):
+    """pynetdicom's association server with the gate in front (module docstring)."""
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, *args: Any, node: NodeConfig, refusals: Refusals, tls: ssl.SSLContext | None,
+                 **kwargs: Any) -> None:
+        kwargs["request_handler"] = Handoff
+        super().__init__(*args, **kwargs)
+        self.stream_limits = StreamLimits(node.max_pdu, node.limits)
+        self.refusals = refusals
+        self.gate = Gate(self, node, refusals, tls)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Called by the accept loop for every connection: hand it to the gate, start nothing."""
+        self.gate.admit(request, client_address)
+
+    def track(self, assoc: Association, address: str) -> None:
+        self.gate.track(assoc, address)
+
+    def shutdown(self) -> None:
+        """Stop accepting and close the gate (pynetdicom's own shutdown also unregisters the
+        server from its AE, which never registered this one)."""
+        TCPServer.shutdown(self)
+        self.server_close()
+        self.gate.stop()
+
+
+def start_gated_server(
+    ae: Any, node: NodeConfig, evt_handlers: list[Any], refusals: Refusals, tls: ssl.SSLContext | None
+) -> GatedServer:
+    """Make the gated server for ``ae`` on ``node.host:node.port`` and run its accept loop in a
+    daemon thread."""
+    server = ae.make_server((node.host, node.port), evt_handlers=evt_handlers, server_class=GatedServer,
+                            node=node, refusals=refusals, tls=tls)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                              name="mmed-receive-accept", daemon=True)
+    thread.start()
+    return server

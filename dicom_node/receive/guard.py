@@ -1,0 +1,268 @@
+"""The socket of an accepted association, with the node's limits checked on every byte pynetdicom
+reads: PDU lengths (PS3.8 9.3.1: a 4-byte length precedes every PDU), the size of each DIMSE
+message's command set and data set as P-DATA-TF fragments arrive (PS3.8 9.3.5, E.2), and a read
+timeout so a peer that stops in the middle of a PDU does not hold a thread.
+
+A breach is found from the PDU or fragment header, before the bytes it announces are read or
+allocated. The peer then gets an A-ABORT and the connection is closed; the read returns short, which
+pynetdicom treats as a closed connection (its state machine ends the association as usual).
+
+:class:`GuardedSocket` is a :class:`pynetdicom.transport.AssociationSocket`; :class:`Handoff`, the
+request handler of the gated server, gives it to each association it creates, with the
+A-ASSOCIATE-RQ the gate already read (gate.py).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from config.schema import LimitsConfig
+from dicom_node.receive.refusals import Refusals
+
+#: PDU types (PS3.8 Table 9-11).
+A_ASSOCIATE_RQ, P_DATA_TF = 0x01, 0x04
+#: Largest PDU of a type other than P-DATA-TF and A-ASSOCIATE-RQ (release, abort: 4 bytes).
+MAX_OTHER_PDU_BYTES = 4096
+#: Largest command set of one DIMSE message (a few elements of group 0000, PS3.7 E.1).
+MAX_COMMAND_BYTES = 64 * 1024
+#: A-ABORT PDU, source "DICOM UL service-provider", reason "not specified" (PS3.8 9.3.8).
+ABORT_PDU = struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 2, 0)
+_HEADER = struct.Struct(">BBL")
+_PDV = struct.Struct(">LBB")
+
+
+class LimitBreached(Exception):
+    """The peer broke a limit; ``reason`` is the refusal key, the message the log text.
+    ``in_body``: found inside a PDU whose bytes are already read (see GuardedSocket.recv)."""
+
+    def __init__(self, reason: str, why: str, in_body: bool = False) -> None:
+        super().__init__(why)
+        self.reason = reason
+        self.in_body = in_body
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What one association's byte stream may hold: the node's maximum PDU and ``node.limits``."""
+
+    max_pdu: int
+    limits: LimitsConfig
+
+    @property
+    def largest_read(self) -> int:
+        return max(self.max_pdu, self.limits.max_associate_rq_bytes) + 6
+
+
+def _fill(head: bytearray, size: int, view: memoryview, pos: int) -> int:
+    """Append to ``head`` from ``view[pos:]`` until it holds ``size`` bytes; the new position."""
+    take = min(size - len(head), len(view) - pos)
+    head += view[pos : pos + take]
+    return pos + take
+
+
+class PduStream:
+    """Follows the PDU framing of everything read from one association and raises
+    :class:`LimitBreached` as soon as a header announces more than the limits allow."""
+
+    def __init__(self, limits: StreamLimits) -> None:
+        self.limits = limits
+        self._head = bytearray()
+        self._pdu_type = 0
+        self._pdu_left = 0
+        self._pdv_head = bytearray()
+        self._pdv_left = 0
+        self._pdv_control = 0
+        self._command_bytes = 0
+        self._dataset_bytes = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._pdu_left == 0:
+                pos = _fill(self._head, 6, view, pos)
+                if len(self._head) == 6:
+                    pdu_type, _, length = _HEADER.unpack(self._head)
+                    self._head.clear()
+                    self._check_pdu(pdu_type, length)
+                    self._pdu_type, self._pdu_left = pdu_type, length
+                continue
+            take = min(self._pdu_left, end - pos)
+            if self._pdu_type == P_DATA_TF:
+                self._fragments(view[pos : pos + take])
+            pos += take
+            self._pdu_left -= take
+            if self._pdu_left == 0 and self._pdu_type == P_DATA_TF and (self._pdv_left or self._pdv_head):
+                raise LimitBreached("malformed_pdu", "a presentation data value runs past its P-DATA-TF PDU", True)
+
+    def _check_pdu(self, pdu_type: int, length: int) -> None:
+        limit = {
+            P_DATA_TF: self.limits.max_pdu,
+            A_ASSOCIATE_RQ: self.limits.limits.max_associate_rq_bytes,
+        }.get(pdu_type, MAX_OTHER_PDU_BYTES)
+        if length > limit:
+            raise LimitBreached("pdu_too_large", f"PDU type 0x{pdu_type:02x} of {length} bytes (limit {limit}: "
+                                "node.max_pdu / node.limits.max_associate_rq_bytes)")
+
+    def _fragments(self, view: memoryview) -> None:
+        """Walk the presentation data value items of a P-DATA-TF body (PS3.8 9.3.5.1, E.2)."""
+        pos, end = 0, len(view)
+        while pos < end:
+            if self._pdv_left == 0:
+                pos = _fill(self._pdv_head, 6, view, pos)
+                if len(self._pdv_head) == 6:
+                    length, _, control = _PDV.unpack(self._pdv_head)
+                    self._pdv_head.clear()
+                    if length < 2:
+                        raise LimitBreached("malformed_pdu", "a presentation data value item shorter than its header",
+                                            True)
+                    self._pdv_left, self._pdv_control = length - 2, control
+                    self._count(0)
+                continue
+            take = min(self._pdv_left, end - pos)
+            pos += take
+            self._pdv_left -= take
+            self._count(take)
+
+    def _count(self, size: int) -> None:
+        if self._pdv_control & 1:
+            self._command_bytes += size
+            if self._command_bytes > MAX_COMMAND_BYTES:
+                raise LimitBreached("command_too_large", f"a DIMSE command set over {MAX_COMMAND_BYTES} bytes", True)
+        else:
+            self._dataset_bytes += size
+            if self._dataset_bytes > self.limits.limits.max_dataset_bytes:
+                raise LimitBreached("dataset_too_large", f"a data set over {self.limits.limits.max_dataset_bytes} bytes "
+                                    "(node.limits.max_dataset_bytes)", True)
+        if self._pdv_left == 0 and self._pdv_control & 2:  # last fragment of the command or data set
+            if self._pdv_control & 1:
+                self._command_bytes = 0
+            else:
+                self._dataset_bytes = 0
+
+
+class GuardedSocket(AssociationSocket):
+    """An accepted association's socket: serves the A-ASSOCIATE-RQ the gate read, then reads
+    from the network with a timeout, every byte checked by a :class:`PduStream`."""
+
+    _prefetched: bytes
+    _stream: PduStream
+    _refusals: Refusals
+    _address: str
+    _dropped: bool
+    _breach: LimitBreached | None
+
+    @classmethod
+    def replacing(
+        cls, plain: AssociationSocket, prefetched: bytes, stream: PduStream, refusals: Refusals, address: str
+    ) -> GuardedSocket:
+        """Take over ``plain`` (the socket pynetdicom's request handler made, connection event
+        already queued) without queueing that event twice."""
+        guarded = cls.__new__(cls)
+        guarded.__dict__.update(vars(plain))
+        guarded._prefetched = prefetched
+        guarded._stream = stream
+        guarded._refusals = refusals
+        guarded._address = address
+        guarded._dropped = False
+        guarded._breach = None
+        return guarded
+
+    @property
+    def ready(self) -> bool:
+        if self._prefetched:
+            return True
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        """Read ``nr_bytes`` (pynetdicom asks for a PDU header, then its body). A breach found in
+        a header drops the peer before the body is read; one found in a body already read (a
+        fragment over the data set limit) lets pynetdicom have that PDU, at most ``max_pdu``
+        bytes, and drops the peer at the next header: the DIMSE message never completes, or,
+        if that PDU completed it, the C-STORE handler refuses the oversized data set."""
+        if self._dropped:
+            return bytearray()
+        if self._breach is not None:
+            return self._drop(self._breach.reason, str(self._breach))
+        out = bytearray(self._prefetched[:nr_bytes])
+        self._prefetched = self._prefetched[len(out) :]
+        try:
+            if len(out) < nr_bytes:
+                out += self._read(nr_bytes - len(out))
+            self._stream.feed(out)
+        except LimitBreached as exc:
+            if exc.in_body:
+                self._breach = exc
+                return out
+            return self._drop(exc.reason, str(exc))
+        except TimeoutError:
+            return self._drop("read_timeout", f"no data for {self._stream.limits.limits.read_timeout_seconds:g} s "
+                              "in the middle of a PDU (node.limits.read_timeout_seconds)")
+        except OSError:
+            return bytearray()  # connection broken: pynetdicom sees it closed
+        return out
+
+    def _read(self, size: int) -> bytearray:
+        limit = self._stream.limits.largest_read
+        if size > limit:
+            raise LimitBreached("pdu_too_large", f"a read of {size} bytes (limit {limit})")
+        sock = self.socket
+        assert sock is not None
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = sock.recv_into(view[got:], size - got)
+            if n == 0:
+                break
+            got += n
+        del view
+        if got < size:
+            del buf[got:]
+        return buf
+
+    def _drop(self, reason: str, why: str) -> bytearray:
+        self._dropped = True
+        self._refusals.refuse(reason, self._address, self.assoc.requestor.ae_title, why)
+        sock = self.socket
+        if sock is not None:
+            try:
+                sock.settimeout(1.0)
+                sock.sendall(ABORT_PDU)
+            except OSError:
+                pass
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        return bytearray()
+
+
+class Handoff(RequestHandler):
+    """Request handler of the gated server: ``request`` is ``(socket, A-ASSOCIATE-RQ bytes)``.
+
+    Builds the association as pynetdicom's handler does, then gives it a :class:`GuardedSocket`;
+    the server (gate.py) provides ``stream_limits``, ``refusals`` and ``track``."""
+
+    def handle(self) -> None:
+        raw, prefetched = self.request
+        self.request = raw
+        assoc = self._create_association()
+        server: Any = self.server
+        plain = assoc.dul.socket
+        assert plain is not None
+        address = str(self.client_address[0])
+        guarded = GuardedSocket.replacing(
+            plain, prefetched, PduStream(server.stream_limits), server.refusals, address
+        )
+        assoc.dul.socket = None
+        assoc.set_socket(guarded)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        server.track(assoc, address)
+        assoc.start()
