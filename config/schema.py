@@ -78,9 +78,10 @@ class LimitsConfig(_Strict):
     #: Deflated Explicit VR Little Endian: largest inflated dataset and inflation ratio.
     max_inflated_bytes: int = Field(64 * MiB, ge=1 * MiB)
     max_inflate_ratio: float = Field(200.0, ge=2)
-    #: Decoded pixel bytes one instance may declare (Rows x Columns x Samples per Pixel x
-    #: Number of Frames x bytes per sample), checked from the header before any decode.
-    max_pixel_bytes: int = Field(32 * MiB, ge=1 * MiB)
+    #: Decoded pixels one instance may declare, as the node holds them: Rows x Columns x Samples
+    #: per Pixel x Number of Frames x 4 bytes (float32; Bits Allocated / 8 when wider), checked
+    #: from the header before any decode. 64 MiB: 16 M samples, e.g. 4096 x 4096.
+    max_pixel_bytes: int = Field(64 * MiB, ge=1 * MiB)
     #: Sequences nested deeper than this, or more data elements than this, are refused.
     max_sequence_depth: int = Field(32, ge=2, le=128)
     max_elements: int = Field(250_000, ge=1000)

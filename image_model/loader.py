@@ -94,7 +94,7 @@ def load_series(source: Path | Sequence[Path], limits: ParseLimits | None = None
             f"series mixes {len(multi)} multi-frame instance(s) with {len(datasets) - len(multi)} "
             "other instance(s); only one multi-frame instance per series is supported"
         )
-    slices = _frames(datasets[0]) if multi else [_single_frame(ds) for ds in datasets]
+    slices = _frames(datasets[0]) if multi else _single_frames(datasets, meta)
     _check_frames_of_reference(datasets)
     volume = _assemble(slices, meta)
     if not meta["notes"]:
@@ -192,7 +192,7 @@ def _check_frames_of_reference(datasets: list[Dataset]) -> None:
 def _decode(ds: Dataset) -> np.ndarray:
     try:
         return np.asarray(ds.pixel_array)
-    except (RuntimeError, ValueError, NotImplementedError, AttributeError, KeyError) as exc:
+    except Exception as exc:  # any decoder's failure means undecodable pixel data
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(ts, "name", str(ts))
         raise LoadError(f"cannot decode pixel data ({name}): {exc}") from exc
@@ -207,8 +207,23 @@ def _to_gray(array: np.ndarray, ds: Dataset) -> np.ndarray:
 
 
 def _modality_values(array: np.ndarray, ds: Dataset) -> np.ndarray:
+    """Stored values to modality units, float32 (PS3.3 C.11.1). The common linear case (Rescale
+    Slope/Intercept, no Modality LUT) is computed in float32 in place: pydicom's general path
+    goes through a float64 copy, twice the volume's memory (it bounds what one instance may
+    cost, see parse_policy.max_pixel_bytes)."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         return array.astype(np.float32)
+    if "ModalityLUTSequence" not in ds and "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        try:
+            slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        except (TypeError, ValueError):
+            slope, intercept = 1.0, 0.0
+        values = array.astype(np.float32)
+        if slope != 1.0:
+            values *= np.float32(slope)
+        if intercept:
+            values += np.float32(intercept)
+        return values
     return np.asarray(apply_modality_lut(array, ds), dtype=np.float32)
 
 
@@ -228,6 +243,24 @@ def _pixel_spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
         if value is not None and np.all(value > 0):
             return (float(value[0]), float(value[1])), keyword
     return None, "assumed 1.0 mm (no usable PixelSpacing/ImagerPixelSpacing)"
+
+
+def _single_frames(datasets: list[Dataset], meta: dict[str, Any]) -> list[_Slice]:
+    """One slice per instance; an instance whose pixel data cannot be decoded is skipped with its
+    reason (one corrupt instance does not fail its series), unless none can be."""
+    slices: list[_Slice] = []
+    failed: list[str] = []
+    for ds in datasets:
+        try:
+            slices.append(_single_frame(ds))
+        except LoadError as exc:
+            failed.append(str(exc))
+    if not slices:
+        raise LoadError(failed[0])
+    if failed:
+        meta.setdefault("skipped_files", []).extend(failed)
+        meta["notes"].append(f"{len(failed)} instance(s) whose pixel data cannot be decoded skipped")
+    return slices
 
 
 def _single_frame(ds: Dataset) -> _Slice:

@@ -14,8 +14,9 @@ by :class:`ParseLimits`:
   recursion: 5000 levels exhaust the interpreter's stack), more than ``max_elements`` elements;
 * lengths that run past the data or out of their sequence/item, items outside sequences,
   unbalanced delimiters, invalid VRs;
-* pixel geometry (Rows x Columns x Samples per Pixel x Number of Frames x bytes per sample,
-  PS3.3 C.7.6.3) decoding to more than ``max_pixel_bytes``, and compressed frames whose own
+* pixel geometry (Rows x Columns x Samples per Pixel x Number of Frames, PS3.3 C.7.6.3) whose
+  decoded samples, as the node holds them (float32, or Bits Allocated when wider), would take more
+  than ``max_pixel_bytes``, and compressed frames whose own
   codestream header (JPEG SOF, JPEG 2000 SIZ, RLE header: PS3.5 A.4, G.5) declares more pixels than
   the DICOM header, since decoders allocate from the codestream.
 
@@ -71,6 +72,8 @@ ITEM_TAG_LITTLE = b"\xfe\xff\x00\xe0"
 JPEG_FAMILY_PREFIXES = ("1.2.840.10008.1.2.4.",)
 
 _SEQ, _ITEM_FRAME = 0, 1
+#: Bytes one decoded sample occupies in the loader's volume (float32).
+WORKING_BYTES_PER_SAMPLE = 4
 
 
 class UnsafeDicom(ValueError):
@@ -86,7 +89,7 @@ class ParseLimits:
     max_dataset_bytes: int = 64 * MiB
     max_inflated_bytes: int = 64 * MiB
     max_inflate_ratio: float = 200.0
-    max_pixel_bytes: int = 32 * MiB
+    max_pixel_bytes: int = 64 * MiB
     max_sequence_depth: int = 32
     max_elements: int = 250_000
 
@@ -300,7 +303,9 @@ def _check_geometry(result: ScanResult, little: bool, limits: ParseLimits) -> tu
     samples = _us(result, SAMPLES, little, 1)
     bits = _us(result, BITS_ALLOCATED, little, 8)
     assert rows is not None and cols is not None and samples is not None and bits is not None
-    pixel_bytes = rows * cols * samples * _frames(result) * max(1, (bits + 7) // 8)
+    # The size the node works with: every sample becomes a float32 (the loader's volume), 64-bit
+    # float data stays 64-bit.
+    pixel_bytes = rows * cols * samples * _frames(result) * max(WORKING_BYTES_PER_SAMPLE, (bits + 7) // 8)
     result.pixel_bytes = pixel_bytes
     if pixel_bytes > limits.max_pixel_bytes:
         raise UnsafeDicom(

@@ -179,7 +179,7 @@ def close_all(socks: list[socket.socket]) -> None:
 def ct_dataset(rows: int = 16, cols: int = 16, **values: Any) -> Dataset:
     """A small valid CT image (no file meta); ``values`` override attributes."""
     pixels = np.arange(rows * cols, dtype=np.uint32).reshape(rows, cols) % 4000
-    return ct_image(pixels, PatientName="Hostile^Test", PatientID="HOSTILE-1", **values)
+    return ct_image(pixels, **{"PatientName": "Hostile^Test", "PatientID": "HOSTILE-1", **values})
 
 
 def deflate_bomb(inflated_bytes: int) -> tuple[Dataset, bytes]:
@@ -247,9 +247,13 @@ def part10(ds: Dataset, body: bytes, transfer_syntax: str) -> bytes:
 def loading_runner(spec: JobSpec) -> dict[str, Any]:
     """A stand-in job runner (NOT the pipeline) that loads the job's series through the real
     loader, as the pipeline does first, and records what it loaded."""
-    from image_model.loader import load_series
+    from dicom_node.jobs.pipeline import JobFailed
+    from image_model.loader import LoadError, load_series
 
-    volume = load_series(instance_files(spec))
+    try:
+        volume = load_series(instance_files(spec))
+    except LoadError as exc:
+        raise JobFailed(f"cannot load series: {exc}") from None
     manifest = {"job_id": spec.job_id, "instances": len(volume.datasets), "files": [],
                 "skipped": len(volume.meta.get("skipped_files", []))}
     write_json_atomic(Path(spec.result_dir) / "manifest.json", manifest)

@@ -183,3 +183,22 @@ def test_dcmtk_storescu_still_stores_under_limits(served: list[ServedNode], tmp_
     assert all(p.wait(60) == 0 for p in procs)
     assert storescu(node.port, files[:1]).returncode == 0
     assert len(list(node.data_dir.glob("spool/*/*/*.dcm"))) == 8
+
+
+def test_refusals_are_counted(tmp_path: Path) -> None:
+    """Every dropped peer is counted per reason (Node.refusals), here in an in-process node."""
+    from dicom_node.app.node import Node
+    from tests.receive_helpers import counting_runner, free_port, node_config
+
+    config = node_config(tmp_path / "var", free_port(), limits={"associate_timeout_seconds": 1.0})
+    with Node(config, runner=counting_runner, use_default_outbox=False) as node:
+        stalled = stalled_connections(node.port, 3, b"\x01")
+        try:
+            with socket.create_connection(("127.0.0.1", node.port)) as big:
+                big.sendall(struct.pack(">BBL", 1, 0, 1 << 30))
+                assert _closed_by_peer(big, 5)
+            assert all(_closed_by_peer(s, 5) for s in stalled)
+        finally:
+            close_all(stalled)
+        counts = wait_for(lambda: node.refusals().get("associate_timeout") == 3 and node.refusals(), 5)
+        assert counts["associate_rq_size"] == 1

@@ -11,7 +11,8 @@ Checks, in order, each a refusal counted and logged once (refusals.py):
 * ``max_pending_connections``: when full, the oldest pending connection is dropped;
 * the TLS handshake (when ``node.tls.enabled``), and the deadline for the whole A-ASSOCIATE-RQ;
 * the first PDU must be an A-ASSOCIATE-RQ no longer than ``max_associate_rq_bytes``, judged from
-  its 6-byte header before the rest is read;
+  its 6-byte header before the rest is read, and one pynetdicom can decode (else A-ABORT: a
+  request pynetdicom aborts itself would hold an association slot for its ACSE timeout);
 * the peer address against ``node.allowed_peer_addresses``: an A-ASSOCIATE-RJ (permanent), so a
   misconfigured modality sees why; pynetdicom never sees the request;
 * ``max_associations`` in total and ``max_associations_per_peer``: answered with an
@@ -37,11 +38,12 @@ from socketserver import TCPServer
 from typing import Any
 
 from pynetdicom.association import Association
+from pynetdicom.pdu import A_ASSOCIATE_RQ
 from pynetdicom.transport import AssociationServer
 
 from config.schema import NodeConfig
 from dicom_node import status
-from dicom_node.receive.guard import Handoff, StreamLimits
+from dicom_node.receive.guard import ABORT_PDU, Handoff, StreamLimits
 from dicom_node.receive.refusals import Refusals
 from dicom_node.tls import handshake_refused
 
@@ -248,9 +250,17 @@ class Gate:
             pass
 
     def _complete(self, pending: _Pending) -> None:
-        """A whole A-ASSOCIATE-RQ: check the association limits, then hand over to pynetdicom."""
+        """A whole A-ASSOCIATE-RQ: check it decodes, check the association limits, then hand over
+        to pynetdicom."""
         self._unregister(pending)
         sock, host = pending.sock, pending.host
+        why = malformed_rq(bytes(pending.buffer))
+        if why is not None:
+            # pynetdicom would abort it, but hold the association until its ACSE timeout.
+            self.refusals.refuse("malformed_associate_rq", host, pending.calling_ae,
+                                 f"A-ABORT: malformed A-ASSOCIATE-RQ ({why})")
+            self._answer_and_close(sock, ABORT_PDU)
+            return
         with self._lock:
             alive = {k: v for k, v in self._associations.items() if v[0].is_alive()}
             self._associations = alive
@@ -302,6 +312,17 @@ class Gate:
     def _forget(self, pending: _Pending) -> None:
         self._unregister(pending)
         _close(pending.sock)
+
+
+def malformed_rq(rq: bytes) -> str | None:
+    """Why pynetdicom could not decode this A-ASSOCIATE-RQ (the exception's type), or None."""
+    try:
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(rq)
+        pdu.to_primitive()
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the request is refused
+        return type(exc).__name__
+    return None
 
 
 def _close(sock: socket.socket) -> None:

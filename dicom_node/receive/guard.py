@@ -14,16 +14,21 @@ A-ASSOCIATE-RQ the gate already read (gate.py).
 
 from __future__ import annotations
 
+import logging
+import queue
 import socket
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import evt
+from pynetdicom.fsm import ACTIONS, TRANSITION_TABLE, StateMachine
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from config.schema import LimitsConfig
 from dicom_node.receive.refusals import Refusals
+
+log = logging.getLogger(__name__)
 
 #: PDU types (PS3.8 Table 9-11).
 A_ASSOCIATE_RQ, P_DATA_TF = 0x01, 0x04
@@ -33,6 +38,12 @@ MAX_OTHER_PDU_BYTES = 4096
 MAX_COMMAND_BYTES = 64 * 1024
 #: A-ABORT PDU, source "DICOM UL service-provider", reason "not specified" (PS3.8 9.3.8).
 ABORT_PDU = struct.pack(">BBLBBBB", 0x07, 0, 4, 0, 0, 2, 0)
+#: PDUs that answer an A-ASSOCIATE-RQ: A-ASSOCIATE-AC, -RJ, A-ABORT.
+ANSWER_PDU_TYPES = frozenset({0x02, 0x03, 0x07})
+#: PDUs after which the node holds no association on the connection: A-ASSOCIATE-RJ, A-ABORT.
+ENDING_PDU_TYPES = frozenset({0x03, 0x07})
+#: Events of the local service user (PS3.8 Table 9-10: the node's own requests and responses).
+LOCAL_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 _HEADER = struct.Struct(">BBL")
 _PDV = struct.Struct(">LBB")
 
@@ -157,6 +168,7 @@ class GuardedSocket(AssociationSocket):
     _address: str
     _dropped: bool
     _breach: LimitBreached | None
+    _answered: bool
 
     @classmethod
     def replacing(
@@ -172,13 +184,33 @@ class GuardedSocket(AssociationSocket):
         guarded._address = address
         guarded._dropped = False
         guarded._breach = None
+        guarded._answered = False
         return guarded
 
     @property
     def ready(self) -> bool:
+        """Data for pynetdicom to read: the prefetched request, then nothing more until the node
+        has answered it (a requestor waits for the A-ASSOCIATE-AC, PS3.8 9.2 Sta5; reading on
+        would race pynetdicom's own answer)."""
         if self._prefetched:
             return True
+        if not self._answered:
+            return False
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def send(self, bytestream: bytes) -> None:
+        """Send a PDU. After an A-ABORT or A-ASSOCIATE-RJ the association is over: the
+        connection is shut down at once rather than held (PS3.8 Sta13) until the peer closes it
+        or the ARTIM timer runs out."""
+        pdu_type = bytestream[0] if bytestream else 0
+        if not self._answered and pdu_type in ANSWER_PDU_TYPES:
+            self._answered = True
+        super().send(bytestream)
+        if pdu_type in ENDING_PDU_TYPES and self.socket is not None:
+            try:
+                self.socket.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def recv(self, nr_bytes: int) -> bytearray:
         """Read ``nr_bytes`` (pynetdicom asks for a PDU header, then its body). A breach found in
@@ -190,11 +222,14 @@ class GuardedSocket(AssociationSocket):
             return bytearray()
         if self._breach is not None:
             return self._drop(self._breach.reason, str(self._breach))
-        out = bytearray(self._prefetched[:nr_bytes])
-        self._prefetched = self._prefetched[len(out) :]
         try:
-            if len(out) < nr_bytes:
-                out += self._read(nr_bytes - len(out))
+            if self._prefetched:  # the A-ASSOCIATE-RQ the gate read
+                out = bytearray(self._prefetched[:nr_bytes])
+                self._prefetched = self._prefetched[len(out) :]
+                if len(out) < nr_bytes:
+                    out += self._read(nr_bytes - len(out))
+            else:
+                out = self._read(nr_bytes)
             self._stream.feed(out)
         except LimitBreached as exc:
             if exc.in_body:
@@ -227,9 +262,13 @@ class GuardedSocket(AssociationSocket):
             del buf[got:]
         return buf
 
+    def refused(self, reason: str, why: str) -> None:
+        """Count and log one refusal of this peer (address and AE title)."""
+        self._refusals.refuse(reason, self._address, self.assoc.requestor.ae_title, why)
+
     def _drop(self, reason: str, why: str) -> bytearray:
         self._dropped = True
-        self._refusals.refuse(reason, self._address, self.assoc.requestor.ae_title, why)
+        self.refused(reason, why)
         sock = self.socket
         if sock is not None:
             try:
@@ -242,6 +281,50 @@ class GuardedSocket(AssociationSocket):
             except OSError:
                 pass
         return bytearray()
+
+
+class TolerantStateMachine(StateMachine):
+    """pynetdicom's upper layer state machine (PS3.8 9.2), made to survive what a peer sends.
+
+    pynetdicom raises in its DUL thread, which then dies and leaves the association (and its
+    slot) held for ever, in two cases a hostile or broken peer can cause:
+
+    * a primitive of the node itself (a response being sent) arrives after the peer broke the
+      protocol and the connection is closing (Sta13) or closed (Sta1), a case PS3.8 leaves
+      undefined: here the primitive is dropped and the association ends with its connection;
+    * the action for a peer's PDU fails on its content (a DIMSE command set without a Command
+      Field, say): here that PDU is handled as an unrecognised one (Evt19: A-ABORT, PS3.8 AA-8),
+      counted and logged once as a refusal.
+    """
+
+    def do_action(self, event: str) -> None:
+        key = (event, self.current_state)
+        if event in LOCAL_EVENTS:
+            if key in TRANSITION_TABLE:
+                super().do_action(event)
+                return
+            try:
+                self.dul.to_provider_queue.get(False)
+            except queue.Empty:
+                pass
+            log.debug("dropped the node's %s in %s: the peer's connection is closing", event, self.current_state)
+            return
+        if key not in TRANSITION_TABLE:
+            super().do_action(event)  # pynetdicom's answer to an undefined transition
+            return
+        name = TRANSITION_TABLE[key]
+        try:
+            next_state = ACTIONS[name][1](self.dul)
+        except Exception as exc:  # noqa: BLE001 - the peer's data broke the action: an invalid PDU
+            sock = self.dul.socket
+            if isinstance(sock, GuardedSocket):
+                sock.refused("malformed_message", f"{type(exc).__name__} handling its PDU; association aborted")
+            self.dul.event_queue.put("Evt19")
+            return
+        evt.trigger(self.dul.assoc, evt.EVT_FSM_TRANSITION, {
+            "action": name, "current_state": self.current_state, "fsm_event": event, "next_state": next_state,
+        })
+        self.transition(next_state)
 
 
 class Handoff(RequestHandler):
@@ -263,6 +346,7 @@ class Handoff(RequestHandler):
         )
         assoc.dul.socket = None
         assoc.set_socket(guarded)
+        assoc.dul.state_machine = TolerantStateMachine(assoc.dul)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
         server.track(assoc, address)
         assoc.start()

@@ -104,6 +104,8 @@ def build_ae(node: NodeConfig) -> AE:
     # The gate (gate.py) enforces the limits first; pynetdicom's own count agrees with it.
     ae.maximum_associations = node.limits.max_associations
     ae.network_timeout = node.limits.idle_timeout_seconds
+    # ARTIM (PS3.8 9.1.5): how long a closing association waits for the peer to close.
+    ae.acse_timeout = node.limits.associate_timeout_seconds
     # The allowlists are enforced in handlers.handle_requested, so both checks log the same way.
     for sop_class in STORAGE_SOP_CLASSES:
         ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
