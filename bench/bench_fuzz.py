@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.fuzz_dicom import Report, fuzz
+from tests.fuzz_dicom import FUZZ_CONFIG, Report, fuzz
 from tests.hostile_helpers import MB, RSS_BUDGET_BYTES, ServedNode
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="mmed-fuzz-"))
     # The node's jobs load each series through the real loader (tests/hostile_helpers.py).
-    node = ServedNode(folder, runner="tests.hostile_helpers:loading_runner")
+    node = ServedNode(folder, FUZZ_CONFIG, runner="tests.hostile_helpers:loading_runner")
     try:
         report = fuzz(node, args.seed, args.cases, args.rss_budget_mb * MB, args.check_every, progress)
     finally:

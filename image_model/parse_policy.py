@@ -67,6 +67,12 @@ ROWS, COLUMNS, SAMPLES, FRAMES, BITS_ALLOCATED = 0x00280010, 0x00280011, 0x00280
 GEOMETRY_TAGS = frozenset({ROWS, COLUMNS, SAMPLES, FRAMES, BITS_ALLOCATED})
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+#: Every value representation of PS3.5 Table 6.2-1; two capitals that are none of them make pydicom
+#: raise when the element is read.
+KNOWN_VRS = LONG_VRS | frozenset({
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
+    b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+})
 ITEM_TAG_LITTLE = b"\xfe\xff\x00\xe0"
 #: Compressed transfer syntaxes whose frames start with a JPEG / JPEG-LS / JPEG 2000 codestream.
 JPEG_FAMILY_PREFIXES = ("1.2.840.10008.1.2.4.",)
@@ -199,6 +205,8 @@ def _walk(
             vr = None
             length = long_len.unpack_from(buf, pos + 4)[0]
             pos += 8
+        elif vr not in KNOWN_VRS:
+            raise UnsafeDicom("an unknown value representation")
         elif vr in LONG_VRS:
             if pos + 12 > limit_end:
                 raise UnsafeDicom("truncated element header")

@@ -93,6 +93,16 @@ def store_rq(sop_class: str, sop_instance: str, message_id: int = 1) -> bytes:
     return command_set(ds)
 
 
+def find_rq(sop_class: str, message_id: int = 1) -> bytes:
+    ds = Dataset()
+    ds.AffectedSOPClassUID = sop_class
+    ds.CommandField = 0x0020
+    ds.MessageID = message_id
+    ds.Priority = 0
+    ds.CommandDataSetType = 0x0000
+    return command_set(ds)
+
+
 def p_data(context_id: int, command: bytes, dataset: bytes | None = None, max_pdu: int = 16384) -> list[bytes]:
     """P-DATA-TF PDUs carrying one DIMSE message, fragmented to ``max_pdu`` (PS3.8 9.3.5, E.2)."""
     pdus = []

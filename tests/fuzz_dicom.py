@@ -44,10 +44,14 @@ from tests.hostile_helpers import MB, ServedNode, ct_dataset
 
 ECHO_SECONDS = 2.0
 CT = "1.2.840.10008.5.1.4.1.1.2"
+#: Study Root Query/Retrieve Information Model - FIND (PS3.4 C.6.2.1.1).
+FIND = "1.2.840.10008.5.1.4.1.2.2.1"
 #: SOP Instance UIDs of fuzzed instances: a fixed prefix and a 10-digit counter, so a fresh UID
 #: replaces the seed's in place (same length) before the dataset is mutated.
 UID_PREFIX = "1.2.826.0.1.3680043.10.1337.9."
 UID_WIDTH = 10
+#: The fuzzed node's config: its Q/R SCP answers the fuzzer's C-FINDs.
+FUZZ_CONFIG = {"query_retrieve": {"allowed_calling_aets": ["FUZZER", "FUZZSTORE"]}}
 SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless)
 _LOG_FAILURES = re.compile(r"Traceback|Exception in thread|RecursionError|MemoryError|Segmentation fault")
 _UID = r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*"
@@ -155,11 +159,39 @@ MUTATORS: tuple[Callable[[random.Random, bytearray], None], ...] = (
 )
 
 
-def mutate(rng: random.Random, data: bytes, rounds: int | None = None) -> bytes:
+#: Mutations that keep every length (so the structure usually survives and the values reach
+#: pydicom, the loader and the job).
+IN_PLACE_MUTATORS = (_flip, _interesting_byte)
+
+
+def mutate(rng: random.Random, data: bytes, rounds: int | None = None, in_place: bool = False) -> bytes:
     out = bytearray(data)
     for _ in range(rounds or rng.choice((1, 1, 1, 2, 3, 6))):
-        rng.choice(MUTATORS)(rng, out)
+        rng.choice(IN_PLACE_MUTATORS if in_place else MUTATORS)(rng, out)
     return bytes(out)
+
+
+#: Header values a real PACS has sent at some point, valid structure, wrong meaning.
+_ODD_VALUES: dict[str, tuple[object, ...]] = {
+    "Rows": (0, 1, 7, 65535), "Columns": (0, 1, 9, 65535), "BitsAllocated": (0, 1, 7, 12, 32, 64),
+    "BitsStored": (0, 17, 64), "HighBit": (0, 15, 63), "PixelRepresentation": (1, 2, 255),
+    "SamplesPerPixel": (0, 2, 3, 4), "PhotometricInterpretation": ("RGB", "YBR_FULL", "PALETTE COLOR", "X"),
+    "NumberOfFrames": ("0", "2", "-1", "99"), "PixelSpacing": (["0", "0"], ["-1", "1"], ["1e308", "1"]),
+    "ImageOrientationPatient": ([0, 0, 0, 0, 0, 0], [1, 0, 0, 1, 0, 0]), "ImagePositionPatient": (["nan", "0", "0"],),
+    "RescaleSlope": ("0", "1e30", "-1"), "RescaleIntercept": ("1e30",), "PatientBirthDate": ("1901-02-03", "00000000"),
+    "StudyTime": ("25:61:61",), "PatientName": ("A" * 70, "x\ny"), "SpecificCharacterSet": ("ISO_IR 999", "ISO 2022 IR 87"),
+    "Modality": ("ct", ""), "SOPClassUID": ("1.2.3",), "WindowCenter": ("abc",),
+}
+
+
+def _odd_header(rng: random.Random, ds: Dataset) -> Dataset:
+    odd = Dataset(ds)
+    for keyword in rng.sample(sorted(_ODD_VALUES), rng.randint(1, 4)):
+        try:
+            setattr(odd, keyword, rng.choice(_ODD_VALUES[keyword]))
+        except (TypeError, ValueError, OverflowError):
+            pass
+    return odd
 
 
 def _geometry_bomb(rng: random.Random, ds: Dataset) -> Dataset:
@@ -214,11 +246,22 @@ class CaseMaker:
         self.counter = 0
 
     def _conversation(self, sop_uid: str) -> list[bytes]:
+        """A valid association: echo, then a C-STORE or a C-FIND (its identifier mutated too)."""
         syntax, ds = self.rng.choice(self.seeds)
-        body = _encode(ds, syntax).replace(_uid(0).encode(), sop_uid.encode())
-        pdus = [wire.associate_rq([(wire.VERIFICATION, [ImplicitVRLittleEndian]), (CT, [syntax])], "FUZZER")]
+        contexts = [(wire.VERIFICATION, [ImplicitVRLittleEndian]), (CT, [syntax]), (FIND, [ExplicitVRLittleEndian])]
+        pdus = [wire.associate_rq(contexts, "FUZZER")]
         pdus += wire.p_data(1, wire.echo_rq(1))
-        pdus += wire.p_data(3, wire.store_rq(CT, sop_uid, 2), body, max_pdu=self.rng.choice((128, 4096, 16384)))
+        if self.rng.random() < 0.25:
+            query = Dataset()
+            query.QueryRetrieveLevel = self.rng.choice(("PATIENT", "STUDY", "SERIES", "IMAGE"))
+            query.StudyInstanceUID, query.PatientName, query.StudyDate = "", "*", "20200101-"
+            query.ModalitiesInStudy, query.NumberOfStudyRelatedInstances = "", ""
+            identifier = mutate(self.rng, wire.encode_dataset(query)) if self.rng.random() < 0.7 else (
+                wire.encode_dataset(query))
+            pdus += wire.p_data(5, wire.find_rq(FIND, 2), identifier)
+        else:
+            body = _encode(ds, syntax).replace(_uid(0).encode(), sop_uid.encode())
+            pdus += wire.p_data(3, wire.store_rq(CT, sop_uid, 2), body, max_pdu=self.rng.choice((128, 4096, 16384)))
         pdus.append(wire.release_rq())
         return pdus
 
@@ -239,16 +282,25 @@ class CaseMaker:
         syntax, ds = rng.choice(self.seeds)
         if roll < 0.45:
             ds = _geometry_bomb(rng, ds)
-        plain = _encode(ds, ExplicitVRLittleEndian if syntax == DeflatedExplicitVRLittleEndian else syntax)
+        elif roll < 0.6:
+            ds = _odd_header(rng, ds)
+        try:
+            plain = _encode(ds, ExplicitVRLittleEndian if syntax == DeflatedExplicitVRLittleEndian else syntax)
+        except (TypeError, ValueError, OverflowError, struct.error):
+            plain = _encode(self.seeds[0][1], ExplicitVRLittleEndian)
         plain = plain.replace(_uid(0).encode(), sop.encode())
+        in_place = rng.random() < 0.5
         if syntax == DeflatedExplicitVRLittleEndian:
             if roll < 0.47:
                 return Case(number, "store", _deflate_bomb(rng, plain), syntax, sop)
-            data = _deflate(mutate(rng, plain)) if rng.random() < 0.5 else mutate(rng, _deflate(plain))
-        elif roll < 0.5:
-            data = plain  # valid, except for a geometry bomb
+            if roll < 0.6:
+                return Case(number, "store", _deflate(plain), syntax, sop)
+            data = (_deflate(mutate(rng, plain, in_place=in_place)) if rng.random() < 0.5
+                    else mutate(rng, _deflate(plain)))
+        elif roll < 0.6:
+            data = plain  # valid structure: a geometry bomb, or odd header values
         else:
-            data = mutate(rng, plain)
+            data = mutate(rng, plain, in_place=in_place)
         return Case(number, "store", data, syntax, sop)
 
 

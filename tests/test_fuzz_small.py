@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fuzz_dicom import fuzz
+from tests.fuzz_dicom import FUZZ_CONFIG, fuzz
 from tests.hostile_helpers import RSS_BUDGET_BYTES, ServedNode
 
 #: Cases per run: a few seconds on a busy 2-core machine. The seed is fixed: a failure replays.
@@ -19,7 +19,7 @@ SEED = 11
 
 
 def test_fuzz_small_budget(served: list[ServedNode], tmp_path: Path) -> None:
-    node = ServedNode(tmp_path, runner="tests.hostile_helpers:loading_runner")
+    node = ServedNode(tmp_path, FUZZ_CONFIG, runner="tests.hostile_helpers:loading_runner")
     served.append(node)
     report = fuzz(node, SEED, BUDGET, RSS_BUDGET_BYTES, check_every=100)
     assert report.violations == [], report.as_dict()

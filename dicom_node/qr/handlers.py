@@ -52,6 +52,7 @@ from dicom_node.qr.index import (
 )
 from dicom_node.status import QRStatus
 from dicom_node.tls import tls_context
+from image_model.parse_policy import UnsafeDicom, scan_dataset
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel) -> Req
         level = Level(raw_level)
     except ValueError:
         raise QRFailure(QRStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
-                        f"Query/Retrieve Level {raw_level!r} is not PATIENT/STUDY/SERIES/IMAGE") from None
+                        "Query/Retrieve Level is not PATIENT/STUDY/SERIES/IMAGE") from None
     if level not in MODEL_LEVELS[model]:
         raise QRFailure(QRStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
                         f"level {level.value} does not exist in the {model.value} root model")
@@ -196,6 +197,18 @@ def _caller(event: Event) -> str:
     return f"{event.assoc.requestor.address} (AE {logsafe.ae_title(_calling(event))})"
 
 
+def _identifier(event: Event, deps: QRDeps) -> Dataset | None:
+    """The request's identifier, decoded only once the parse policy accepts its encoding (a
+    peer's identifier is a dataset like any other: nesting, size, structure)."""
+    raw = getattr(event.request, "Identifier", None)
+    if raw is not None:
+        try:
+            scan_dataset(raw.getvalue(), str(event.context.transfer_syntax), deps.index.limits)
+        except UnsafeDicom as exc:
+            raise QRFailure(QRStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"identifier refused: {exc}") from None
+    return event.identifier
+
+
 def _authorize(event: Event, deps: QRDeps, operation: str) -> frozenset[str] | None:
     """The origins the caller may see (None: everything); raises :class:`QRFailure`
     NOT_AUTHORIZED for a caller ``query_retrieve`` does not admit."""
@@ -212,7 +225,7 @@ def handle_find(event: Event, deps: QRDeps) -> Iterator[tuple[int, Dataset | Non
     """C-FIND (PS3.4 C.4.1): one pending response per match, then success."""
     try:
         origins = _authorize(event, deps, "C-FIND")
-        request = parse_identifier(event.identifier, _model(event, FIND_MODELS))
+        request = parse_identifier(_identifier(event, deps), _model(event, FIND_MODELS))
         entities = deps.index.find(request.model, request.level, request.keys, origins)
     except QRFailure as exc:
         log.warning("C-FIND from %s refused (%s): %s", _caller(event), exc.status.name, exc)
@@ -238,7 +251,7 @@ def select_instances(event: Event, deps: QRDeps, table: dict[str, InformationMod
     no unique key may hold a wildcard (PS3.4 C.4.2.2.1, C.4.3.2.1: a retrieve names entities by
     their unique keys: single values, or lists of UIDs)."""
     origins = _authorize(event, deps, "retrieve")
-    request = parse_identifier(event.identifier, _model(event, table))
+    request = parse_identifier(_identifier(event, deps), _model(event, table))
     unique = UNIQUE_KEY[request.level]
     if not request.keys.get(unique, "").strip():
         raise QRFailure(QRStatus.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,

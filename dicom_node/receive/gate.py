@@ -319,9 +319,13 @@ def malformed_rq(rq: bytes) -> str | None:
     try:
         pdu = A_ASSOCIATE_RQ()
         pdu.decode(rq)
-        pdu.to_primitive()
+        primitive = pdu.to_primitive()
+        contexts = primitive.presentation_context_definition_list
     except Exception as exc:  # noqa: BLE001 - whatever the decoder raises, the request is refused
         return type(exc).__name__
+    # pynetdicom's negotiation assumes every proposed context names its syntaxes (PS3.8 9.3.2.2).
+    if any(cx.context_id is None or cx.abstract_syntax is None or not cx.transfer_syntax for cx in contexts):
+        return "a presentation context without its abstract or transfer syntax"
     return None
 
 
