@@ -7,17 +7,14 @@ Outgoing associations use :func:`tls_context` (client side).
 
 The handshake runs in the receive gate (dicom_node/receive/gate.py), off the accept thread and
 within ``node.limits.associate_timeout_seconds``, so a client that connects and says nothing
-holds neither the listener nor anyone else; :func:`handshake_refused` logs why one failed.
+holds neither the listener nor anyone else; :func:`handshake_failure` says why one failed.
 """
 
 from __future__ import annotations
 
-import logging
 import ssl
 
 from config.schema import TLSConfig
-
-log = logging.getLogger(__name__)
 
 #: Oldest TLS version allowed on DICOM TLS associations (PS3.15 B.9 follows BCP 195).
 MIN_TLS_VERSION = ssl.TLSVersion.TLSv1_2
@@ -37,13 +34,12 @@ class TLSSetupError(ValueError):
     """The node's TLS settings cannot be used (missing or unreadable certificate or key)."""
 
 
-def handshake_refused(peer: str, exc: BaseException) -> str:
-    """Log why a client's TLS handshake failed (peer address and the TLS error: no DICOM data
-    has been exchanged, so no patient data can leak); returns the reason."""
+def handshake_failure(exc: BaseException) -> str:
+    """Why a client's TLS handshake failed, in words for the log (the TLS error: no DICOM data
+    has been exchanged, so no patient data can leak)."""
     reason = str(getattr(exc, "reason", None) or getattr(exc, "strerror", None) or exc or type(exc).__name__)
     hint = HANDSHAKE_HINTS.get(reason)
-    log.warning("TLS connection from %s refused: %s%s", peer, reason, f" ({hint})" if hint else "")
-    return reason
+    return f"{reason} ({hint})" if hint else reason
 
 
 def server_tls_context(tls: TLSConfig) -> ssl.SSLContext:

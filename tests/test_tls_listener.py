@@ -71,10 +71,11 @@ def test_wrong_or_missing_client_certificate_fails(
 ) -> None:
     node, certs, tmp = tls_node["node"], tls_node["certs"], tls_node["tmp"]
     cert, key = (certs.rogue_cert, certs.rogue_key) if who == "rogue" else (None, None)
-    caplog.set_level(logging.WARNING, logger="dicom_node.tls")
+    caplog.set_level(logging.WARNING, logger="dicom_node.receive.refusals")
     report = send_files(_dest(node.port, certs, cert, key), make_ct_series(tmp / who, n=1), "INTRUDER")
     assert not report.ok and report.association_error
-    refusals = wait_for(lambda: [r for r in caplog.records if "TLS connection from 127.0.0.1" in r.getMessage()])
+    refusals = wait_for(lambda: [r for r in caplog.records
+                                 if "dropped peer 127.0.0.1" in r.getMessage() and "TLS handshake" in r.getMessage()])
     assert "CERTIFICATE" in refusals[0].getMessage().upper()
 
 
@@ -82,7 +83,7 @@ def test_plain_association_to_tls_port_fails_cleanly(
     tls_node: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     node, certs, tmp = tls_node["node"], tls_node["certs"], tls_node["tmp"]
-    caplog.set_level(logging.WARNING, logger="dicom_node.tls")
+    caplog.set_level(logging.WARNING, logger="dicom_node.receive.refusals")
     plain = DestinationConfig(ae_title="MMEDNODE", host="127.0.0.1", port=node.port)
     report = send_files(plain, make_ct_series(tmp / "plain", n=1), "PLAIN", timeout=10)
     assert not report.ok and report.association_error

@@ -45,7 +45,7 @@ from config.schema import NodeConfig
 from dicom_node import status
 from dicom_node.receive.guard import ABORT_PDU, Handoff, StreamLimits
 from dicom_node.receive.refusals import Refusals
-from dicom_node.tls import handshake_refused
+from dicom_node.tls import handshake_failure
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +208,7 @@ class Gate:
                 return
             except (ssl.SSLError, OSError) as exc:
                 self.refusals.refuse("tls_handshake", pending.host, "",
-                                     f"TLS handshake failed: {handshake_refused(pending.host, exc)}")
+                                     f"TLS handshake failed: {handshake_failure(exc)}")
                 self._forget(pending)
                 return
             pending.handshaking = False
