@@ -34,7 +34,7 @@ def _uid(value: str) -> bytes:
     return value.encode("ascii")
 
 
-def _item(item_type: int, body: bytes) -> bytes:
+def item(item_type: int, body: bytes) -> bytes:
     return struct.pack(">BBH", item_type, 0, len(body)) + body
 
 
@@ -51,12 +51,12 @@ def associate_rq(
     """An A-ASSOCIATE-RQ PDU: presentation contexts 1, 3, 5... = ``(abstract syntax, [transfer
     syntaxes])`` in order."""
     body = struct.pack(">HH", 1, 0) + called.encode().ljust(16)[:16] + calling.encode().ljust(16)[:16]
-    body += bytes(32) + _item(0x10, _uid(APPLICATION_CONTEXT))
+    body += bytes(32) + item(0x10, _uid(APPLICATION_CONTEXT))
     for index, (abstract, syntaxes) in enumerate(contexts):
-        sub = _item(0x30, _uid(abstract)) + b"".join(_item(0x40, _uid(ts)) for ts in syntaxes)
-        body += _item(0x20, struct.pack(">BBBB", 2 * index + 1, 0, 0, 0) + sub)
-    user = _item(0x51, struct.pack(">L", max_pdu)) + _item(0x52, _uid(IMPLEMENTATION_UID))
-    body += _item(0x50, user)
+        sub = item(0x30, _uid(abstract)) + b"".join(item(0x40, _uid(ts)) for ts in syntaxes)
+        body += item(0x20, struct.pack(">BBBB", 2 * index + 1, 0, 0, 0) + sub)
+    user = item(0x51, struct.pack(">L", max_pdu)) + item(0x52, _uid(IMPLEMENTATION_UID))
+    body += item(0x50, user)
     return pdu(A_ASSOCIATE_RQ, body)
 
 

@@ -163,8 +163,11 @@ class Gate:
                 except Exception:  # one connection's bug must not stop the gate
                     log.exception("receive gate: connection from %s failed", pending.host)
                     self._forget(pending)
-            self._take_inbox()
-            self._expire()
+            try:
+                self._take_inbox()
+                self._expire()
+            except Exception:  # a bug here must not stop the node accepting
+                log.exception("receive gate: housekeeping failed")
 
     def _take_inbox(self) -> None:
         with self._lock:
