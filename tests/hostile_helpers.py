@@ -60,7 +60,10 @@ class ServedNode:
     """``mmed-node serve`` in a subprocess with a config written from ``overrides``."""
 
     def __init__(self, tmp: Path, overrides: dict[str, Any] | None = None,
-                 runner: str | None = "tests.receive_helpers:counting_runner") -> None:
+                 runner: str | None = "tests.receive_helpers:counting_runner",
+                 data_dir_bytes: int | None = None) -> None:
+        """``data_dir_bytes``: give the node a data_dir of that size (a tmpfs in its own mount
+        namespace, so a full disk can be had without filling the machine's)."""
         self.tmp = tmp
         self.port = free_port()
         self.data_dir = tmp / "var"
@@ -82,6 +85,10 @@ class ServedNode:
         cmd = [*mmed_node(), "serve", "--config", str(self.config_path)]
         if runner:
             cmd += ["--runner", runner]
+        if data_dir_bytes is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            mount = f'mount -t tmpfs -o size={data_dir_bytes} tmpfs "$0" && exec "$@"'
+            cmd = ["unshare", "--mount", "sh", "-c", mount, str(self.data_dir), *cmd]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd, cwd=tmp, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},

@@ -23,6 +23,7 @@ from tests.hostile_helpers import (
     ServedNode,
     close_all,
     ct_dataset,
+    deeply_nested,
     stalled_connections,
 )
 from tests.qr_helpers import dcmtk
@@ -202,3 +203,6 @@ def test_refusals_are_counted(tmp_path: Path) -> None:
             close_all(stalled)
         counts = wait_for(lambda: node.refusals().get("associate_timeout") == 3 and node.refusals(), 5)
         assert counts["associate_rq_size"] == 1
+        ds, nested = deeply_nested(100)
+        assert wire.store(node.port, nested, ds.SOPClassUID, ds.SOPInstanceUID) == 0xC000
+        assert node.refusals()["refused_instance"] == 1

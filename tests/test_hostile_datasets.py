@@ -210,3 +210,26 @@ def test_invalid_common_header_values_never_fail_a_job(tmp_path: Path, caplog: p
         record_text = (node.jobs.root / f"{job.job_id}.json").read_text()
     for text in ("1901-02-03", "12:30:45", "INJECTED", "70kg"):
         assert text not in caplog.text and text not in record_text
+
+
+def test_disk_full_refuses_exactly_what_is_not_stored(served: list[ServedNode], tmp_path: Path) -> None:
+    """What held before the limits and must keep holding: with the data_dir full, the instances
+    that could not be stored are refused with 0xA700 and every acknowledged one is held (read back
+    through the node's own Q/R: the spool is in the node's private mount)."""
+    node = ServedNode(tmp_path, {"query_retrieve": {"allowed_calling_aets": ["FINDSCU"]},
+                                 "routes": [{"name": "none", "match": {"Modality": "XX"}, "instruction": "x"}]},
+                      data_dir_bytes=3 * MB)
+    served.append(node)
+    study = ct_dataset().StudyInstanceUID
+    statuses: dict[str, int] = {}
+    for _ in range(12):
+        ds = ct_dataset(512, 512, StudyInstanceUID=study)  # ~0.5 MB each
+        statuses[ds.SOPInstanceUID] = wire.store(node.port, wire.encode_dataset(ds), ds.SOPClassUID,
+                                                 ds.SOPInstanceUID)
+    stored = {uid for uid, code in statuses.items() if code == 0}
+    assert stored and len(stored) < 12
+    assert set(statuses.values()) == {0, status.OUT_OF_RESOURCES}
+    proc, found = findscu(node.port, tmp_path / "find", "IMAGE", StudyInstanceUID=study, SOPInstanceUID="")
+    assert proc.returncode == 0, proc.stderr
+    assert {str(f.SOPInstanceUID) for f in found} == stored
+    node.assert_alive()

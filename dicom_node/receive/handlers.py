@@ -23,6 +23,7 @@ from pynetdicom.events import Event
 from dicom_node import logsafe, status
 from dicom_node.disk import DiskGuard
 from dicom_node.receive.assembly import SeriesTracker
+from dicom_node.receive.refusals import Refusals
 from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
 from dicom_node.uids import InvalidUID
 
@@ -82,6 +83,8 @@ class HandlerDeps:
     policy: AssociationPolicy = field(default_factory=AssociationPolicy)
     #: The data_dir's low-space watermark (dicom_node/disk.py); None: never checked.
     disk: DiskGuard | None = None
+    #: Counts every refusal: the gate's and guard's, and instances refused here (refusals.py).
+    refusals: Refusals = field(default_factory=Refusals)
 
 
 def association_key(event: Event) -> str:
@@ -198,6 +201,8 @@ def bind(handler: StatusHandler, deps: HandlerDeps) -> Callable[[Event], int]:
             return int(handler(event, deps))
         except Exception as exc:  # every failure is answered with a status
             code, reason = failure_status(exc)
+            if isinstance(exc, (CorruptInstance, InvalidUID, InstanceMismatch)):
+                deps.refusals.count("refused_instance")
             sop = getattr(event.request, "AffectedSOPInstanceUID", "")
             calling = _ae(event.assoc.requestor.ae_title)
             log.warning(

@@ -49,6 +49,11 @@ class Refusals:
         if emit:
             log.warning("dropped peer %s (AE %s): %s", address, ae_title(calling_ae), why)
 
+    def count(self, reason: str) -> None:
+        """Count one refusal its caller logs itself (an instance refused with a status)."""
+        with self._lock:
+            self._counts[reason] += 1
+
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)

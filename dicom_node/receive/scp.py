@@ -151,7 +151,7 @@ def start_scp(
     ]
     if extra is not None:
         evt_handlers.extend(extra.handlers)
-    refusals = Refusals()
+    refusals = deps.refusals
     server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context)
     log.info(
         "DICOM SCP %s listening on %s:%d",
