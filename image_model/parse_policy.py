@@ -41,6 +41,8 @@ from pydicom import dcmread
 from pydicom.datadict import DicomDictionary
 from pydicom.dataset import Dataset
 
+from image_model.codestreams import fragments_fault
+
 MiB = 1 << 20
 
 #: Part 10 file: 128-byte preamble, then "DICM" (PS3.10 7.1).
@@ -51,13 +53,10 @@ MAX_META_BYTES = 64 * 1024
 #: Inflated sizes below this are never refused for their ratio (a small dataset of zeros
 #: compresses a thousandfold and costs nothing).
 RATIO_FLOOR_BYTES = 1 * MiB
-#: Bytes of a compressed frame read to find its codestream header.
-CODESTREAM_PEEK_BYTES = 64 * 1024
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
 IMPLICIT_LITTLE = "1.2.840.10008.1.2"
 EXPLICIT_BIG = "1.2.840.10008.1.2.2"
-RLE = "1.2.840.10008.1.2.5"
 
 UNDEFINED = 0xFFFFFFFF
 ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -74,8 +73,6 @@ KNOWN_VRS = LONG_VRS | frozenset({
     b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 })
 ITEM_TAG_LITTLE = b"\xfe\xff\x00\xe0"
-#: Compressed transfer syntaxes whose frames start with a JPEG / JPEG-LS / JPEG 2000 codestream.
-JPEG_FAMILY_PREFIXES = ("1.2.840.10008.1.2.4.",)
 
 _SEQ, _ITEM_FRAME = 0, 1
 #: Bytes one decoded sample occupies in the loader's volume (float32).
@@ -322,53 +319,6 @@ def _check_geometry(result: ScanResult, little: bool, limits: ParseLimits) -> tu
     return rows, cols
 
 
-def _codestream_size(data: bytes, transfer_syntax: str) -> tuple[int, int] | None:
-    """(columns, rows) a compressed frame declares in its own header, if it starts one."""
-    if data[:2] == b"\xff\xd8":  # JPEG, JPEG-LS: the first SOFn / SOF55 (ITU T.81 B.2.2, T.87)
-        pos = 2
-        while pos + 4 <= len(data):
-            if data[pos] != 0xFF:
-                return None
-            marker = data[pos + 1]
-            if marker == 0xFF:
-                pos += 1
-                continue
-            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF, 0xF7):
-                if pos + 9 > len(data):
-                    return None
-                rows = int.from_bytes(data[pos + 5 : pos + 7], "big")
-                cols = int.from_bytes(data[pos + 7 : pos + 9], "big")
-                return cols, rows
-            pos += 2 + length
-        return None
-    if data[:4] == b"\xff\x4f\xff\x51" and len(data) >= 24:  # JPEG 2000 SOC + SIZ (ITU T.800 A.5.1)
-        xsiz, ysiz, xosiz, yosiz = struct.unpack(">LLLL", data[8:24])
-        return max(xsiz - xosiz, 0), max(ysiz - yosiz, 0)
-    return None
-
-
-def _check_fragments(
-    buf: memoryview, fragments: list[tuple[int, int]], transfer_syntax: str, shape: tuple[int, int]
-) -> None:
-    rows, cols = shape
-    if transfer_syntax == RLE:
-        for offset, length in fragments:
-            if length < 64:
-                continue  # a continuation fragment
-            header = struct.unpack_from("<16L", buf, offset)
-            segments, offsets = header[0], header[1 : 1 + min(header[0], 15)]
-            if segments > 15 or any(o > length for o in offsets) or list(offsets) != sorted(offsets):
-                raise UnsafeDicom("a malformed RLE header (PS3.5 G.5)")
-        return
-    if not transfer_syntax.startswith(JPEG_FAMILY_PREFIXES):
-        return
-    for offset, length in fragments:
-        size = _codestream_size(bytes(buf[offset : offset + min(length, CODESTREAM_PEEK_BYTES)]), transfer_syntax)
-        if size is not None and size[0] * size[1] > rows * cols:
-            raise UnsafeDicom("a compressed frame declares more pixels than Rows x Columns")
-
-
 # ---- entry points ----------------------------------------------------------------------------
 
 
@@ -426,7 +376,9 @@ def scan_dataset(
         fragments = _walk(view, implicit, little, limits, frozenset(wanted), result)
         shape = _check_geometry(result, little, limits)
         if shape is not None and fragments:
-            _check_fragments(view, fragments, ts, shape)
+            why = fragments_fault(view, fragments, ts, shape)
+            if why is not None:
+                raise UnsafeDicom(why)
     except struct.error:
         raise UnsafeDicom("truncated element header") from None
     return result
