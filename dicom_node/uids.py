@@ -14,7 +14,12 @@ _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 class InvalidUID(ValueError):
-    """A value that is not a valid DICOM UID; the message names the attribute."""
+    """A value that is not a valid DICOM UID; the message names the attribute, never the value.
+    ``attribute`` is that name."""
+
+    def __init__(self, message: str, attribute: str = "UID") -> None:
+        super().__init__(message)
+        self.attribute = attribute
 
 
 def validate_uid(value: object, what: str = "UID") -> str:
@@ -24,18 +29,17 @@ def validate_uid(value: object, what: str = "UID") -> str:
     removed first; nothing else is altered.
     """
     if value is None:
-        raise InvalidUID(f"{what} is missing")
+        raise InvalidUID(f"{what} is missing", what)
     text = str(value).rstrip("\x00 ")
     if not text:
-        raise InvalidUID(f"{what} is empty")
+        raise InvalidUID(f"{what} is empty", what)
     if len(text) > MAX_UID_LENGTH:
         raise InvalidUID(
-            f"{what} is {len(text)} characters long (PS3.5 9.1 allows {MAX_UID_LENGTH})"
+            f"{what} is {len(text)} characters long (PS3.5 9.1 allows {MAX_UID_LENGTH})", what
         )
     if not _UID.fullmatch(text):
-        raise InvalidUID(
-            f"{what} {text[:80]!r} is not a valid UID (PS3.5 9.1: digits and dots only)"
-        )
+        # The value itself stays out of the message: it came from a peer and may be anything.
+        raise InvalidUID(f"{what} is not a valid UID (PS3.5 9.1: digits and dots only)", what)
     return text
 
 

@@ -139,7 +139,7 @@ def _instance_info(scan: ScanResult) -> InstanceInfo:
         )
     except InvalidUID as exc:
         # The message names the attribute; the invalid value itself may be patient data.
-        raise CorruptInstance(f"{exc.args[0].split(' ')[0]} missing or not a valid UID (PS3.5 9.1)") from None
+        raise CorruptInstance(f"{exc.attribute} missing or not a valid UID (PS3.5 9.1)") from None
 
 
 def parse_dataset(dataset: bytes, transfer_syntax_uid: str, limits: ParseLimits | None = None) -> InstanceInfo:
