@@ -10,7 +10,8 @@ and descriptions longer than their VR allows, control characters, a decimal stri
 removed, the number re-formatted) or, when there is none, empties it (an empty Type 2 value is
 valid; a wrong one is not). It returns the keywords it changed, never the values (they are patient
 data). The loader applies it to every source header it keeps; the encoders may call it on anything
-else they copy from.
+else they copy from. :func:`unreadable_value` names a value the loader itself needs that cannot be
+read at all (the loader then leaves that instance out of its series).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import datetime
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 from pydicom.datadict import dictionary_VM
 from pydicom.dataset import Dataset
@@ -167,3 +169,25 @@ def normalise_header(ds: Dataset, _depth: int = 0) -> list[str]:
             elem.value = fixed[0] if len(fixed) == 1 else fixed
             changed.add(elem.keyword or str(elem.tag))
     return sorted(changed)
+
+
+#: Header values the loader reads from every instance, and the conversion each must survive.
+_READ_AS: dict[str, Callable[[Any], object]] = {
+    "SOPInstanceUID": str, "SeriesInstanceUID": str, "FrameOfReferenceUID": str, "Modality": str,
+    "ImageType": str, "NumberOfFrames": int, "SamplesPerPixel": int, "Rows": int, "Columns": int,
+    "BitsAllocated": int, "RescaleSlope": float, "RescaleIntercept": float, "SliceThickness": float,
+    "SpacingBetweenSlices": float, "PixelPaddingValue": int, "PhotometricInterpretation": str,
+}
+
+
+def unreadable_value(ds: Dataset) -> str | None:
+    """The keyword of the first header value the loader needs that cannot be read as it must be
+    (pydicom raises converting it, or it is not a number where one is needed), or None."""
+    for keyword, convert in _READ_AS.items():
+        try:
+            value = ds.get(keyword)
+            if value is not None and value != "":
+                convert(value)
+        except Exception:  # noqa: BLE001 - pydicom's conversion or ours: the value is unusable
+            return keyword
+    return None

@@ -48,7 +48,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut
 
 from image_model.geometry import GeometryError, order_stack, same_orientation
-from image_model.header_values import normalise_header
+from image_model.header_values import normalise_header, unreadable_value
 from image_model.parse_policy import ParseLimits, UnsafeDicom, read_checked
 from image_model.volume import Volume
 
@@ -83,7 +83,17 @@ def load_series(source: Path | Sequence[Path], limits: ParseLimits | None = None
     defaults)."""
     paths = _collect_paths(source)
     meta: dict[str, Any] = {"notes": []}
-    datasets = _read_datasets(paths, meta, limits or ParseLimits())
+    try:
+        return _load(paths, meta, limits or ParseLimits())
+    except LoadError:
+        raise
+    except Exception as exc:  # values pydicom or numpy could not take: a reason, not a crash
+        raise LoadError(f"cannot load the series ({type(exc).__name__} while reading its values)") from exc
+
+
+def _load(paths: list[Path], meta: dict[str, Any], limits: ParseLimits) -> Volume:
+    datasets = _read_datasets(paths, meta, limits)
+    datasets = _readable_headers(datasets, meta)
     datasets = _drop_duplicates(datasets, meta)
     datasets = _only_images(datasets, meta)
     _check_one_series(datasets)
@@ -137,6 +147,22 @@ def _read_datasets(paths: Iterable[Path], meta: dict[str, Any], limits: ParseLim
         reason = skipped[0] if skipped else "no files"
         raise LoadError(f"no readable DICOM file ({reason})")
     return datasets
+
+
+def _readable_headers(datasets: list[Dataset], meta: dict[str, Any]) -> list[Dataset]:
+    """Leave out instances whose header values the loader cannot read (named, never quoted)."""
+    kept: list[Dataset] = []
+    for ds in datasets:
+        keyword = unreadable_value(ds)
+        if keyword is None:
+            kept.append(ds)
+        else:
+            meta.setdefault("skipped_files", []).append(f"an instance with an unreadable {keyword}")
+    if not kept:
+        raise LoadError("no instance with readable header values")
+    if len(kept) < len(datasets):
+        meta["notes"].append(f"{len(datasets) - len(kept)} instance(s) with unreadable header values skipped")
+    return kept
 
 
 def _drop_duplicates(datasets: list[Dataset], meta: dict[str, Any]) -> list[Dataset]:
@@ -438,9 +464,13 @@ def _display_meta(ds: Dataset, meta: dict[str, Any]) -> None:
         meta["converted_to_luminance"] = True
     voi = ds if "WindowCenter" in ds else _group(ds, 0, "FrameVOILUTSequence")  # enhanced: C.7.6.16.2.10
     for keyword, key in (("WindowCenter", "window_center"), ("WindowWidth", "window_width")):
-        value = voi.get(keyword) if voi is not None else None
-        if value is not None:
-            meta[key] = float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+        try:
+            value = voi.get(keyword) if voi is not None else None
+            if value is not None:
+                first = value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value
+                meta[key] = float(first)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            continue  # a display hint that cannot be read is left out
     if "PixelPaddingValue" in ds:
         meta["pixel_padding_value"] = int(ds.PixelPaddingValue)
     if "RescaleType" in ds:
