@@ -1,5 +1,6 @@
-"""The parse policy (image_model/parse_policy.py), header normalisation (header_values.py) and
-log escaping (dicom_node/logsafe.py) on real files and crafted bytes, without a node."""
+"""The parse policy (image_model/parse_policy.py), header normalisation and the loader's tolerance
+of junk values (header_values.py, loader.py) and log escaping (dicom_node/logsafe.py) on real
+files and crafted bytes, without a node."""
 
 from __future__ import annotations
 
@@ -123,3 +124,20 @@ def test_log_escaping() -> None:
                                "Invalid 'UID' value '%s' - bad", ("1.2\nSECRET",), None)
     EscapingFilter().filter(record)
     assert "SECRET" not in record.getMessage() and "\n" not in record.getMessage()
+
+
+def test_loader_leaves_out_an_instance_with_unreadable_values(tmp_path: Path) -> None:
+    """One instance's junk header values (a Rescale Slope that is no number, a Window Center of
+    'abc') neither crash the load nor fail the series."""
+    from image_model.loader import load_series
+    from tests.receive_helpers import make_ct_series
+
+    files = make_ct_series(tmp_path, 4)
+    for path, (keyword, junk) in zip(files[:2], (("RescaleSlope", b"x1"), ("WindowCenter", b"abc")), strict=True):
+        ds = pydicom.dcmread(path)
+        setattr(ds, keyword, "12345")
+        ds.save_as(path)
+        path.write_bytes(path.read_bytes().replace(b"12345 ", junk.ljust(6)))
+    volume = load_series(tmp_path)
+    assert volume.shape[0] == 3
+    assert volume.meta["skipped_files"] == ["an instance with an unreadable RescaleSlope"]
