@@ -21,8 +21,9 @@ records too, ``<data_dir>/questions/<id>.json``.
 With ``api.token_env`` set, every request must carry ``Authorization: Bearer <token>`` (the
 value of that environment variable); otherwise 401. Without it the API listens on a loopback
 address only: on any other address it refuses to start. A body is at most ``MAX_BODY_BYTES``
-and its JSON nesting at most ``MAX_JSON_DEPTH`` (checked before parsing: the parser recurses). Logs carry request ids, job ids and
-Study Instance UIDs, never Patient IDs, accession numbers or question texts.
+and its JSON nesting at most ``MAX_JSON_DEPTH`` (checked before parsing: the parser recurses).
+Logs carry request ids, job ids and Study Instance UIDs, never Patient IDs, accession numbers
+or question texts.
 """
 
 from __future__ import annotations
