@@ -54,8 +54,8 @@ def test_association_limits_per_peer_and_in_total(node: Node) -> None:
         for client in held:
             client.close()
     assert wait_for(lambda: _echo_ok(node.port), 10)
-    counts = node.refusals()
-    assert counts["too_many_per_peer"] == 1 and counts["too_many_associations"] == 1
+    counts = node.refusals()  # more refusals while the held associations close: >= 1
+    assert counts["too_many_per_peer"] >= 1 and counts["too_many_associations"] >= 1
 
 
 def _echo_ok(port: int) -> bool:

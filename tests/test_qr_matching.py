@@ -106,3 +106,19 @@ def test_superseded_results_are_not_offered(tmp_path: Path) -> None:
     # Without job records every result is offered.
     everything = QRIndex(tmp_path / "spool", tmp_path / "results").refresh()
     assert {"1.2.3.1", "1.2.3.2"} <= {i.sop_uid for i in everything}
+
+
+def test_repeating_group_key_is_unsupported_not_a_crash() -> None:
+    """A key from a repeating group ((7Fxx,0020) here) names no single element: answered as an
+    unsupported key, not raised (the fuzzer found pydicom cannot map its keyword back)."""
+    from pydicom.dataset import Dataset
+
+    from dicom_node.qr.handlers import parse_identifier
+
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    ds.add_new(0x7F000020, "OW", b"")
+    request = parse_identifier(ds, InformationModel.STUDY_ROOT)
+    assert request.unsupported == ("VariableCoefficientsSDVN",)
+    assert "VariableCoefficientsSDVN" not in request.requested

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
-from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, build_context, evt
@@ -143,6 +143,11 @@ def parse_identifier(identifier: Dataset | None, model: InformationModel) -> Req
     for elem in identifier:
         keyword = keyword_for_tag(elem.tag)
         if not keyword or elem.tag.is_private or elem.tag.group == 0x0002:
+            continue
+        if tag_for_keyword(keyword) != elem.tag:
+            # A repeating-group keyword ((60xx,...), (7Fxx,...)): it names no one element, so it
+            # cannot be answered (PS3.4 C.4.1.1.3.2: an unsupported key).
+            unsupported.append(keyword)
             continue
         requested.append(keyword)
         if keyword not in KNOWN_KEYS or elem.VR == "SQ":
