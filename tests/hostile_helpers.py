@@ -72,7 +72,6 @@ class ServedNode:
             "node": node,
             "routes": [{"name": "ct-count", "match": {"Modality": "CT"},
                         "instruction": "Count the slices.", "send_to": []}],
-            "planner": {"intent_embedding": False},
         }
         for key, value in (overrides or {}).items():
             if isinstance(value, dict) and isinstance(config.get(key), dict):
