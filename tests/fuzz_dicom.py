@@ -46,9 +46,12 @@ ECHO_SECONDS = 2.0
 CT = "1.2.840.10008.5.1.4.1.1.2"
 #: Study Root Query/Retrieve Information Model - FIND (PS3.4 C.6.2.1.1).
 FIND = "1.2.840.10008.5.1.4.1.2.2.1"
-#: SOP Instance UIDs of fuzzed instances: a fixed prefix and a 10-digit counter, so a fresh UID
-#: replaces the seed's in place (same length) before the dataset is mutated.
+#: UIDs of fuzzed instances: a fixed prefix and a 10-digit counter, so fresh UIDs replace the
+#: seed's in place (same length) before the dataset is mutated. Every case is its own study and
+#: series: the memory invariant then measures each input, not a series growing over the run.
 UID_PREFIX = "1.2.826.0.1.3680043.10.1337.9."
+STUDY_PREFIX = "1.2.826.0.1.3680043.10.1337.7."
+SERIES_PREFIX = "1.2.826.0.1.3680043.10.1337.8."
 UID_WIDTH = 10
 #: The fuzzed node's config: its Q/R SCP answers the fuzzer's C-FINDs.
 FUZZ_CONFIG = {"query_retrieve": {"allowed_calling_aets": ["FUZZER", "FUZZSTORE"]}}
@@ -59,21 +62,30 @@ _SPOOL_PATH = re.compile(rf"spool/{_UID}/{_UID}/{_UID}\.dcm")
 INTERESTING32 = (0, 1, 2, 6, 0x7F, 0xFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFE, 0xFFFFFFFF)
 
 
-def _uid(counter: int) -> str:
-    return f"{UID_PREFIX}{1_000_000_000 + counter:0{UID_WIDTH}d}"
+def _uid(counter: int, prefix: str = UID_PREFIX) -> str:
+    return f"{prefix}{1_000_000_000 + counter:0{UID_WIDTH}d}"
+
+
+def _fresh(data: bytes, counter: int) -> bytes:
+    """``data`` with the seed's SOP Instance, Study and Series UIDs replaced by case ``counter``'s."""
+    for prefix in (UID_PREFIX, STUDY_PREFIX, SERIES_PREFIX):
+        data = data.replace(_uid(0, prefix).encode(), _uid(counter, prefix).encode())
+    return data
 
 
 def _seed_datasets() -> list[tuple[str, Dataset]]:
-    """(transfer syntax, dataset) seeds; each SOP Instance UID is ``_uid(0)``."""
-    plain = ct_dataset(8, 8, SOPInstanceUID=_uid(0))
-    nested = ct_dataset(8, 8, SOPInstanceUID=_uid(0))
+    """(transfer syntax, dataset) seeds with the placeholder UIDs ``_uid(0, ...)``."""
+    placeholders = {"SOPInstanceUID": _uid(0), "StudyInstanceUID": _uid(0, STUDY_PREFIX),
+                    "SeriesInstanceUID": _uid(0, SERIES_PREFIX)}
+    plain = ct_dataset(8, 8, **placeholders)
+    nested = ct_dataset(8, 8, **placeholders)
     inner = Dataset()
     inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-D0050", "SRT", "Tissue"
     item = Dataset()
     item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = CT, "1.2.3.4"
     item.PurposeOfReferenceCodeSequence = Sequence([inner])
     nested.ReferencedImageSequence = Sequence([item, Dataset(item)])
-    rle = ct_dataset(8, 8, SOPInstanceUID=_uid(0))
+    rle = ct_dataset(8, 8, **placeholders)
     rle.file_meta = FileMetaDataset()
     rle.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     rle.compress(RLELossless, encoding_plugin="pydicom")
@@ -260,7 +272,7 @@ class CaseMaker:
                 wire.encode_dataset(query))
             pdus += wire.p_data(5, wire.find_rq(FIND, 2), identifier)
         else:
-            body = _encode(ds, syntax).replace(_uid(0).encode(), sop_uid.encode())
+            body = _fresh(_encode(ds, syntax), self.counter)
             pdus += wire.p_data(3, wire.store_rq(CT, sop_uid, 2), body, max_pdu=self.rng.choice((128, 4096, 16384)))
         pdus.append(wire.release_rq())
         return pdus
@@ -288,7 +300,7 @@ class CaseMaker:
             plain = _encode(ds, ExplicitVRLittleEndian if syntax == DeflatedExplicitVRLittleEndian else syntax)
         except (TypeError, ValueError, OverflowError, struct.error):
             plain = _encode(self.seeds[0][1], ExplicitVRLittleEndian)
-        plain = plain.replace(_uid(0).encode(), sop.encode())
+        plain = _fresh(plain, self.counter)
         in_place = rng.random() < 0.5
         if syntax == DeflatedExplicitVRLittleEndian:
             if roll < 0.47:

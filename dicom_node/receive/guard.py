@@ -31,7 +31,7 @@ from dicom_node.receive.refusals import Refusals
 log = logging.getLogger(__name__)
 
 #: PDU types (PS3.8 Table 9-11).
-A_ASSOCIATE_RQ, P_DATA_TF = 0x01, 0x04
+A_ASSOCIATE_RQ, P_DATA_TF, A_ABORT = 0x01, 0x04, 0x07
 #: Largest PDU of a type other than P-DATA-TF and A-ASSOCIATE-RQ (release, abort: 4 bytes).
 MAX_OTHER_PDU_BYTES = 4096
 #: Largest command set of one DIMSE message (a few elements of group 0000, PS3.7 E.1).
@@ -113,6 +113,9 @@ class PduStream:
                 raise LimitBreached("malformed_pdu", "a presentation data value runs past its P-DATA-TF PDU", True)
 
     def _check_pdu(self, pdu_type: int, length: int) -> None:
+        if not A_ASSOCIATE_RQ <= pdu_type <= A_ABORT:
+            # pynetdicom would not read its body and take the body for the next header.
+            raise LimitBreached("malformed_pdu", f"unknown PDU type 0x{pdu_type:02x} (PS3.8 9.3.1)")
         limit = {
             P_DATA_TF: self.limits.max_pdu,
             A_ASSOCIATE_RQ: self.limits.limits.max_associate_rq_bytes,
