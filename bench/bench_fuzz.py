@@ -1,4 +1,4 @@
-"""Fuzz campaign (not a test): the mutation fuzzer of tests/fuzz_dicom.py against ``mmed-node
+"""Fuzz campaign (not a test): the mutation fuzzer of testkit/fuzz_dicom.py against ``mmed-node
 serve`` of the working tree, on a large budget (issue 11 asks for 100 000 inputs with 0 crashes
 and 0 invariant violations).
 
@@ -18,8 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tests.fuzz_dicom import FUZZ_CONFIG, Report, fuzz
-from tests.hostile_helpers import MB, RSS_BUDGET_BYTES, ServedNode
+from testkit.crafted import MB
+from testkit.fuzz_dicom import FUZZ_CONFIG, Report, fuzz
+from testkit.served_node import RSS_BUDGET_BYTES, ServedNode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
               f"violations {len(report.violations)}", file=sys.stderr, flush=True)
 
     folder = Path(tempfile.mkdtemp(prefix="mmed-fuzz-"))
-    # The node's jobs load each series through the real loader (tests/hostile_helpers.py).
-    node = ServedNode(folder, FUZZ_CONFIG, runner="tests.hostile_helpers:loading_runner")
+    # The node's jobs load each series through the real loader (testkit/served_node.py).
+    node = ServedNode(folder, FUZZ_CONFIG, runner="testkit.served_node:loading_runner")
     try:
         report = fuzz(node, args.seed, args.cases, args.rss_budget_mb * MB, args.check_every, progress)
     finally:

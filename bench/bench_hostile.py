@@ -26,18 +26,9 @@ from typing import Any
 import numpy as np
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless
 
-from tests import dicom_wire as wire
-from tests.hostile_helpers import (
-    MB,
-    ServedNode,
-    close_all,
-    ct_dataset,
-    deeply_nested,
-    deflate_bomb,
-    rle_bomb,
-    stalled_connections,
-)
-from tests.receive_helpers import ct_image
+from testkit import dicom_wire as wire
+from testkit.crafted import MB, ct_dataset, ct_image, deeply_nested, deflate_bomb, rle_bomb
+from testkit.served_node import ServedNode, close_all, stalled_connections
 
 
 def _store(node: ServedNode, body: bytes, ds: Any, syntax: str = ExplicitVRLittleEndian) -> str:
@@ -137,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
-        node = ServedNode(Path(tmp), runner="tests.hostile_helpers:loading_runner")
+        node = ServedNode(Path(tmp), runner="testkit.served_node:loading_runner")
         try:
             results["node_start_rss_mb"] = round(node.start_rss / MB, 1)
             results["200 idle/stalled connections"] = legit_latency(node)

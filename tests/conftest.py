@@ -25,7 +25,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 @pytest.fixture
 def served() -> Iterator[list[Any]]:
-    """Nodes started with ``tests.hostile_helpers.ServedNode`` by a test; stopped after it."""
+    """Nodes started with ``testkit.served_node.ServedNode`` by a test; stopped after it."""
     nodes: list[Any] = []
     yield nodes
     for node in nodes:

@@ -1,36 +1,28 @@
-"""Shared pieces for the receive/assembly/node tests: real dcmtk peers, small CT series,
-and a job runner that does real work on the spooled instances (it is not the pipeline)."""
+"""Shared pieces for the receive/assembly/node tests: real dcmtk peers, small CT series, node
+configs; the stand-in job runner and the waiting helpers come from testkit/served_node.py."""
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from config.loader import load_config
 from config.schema import AppConfig
-from dicom_node.atomic import write_json_atomic
-from dicom_node.jobs.pipeline import JobSpec
+from testkit.crafted import ct_image
+
+# Re-exported: the tests import them from here (and name the runner tests.receive_helpers:...).
+from testkit.served_node import PROJECT_ROOT, counting_runner, free_port, wait_for  # noqa: F401
 
 #: dcmtk binaries by absolute path: a pyenv shim named ``storescu`` (pynetdicom's app) shadows
 #: dcmtk's on PATH here.
 DCMTK_BIN = Path("/usr/bin")
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def dcmtk_env() -> dict[str, str]:
@@ -82,36 +74,6 @@ def echoscu(port: int, calling_ae: str = "ECHOSCU") -> subprocess.CompletedProce
     return subprocess.run(
         cmd, check=False, capture_output=True, text=True, timeout=30, env=dcmtk_env()
     )
-
-
-def ct_image(pixels: np.ndarray, modality: str = "CT", **values: Any) -> Dataset:
-    """One single-frame CT-like image of 16-bit ``pixels`` (no file meta); ``values`` override
-    attributes (new UIDs by default)."""
-    ds = Dataset()
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.StudyInstanceUID = generate_uid()
-    ds.SeriesInstanceUID = generate_uid()
-    ds.FrameOfReferenceUID = generate_uid()
-    ds.PatientName = "Test^Receive"
-    ds.PatientID = "RX-1"
-    ds.Modality = modality
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.ImagePositionPatient = [0.0, 0.0, 0.0]
-    ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.SliceThickness = 2.0
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 12, 11
-    ds.PixelRepresentation = 0
-    ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    for keyword, value in values.items():
-        setattr(ds, keyword, value)
-    return ds
 
 
 def make_ct_series(
@@ -169,34 +131,3 @@ def node_config(data_dir: Path, port: int, **node_overrides: Any) -> AppConfig:
     return load_config(overrides=overrides)
 
 
-def counting_runner(spec: JobSpec) -> dict[str, Any]:
-    """A stand-in job runner (NOT the pipeline): decodes every spooled instance of the series and
-    records the instance count, SOP UIDs and pixel sums in the manifest."""
-    paths = sorted(Path(spec.series_dir).glob("*.dcm"))
-    sops, sums = [], []
-    for path in paths:
-        ds = pydicom.dcmread(path)
-        sops.append(str(ds.SOPInstanceUID))
-        sums.append(int(np.asarray(ds.pixel_array, dtype=np.int64).sum()))
-    manifest = {
-        "job_id": spec.job_id,
-        "instance_count": len(paths),
-        "sop_uids": sorted(sops),
-        "pixel_sums": sums,
-        "files": [],
-    }
-    write_json_atomic(Path(spec.result_dir) / "manifest.json", manifest)
-    return manifest
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)

@@ -1,4 +1,4 @@
-"""Issue 11: the mutation fuzzer (tests/fuzz_dicom.py) on a small budget against a running node.
+"""Issue 11: the mutation fuzzer (testkit/fuzz_dicom.py) on a small budget against a running node.
 
 PDU streams and C-STORE datasets (explicit, implicit, deflate, RLE, nested sequences; geometry
 and deflate bombs) mutated from seeds; every 100 cases and at the end the invariants hold:
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.fuzz_dicom import FUZZ_CONFIG, fuzz
-from tests.hostile_helpers import RSS_BUDGET_BYTES, ServedNode
+from testkit.fuzz_dicom import FUZZ_CONFIG, fuzz
+from testkit.served_node import RSS_BUDGET_BYTES, ServedNode
 
 #: Cases per run: a few seconds on a busy 2-core machine. The seed is fixed: a failure replays.
 BUDGET = 400
@@ -19,7 +19,7 @@ SEED = 11
 
 
 def test_fuzz_small_budget(served: list[ServedNode], tmp_path: Path) -> None:
-    node = ServedNode(tmp_path, FUZZ_CONFIG, runner="tests.hostile_helpers:loading_runner")
+    node = ServedNode(tmp_path, FUZZ_CONFIG, runner="testkit.served_node:loading_runner")
     served.append(node)
     report = fuzz(node, SEED, BUDGET, RSS_BUDGET_BYTES, check_every=100)
     assert report.violations == [], report.as_dict()

@@ -16,16 +16,9 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from tests import dicom_wire as wire
-from tests.hostile_helpers import (
-    MB,
-    RSS_BUDGET_BYTES,
-    ServedNode,
-    close_all,
-    ct_dataset,
-    deeply_nested,
-    stalled_connections,
-)
+from testkit import dicom_wire as wire
+from testkit.crafted import MB, ct_dataset, deeply_nested
+from testkit.served_node import RSS_BUDGET_BYTES, ServedNode, close_all, stalled_connections
 from tests.qr_helpers import dcmtk
 from tests.receive_helpers import wait_for
 from tests.tls_helpers import make_certs

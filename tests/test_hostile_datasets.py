@@ -24,18 +24,10 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, 
 from dicom_node import status
 from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobState
-from tests import dicom_wire as wire
+from testkit import dicom_wire as wire
+from testkit.crafted import MB, ct_dataset, deeply_nested, deflate_bomb, part10, rle_bomb
+from testkit.served_node import RSS_BUDGET_BYTES, ServedNode
 from tests.dicom_validate import dciodvfy_errors
-from tests.hostile_helpers import (
-    MB,
-    RSS_BUDGET_BYTES,
-    ServedNode,
-    ct_dataset,
-    deeply_nested,
-    deflate_bomb,
-    part10,
-    rle_bomb,
-)
 from tests.qr_helpers import findscu, node_config, pipeline_runner, write_study
 from tests.receive_helpers import free_port, make_ct_series, storescu, wait_for
 
@@ -124,7 +116,7 @@ def test_bad_files_already_on_disk_are_quarantined_and_break_nothing(
         planted.append(path)
     (folder / ".origin.json").write_text(json.dumps({"calling_ae": "FINDSCU", "called_ae": "MMEDNODE"}))
     node = ServedNode(tmp_path, {"query_retrieve": {"allowed_calling_aets": ["FINDSCU"]}},
-                      runner="tests.hostile_helpers:loading_runner")
+                      runner="testkit.served_node:loading_runner")
     served.append(node)
     proc, found = findscu(node.port, tmp_path / "find", "IMAGE", StudyInstanceUID=study,
                           SeriesInstanceUID=series, SOPInstanceUID="")

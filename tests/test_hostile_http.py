@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.hostile_helpers import ServedNode, mmed_node
+from testkit.served_node import ServedNode, mmed_node
 from tests.receive_helpers import PROJECT_ROOT, free_port
 
 

@@ -14,7 +14,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian
 
 from dicom_node.app.node import Node
-from tests import dicom_wire as wire
+from testkit import dicom_wire as wire
 from tests.receive_helpers import counting_runner, free_port, node_config, wait_for
 
 ECHO_CONTEXT = [(wire.VERIFICATION, [ImplicitVRLittleEndian])]

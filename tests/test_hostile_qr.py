@@ -19,7 +19,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicom_node.status import QRStatus
-from tests.hostile_helpers import ServedNode
+from testkit.served_node import ServedNode
 from tests.receive_helpers import make_ct_series, storescu
 
 PACS = {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": 4242}}

@@ -19,8 +19,8 @@ from dicom_node.limits import parse_limits
 from dicom_node.logsafe import EscapingFilter, printable, uid
 from image_model.header_values import normalise_header
 from image_model.parse_policy import ParseLimits, UnsafeDicom, scan_dataset, scan_file
-from tests.dicom_wire import encode_dataset
-from tests.hostile_helpers import ct_dataset, deeply_nested, part10, rle_bomb
+from testkit.crafted import ct_dataset, deeply_nested, part10, rle_bomb
+from testkit.dicom_wire import encode_dataset
 
 LIMITS = ParseLimits()
 

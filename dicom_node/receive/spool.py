@@ -28,6 +28,7 @@ rebuilt by :meth:`Spool.scan`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -388,13 +389,19 @@ class Spool:
 
     def first_header(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> Dataset:
         """The header of the series' first readable instance (by SOP Instance UID); raises
-        :class:`CorruptInstance` when none is."""
+        :class:`CorruptInstance` when the parse policy refused every one, FileNotFoundError when
+        none is there (the folder went away: maybe for a moment, the caller may try again)."""
         folder = self.series_dir(study_uid, series_uid)
+        refused = False
         for sop in sorted(sop_uids):
-            header = self.read_header(folder / f"{validate_uid(sop)}{INSTANCE_SUFFIX}")
+            path = folder / f"{validate_uid(sop)}{INSTANCE_SUFFIX}"
+            header = self.read_header(path)
             if header is not None:
                 return header
-        raise CorruptInstance(f"no readable instance in series {uid_for_log(series_uid)}")
+            refused = refused or path.with_name(path.name + QUARANTINE_NOTE).is_file()
+        if refused:
+            raise CorruptInstance(f"no readable instance in series {uid_for_log(series_uid)}")
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(folder))
 
     def scan(self) -> Iterator[SpooledSeries]:
         """Every series folder with at least one instance; leftover temp files are removed."""

@@ -1,6 +1,6 @@
 """A seeded, bounded mutation fuzzer for the node's receive path: PDUs on raw connections and
 datasets in C-STOREs (explicit and implicit VR, deflate, RLE, nested sequences), against a
-running ``mmed-node serve`` (tests/hostile_helpers.py ServedNode).
+running ``mmed-node serve`` (testkit/served_node.py ServedNode).
 
 Every case is derived from ``random.Random(seed)``: the same seed and budget replay the same
 inputs. Invariants, checked every ``check_every`` cases and at the end (a breach is recorded with
@@ -39,8 +39,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from tests import dicom_wire as wire
-from tests.hostile_helpers import MB, ServedNode, ct_dataset
+from testkit import dicom_wire as wire
+from testkit.crafted import MB, ct_dataset
+from testkit.served_node import ServedNode
 
 ECHO_SECONDS = 2.0
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -1,11 +1,11 @@
-"""Shared pieces of the hostile-input tests and the fuzzer: ``mmed-node serve`` as a subprocess
-whose memory is watched, raw connections that stall, and crafted instances (deflate and RLE bombs,
-deep nesting, forged UIDs, invalid header values).
+"""``mmed-node serve`` of the working tree in a subprocess whose memory is watched, for the
+hostile-input tests, the fuzzer and the benchmarks; raw connections that stall; stand-in job
+runners (NOT the pipeline) a served node can be given.
 
 The node's resident memory is read from ``/proc/<pid>/status``; before each attack the peak
 (VmHWM) is reset through ``/proc/<pid>/clear_refs`` so the peak after it is the attack's alone.
 A watchdog kills a node whose memory runs away (an unprotected node would otherwise take the
-machine with it) and the test then fails with the figure.
+machine with it) and the caller then fails with the figure.
 """
 
 from __future__ import annotations
@@ -13,30 +13,26 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import threading
-import zlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydicom
 import yaml
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.atomic import write_json_atomic
-from dicom_node.jobs.pipeline import JobSpec
 from dicom_node.jobs.pipeline import _instance_files as instance_files
-from tests.dicom_wire import encode_dataset
-from tests.receive_helpers import PROJECT_ROOT, ct_image, free_port, wait_for
+from dicom_node.jobs.spec import JobSpec
+from testkit.crafted import MB
 
-MB = 1 << 20
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
 #: The memory target of issue 11: no single input raises the node's RSS by more than this.
 RSS_BUDGET_BYTES = 256 * MB
 #: The watchdog kills a node whose RSS grows this much past its start (the attack clearly won).
@@ -60,7 +56,7 @@ class ServedNode:
     """``mmed-node serve`` in a subprocess with a config written from ``overrides``."""
 
     def __init__(self, tmp: Path, overrides: dict[str, Any] | None = None,
-                 runner: str | None = "tests.receive_helpers:counting_runner",
+                 runner: str | None = "testkit.served_node:counting_runner",
                  data_dir_bytes: int | None = None) -> None:
         """``data_dir_bytes``: give the node a data_dir of that size (a tmpfs in its own mount
         namespace, so a full disk can be had without filling the machine's)."""
@@ -179,81 +175,49 @@ def close_all(socks: list[socket.socket]) -> None:
             pass
 
 
-# ---- crafted instances -------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
-def ct_dataset(rows: int = 16, cols: int = 16, **values: Any) -> Dataset:
-    """A small valid CT image (no file meta); ``values`` override attributes."""
-    pixels = np.arange(rows * cols, dtype=np.uint32).reshape(rows, cols) % 4000
-    return ct_image(pixels, **{"PatientName": "Hostile^Test", "PatientID": "HOSTILE-1", **values})
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
 
 
-def deflate_bomb(inflated_bytes: int) -> tuple[Dataset, bytes]:
-    """A small CT whose Deflated Explicit VR LE encoding inflates to about ``inflated_bytes``:
-    a private OB element of zeros (PS3.5 A.5: the whole dataset is deflated)."""
-    ds = ct_dataset()
-    plain = encode_dataset(ds, ExplicitVRLittleEndian)
-    cut = plain.index(struct.pack("<HH", 0x7FE0, 0x0010))
-    private = struct.pack("<HH", 0x0029, 0x0010) + b"LO" + struct.pack("<H", 8) + b"HOSTILE "
-    private += struct.pack("<HH", 0x0029, 0x1000) + b"OB" + bytes(2) + struct.pack("<L", inflated_bytes)
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    out = [deflater.compress(plain[:cut] + private)]
-    zeros = bytes(16 * MB)
-    left = inflated_bytes
-    while left:
-        n = min(left, len(zeros))
-        out.append(deflater.compress(zeros[:n]))
-        left -= n
-    out.append(deflater.compress(plain[cut:]))
-    out.append(deflater.flush())
-    return ds, b"".join(out)
-
-
-def rle_bomb(rows: int = 65535, cols: int = 16384, **values: Any) -> tuple[Dataset, bytes]:
-    """An RLE Lossless CT of a few hundred bytes declaring ``rows`` x ``cols`` 16-bit pixels
-    (PS3.5 G.3: two segments per 16-bit sample, each holding a few replicate runs)."""
-    ds = ct_dataset(**values)
-    ds.Rows, ds.Columns = rows, cols
-    del ds.PixelData
-    segment = bytes([0x81, 0x00]) * 200  # replicate runs of zeros
-    header = struct.pack("<16L", 2, 64, 64 + len(segment), *([0] * 13))
-    frame = header + segment + segment
-    encap = struct.pack("<HHL", 0xFFFE, 0xE000, 0)  # empty basic offset table
-    encap += struct.pack("<HHL", 0xFFFE, 0xE000, len(frame)) + frame
-    encap += struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
-    body = encode_dataset(ds, ExplicitVRLittleEndian)
-    body += struct.pack("<HH", 0x7FE0, 0x0010) + b"OB" + bytes(2) + struct.pack("<L", 0xFFFFFFFF) + encap
-    return ds, body
-
-
-def deeply_nested(depth: int = 5000, **values: Any) -> tuple[Dataset, bytes]:
-    """A CT with an undefined-length sequence nested ``depth`` deep after (0020,000E): in
-    (0040,0275) Request Attributes Sequence, between the header and the pixel data."""
-    ds = ct_dataset(**values)
-    plain = encode_dataset(ds, ExplicitVRLittleEndian)
-    cut = plain.index(struct.pack("<HH", 0x7FE0, 0x0010))
-    open_one = (struct.pack("<HH", 0x0040, 0x0275) + b"SQ" + bytes(2) + struct.pack("<L", 0xFFFFFFFF)
-                + struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF))
-    close_one = struct.pack("<HHL", 0xFFFE, 0xE00D, 0) + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
-    return ds, plain[:cut] + open_one * depth + close_one * depth + plain[cut:]
-
-
-def part10(ds: Dataset, body: bytes, transfer_syntax: str) -> bytes:
-    """A Part 10 file around an encoded dataset ``body`` (as the spool stores one)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = transfer_syntax
-    fp = DicomBytesIO()
-    fp.is_little_endian, fp.is_implicit_VR = True, False
-    write_file_meta_info(fp, meta)
-    return bytes(128) + b"DICM" + fp.getvalue() + body
+def counting_runner(spec: JobSpec) -> dict[str, Any]:
+    """A stand-in job runner (NOT the pipeline): decodes every spooled instance of the series and
+    records the instance count, SOP UIDs and pixel sums in the manifest."""
+    paths = sorted(Path(spec.series_dir).glob("*.dcm"))
+    sops, sums = [], []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        sops.append(str(ds.SOPInstanceUID))
+        sums.append(int(np.asarray(ds.pixel_array, dtype=np.int64).sum()))
+    manifest = {
+        "job_id": spec.job_id,
+        "instance_count": len(paths),
+        "sop_uids": sorted(sops),
+        "pixel_sums": sums,
+        "files": [],
+    }
+    write_json_atomic(Path(spec.result_dir) / "manifest.json", manifest)
+    return manifest
 
 
 def loading_runner(spec: JobSpec) -> dict[str, Any]:
     """A stand-in job runner (NOT the pipeline) that loads the job's series through the real
     loader, as the pipeline does first, and records what it loaded."""
-    from dicom_node.jobs.pipeline import JobFailed
+    from dicom_node.jobs.retry import JobFailed
     from image_model.loader import LoadError, load_series
 
     try:
