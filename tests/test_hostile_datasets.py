@@ -12,7 +12,9 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -20,9 +22,13 @@ from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless
+from pydicom.valuerep import DSfloat
 
 from dicom_node import status
 from dicom_node.app.node import Node
+from dicom_node.atomic import write_json_atomic
+from dicom_node.jobs.runner import JobRunner
+from dicom_node.jobs.spec import JobSpec
 from dicom_node.jobs.store import JobState
 from testkit import dicom_wire as wire
 from testkit.crafted import MB, ct_dataset, deeply_nested, deflate_bomb, part10, rle_bomb
@@ -178,6 +184,55 @@ BAD_VALUES = {
     "PatientSize": "1.755555555555555555", "StudyDescription": "D" * 80,
     "ReferringPhysicianName": "Dr^Who\\Dr^Else",
 }
+
+
+def _window_centers(spec: JobSpec, convert: Callable[[Any], float]) -> dict[str, Any]:
+    centers = [convert(pydicom.dcmread(p, stop_before_pixels=True).WindowCenter)
+               for p in sorted(Path(spec.series_dir).glob("*.dcm"))]
+    manifest = {"job_id": spec.job_id, "instance_count": len(centers), "files": []}
+    write_json_atomic(Path(spec.result_dir) / "manifest.json", manifest)
+    return manifest
+
+
+def converting_runner(spec: JobSpec) -> dict[str, Any]:
+    """A stand-in runner using a header value the loader does not vet (Window Center), as a tool
+    reading display hints might: Python's float() raises on an invalid one, quoting it."""
+    return _window_centers(spec, float)
+
+
+def pydicom_runner(spec: JobSpec) -> dict[str, Any]:
+    """The same through pydicom's DS: pydicom raises, quoting the value."""
+    return _window_centers(spec, DSfloat)
+
+
+@pytest.mark.parametrize(("runner", "error", "crashed"), [
+    (converting_runner, "ValueError: could not convert string to float: '<not recorded>'", True),
+    (pydicom_runner, ("a value in the series cannot be read: ValueError in pydicom.valuerep (its "
+                      "message may quote a header value: not recorded)"), False),
+])
+def test_a_header_value_a_job_cannot_read_is_not_quoted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, runner: JobRunner, error: str, crashed: bool
+) -> None:
+    """A header value a job cannot convert: the job fails with the exception's type and never
+    its message's value (Python and pydicom quote it: maybe patient data), in the job record and
+    in the log. Raised by pydicom on the series' data, it is bad input (a clean failure, one
+    line); raised in the node's own code, a crash whose stack is logged without the value."""
+    caplog.set_level(logging.INFO)
+    files = make_ct_series(tmp_path / "ct", 2)
+    _with_raw(files[0], {"WindowCenter": "40"})
+    _with_raw(files[1], {"WindowCenter": "DOE^JANE"})
+    config = node_config(tmp_path, free_port(), {})
+    with Node(config, runner=runner, use_default_outbox=False) as node:
+        assert storescu(node.port, files).returncode == 0
+        (job,) = wait_for(lambda: [j for j in node.jobs.all() if j.state.finished])
+        record_text = (node.jobs.root / f"{job.job_id}.json").read_text()
+    assert job.state is JobState.FAILED and job.error == error
+    # pydicom's own notice of the invalid value is kept out by logsafe.install() in mmed-node.
+    formatter = logging.Formatter()
+    ours = "\n".join(formatter.format(r) for r in caplog.records if not r.name.startswith("pydicom"))
+    assert "DOE^JANE" not in record_text and "DOE^JANE" not in ours
+    assert ("crashed" in ours and "Traceback" in ours and "_window_centers" in ours) is crashed
+    assert "crashed" in ours or "Traceback" not in ours
 
 
 @pytest.mark.slow

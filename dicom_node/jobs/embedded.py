@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 
-from dicom_node.jobs.retry import JobFailed, classify
+from dicom_node.jobs.retry import JobFailed, classify, crash_info
 from dicom_node.jobs.runner import JobRunner, Report, RunEvent, RunKind, execute
 from dicom_node.jobs.spec import JobSpec
 
@@ -93,7 +93,7 @@ class EmbeddedExecutor:
             except Exception as exc:  # a job's own error: reported, the thread goes on
                 failure = classify(exc)
                 if not failure.transient and not isinstance(exc, JobFailed):
-                    log.exception("job %s crashed", spec.job_id)
+                    log.error("job %s crashed", spec.job_id, exc_info=crash_info(exc))
                 self._emit(RunEvent(spec.job_id, RunKind.FAILED, attempt, failure=failure))
             else:
                 self._emit(RunEvent(spec.job_id, RunKind.DONE, attempt))

@@ -23,7 +23,9 @@ the one owner of job state (:class:`~dicom_node.jobs.service.JobService`) with t
 from __future__ import annotations
 
 import errno
+import re
 from dataclasses import dataclass
+from types import TracebackType
 
 from config.schema import QueueConfig
 
@@ -49,14 +51,66 @@ class Failure:
     disk_full: bool = False
 
 
+#: Libraries whose exception messages quote the data they were given: a header value of the
+#: series (maybe patient data) must not reach a job record, ``/status`` or the log.
+_DATA_QUOTING = frozenset({"pydicom", "highdicom", "pynetdicom"})
+
+
+def raised_in(exc: BaseException) -> str:
+    """The module whose code raised ``exc`` (its traceback's innermost frame), or ''."""
+    tb = exc.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", ""))
+
+
+def quotes_data(exc: BaseException) -> bool:
+    """Whether ``exc`` was raised by a DICOM library about the data (its message may quote a
+    header value). An OSError is about a file, not its content: not counted."""
+    return not isinstance(exc, OSError) and raised_in(exc).split(".")[0] in _DATA_QUOTING
+
+
 def describe(exc: BaseException) -> str:
     """``Type: message``, first line only (a :class:`JobFailed` is its message alone: a reason
-    for people). Some libraries re-raise with a traceback in the message (pydicom's writer)."""
+    for people). Some libraries re-raise with a traceback in the message (pydicom's writer).
+    The message of a DICOM library's exception about the data is left out (:func:`quotes_data`):
+    the type and the module that raised it say what went wrong without the value."""
+    if quotes_data(exc):
+        return f"{type(exc).__name__} in {raised_in(exc)} (its message may quote a header value: not recorded)"
     lines = str(exc).splitlines()
     text = lines[0] if lines else ""
     if isinstance(exc, JobFailed):
         return text
+    if not isinstance(exc, OSError):
+        # float('DOE^JANE'), int(...), a KeyError: Python quotes the value it was given.
+        text = _QUOTED.sub("'<not recorded>'", text)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+#: A quoted value in an exception's message (Python's own quote what they could not convert).
+_QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
+
+
+class Withheld(Exception):
+    """Stands in for a crashed job's exception in the log (:func:`crash_info`): its stack, its
+    type and :func:`describe`'s text, without a value its message may quote."""
+
+
+def crash_info(exc: BaseException) -> tuple[type[Withheld], Withheld, TracebackType | None]:
+    """``exc_info`` for logging a job's unexpected exception: the stack where it was raised (to
+    find the bug) with :class:`Withheld` in place of the exception (no quoted values)."""
+    return Withheld, Withheld(describe(exc)), exc.__traceback__
+
+
+def input_failure(exc: BaseException) -> JobFailed | None:
+    """A DICOM library's exception about the series' data (a header value it cannot read) as a
+    :class:`JobFailed`: the input cannot be processed, which is no bug to log a traceback for;
+    None for anything else."""
+    if isinstance(exc, JobFailed) or is_transient(exc) or not quotes_data(exc):
+        return None
+    return JobFailed(f"a value in the series cannot be read: {describe(exc)}")
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from config.schema import AppConfig
 from dicom_node.jobs.manifest import Manifest, write_manifest
 from dicom_node.jobs.pipeline import WorkerContext, run_job
-from dicom_node.jobs.retry import Failure
+from dicom_node.jobs.retry import Failure, input_failure
 from dicom_node.jobs.spec import JobSpec
 
 #: A job runner: the spec in, the manifest out (a :class:`Manifest` or a plain mapping that
@@ -33,8 +33,16 @@ JobRunner = Callable[[JobSpec], "Manifest | Mapping[str, Any]"]
 
 
 def execute(spec: JobSpec, runner: JobRunner) -> Manifest:
-    """Run one job here and write its manifest into its result folder."""
-    manifest = Manifest.coerce(runner(spec))
+    """Run one job here and write its manifest into its result folder. A DICOM library's error
+    about the series' data (a header value it cannot read: hostile or broken input) is raised as
+    :class:`JobFailed`, without the value (retry.input_failure)."""
+    try:
+        manifest = Manifest.coerce(runner(spec))
+    except Exception as exc:
+        failure = input_failure(exc)
+        if failure is None:
+            raise
+        raise failure from None
     write_manifest(Path(spec.result_dir), manifest)
     return manifest
 

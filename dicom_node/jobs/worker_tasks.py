@@ -47,7 +47,7 @@ from celery.exceptions import Reject
 from config.schema import AppConfig
 from dicom_node.jobs.celery_app import TASK_NAME
 from dicom_node.jobs.pipeline import WorkerContext, run_job
-from dicom_node.jobs.retry import JobFailed, RetryPolicy, classify
+from dicom_node.jobs.retry import JobFailed, RetryPolicy, classify, crash_info
 from dicom_node.jobs.runner import execute
 from dicom_node.jobs.shared import SharedJobState
 from dicom_node.jobs.spec import JobSpec
@@ -173,7 +173,7 @@ class WorkerRuntime:
                     spec.job_id, token, failure.reason, failure.disk_full))
                 return {"job_id": spec.job_id, "state": "retry"}
             if not isinstance(exc, JobFailed):
-                log.exception("job %s crashed", spec.job_id)
+                log.error("job %s crashed", spec.job_id, exc_info=crash_info(exc))
             log.warning("job %s failed: %s", spec.job_id, failure.reason)
             self._report(spec.job_id, lambda: self.state.report_failed(spec.job_id, token,
                                                                        failure.reason))
