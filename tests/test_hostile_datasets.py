@@ -263,7 +263,10 @@ def test_disk_full_refuses_exactly_what_is_not_stored(served: list[ServedNode], 
     """What held before the limits and must keep holding: with the data_dir full, the instances
     that could not be stored are refused with 0xA700 and every acknowledged one is held (read back
     through the node's own Q/R: the spool is in the node's private mount)."""
+    # The low-space watermark off (retention.min_free*: it refuses before the disk is full),
+    # so the file system itself runs out mid-instance.
     node = ServedNode(tmp_path, {"query_retrieve": {"allowed_calling_aets": ["FINDSCU"]},
+                                 "retention": {"min_free": 0, "min_free_percent": 0},
                                  "routes": [{"name": "none", "match": {"Modality": "XX"}, "instruction": "x"}]},
                       data_dir_bytes=3 * MB)
     served.append(node)
