@@ -348,6 +348,9 @@ def _inflate(data: memoryview, limits: ParseLimits) -> bytes:
                 break
     except zlib.error:
         raise UnsafeDicom("the deflated dataset is not a valid deflate stream") from None
+    if not inflater.eof:
+        # pydicom's reader inflates in one call, which refuses a stream without its final block.
+        raise UnsafeDicom("the deflated dataset ends before its deflate stream does")
     out += inflater.flush()
     return bytes(out)
 

@@ -74,6 +74,14 @@ def test_deflate_limits() -> None:
     bomb = packer.compress(plain[:cut] + zeros + plain[cut:]) + packer.flush()
     with pytest.raises(UnsafeDicom, match="max_inflate_ratio"):
         scan_dataset(bomb, "1.2.840.10008.1.2.1.99", LIMITS)
+    # The whole dataset but no final deflate block (found by the fuzzer): pydicom's reader
+    # raises on it, so the policy refuses it at receive instead of routing failing later.
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    unfinished = packer.compress(plain) + packer.flush(zlib.Z_SYNC_FLUSH)
+    with pytest.raises(zlib.error):
+        zlib.decompress(unfinished, -zlib.MAX_WBITS)
+    with pytest.raises(UnsafeDicom, match="ends before its deflate stream"):
+        scan_dataset(unfinished, "1.2.840.10008.1.2.1.99", LIMITS)
 
 
 def test_codestream_larger_than_the_header_is_refused(tmp_path: Path) -> None:

@@ -56,7 +56,7 @@ from dicom_node.receive.scp import (
     policy_from_config,
     start_scp,
 )
-from dicom_node.receive.spool import INSTANCE_SUFFIX, Spool
+from dicom_node.receive.spool import INSTANCE_SUFFIX, CorruptInstance, Spool
 from image_model.fingerprint import instance_set_fingerprint
 
 if TYPE_CHECKING:
@@ -355,6 +355,10 @@ class Node:
                         "(try %d)", due.series_uid, type(exc).__name__, exc.strerror or exc,
                         delay, tries)
             return []
+        except CorruptInstance as exc:  # the parse policy refused every file (all quarantined)
+            self._deferred.pop(key, None)
+            log.warning("series %s not routed: %s", due.series_uid, exc)
+            return [self._unrouted(due, series, f"routing failed: {exc}")]
         except Exception as exc:  # not DICOM, or a routing bug: recorded on the series, not raised
             self._deferred.pop(key, None)
             log.exception("routing series %s failed", due.series_uid)
