@@ -31,6 +31,7 @@ This module imports nothing of ours; callers pass the limits in (the node builds
 from __future__ import annotations
 
 import mmap
+import re
 import struct
 import zlib
 from collections.abc import Iterable
@@ -64,6 +65,11 @@ PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA = 0x7FE00010, 0x7FE00008, 0x7FE0
 TRANSFER_SYNTAX_TAG = 0x00020010
 ROWS, COLUMNS, SAMPLES, FRAMES, BITS_ALLOCATED = 0x00280010, 0x00280011, 0x00280002, 0x00280008, 0x00280100
 GEOMETRY_TAGS = frozenset({ROWS, COLUMNS, SAMPLES, FRAMES, BITS_ALLOCATED})
+#: (0008,0005) Specific Character Set: pydicom looks each term up as a codec name; a control
+#: character (a NUL) makes it raise instead of falling back to the default repertoire. Printable
+#: ASCII only (a valid CS is narrower, PS3.5 6.2; unknown names are the "bad charsets" tolerated).
+SPECIFIC_CHARACTER_SET = 0x00080005
+_CHARSET = re.compile(rb"[\x20-\x7e]*")
 #: Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 #: Every value representation of PS3.5 Table 6.2-1; two capitals that are none of them make pydicom
@@ -246,7 +252,7 @@ def _walk(
             else:
                 depth -= 1
             continue
-        if not stack and (tag in wanted or tag in GEOMETRY_TAGS):
+        if not stack and (tag in wanted or tag in GEOMETRY_TAGS or tag == SPECIFIC_CHARACTER_SET):
             result.values[tag] = bytes(buf[pos : pos + length])
         if not stack and tag in (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA):
             result.values.setdefault(tag, b"")
@@ -377,6 +383,9 @@ def scan_dataset(
     implicit, little = ts == IMPLICIT_LITTLE, ts != EXPLICIT_BIG
     try:
         fragments = _walk(view, implicit, little, limits, frozenset(wanted), result)
+        charset = result.values.get(SPECIFIC_CHARACTER_SET, b"").rstrip(b"\x00 ")
+        if not _CHARSET.fullmatch(charset):
+            raise UnsafeDicom("Specific Character Set holds control or non-ASCII characters (PS3.5 6.2)")
         shape = _check_geometry(result, little, limits)
         if shape is not None and fragments:
             why = fragments_fault(view, fragments, ts, shape)
@@ -448,6 +457,13 @@ def read_checked(
 ) -> Dataset:
     """Read a file with pydicom once :func:`scan_file` found it within ``limits``.
 
-    Raises :class:`UnsafeDicom` (policy) or pydicom's own errors for what pydicom refuses."""
+    Raises :class:`UnsafeDicom`, also for what pydicom refuses that the policy let through (a
+    disagreement: the exception's type is named, never its message, which may quote a value);
+    OSError as it comes."""
     scan_file(path, limits)
-    return dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+    try:
+        return dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+    except (OSError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom's refusal, whatever its type
+        raise UnsafeDicom(f"pydicom cannot read the file ({type(exc).__name__})") from None

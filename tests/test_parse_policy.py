@@ -84,6 +84,21 @@ def test_deflate_limits() -> None:
         scan_dataset(unfinished, "1.2.840.10008.1.2.1.99", LIMITS)
 
 
+def test_a_specific_character_set_pydicom_cannot_look_up_is_refused(tmp_path: Path) -> None:
+    """(0008,0005) with a NUL inside (found by the fuzzer): pydicom raises reading the file, so
+    the policy refuses it; an unknown but printable name is tolerated (pydicom falls back)."""
+    ds = ct_dataset()
+    ds.SpecificCharacterSet = "ISO 2022 IB 87"
+    assert scan_dataset(encode_dataset(ds), "1.2.840.10008.1.2.1", LIMITS)
+    body = encode_dataset(ds).replace(b"ISO 2022 IB 87", b"ISO\x002022 IB 87")
+    path = tmp_path / "nul.dcm"
+    path.write_bytes(part10(ds, body, "1.2.840.10008.1.2.1"))
+    with pytest.raises(ValueError, match="null"):
+        pydicom.dcmread(path, stop_before_pixels=True)
+    with pytest.raises(UnsafeDicom, match="Specific Character Set"):
+        scan_dataset(body, "1.2.840.10008.1.2.1", LIMITS)
+
+
 def test_codestream_larger_than_the_header_is_refused(tmp_path: Path) -> None:
     """A JPEG 2000 frame whose SIZ marker declares more pixels than Rows x Columns."""
     source = Path(str(get_testdata_file("RG1_J2KR.dcm")))
