@@ -19,13 +19,23 @@ from __future__ import annotations
 import datetime
 import math
 import re
+import struct
 from collections.abc import Callable
 from typing import Any
 
 from pydicom.datadict import dictionary_VM
 from pydicom.dataset import Dataset
+from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.valuerep import format_number_as_ds
+
+#: What reading one element's value raises when a peer wrote it malformed: a length that is not a
+#: multiple of its VR's size, text that is not a number where one is needed, an unknown VR or
+#: character set. Code that reads a value it can do without catches these and leaves it out;
+#: the message is never echoed (it quotes the value).
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    BytesLengthException, ValueError, TypeError, OverflowError, LookupError, NotImplementedError, struct.error,
+)
 
 #: Longest value per VR (PS3.5 Table 6.2-1), in characters.
 MAX_CHARS = {"AE": 16, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "SH": 16, "ST": 1024, "LT": 10240, "UC": 0x7FFF}

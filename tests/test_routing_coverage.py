@@ -168,3 +168,30 @@ def test_node_routes_chest_and_records_the_others_skipped(node: Node) -> None:
         assert "coverage thorax: failed" in (record.error or "")
     assert "at the top of the volume" in (by_series[named("abdomen-lung-bases").truth.series_uid].error or "")
     assert "no lung-like air" in (by_series[named("head").truth.series_uid].error or "")
+
+
+def test_a_malformed_position_in_one_file_leaves_that_file_out(tmp_path: Path) -> None:
+    """Found by the fuzzer: a value written malformed in one instance (here its Number of Frames
+    and Image Position) made the image check raise for the whole series, so it was never routed.
+    The check now does without that one file."""
+    import shutil
+
+    import pydicom
+
+    files = instance_files(named("chest"))
+    copies = []
+    for path in files:
+        copies.append(tmp_path / path.name)
+        shutil.copy(path, copies[-1])
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    broken = pydicom.dcmread(copies[len(copies) // 2])
+    for tag, vr, raw in ((0x00280008, "IS", b"2$"), (0x00200032, "DS", b"0.0^0.0 ")):
+        broken._dict[Tag(tag)] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+    broken.save_as(copies[len(copies) // 2])
+    with pytest.raises((TypeError, ValueError)):
+        int(pydicom.dcmread(copies[len(copies) // 2]).NumberOfFrames)
+    coverage = thorax_coverage(copies)
+    assert not coverage.error, coverage.error
+    assert coverage.covers(120.0, 0.6), coverage.describe()

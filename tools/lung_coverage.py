@@ -16,6 +16,7 @@ centimetres of it; a chest, even one clipped at the apices, shows most of the lu
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from image_model.findings import Coverage
+from image_model.header_values import DECODE_ERRORS
 from image_model.loader import LoadError, load_series
 from tools.lung_candidates import CORE_MM, MIN_AIR_FRACTION, PARENCHYMA_HU
 from tools.lung_geometry import Grid, canonical
@@ -173,26 +175,43 @@ def _lung_like_slice(hu: np.ndarray, air: np.ndarray, grid: Grid) -> bool:
     return False
 
 
+#: What reading one file's position may raise: the file or one of its values is unreadable.
+READ_ERRORS: tuple[type[Exception], ...] = (InvalidDicomError, OSError, EOFError, *DECODE_ERRORS)
+#: A file to sample: its place along the slice normal, or MULTIFRAME for an enhanced instance.
+MULTIFRAME = -math.inf
+
+
+def _place(path: Path) -> float | None:
+    """Where one instance lies along its slice normal (mm); MULTIFRAME for a multi-frame
+    instance; None for a file to leave out: unreadable, a localizer, no position, or a value a
+    peer wrote malformed (the routing check does without that one file)."""
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=[
+            "ImagePositionPatient", "ImageOrientationPatient", "ImageType", "NumberOfFrames",
+        ])
+        if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
+            return None
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            return MULTIFRAME
+        position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+        if position is None or orientation is None:
+            return None
+        o = np.asarray(orientation, float)
+        place = float(np.dot(np.cross(o[:3], o[3:]), np.asarray(position, float)))
+    except READ_ERRORS:
+        return None
+    return place if math.isfinite(place) else None
+
+
 def _sample_files(paths: Sequence[Path]) -> list[Path]:
     """About one file every SAMPLE_SPACING_MM along the slice normal (localizers left out)."""
     located: list[tuple[float, Path]] = []
     for path in paths:
-        try:
-            ds = dcmread(path, stop_before_pixels=True, specific_tags=[
-                "ImagePositionPatient", "ImageOrientationPatient", "ImageType", "NumberOfFrames",
-            ])
-        except (InvalidDicomError, OSError, EOFError):
-            continue
-        if "LOCALIZER" in [str(v).upper() for v in (ds.get("ImageType") or [])]:
-            continue
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        place = _place(path)
+        if place == MULTIFRAME:
             return [path]  # one enhanced multi-frame instance: the whole volume
-        position, orientation = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
-        if position is None or orientation is None:
-            continue
-        o = np.asarray(orientation, float)
-        normal = np.cross(o[:3], o[3:])
-        located.append((float(np.dot(normal, np.asarray(position, float))), path))
+        if place is not None:
+            located.append((place, path))
     if len(located) < 2:
         raise LoadError("fewer than two slices with a position")
     located.sort(key=lambda item: item[0])

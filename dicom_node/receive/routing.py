@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import re
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -49,7 +48,6 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
-from pydicom.errors import BytesLengthException
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag
 
@@ -61,6 +59,7 @@ from config.schema import (
     CoverageConfig,
     RouteConfig,
 )
+from image_model.header_values import DECODE_ERRORS
 from tools.lung_coverage import ThoraxCoverage, thorax_coverage
 
 #: Image coverage checks by region name (``coverage: {region: ...}`` of a route).
@@ -386,17 +385,12 @@ def series_tags_from_dataset(ds: Dataset, keywords: Iterable[str] | None = None)
     return out
 
 
-#: What pydicom raises on a value it cannot decode (wrong length for the VR, a bad number or
-#: character set, an unknown encoding).
-VALUE_ERRORS = (BytesLengthException, ValueError, TypeError, OverflowError, LookupError, struct.error)
-
-
 def _decoded(ds: Dataset, tag: BaseTag) -> Any:
     """The element's value, or None (as if absent) when a peer's malformed value cannot be
     decoded; the value is never echoed."""
     try:
         return ds[tag].value
-    except VALUE_ERRORS:
+    except DECODE_ERRORS:
         return None
 
 
