@@ -8,8 +8,10 @@ unavailable, the rules planner takes over and ``fallback_reason`` records why.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +51,15 @@ MAX_PARALLEL_TOOLS = 4
 RAW_TEXT_KEPT = 300
 
 
+@dataclass(frozen=True)
+class ToolRun:
+    """One tool call: which tool, how long it ran, and whether it refused."""
+
+    api_name: str
+    seconds: float
+    refused: bool = False
+
+
 @dataclass
 class AgentResult:
     conversation: Conversation
@@ -62,6 +73,8 @@ class AgentResult:
     errors: list[str] = field(default_factory=list)
     #: Asks the planner found no available tool for (see ``AssistantTurn.unserved``).
     unserved: list[str] = field(default_factory=list)
+    #: Every tool call, in order.
+    tool_runs: list[ToolRun] = field(default_factory=list)
 
 
 def run_agent(
@@ -100,6 +113,7 @@ def run_agent(
     outputs: list[ToolOutput] = []
     summaries: list[tuple[str, dict[str, Any]]] = []
     answer = ""
+    runs: list[ToolRun] = []
     for round_no in range(max_rounds + 1):
         turn = state.next_turn(base, history, registry, allowed_tools, backup)
         if turn.actions and round_no == max_rounds:
@@ -111,13 +125,14 @@ def run_agent(
         if not turn.actions:
             answer = turn.value
             break
-        round_summaries = run_tools(turn.actions, volume, registry, state.errors, outputs)
+        round_summaries = run_tools(turn.actions, volume, registry, state.errors, outputs, runs)
         summaries.extend(round_summaries)
         history.append(Message.human(tool_outputs_message(round_summaries, instruction)))
     conversation = Conversation(image=None, messages=list(history))
     unserved = list(dict.fromkeys(u for m in history if m.turn for u in m.turn.unserved))
     return AgentResult(
-        conversation, outputs, answer, state.planner.name, state.fallback_reason, state.errors, unserved
+        conversation, outputs, answer, state.planner.name, state.fallback_reason, state.errors, unserved,
+        runs,
     )
 
 
@@ -183,24 +198,31 @@ def run_tools(
     registry: ToolSource,
     errors: list[str],
     outputs: list[ToolOutput],
+    runs: list[ToolRun] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
     """Run a turn's tools in parallel; return ``(API_name, summary)`` per action, in order.
 
     A refusal becomes the summary ``{'refused': reason}`` (the planner is told) and an error entry.
+    Each call is appended to ``runs`` with its duration. Tools run in the caller's context
+    (``contextvars``): what the caller collects while a job runs (its disclosures) includes them.
     """
 
-    def call(action: Action) -> ToolOutput | ToolRefused:
+    def call(action: Action) -> tuple[ToolOutput | ToolRefused, float]:
         tool = registry.get(action.api_name)
+        started = time.perf_counter()
         try:
-            return tool.run(volume, dict(action.api_params))
+            return tool.run(volume, dict(action.api_params)), time.perf_counter() - started
         except ToolRefused as exc:
-            return exc
+            return exc, time.perf_counter() - started
 
     workers = max(1, min(MAX_PARALLEL_TOOLS, len(actions)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-tool") as pool:
-        results = list(pool.map(call, actions))
+        futures = [pool.submit(contextvars.copy_context().run, call, action) for action in actions]
+        timed = [future.result() for future in futures]
     summaries: list[tuple[str, dict[str, Any]]] = []
-    for action, result in zip(actions, results):
+    for action, (result, seconds) in zip(actions, timed):
+        if runs is not None:
+            runs.append(ToolRun(action.api_name, seconds, isinstance(result, ToolRefused)))
         if isinstance(result, ToolRefused):
             errors.append(f"{action.api_name}: refused: {result}")
             summaries.append((action.api_name, {"refused": str(result)}))

@@ -376,7 +376,9 @@ class QueryRetrieveConfig(_Strict):
 
 class ApiConfig(_Strict):
     """The node's HTTP API (dicom_node/app/http_api.py): health, status, jobs, questions about a
-    study in a PACS. Off by default; without ``token_env`` anyone who can reach it may use it."""
+    study in a PACS; with it the web dashboard (``/ui/``) and the Prometheus metrics
+    (``/metrics``), behind the same token. Off by default; without ``token_env`` anyone who can
+    reach it may use it."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
@@ -385,6 +387,18 @@ class ApiConfig(_Strict):
     #: Name of an environment variable holding the bearer token every request must carry
     #: (``Authorization: Bearer <token>``); null: no authentication.
     token_env: str | None = None
+
+
+class AuditConfig(_Strict):
+    """The audit trail (dicom_node/app/audit.py): one JSON line per hop of every series and job
+    (received, routed, queued, started, tool, encoded, sent, failed, disclosed) with ids and
+    timings and no patient data, in ``<data_dir>/audit/audit.jsonl``, rotated by size."""
+
+    enabled: bool = True
+    #: A file is rotated (``audit.jsonl.1`` ...) once it reaches this size.
+    max_bytes: int = Field(16 * 1024 * 1024, ge=4096)
+    #: Rotated files kept; the oldest beyond them is removed.
+    backups: int = Field(8, ge=1, le=1000)
 
 
 class AppConfig(_Strict):
@@ -401,6 +415,7 @@ class AppConfig(_Strict):
     retention: RetentionConfig = RetentionConfig()
     api: ApiConfig = ApiConfig()
     query_retrieve: QueryRetrieveConfig = QueryRetrieveConfig()
+    audit: AuditConfig = AuditConfig()
     #: Per-tool settings keyed by API_name (model paths, device, thresholds); each tool validates its own.
     tools: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

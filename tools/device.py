@@ -8,8 +8,11 @@ machine without it fails at start with a readable message instead of at the firs
 from __future__ import annotations
 
 import functools
+import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, ParamSpec, TypeVar
 
@@ -96,6 +99,26 @@ def model_path_availability(model_path: Path | str | None) -> Availability:
     return Availability(True)
 
 
+#: Logger of model loads (:func:`record_model_load`); a handler reads ``record.model_load``.
+MODEL_LOAD_LOGGER = "mmedagent.models"
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """One model loaded into this process: its kind and how long loading took."""
+
+    kind: str
+    seconds: float
+
+
+def record_model_load(kind: str, seconds: float) -> None:
+    """Log one model load on :data:`MODEL_LOAD_LOGGER` (a job's run collects them for the node's
+    metrics: ``dicom_node/jobs/telemetry.py``)."""
+    logging.getLogger(MODEL_LOAD_LOGGER).info(
+        "loaded %s model in %.2f s", kind, seconds, extra={"model_load": ModelLoad(kind, seconds)}
+    )
+
+
 class ModelCache:
     """Loaded models of this process keyed by (kind, settings): a model is loaded once per process
     even when two tools (``grounding dino`` and ``grounding dino + MedSAM``) are configured with it.
@@ -111,7 +134,9 @@ class ModelCache:
     def get(self, kind: str, key: str, load: Callable[[], M]) -> M:
         with self._lock:
             if (kind, key) not in self._models:
+                started = time.perf_counter()
                 self._models[(kind, key)] = load()
+                record_model_load(kind, time.perf_counter() - started)
             return self._models[(kind, key)]  # type: ignore[return-value]
 
     def clear(self) -> None:

@@ -14,6 +14,7 @@ COMMAND_GROUPS: tuple[str, ...] = (
     "dicom_node.app.commands.serve",
     "dicom_node.app.commands.status",
     "dicom_node.app.commands.jobs",
+    "dicom_node.app.commands.audit",
     "dicom_node.app.commands.prune",
     "dicom_node.app.commands.rules",
     "dicom_node.app.commands.retrieve",

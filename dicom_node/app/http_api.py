@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -50,6 +50,9 @@ from config.schema import AppConfig
 from dicom_node.atomic import write_json_atomic
 from dicom_node.jobs.service import JobService
 from dicom_node.receive.spool import Spool
+
+if TYPE_CHECKING:
+    from dicom_node.app.dashboard.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -229,15 +232,18 @@ class QuestionStore:
 class HttpApi:
     """The HTTP server plus the questions it started. See the module docstring."""
 
-    def __init__(self, config: AppConfig, jobs: JobService, spool: Spool) -> None:
+    def __init__(self, config: AppConfig, jobs: JobService, spool: Spool,
+                 site: Site | None = None) -> None:
         """``jobs`` and ``spool`` are the node's: questions are pulled into its spool and run as
-        its jobs."""
+        its jobs. ``site`` serves the dashboard (``/ui/``) and ``/metrics``
+        (dicom_node/app/dashboard/), with this API's token."""
         self.config = config
         data_dir = Path(config.node.data_dir).resolve()
         self.job_service = jobs
         self.jobs = jobs.store
         self.spool = spool
         self.questions = QuestionStore(data_dir / QUESTIONS_FOLDER)
+        self.site = site
         self._token: str | None = None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -417,7 +423,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- endpoints ---------------------------------------------------------------------------
 
+    def _site(self, method: str) -> bool:
+        """The dashboard's and the metrics' paths go to the site, which checks the token itself
+        (a browser carries a session cookie instead of the header)."""
+        site = self.server.api.site
+        return site is not None and site.handle(self, method, self.server.api.authorized)
+
     def do_GET(self) -> None:
+        if self._site("GET"):
+            return
         if not self._allowed():
             return
         api, parts = self.server.api, self._path()
@@ -446,6 +460,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.NOT_FOUND, "unknown path (GET /health, /status, /jobs/ID, /questions/ID)")
 
     def do_POST(self) -> None:
+        if self._site("POST"):
+            return
         if not self._allowed():
             return
         if self._path() != ["questions"]:

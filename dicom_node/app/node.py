@@ -10,7 +10,9 @@ Data flow (top to bottom, one series):
 
 With ``api.enabled`` an HTTP API (http_api.py) runs beside them: status, job records, and
 questions about a study in a PACS (pulled with qr/retrieve.py and submitted to the same
-JobService, so they share the node's queue and outbox).
+JobService, so they share the node's queue and outbox), the web dashboard (dashboard/) and the
+Prometheus metrics (metrics.py). Every part tells the node's :class:`Telemetry` what passes it
+(telemetry.py): the audit trail (audit.py) and the metrics are written there.
 
 A restart rebuilds everything from disk (:meth:`Node.recover`): spool folders are the truth for
 instances, job records for what was processed.
@@ -32,12 +34,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
 
 from config.schema import AppConfig, RouteConfig
+from dicom_node.app.audit import AUDIT_FOLDER, AuditTrail
+from dicom_node.app.metrics import NodeMetrics, NodeState
 from dicom_node.app.retention import Retention, settle_trash
+from dicom_node.app.telemetry import Telemetry
 from dicom_node.data_dir import DataDirBusy, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
+from dicom_node.events import AssociationEvent, AssociationOutcome, Emit, Hop, HopEvent, ignore
 from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
@@ -90,8 +98,8 @@ def default_router(
     return RoutingDecision([m.route for m in outcome.fired], outcome.reason, outcome.skipped)
 
 
-def default_outbox(config: AppConfig) -> OutboxLike:
-    return Outbox(config.node.data_dir, config)
+def default_outbox(config: AppConfig, emit: Emit = ignore) -> Outbox:
+    return Outbox(config.node.data_dir, config, emit=emit)
 
 
 def series_tags(header: Dataset) -> dict[str, Any]:
@@ -133,18 +141,25 @@ class Node:
             config.node.series_quiet_seconds, config.node.require_association_release
         )
         self._router = router or default_router
+        self.disk = DiskGuard(data_dir, config.retention)
+        self.metrics = NodeMetrics(NodeState(
+            jobs=self.jobs.all, outbox_depth=self._outbox_depth, disk=self._disk_state,
+        ))
+        audit = AuditTrail(data_dir / AUDIT_FOLDER, config.audit) if config.audit.enabled else None
+        self.telemetry = Telemetry(self.metrics, audit, self.jobs,
+                                   record_sent=lambda job_id, at: self.job_service.record_sent(job_id, at))
         self._outbox = (
             outbox
             if outbox is not None
-            else (default_outbox(config) if use_default_outbox else None)
+            else (default_outbox(config, self.telemetry.emit) if use_default_outbox else None)
         )
         from dicom_node.jobs.queues import make_executor
 
         # The one way in for work: routed series, retrieves and questions alike.
         self.job_service = JobService(
-            config, self.jobs, make_executor(config, runner), self._outbox, self.results_dir
+            config, self.jobs, make_executor(config, runner), self._outbox, self.results_dir,
+            emit=self.telemetry.emit,
         )
-        self.disk = DiskGuard(data_dir, config.retention)
         self.retention = Retention(
             config, self.jobs,
             self._outbox if isinstance(self._outbox, Outbox) else Outbox(data_dir, config),
@@ -179,7 +194,8 @@ class Node:
             if callable(start_outbox):
                 start_outbox()
             deps = HandlerDeps(
-                self.spool, self.tracker, policy_from_config(self.config.node), disk=self.disk
+                self.spool, self.tracker, policy_from_config(self.config.node), disk=self.disk,
+                emit=self.telemetry.emit,
             )
             self._stop.clear()
             self._scheduler = threading.Thread(
@@ -193,18 +209,38 @@ class Node:
             qr = QRDeps(index, self.config)
             qr_service = ExtraService(
                 add_contexts=lambda ae: add_qr_contexts(ae, STORAGE_SOP_CLASSES),
-                handlers=qr_event_handlers(qr),
+                handlers=qr_event_handlers(qr) + self._association_handlers(),
             )
             self._scp = start_scp(self.config.node, deps, qr_service)
             self.retention.start()
             if self.config.api.enabled:
+                from dicom_node.app.dashboard.site import Site
                 from dicom_node.app.http_api import HttpApi
 
-                self._api = HttpApi(self.config, self.job_service, self.spool)
+                site = Site(self.config, self.job_service, self._outbox, self.metrics)
+                self._api = HttpApi(self.config, self.job_service, self.spool, site=site)
                 self._api.start()
         except BaseException:
             self.stop()
             raise
+
+    def _association_handlers(self) -> list[tuple[Any, Callable[[Event], None]]]:
+        """pynetdicom notification handlers that count association outcomes."""
+        emit = self.telemetry.emit
+
+        def told(outcome: AssociationOutcome) -> Callable[[Event], None]:
+            return lambda event: emit(AssociationEvent(outcome))
+
+        return [(evt.EVT_ACCEPTED, told(AssociationOutcome.ACCEPTED)),
+                (evt.EVT_REJECTED, told(AssociationOutcome.REFUSED)),
+                (evt.EVT_ABORTED, told(AssociationOutcome.ABORTED))]
+
+    def _outbox_depth(self) -> dict[str, int]:
+        return self._outbox.depth() if isinstance(self._outbox, Outbox) else {}
+
+    def _disk_state(self) -> tuple[int, bool] | None:
+        space = self.disk.space()
+        return None if space is None else (space.free, self.disk.low())
 
     @property
     def port(self) -> int:
@@ -331,10 +367,12 @@ class Node:
 
     def _dispatch(self, due: DueSeries) -> list[str]:
         series_dir = self.spool.series_dir(due.study_uid, due.series_uid)
+        complete_at = time.time()
         series = SeriesRef(
             study_uid=due.study_uid, series_uid=due.series_uid, series_dir=str(series_dir),
             sop_uids=tuple(sorted(due.sop_uids)), fingerprint=due.fingerprint,
             calling_ae=due.calling_ae, called_ae=due.called_ae, supersedes=due.supersedes,
+            received_at=due.first_arrival, complete_at=complete_at,
         )
         key = (due.study_uid, due.series_uid, due.fingerprint)
         files = [series_dir / f"{uid}{INSTANCE_SUFFIX}" for uid in series.sop_uids]
@@ -362,8 +400,16 @@ class Node:
         except Exception as exc:  # not DICOM, or a routing bug: recorded on the series, not raised
             self._deferred.pop(key, None)
             log.exception("routing series %s failed", due.series_uid)
+            self._series_hop(Hop.ROUTED, series, time.time(), outcome="error", routes=[])
             return [self._unrouted(due, series, f"routing failed: {type(exc).__name__}: {exc}")]
         self._deferred.pop(key, None)
+        self._series_hop(Hop.RECEIVED, series, complete_at, instances=len(series.sop_uids),
+                         first_arrival=series.received_at, calling_ae=series.calling_ae,
+                         called_ae=series.called_ae)
+        outcome = ("routed" if decision.routes else
+                   "skipped" if decision.skipped else "unrouted")
+        self._series_hop(Hop.ROUTED, series, time.time(), outcome=outcome,
+                         routes=[route.name for route in decision.routes])
         if not decision.routes:
             # The reason quotes tag values (maybe patient data): it goes to the job record only.
             state = JobState.SKIPPED if decision.skipped else JobState.UNROUTED
@@ -380,6 +426,9 @@ class Node:
         job_ids = tuple(r.job_id for r in records)
         self.tracker.mark_processed(due.study_uid, due.series_uid, due.fingerprint, job_ids)
         return list(job_ids)
+
+    def _series_hop(self, hop: Hop, series: SeriesRef, at: float, **detail: Any) -> None:
+        self.telemetry.emit(HopEvent(hop, series.study_uid, series.series_uid, None, at, detail))
 
     def _unrouted(
         self, due: DueSeries, series: SeriesRef, reason: str, state: JobState = JobState.UNROUTED

@@ -38,6 +38,7 @@ from config.schema import AppConfig, DestinationConfig
 from dicom_node.atomic import write_json_atomic
 from dicom_node.deliver.seg_refusal import files_for, is_segmentation
 from dicom_node.deliver.sender import SendReport, send_files
+from dicom_node.events import Emit, Hop, HopEvent, ignore
 from dicom_node.log_repeats import RepeatedLog
 
 log = logging.getLogger(__name__)
@@ -189,12 +190,16 @@ class Outbox:
         sender: Sender = send_files,
         *,
         clock: Clock = utc_now,
+        emit: Emit = ignore,
     ) -> None:
+        """``emit`` is told each delivery stored (``sent``) and each failed attempt
+        (``failed``): the node's audit trail and metrics (:mod:`dicom_node.events`)."""
         self.directory = Path(data_dir) / OUTBOX_FOLDER
         self.directory.mkdir(parents=True, exist_ok=True)
         self._config = config
         self._sender = sender
         self._clock = clock
+        self._emit = emit
         self._lock = threading.Lock()
         #: Deliveries not yet final, by destination then id (the threads' work list).
         self._active: dict[str, dict[str, Delivery]] = {name: {} for name in config.destinations}
@@ -268,13 +273,25 @@ class Outbox:
 
     def retry(self, delivery_id: str) -> Delivery:
         """Queue a failed delivery again with a fresh retry window (an operator's action)."""
+        return self._again(delivery_id, (DeliveryState.FAILED,), resend=False)
+
+    def resend(self, delivery_id: str) -> Delivery:
+        """Send every file of a finished (done or failed) delivery again, with a fresh retry
+        window (an operator's action: a PACS that lost what it stored). The same SOP Instance
+        UIDs go again, so the PACS keeps one copy."""
+        return self._again(delivery_id, (DeliveryState.DONE, DeliveryState.FAILED), resend=True)
+
+    def _again(self, delivery_id: str, allowed: tuple[DeliveryState, ...], resend: bool) -> Delivery:
         delivery = load_delivery(self.directory / f"{_safe(delivery_id)}.json")
-        if delivery.state is not DeliveryState.FAILED:
-            raise ValueError(f"delivery {delivery_id} is {delivery.state.value}, not failed")
+        if delivery.state not in allowed:
+            raise ValueError(f"delivery {delivery_id} is {delivery.state.value}, not "
+                             f"{' or '.join(state.value for state in allowed)}")
         if delivery.destination not in self._config.destinations:
             raise ValueError(f"destination {delivery.destination} is no longer configured")
         now = self._clock()
         delivery.state, delivery.rejected = DeliveryState.PENDING, {}
+        if resend:
+            delivery.sent, delivery.attempts, delivery.last_error = [], 0, None
         delivery.window_start = delivery.updated_at = delivery.next_attempt_at = now
         write_delivery(self.directory, delivery)
         self._activate(delivery)
@@ -320,6 +337,11 @@ class Outbox:
             if time.monotonic() >= deadline or self._stop.is_set():
                 return False
             time.sleep(SETTLE_POLL_SECONDS)
+
+    def depth(self) -> dict[str, int]:
+        """Deliveries not final (pending or being sent), per configured destination."""
+        with self._lock:
+            return {name: len(active) for name, active in self._active.items()}
 
     def _activate(self, delivery: Delivery) -> None:
         with self._lock:
@@ -459,6 +481,7 @@ class Outbox:
         delivery.last_error = error
         delivery.next_attempt_at = min(now + timedelta(seconds=delay), window_end)
         delivery.updated_at = now
+        self._tell(Hop.FAILED, delivery, final=False)
         try:
             write_delivery(self.directory, delivery)
         except OSError as exc:  # the record says "sending": a restart sends again, harmlessly
@@ -477,3 +500,17 @@ class Outbox:
         else:
             log.error("outbox: %s failed: %s", delivery.delivery_id, error)
         self._save_final(delivery)
+        self._tell(Hop.SENT if state is DeliveryState.DONE else Hop.FAILED, delivery, final=True)
+
+    def _tell(self, hop: Hop, delivery: Delivery, final: bool) -> None:
+        """Tell the observer (ids, counts and times only: errors may quote a peer's words)."""
+        detail = {
+            "delivery_id": delivery.delivery_id, "destination": delivery.destination,
+            "files": len(delivery.sent), "attempts": delivery.attempts, "final": final,
+            "seconds": round((delivery.updated_at - delivery.created_at).total_seconds(), 3),
+        }
+        try:
+            self._emit(HopEvent(hop, job_id=delivery.job_id, at=delivery.updated_at.timestamp(),
+                                detail=detail))
+        except Exception:  # an observer's bug must not stop deliveries
+            log.exception("outbox: observer failed on %s of %s", hop.value, delivery.delivery_id)

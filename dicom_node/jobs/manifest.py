@@ -17,6 +17,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from dicom_node.atomic import write_json_atomic
+from dicom_node.jobs.stages import Stages
 
 MANIFEST_FILE = "manifest.json"
 
@@ -52,6 +53,14 @@ class Manifest(BaseModel):
     errors: list[str] = Field(default_factory=list)
     #: ``{"api_name", "summary"}`` per tool output.
     tools: list[dict[str, Any]] = Field(default_factory=list)
+    #: The stages the worker passed (``tools``, ``encoded``), copied into the job record.
+    stages: Stages = Field(default_factory=dict)
+    #: ``{"api_name", "seconds", "refused"}`` per tool call, in order.
+    tool_runs: list[dict[str, Any]] = Field(default_factory=list)
+    #: What left for remote endpoints, de-identified (``Disclosure.to_json()`` each; no PHI).
+    disclosures: list[dict[str, Any]] = Field(default_factory=list)
+    #: ``{"kind", "seconds"}`` per model this run loaded.
+    model_loads: list[dict[str, Any]] = Field(default_factory=list)
 
     @classmethod
     def coerce(cls, value: Manifest | Mapping[str, Any]) -> Manifest:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pydicom
@@ -29,10 +30,13 @@ from dicom_node.deliver.seg_refusal import needs_stand_ins
 from dicom_node.jobs.manifest import Manifest
 from dicom_node.jobs.retry import JobFailed
 from dicom_node.jobs.spec import JobSpec
+from dicom_node.jobs.stages import Stage
+from dicom_node.jobs.telemetry import collect_run
 from dicom_node.limits import parse_limits
 from dicom_node.receive.spool import INSTANCE_SUFFIX, QUARANTINE_NOTE
 from image_model.loader import LoadError, load_series
 from sr_templates.outputs import build_outputs, build_overlays, identity_for
+from tools.device import record_model_load
 from tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -61,10 +65,12 @@ class WorkerContext:
         """The planner backend ``name``, built on first use; unknown names fail the job."""
         with self._lock:
             if name not in self.planners:
+                started = time.perf_counter()
                 try:
                     self.planners[name] = build_planner(name, self.config.planner)
                 except UnknownPlanner as exc:
                     raise JobFailed(str(exc)) from None
+                record_model_load(f"planner {name}", time.perf_counter() - started)
             return self.planners[name]
 
     def fallback(self) -> Planner:
@@ -149,7 +155,19 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
     Raises :class:`JobFailed` with a readable reason for input the pipeline cannot handle: a
     series the loader refuses, or one where every tool the planner called refused it (an SR
     saying only "cannot" would reach the radiologist as noise; the failed job says why instead).
+    The manifest carries the run's telemetry too: when the tools and the encoding finished,
+    each tool call's duration, disclosures to remote endpoints and model loads
+    (:mod:`dicom_node.jobs.telemetry`).
     """
+    with collect_run() as telemetry:
+        manifest = _run(spec, ctx)
+    return manifest.model_copy(update={
+        "disclosures": telemetry.disclosures,
+        "model_loads": [asdict(load) for load in telemetry.model_loads],
+    })
+
+
+def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
     config = ctx.config
     try:
         volume = load_series(_instance_files(spec), parse_limits(config.node))
@@ -165,6 +183,7 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         allowed_tools=spec.tools,
         fallback=ctx.fallback(),
     )
+    tools_done = time.time()
     called = [a for m in result.conversation.messages if m.turn for a in m.turn.actions]
     if called and not result.outputs:
         raise JobFailed("no tool could process this series: " + "; ".join(result.errors))
@@ -200,6 +219,7 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         fallback_files[str(out_dir / SEG_FILE)] = list(written)
         uids.update({f"{OVERLAY_FOLDER}/{Path(p).name}": uid for p, uid in written.items()})
     write_json_atomic(out_dir / CONVERSATION_FILE, result.conversation.to_llava_json())
+    encoded = time.time()
     manifest = Manifest(
         job_id=spec.job_id,
         study_uid=spec.study_uid,
@@ -218,6 +238,8 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         fallback_reason=result.fallback_reason,
         errors=result.errors,
         tools=[{"api_name": o.api_name, "summary": to_plain(o.summary)} for o in result.outputs],
+        stages={Stage.TOOLS: tools_done, Stage.ENCODED: encoded},
+        tool_runs=[asdict(run) for run in result.tool_runs],
     )
     log.info(
         "job %s: %d output file(s), %d overlay(s), %d predecessor report(s), planner %s%s",

@@ -43,11 +43,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from config.schema import AppConfig
-from dicom_node.jobs.manifest import load_manifest, manifest_path
+from dicom_node.events import Emit, Hop, HopEvent, ignore
+from dicom_node.jobs.manifest import Manifest, load_manifest, manifest_path
 from dicom_node.jobs.pipeline import SR_FILE
 from dicom_node.jobs.retry import Failure, RetryPolicy, classify
 from dicom_node.jobs.runner import Executor, RunEvent, RunKind
 from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
+from dicom_node.jobs.stages import Stage, Stages
 from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
 from dicom_node.log_repeats import RepeatedLog
 
@@ -100,13 +102,17 @@ class JobService:
         outbox: OutboxLike | None,
         results_dir: Path,
         policy: RetryPolicy | None = None,
+        emit: Emit = ignore,
     ) -> None:
+        """``emit`` is told every hop of every job (queued, started, tool, encoded, failed,
+        disclosed): the node's audit trail and metrics (:mod:`dicom_node.events`)."""
         self.config = config
         self.store = store
         self.results_dir = Path(results_dir).resolve()
         self.policy = policy or RetryPolicy.from_config(config.queue)
         self._executor = executor
         self._outbox = outbox
+        self._emit = emit
         #: Guards record changes and ``_active``; notified when a job finishes.
         self._cond = threading.Condition(threading.RLock())
         #: Jobs handed to the executor by this service and not finished yet.
@@ -170,14 +176,24 @@ class JobService:
                     records.append(held)
                     continue
                 spec = self._spec(job_id, series, request)
+                now = time.time()
+                stages: Stages = {Stage.QUEUED: now}
+                if series.received_at is not None:
+                    stages[Stage.RECEIVED] = series.received_at
+                if series.complete_at is not None:
+                    stages[Stage.COMPLETE] = series.complete_at
                 record = self.store.save(JobRecord(
                     job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
                     state=JobState.QUEUED, route=request.route, fingerprint=series.fingerprint,
                     instance_count=len(series.sop_uids), result_dir=spec.result_dir,
                     destinations=list(spec.destinations), calling_ae=series.calling_ae,
                     called_ae=series.called_ae, supersedes=list(series.supersedes), spec=spec,
+                    created=now, stages=stages,
                 ))
                 self._active.add(job_id)
+            self._hop(Hop.QUEUED, record, at=now, route=request.route,
+                      instances=len(series.sop_uids), destinations=list(spec.destinations),
+                      supersedes=list(series.supersedes))
             log.info("series %s (%d instances) -> route %s, job %s%s", series.series_uid,
                      len(series.sop_uids), request.route, job_id,
                      f" (supersedes {', '.join(series.supersedes)})" if series.supersedes else "")
@@ -293,7 +309,10 @@ class JobService:
             if event.kind is RunKind.STARTED:
                 self.store.update(event.job_id, state=JobState.RUNNING, attempt=event.attempt,
                                   worker=event.worker, started=event.at, error=None,
-                                  retry_at=None)
+                                  retry_at=None, stages=self._staged(record, Stage.STARTED,
+                                                                     event.at))
+                self._hop(Hop.STARTED, record, at=event.at, attempt=event.attempt,
+                          worker=event.worker)
             elif event.kind is RunKind.DONE:
                 self._done(record, event)
             elif event.kind is RunKind.FAILED:
@@ -319,14 +338,60 @@ class JobService:
                          event.attempt, event.worker, False)
             return
         assert record.spec is not None
+        manifest = self._manifest(record)
+        stages = {**record.stages, **(manifest.stages if manifest is not None else {})}
         self.store.update(record.job_id, state=JobState.DONE, finished=event.at,
                           manifest_path=str(manifest_path(record.spec.result_dir)),
                           attempt=event.attempt, worker=event.worker, error=None, retry_at=None,
-                          waiting_since=None)
+                          waiting_since=None, stages=stages)
+        if manifest is not None:
+            self._report_run(record, manifest, event.at)
         log.info("job %s done%s (attempt %d, series %s, route %s)", record.job_id,
                  f" on {event.worker}" if event.worker else "", event.attempt,
                  record.series_uid, record.route)
         self._settle(record.job_id)
+
+    def _manifest(self, record: JobRecord) -> Manifest | None:
+        """The finished run's manifest for its telemetry (None if it cannot be read now: the
+        results were handed on already, only the report of the run is poorer)."""
+        assert record.spec is not None
+        try:
+            return load_manifest(record.spec.result_dir)
+        except (OSError, ValueError) as exc:
+            log.warning("job %s: manifest not readable for its stages: %s", record.job_id, exc)
+            return None
+
+    def _report_run(self, record: JobRecord, manifest: Manifest, done_at: float) -> None:
+        """A done run's hops: each tool call, each disclosure, the encoding."""
+        for run in manifest.tool_runs:
+            self._hop(Hop.TOOL, record, at=manifest.stages.get(Stage.TOOLS, done_at),
+                      tool=run.get("api_name"), seconds=run.get("seconds"),
+                      refused=run.get("refused", False))
+        for disclosure in manifest.disclosures:
+            self._hop(Hop.DISCLOSED, record, at=done_at, **disclosure)
+        self._hop(Hop.ENCODED, record, at=manifest.stages.get(Stage.ENCODED, done_at),
+                  files=len(manifest.files), sop_instance_uids=dict(manifest.sop_instance_uids),
+                  planner=manifest.planner, errors=len(manifest.errors),
+                  model_loads=list(manifest.model_loads))
+
+    def record_sent(self, job_id: str, at: float) -> None:
+        """A destination stored the job's results (the outbox tells): the ``sent`` stage."""
+        with self._cond:
+            record = self.store.get(job_id)
+            if record is not None:
+                self.store.update(job_id, stages=self._staged(record, Stage.SENT, at))
+
+    @staticmethod
+    def _staged(record: JobRecord, stage: Stage, at: float) -> Stages:
+        return {**record.stages, stage: at}
+
+    def _hop(self, hop: Hop, record: JobRecord, at: float | None = None, **detail: Any) -> None:
+        """Tell the observer; its failure never changes the job's way (logged)."""
+        try:
+            self._emit(HopEvent(hop, record.study_uid, record.series_uid, record.job_id,
+                                at if at is not None else time.time(), detail))
+        except Exception:  # an observer's bug must not fail a job
+            log.exception("job %s: observer failed on %s", record.job_id, hop.value)
 
     def _hand_off(self, record: JobRecord) -> None:
         """The one hand-off of a finished job: its result files (and the overlays that stand in
@@ -350,6 +415,8 @@ class JobService:
                                                            now - (waiting_since or now))
         if delay is None:
             reason = failure.reason if final else self.policy.gave_up(failure, attempt)
+            self._hop(Hop.FAILED, record, attempt=attempt, final=True,
+                      transient=failure.transient, disk_full=failure.disk_full)
             self._finish_failed(record.job_id, reason, attempt, worker)
             return
         retry_at = now + delay
@@ -357,7 +424,11 @@ class JobService:
         retries = record.retries + (0 if failure.disk_full else 1)
         self.store.update(record.job_id, state=JobState.QUEUED, error=failure.reason,
                           retries=retries, retry_at=retry_at, attempt=attempt, worker=worker,
-                          waiting_since=waiting_since)
+                          waiting_since=waiting_since,
+                          stages=self._staged(record, Stage.QUEUED, now))
+        self._hop(Hop.FAILED, record, at=now, attempt=attempt, final=False,
+                  transient=failure.transient, disk_full=failure.disk_full,
+                  retry_in=round(delay, 3))
         log.warning("job %s: %s (%s); runs again in %.1f s", record.job_id,
                     "waiting for disk space" if failure.disk_full else f"retry {retries}",
                     failure.reason, delay)
@@ -366,10 +437,13 @@ class JobService:
 
     def _lost(self, record: JobRecord, attempt: int) -> None:
         reason = self.policy.lost_runs_exhausted(attempt)
+        self._hop(Hop.FAILED, record, attempt=attempt, final=reason is not None, lost=True,
+                  worker=record.worker)
         if reason is not None:
             self._finish_failed(record.job_id, reason, attempt, record.worker)
             return
-        self.store.update(record.job_id, state=JobState.QUEUED, attempt=attempt + 1)
+        self.store.update(record.job_id, state=JobState.QUEUED, attempt=attempt + 1,
+                          stages=self._staged(record, Stage.QUEUED, time.time()))
         log.info("job %s: run %d was lost with its worker; queued again (attempt %d)",
                  record.job_id, attempt, attempt + 1)
         assert record.spec is not None
@@ -398,9 +472,12 @@ class JobService:
                 raise JobNotRetryable(f"job {job_id} is {record.state.value}, not failed")
             record = self.store.update(job_id, state=JobState.QUEUED, attempt=1, retries=0,
                                        error=None, finished=None, retry_at=None,
-                                       waiting_since=None, worker=None)
+                                       waiting_since=None, worker=None,
+                                       stages=self._staged(record, Stage.QUEUED, time.time()))
             self._active.add(job_id)
         log.info("job %s queued again by an operator", job_id)
+        self._hop(Hop.QUEUED, record, route=record.route, instances=record.instance_count,
+                  destinations=list(record.destinations), operator=True)
         assert record.spec is not None
         self._executor.run(record.spec, 1)
         return record

@@ -84,6 +84,10 @@ class SeriesRef:
     called_ae: str = ""
     #: Jobs of an earlier instance set of the same series whose results this set's jobs replace.
     supersedes: tuple[str, ...] = ()
+    #: Unix times the set's first instance arrived and the set was judged complete (None:
+    #: not known, e.g. a series found in the spool after a restart, or pulled by a retrieve).
+    received_at: float | None = None
+    complete_at: float | None = None
 
 
 @dataclass(frozen=True)

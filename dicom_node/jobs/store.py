@@ -30,6 +30,7 @@ from pydantic.dataclasses import dataclass as validated
 
 from dicom_node.atomic import write_json_atomic
 from dicom_node.jobs.spec import JobSpec
+from dicom_node.jobs.stages import Stages
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class JobRecord:
     spec: JobSpec | None = None
     #: Path of the manifest the run wrote (``result_dir/manifest.json``), once done.
     manifest_path: str | None = None
+    #: When the job passed each stage (:mod:`dicom_node.jobs.stages`).
+    stages: Stages = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (the file on disk, ``mmed-node status --json``, ``GET /jobs/<id>``)."""

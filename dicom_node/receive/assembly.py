@@ -55,6 +55,9 @@ class SeriesState:
     processed_fingerprint: str | None = None
     #: Job ids created for ``processed_fingerprint`` (a later job supersedes these).
     processed_jobs: tuple[str, ...] = ()
+    #: Unix time the first instance not yet handed on arrived (None: none since, or unknown
+    #: after a restart); a job's ``received`` stage.
+    first_arrival: float | None = None
 
     @property
     def key(self) -> SeriesKey:
@@ -77,6 +80,8 @@ class DueSeries:
     called_ae: str
     #: Jobs of the previous instance set, which the new jobs supersede.
     supersedes: tuple[str, ...]
+    #: Unix time the set's first new instance arrived (None: unknown).
+    first_arrival: float | None = None
 
 
 class SeriesTracker:
@@ -111,6 +116,8 @@ class SeriesTracker:
                 (study_uid, series_uid), SeriesState(study_uid, series_uid)
             )
             is_new = sop_uid not in state.instances
+            if is_new and state.first_arrival is None:
+                state.first_arrival = time.time()
             state.instances.add(sop_uid)
             state.last_arrival = now
             state.open_associations.add(association)
@@ -176,6 +183,7 @@ class SeriesTracker:
                         state.calling_ae,
                         state.called_ae,
                         state.processed_jobs,
+                        state.first_arrival,
                     )
                 )
         return out
@@ -189,6 +197,8 @@ class SeriesTracker:
             if state is not None:
                 state.processed_fingerprint = fingerprint
                 state.processed_jobs = jobs
+                if state.fingerprint == fingerprint:
+                    state.first_arrival = None
 
     def forget(self, study_uid: str, series_uid: str, sop_uids: Iterable[str]) -> None:
         """Retention removed these instances from the spool: drop them from the series' state.
@@ -219,6 +229,7 @@ class SeriesTracker:
                     s.called_ae,
                     s.processed_fingerprint,
                     s.processed_jobs,
+                    s.first_arrival,
                 )
                 for s in self._series.values()
             ]

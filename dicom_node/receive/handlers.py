@@ -22,6 +22,7 @@ from pynetdicom.events import Event
 
 from dicom_node import logsafe, status
 from dicom_node.disk import DiskGuard
+from dicom_node.events import Emit, InstanceStored, ignore
 from dicom_node.receive.assembly import SeriesTracker
 from dicom_node.receive.refusals import Refusals
 from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
@@ -85,6 +86,8 @@ class HandlerDeps:
     disk: DiskGuard | None = None
     #: Counts every refusal: the gate's and guard's, and instances refused here (refusals.py).
     refusals: Refusals = field(default_factory=Refusals)
+    #: Told of every instance stored (the node's metrics; dicom_node/events.py).
+    emit: Emit = ignore
 
 
 def association_key(event: Event) -> str:
@@ -161,6 +164,7 @@ def handle_store(event: Event, deps: HandlerDeps) -> int:
         calling,
         called,
     )
+    deps.emit(InstanceStored(sum(len(part) for part in parts), result.duplicate))
     if result.duplicate:
         log.info(
             "duplicate instance %s (series %s) acknowledged, stored once",

@@ -1,0 +1,84 @@
+"""The node's observer: every event of its parts (:mod:`dicom_node.events`) goes to the audit
+trail and the metrics, here, in one place.
+
+    receive handlers (instance stored) --+
+    node (series received, routed)       |
+    pynetdicom (association outcomes)    +--> Telemetry.emit --> AuditTrail.write (hops)
+    JobService (queued ... encoded)      |                   --> NodeMetrics.observe
+    Outbox (sent, failed attempts)     --+                   --> the job's stages (``sent``)
+
+A delivery's hop names its job only: the study and series are added here from the job record,
+so every audit line of a study names it. An observer that fails is logged and never stops the
+work it observes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from dicom_node.app.audit import AuditTrail
+from dicom_node.app.metrics import NodeMetrics
+from dicom_node.events import Event, Hop, HopEvent
+from dicom_node.jobs.stages import Stage
+from dicom_node.jobs.store import JobRecord, JobStore
+
+log = logging.getLogger(__name__)
+
+#: The stages whose duration is known once a hop happened.
+STAGES_AT: dict[Hop, tuple[Stage, ...]] = {
+    Hop.QUEUED: (Stage.COMPLETE, Stage.QUEUED),
+    Hop.STARTED: (Stage.STARTED,),
+    Hop.ENCODED: (Stage.TOOLS, Stage.ENCODED),
+    Hop.SENT: (Stage.SENT,),
+}
+
+
+class Telemetry:
+    def __init__(
+        self,
+        metrics: NodeMetrics,
+        audit: AuditTrail | None,
+        jobs: JobStore,
+        record_sent: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """``record_sent`` records a job's ``sent`` stage (the job service's)."""
+        self.metrics = metrics
+        self.audit = audit
+        self.jobs = jobs
+        self._record_sent = record_sent
+
+    def emit(self, event: Event) -> None:
+        try:
+            if isinstance(event, HopEvent):
+                self._hop(event)
+            else:
+                self.metrics.observe(event)
+        except Exception:  # an observer's failure never stops the work it observes
+            log.exception("telemetry failed on %s", type(event).__name__)
+
+    def _hop(self, event: HopEvent) -> None:
+        record = self._record(event.job_id)
+        if record is not None and not event.study_uid:
+            event = replace(event, study_uid=record.study_uid, series_uid=record.series_uid)
+        if event.hop is Hop.SENT and event.job_id and self._record_sent is not None:
+            self._record_sent(event.job_id, event.at)
+            record = self._record(event.job_id)
+        if self.audit is not None:
+            try:
+                self.audit.write(event)
+            except OSError as exc:  # a full disk: the work goes on, the line is lost
+                log.warning("audit line not written (%s): %s", event.hop.value, exc)
+        self.metrics.observe(event)
+        stages = STAGES_AT.get(event.hop)
+        if record is not None and stages:
+            self.metrics.observe_stages(record, stages)
+
+    def _record(self, job_id: str | None) -> JobRecord | None:
+        if not job_id:
+            return None
+        try:
+            return self.jobs.get(job_id)
+        except (OSError, ValueError):
+            return None
