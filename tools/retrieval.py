@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from image_model.codes import concept
 from image_model.findings import AlgorithmInfo, ToolOutput
 from tools.base import Availability, Tool, ToolRefused, invalid_settings_reason
-from tools.device import resolve_device
+from tools.device import record_model_load, resolve_device
 from tools.registry import register_tool
 from tools.report import LanguageModel, LanguageModelSettings
 
@@ -226,7 +227,10 @@ def _atomic_write(path: Path, write: Any) -> None:
 def load_embedder(path: Path, device: str | None) -> Any:
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(path), device=str(resolve_device(device)), local_files_only=True)
+    started = time.perf_counter()
+    model = SentenceTransformer(str(path), device=str(resolve_device(device)), local_files_only=True)
+    record_model_load("sentence encoder", time.perf_counter() - started)
+    return model
 
 
 def extractive_answer(hits: list[tuple[Passage, float]], max_sentences: int = 2) -> str:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from dicom_node.events import AssociationEvent, Event, Hop, HopEvent, InstanceStored
@@ -60,13 +60,14 @@ class NodeState:
     disk: Callable[[], tuple[int, bool] | None] = field(default=lambda: None)
 
 
+#: Connections or associations the receive limits refused or dropped, counted by the node
+#: since it started (``Node.refusals()``): a counter read at scrape time.
+DROPPED = ("mmed_peers_dropped", "Connections refused or dropped by a receive limit, by reason.")
 #: The gauges read at scrape time: name, help, labels.
 STATE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("mmed_jobs", "Jobs by state (from the job records).", ("state",)),
     ("mmed_worker_leases", "Jobs running, per worker holding them.", ("worker",)),
     ("mmed_outbox_depth", "Deliveries pending or being sent, per destination.", ("destination",)),
-    ("mmed_peers_dropped_total", "Connections dropped by a receive limit since start, by reason.",
-     ("reason",)),
     ("mmed_disk_free_bytes", "Free space of the data_dir's file system.", ()),
     ("mmed_refusing_instances", "1 while below the low-space watermark.", ()),
 )
@@ -81,6 +82,7 @@ class _StateCollector(Collector):
         before the node is fully built)."""
         for name, text, labels in STATE_GAUGES:
             yield GaugeMetricFamily(name, text, labels=list(labels) if labels else None)
+        yield CounterMetricFamily(*DROPPED, labels=["reason"])
 
     def collect(self) -> Iterable[Metric]:
         jobs = list(self.state.jobs())
@@ -103,11 +105,8 @@ class _StateCollector(Collector):
         for destination, count in sorted(self.state.outbox_depth().items()):
             depth.add_metric([destination], count)
         yield depth
-        dropped = self.state.dropped()
-        family = GaugeMetricFamily(
-            "mmed_peers_dropped_total",
-            "Connections dropped by a receive limit since start, by reason.", labels=["reason"])
-        for reason, count in sorted(dropped.items()):
+        family = CounterMetricFamily(*DROPPED, labels=["reason"])
+        for reason, count in sorted(self.state.dropped().items()):
             family.add_metric([reason], count)
         yield family
         disk = self.state.disk()

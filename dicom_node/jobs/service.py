@@ -368,7 +368,7 @@ class JobService:
                       tool=run.get("api_name"), seconds=run.get("seconds"),
                       refused=run.get("refused", False))
         for disclosure in manifest.disclosures:
-            self._hop(Hop.DISCLOSED, record, at=done_at, **disclosure)
+            self._hop(Hop.DISCLOSED, record, at=done_at, deidentified=True, **disclosure)
         self._hop(Hop.ENCODED, record, at=manifest.stages.get(Stage.ENCODED, done_at),
                   files=len(manifest.files), sop_instance_uids=dict(manifest.sop_instance_uids),
                   planner=manifest.planner, errors=len(manifest.errors),

@@ -220,7 +220,8 @@ def _previews(view: JobView) -> str:
         f'<span class="legend"><span class="swatch" data-rgb="{h(",".join(map(str, s.rgb)))}">'
         f"</span>{h(s.label)}</span>" for s in previews.segments)
     images = "".join(
-        f'<figure><img src="/ui/jobs/{h(view.record.job_id)}/preview/{index}.png" '
+        f'<figure data-sop-uid="{h(p.sop_uid)}" data-frame="{h(p.frame)}">'
+        f'<img src="/ui/jobs/{h(view.record.job_id)}/preview/{index}.png" '
         f'alt="preview {index}"><figcaption>'
         + h(", ".join(f"{names[n].label if n in names else n}: {px} px"
                       for n, px in p.segments.items() if px)

@@ -35,6 +35,27 @@ def _meaning(seq: Sequence[Dataset] | None) -> str:
     return str(seq[0].get("CodeMeaning", "")) if seq else ""
 
 
+def _number(value: object) -> str:
+    """A NUM's value as a reader writes it: at most 6 significant digits (a DS holds up to 16)."""
+    try:
+        return f"{float(str(value)):.6g}"
+    except (TypeError, ValueError):
+        return str(value or "")
+
+
+def _unit(units: Sequence[Dataset] | None) -> str:
+    """A UCUM unit (PS3.16 CID 82) by its code when that reads as a unit ("mL", "mm2"), else by
+    its meaning ("[hnsf'U]" -> "Hounsfield unit"; "{voxels}" -> "voxels"); "1" (no unit): none."""
+    if not units:
+        return ""
+    code = str(units[0].get("CodeValue", ""))
+    if code == "1":
+        return ""
+    if any(c in code for c in "[]{}'"):
+        return str(units[0].get("CodeMeaning", "")) or code.strip("{}")
+    return code
+
+
 def _value(item: Dataset) -> str:
     kind = str(item.get("ValueType", ""))
     if kind == "TEXT":
@@ -45,9 +66,8 @@ def _value(item: Dataset) -> str:
         measured = item.get("MeasuredValueSequence")
         if not measured:
             return "(no value)"
-        unit = measured[0].get("MeasurementUnitsCodeSequence")
-        code = str(unit[0].get("CodeValue", "")) if unit else ""
-        return f"{measured[0].get('NumericValue', '')} {code}".strip()
+        return f"{_number(measured[0].get('NumericValue'))} " \
+               f"{_unit(measured[0].get('MeasurementUnitsCodeSequence'))}".strip()
     if kind == "UIDREF":
         return str(item.get("UID", ""))
     if kind in ("DATE", "TIME", "DATETIME"):
