@@ -12,9 +12,11 @@ highdicom), the metrics through prometheus_client's own text parser, the study's
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scipy import ndimage
 
 from config.loader import load_config
+from dicom_node.app.cli import main as cli_main
 from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobRecord, JobState
 from testkit.phantoms import write_ct_phantom
@@ -39,6 +42,7 @@ from tests.agent_hf_helpers import ChatServer, reply
 from tests.dashboard_helpers import Browser
 from tests.outbox_helpers import StoreSCP
 from tests.receive_helpers import PROJECT_ROOT, echoscu, free_port, storescu, wait_for
+from tests.viewers import installed
 
 pytestmark = pytest.mark.slow
 
@@ -137,6 +141,9 @@ def test_job_appears_with_its_stages_agent_turns_and_sr(run: Run) -> None:
     overview = browser.get("/ui/")
     assert overview.status == 200 and run.job.job_id[:12] in overview.text
     assert overview.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    # Disk use: the spool holds the series (~150 KB); deliveries counted per destination.
+    assert re.search(r"spool 1[45]\d KiB", overview.text), overview.text
+    assert re.search(r"<tr><td>pacs</td><td>0</td><td>0</td><td>1</td><td>0</td></tr>", overview.text)
     # The list's row: the job with a time in every stage cell, its delivery to the PACS.
     rows = browser.get("/ui/fragment/jobs").text
     (row,) = re.findall(r"<tr data-state=\"done\".*?</tr>", rows)
@@ -246,7 +253,8 @@ def test_metrics_parse_and_move_with_the_instances(run: Run) -> None:
 # -- the audit trail -----------------------------------------------------------------------------
 
 
-def test_audit_trail_of_the_study_says_what_left_de_identified(run: Run) -> None:
+def test_audit_trail_of_the_study_says_what_left_de_identified(
+        run: Run, capsys: pytest.CaptureFixture[str]) -> None:
     cli = subprocess.run(
         [sys.executable, "-m", "dicom_node.app.cli", "audit", "--config", str(run.config_file),
          "--study", run.study_uid, "--json"],
@@ -269,19 +277,48 @@ def test_audit_trail_of_the_study_says_what_left_de_identified(run: Run) -> None
     assert tool["tool"] == "ct lung segmentation" and tool["seconds"] > 0 and not tool["refused"]
     (sent,) = [line for line in lines if line["hop"] == "sent"]
     assert sent["destination"] == "pacs" and sent["files"] == 2
-    assert all(a["at"] <= b["at"] + 1.0 for a, b in zip(lines, lines[1:]))
+    assert all(a["at"] <= b["at"] + 1.0 for a, b in itertools.pairwise(lines))
     # No patient data anywhere in the trail, and the human-readable form prints one line a hop.
     trail = (Path(run.node.config.node.data_dir) / "audit" / "audit.jsonl").read_text()
     assert not [value for value in PHI.values() if value.lower() in trail.lower()]
-    text = subprocess.run(
-        [sys.executable, "-m", "dicom_node.app.cli", "audit", "--config", str(run.config_file),
-         "--study", run.study_uid], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120,
-        check=True).stdout.splitlines()
+    # The same trail for a person (in process: one subprocess above is enough), one line a hop.
+    assert cli_main(["audit", "--config", str(run.config_file), "--study", run.study_uid]) == 0
+    text = capsys.readouterr().out.splitlines()
     assert len(text) == len(lines) and "disclosed" in text[hops.index("disclosed")]
-    unknown = subprocess.run(
-        [sys.executable, "-m", "dicom_node.app.cli", "audit", "--config", str(run.config_file),
-         "--study", "1.2.3.4"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert unknown.returncode == 1 and "no audit lines" in unknown.stdout
+    assert cli_main(["audit", "--config", str(run.config_file), "--study", "1.2.3.4"]) == 1
+    assert "no audit lines" in capsys.readouterr().out
+
+
+# -- in a browser --------------------------------------------------------------------------------
+
+
+def test_dashboard_in_headless_chromium(run: Run, tmp_path: Path) -> None:
+    """Debian chromium (the viewers' install and launcher, tests/viewers/): log in, filter the
+    list, see it refresh, open the job with its previews; the screenshots are kept."""
+    installed.require(installed.NODE_MODULES / "puppeteer-core", installed.CHROMIUM)
+    out = Path(os.environ.get("MMED_DASHBOARD_ARTIFACTS") or PROJECT_ROOT / "test-artifacts" / "operate")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    request = {"base": f"http://127.0.0.1:{run.node.api_port}", "token": TOKEN,
+               "jobId": run.job.job_id, "outDir": out, "profileDir": tmp_path / "profile",
+               "chromium": installed.CHROMIUM}
+    seen = installed.run_node("dashboard_check.mjs", request, out)
+    print(f"\ndashboard screenshots: {out}; overview loaded in {seen.get('overviewSeconds')} s, "
+          f"job page in {seen.get('jobSeconds')} s")
+    assert seen["errors"] == [] and seen["console"] == [], seen
+    assert seen["overviewUrl"].endswith("/ui/")
+    assert seen["rows"] == seen["rowsDone"] == seen["rowsCleared"] == seen["rowsAfterRefresh"] == 1
+    assert seen["rowsNonsense"] == 0 and seen["refreshed"].startswith("updated")
+    assert seen["previews"] and all(p["complete"] and (p["width"], p["height"]) == (64, 64)
+                                    for p in seen["previews"])
+    swatches = {s["background"] for s in seen["swatches"]}
+    assert swatches == {f"rgb({s['rgb'].replace(',', ', ')})" for s in seen["swatches"]}
+    assert len(swatches) == 2  # left and right lung in their own colours
+    assert {"Stages", "Previews", "Answer", "Agent turns", "Structured report", "Deliveries"} <= set(
+        seen["headings"])
+    for shot in ("overview.png", "job.png"):
+        with Image.open(out / shot) as image:
+            assert image.width == 1280 and image.height >= 800
 
 
 # -- actions -------------------------------------------------------------------------------------

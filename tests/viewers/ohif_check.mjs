@@ -9,26 +9,14 @@
 // same study) in the same viewport, as a radiologist would; pages open in parallel, a few at a time.
 import fs from 'node:fs';
 import path from 'node:path';
-import puppeteer from 'puppeteer-core';
+import { launchChromium } from './chromium.mjs';
 
 const request = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 const SETTLE_MS = 1500;
 const WAIT_MS = 20000;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
-const browser = await puppeteer.launch({
-  executablePath: request.chromium,
-  headless: true,
-  // No browser download, no network but loopback: Debian's chromium, as the CI rules ask. WebGL
-  // through SwiftShader (software) since there is no GPU.
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    `--user-data-dir=${request.profileDir}`,
-    '--use-angle=swiftshader', '--enable-unsafe-swiftshader',
-  ],
-  defaultViewport: { width: 1280, height: 800 },
-});
+const browser = await launchChromium(request);
 
 // Inside the page: OHIF's services (window.services) say what it loaded and how it shows it.
 function pageState(panel, seriesUid) {

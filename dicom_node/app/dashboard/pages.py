@@ -46,6 +46,7 @@ def layout(title: str, body: str, csrf: str | None = None, live: bool = False) -
     return (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{h(title)} - mmed-node</title>"
+        '<link rel="icon" href="/ui/static/favicon.svg" type="image/svg+xml">'
         '<link rel="stylesheet" href="/ui/static/dashboard.css">'
         '<script src="/ui/static/dashboard.js" defer></script></head>'
         f'<body data-live="{1 if live else 0}">'
@@ -108,13 +109,23 @@ def job_rows(jobs: Iterable[Mapping[str, Any]]) -> str:
     return "".join(rows) or f'<tr><td colspan="{len(JOB_HEAD)}">no jobs yet</td></tr>'
 
 
+def size(nbytes: int) -> str:
+    """Bytes in the largest binary unit that keeps a number >= 1 ("148 KiB", "12.6 GiB")."""
+    value, unit = float(nbytes), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.0f} {unit}" if unit == "bytes" or value >= 100 else f"{value:.1f} {unit}"
+
+
 def _disk(disk: Mapping[str, Any]) -> str:
-    parts = [f"data_dir {disk.get('data_dir_bytes', 0) >> 20} MiB"]
-    parts += [f"{area} {disk.get(area + '_bytes', 0) >> 20} MiB"
+    parts = [f"data_dir {size(disk.get('data_dir_bytes', 0))}"]
+    parts += [f"{area} {size(disk.get(area + '_bytes', 0))}"
               for area in ("spool", "results", "outbox", "jobs")]
     if "free_bytes" in disk:
-        parts.append(f"free {disk['free_bytes'] >> 20} MiB ({disk['free_percent']}%), "
-                     f"watermark {disk['low_mark_bytes'] >> 20} MiB")
+        parts.append(f"free {size(disk['free_bytes'])} ({disk['free_percent']}%), "
+                     f"watermark {size(disk['low_mark_bytes'])}")
     refusing = ' <strong class="error">refusing new instances</strong>' \
         if disk.get("refusing_instances") else ""
     return f'<p class="disk">{h(", ".join(parts))}{refusing}</p>'

@@ -11,7 +11,7 @@ below; who may use them: auth.py).
     POST /ui/jobs/<job_id>/retry          run a failed job again (JobService.retry)
     POST /ui/deliveries/<id>/retry        Outbox.retry (a failed delivery)
     POST /ui/deliveries/<id>/resend       Outbox.resend (a done or failed delivery, every file)
-    GET  /ui/static/dashboard.{js,css}
+    GET  /ui/static/{dashboard.js,dashboard.css,favicon.svg}
 
 URLs hold job and delivery ids only (never patient data); filters apply in the browser.
 """
@@ -43,14 +43,16 @@ PREVIEW = re.compile(r"(\d{1,2})\.png")
 MAX_FORM_BYTES = 8 * 1024
 STATIC = Path(__file__).with_name("static")
 STATIC_TYPES = {"dashboard.js": "text/javascript; charset=utf-8",
-                "dashboard.css": "text/css; charset=utf-8"}
+                "dashboard.css": "text/css; charset=utf-8", "favicon.svg": "image/svg+xml"}
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "img-src 'self'; connect-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # Not "no-referrer": with it a browser sends "Origin: null" on the pages' own form posts,
+    # which the origin check then refuses. Same-origin only: a URL never leaves the dashboard.
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 
@@ -84,6 +86,9 @@ class Site:
             return True
         if not parts or parts[0] != "ui":
             return False
+        if method == "POST":
+            # Some answers come before the form is read: never read its bytes as a next request.
+            request.close_connection = True
         if not auth.same_origin(request.headers.get("Origin"), request.headers.get("Host")):
             self._text(request, HTTPStatus.FORBIDDEN, "cross-origin request refused")
             return True
