@@ -53,11 +53,12 @@ RAW_TEXT_KEPT = 300
 
 @dataclass(frozen=True)
 class ToolRun:
-    """One tool call: which tool, how long it ran, and whether it refused."""
+    """One tool call: which tool, how long it ran, whether it refused, when it ended (Unix time)."""
 
     api_name: str
     seconds: float
     refused: bool = False
+    ended: float = 0.0
 
 
 @dataclass
@@ -207,22 +208,23 @@ def run_tools(
     (``contextvars``): what the caller collects while a job runs (its disclosures) includes them.
     """
 
-    def call(action: Action) -> tuple[ToolOutput | ToolRefused, float]:
+    def call(action: Action) -> tuple[ToolOutput | ToolRefused, float, float]:
         tool = registry.get(action.api_name)
         started = time.perf_counter()
         try:
-            return tool.run(volume, dict(action.api_params)), time.perf_counter() - started
+            result: ToolOutput | ToolRefused = tool.run(volume, dict(action.api_params))
         except ToolRefused as exc:
-            return exc, time.perf_counter() - started
+            result = exc
+        return result, time.perf_counter() - started, time.time()
 
     workers = max(1, min(MAX_PARALLEL_TOOLS, len(actions)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="agent-tool") as pool:
         futures = [pool.submit(contextvars.copy_context().run, call, action) for action in actions]
         timed = [future.result() for future in futures]
     summaries: list[tuple[str, dict[str, Any]]] = []
-    for action, (result, seconds) in zip(actions, timed):
+    for action, (result, seconds, ended) in zip(actions, timed):
         if runs is not None:
-            runs.append(ToolRun(action.api_name, seconds, isinstance(result, ToolRefused)))
+            runs.append(ToolRun(action.api_name, seconds, isinstance(result, ToolRefused), ended))
         if isinstance(result, ToolRefused):
             errors.append(f"{action.api_name}: refused: {result}")
             summaries.append((action.api_name, {"refused": str(result)}))

@@ -277,7 +277,8 @@ def test_audit_trail_of_the_study_says_what_left_de_identified(
     assert tool["tool"] == "ct lung segmentation" and tool["seconds"] > 0 and not tool["refused"]
     (sent,) = [line for line in lines if line["hop"] == "sent"]
     assert sent["destination"] == "pacs" and sent["files"] == 2
-    assert all(a["at"] <= b["at"] + 1.0 for a, b in itertools.pairwise(lines))
+    # Lines in the order the hops happened (``at`` is rounded to ms).
+    assert all(a["at"] <= b["at"] + 0.002 for a, b in itertools.pairwise(lines)), hops
     # No patient data anywhere in the trail, and the human-readable form prints one line a hop.
     trail = (Path(run.node.config.node.data_dir) / "audit" / "audit.jsonl").read_text()
     assert not [value for value in PHI.values() if value.lower() in trail.lower()]
@@ -338,7 +339,8 @@ def test_resend_needs_a_session_and_its_csrf_token_then_reaches_the_pacs(run: Ru
     answer = operator.post(action)
     assert answer.status == 303 and answer.headers["Location"] == f"/ui/jobs/{run.job.job_id}"
     wait_for(lambda: len([p for p in run.pacs.out_dir.iterdir() if p.is_file()]) >= 4, timeout=60)
-    after = metrics(operator.get("/metrics").text)  # the session reads the metrics too
-    assert sample(after, "mmed_deliveries_total", destination="pacs", outcome="sent") == 2
+    # The session reads the metrics too; the delivery counts once its record says done.
+    wait_for(lambda: sample(metrics(operator.get("/metrics").text), "mmed_deliveries_total",
+                            destination="pacs", outcome="sent") == 2, timeout=30)
     # Only a failed job may be retried.
     assert operator.post(f"/ui/jobs/{run.job.job_id}/retry").status == 409

@@ -55,9 +55,10 @@ class Manifest(BaseModel):
     tools: list[dict[str, Any]] = Field(default_factory=list)
     #: The stages the worker passed (``tools``, ``encoded``), copied into the job record.
     stages: Stages = Field(default_factory=dict)
-    #: ``{"api_name", "seconds", "refused"}`` per tool call, in order.
+    #: ``{"api_name", "seconds", "refused", "ended"}`` per tool call, in order.
     tool_runs: list[dict[str, Any]] = Field(default_factory=list)
-    #: What left for remote endpoints, de-identified (``Disclosure.to_json()`` each; no PHI).
+    #: What left for remote endpoints, de-identified (``Disclosure.to_json()`` each, with ``at``,
+    #: when; no PHI).
     disclosures: list[dict[str, Any]] = Field(default_factory=list)
     #: ``{"kind", "seconds"}`` per model this run loaded.
     model_loads: list[dict[str, Any]] = Field(default_factory=list)

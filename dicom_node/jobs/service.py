@@ -362,13 +362,19 @@ class JobService:
             return None
 
     def _report_run(self, record: JobRecord, manifest: Manifest, done_at: float) -> None:
-        """A done run's hops: each tool call, each disclosure, the encoding."""
+        """A done run's hops in the order they happened: each tool call and each disclosure
+        (de-identified requests to remote endpoints), then the encoding."""
+        hops: list[tuple[float, Hop, dict[str, Any]]] = []
         for run in manifest.tool_runs:
-            self._hop(Hop.TOOL, record, at=manifest.stages.get(Stage.TOOLS, done_at),
-                      tool=run.get("api_name"), seconds=run.get("seconds"),
-                      refused=run.get("refused", False))
+            hops.append((run.get("ended") or manifest.stages.get(Stage.TOOLS, done_at), Hop.TOOL,
+                         {"tool": run.get("api_name"), "seconds": run.get("seconds"),
+                          "refused": run.get("refused", False)}))
         for disclosure in manifest.disclosures:
-            self._hop(Hop.DISCLOSED, record, at=done_at, deidentified=True, **disclosure)
+            detail = {k: v for k, v in disclosure.items() if k != "at"}
+            hops.append((disclosure.get("at") or done_at, Hop.DISCLOSED,
+                         {"deidentified": True, **detail}))
+        for at, hop, detail in sorted(hops, key=lambda h: h[0]):
+            self._hop(hop, record, at=at, **detail)
         self._hop(Hop.ENCODED, record, at=manifest.stages.get(Stage.ENCODED, done_at),
                   files=len(manifest.files), sop_instance_uids=dict(manifest.sop_instance_uids),
                   planner=manifest.planner, errors=len(manifest.errors),

@@ -30,7 +30,8 @@ _CURRENT: contextvars.ContextVar[RunTelemetry | None] = contextvars.ContextVar(
 
 @dataclass
 class RunTelemetry:
-    #: One ``Disclosure.to_json()`` per request that left for a remote endpoint.
+    #: One ``Disclosure.to_json()`` per request that left for a remote endpoint, with ``at``:
+    #: the Unix time it was de-identified.
     disclosures: list[dict[str, Any]] = field(default_factory=list)
     model_loads: list[ModelLoad] = field(default_factory=list)
 
@@ -45,7 +46,7 @@ class _Handler(logging.Handler):
             return
         disclosure = getattr(record, "disclosure", None)
         if disclosure is not None:
-            self.telemetry.disclosures.append(disclosure.to_json())
+            self.telemetry.disclosures.append({**disclosure.to_json(), "at": record.created})
         load = getattr(record, "model_load", None)
         if isinstance(load, ModelLoad):
             self.telemetry.model_loads.append(load)
