@@ -35,6 +35,7 @@ from scipy import ndimage
 
 from config.loader import load_config
 from dicom_node.app.cli import main as cli_main
+from dicom_node.app.commands.status import collect
 from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobRecord, JobState
 from testkit.phantoms import write_ct_phantom
@@ -92,10 +93,17 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     chat = ChatServer([reply(TOOL_TURN), reply(FINAL_TURN)]).start()
     pacs_port = free_port()
     pacs = StoreSCP(tmp / "pacs", pacs_port, extra=["+uf"]).start()  # +uf: a resend adds files
+    # The default CT route, sending to the PACS and to a destination that is down (nothing
+    # listens on its port): its delivery fails after a short retry window.
+    routes = [route.model_dump(mode="json") | {"send_to": ["pacs", "down"]}
+              for route in load_config().routes]
     config = load_config(overrides={
         "node": {"port": free_port(), "data_dir": str(tmp / "var"), "series_quiet_seconds": 0.3,
                  "allowed_calling_aets": ["STORESCU"]},
-        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}},
+        "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port},
+                         "down": {"ae_title": "DOWN", "host": "127.0.0.1", "port": free_port()}},
+        "routes": routes,
+        "outbox": {"retry_initial_seconds": 0.5, "retry_window_seconds": 2.0},
         "planner": {"backend": "openai", "endpoint": chat.base_url, "model": "m",
                     "timeout_seconds": 30, "retries": 0, "treat_as_remote": True},
         "api": {"enabled": True, "port": 0, "token_env": TOKEN_ENV},
@@ -110,6 +118,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         assert storescu(node.port, truth.files).returncode == 0
         wait_for(lambda: len(pacs.received()) >= 2, timeout=180)
         job = wait_for(lambda: [j for j in node.jobs.all() if "sent" in j.stages], timeout=30)[0]
+        wait_for(lambda: {d["destination"]: d["state"] for d in collect(config)["deliveries"]}
+                 == {"pacs": "done", "down": "failed"}, timeout=60)
         yield Run(node, pacs, chat, truth.files, job, config_file, before)
     finally:
         node.stop()
@@ -143,7 +153,9 @@ def test_job_appears_with_its_stages_agent_turns_and_sr(run: Run) -> None:
     assert overview.headers["Content-Security-Policy"].startswith("default-src 'none'")
     # Disk use: the spool holds the series (~150 KB); deliveries counted per destination.
     assert re.search(r"spool 1[45]\d KiB", overview.text), overview.text
-    assert re.search(r"<tr><td>pacs</td><td>0</td><td>0</td><td>1</td><td>0</td></tr>", overview.text)
+    for name, counts in (("pacs", "0 0 1 0"), ("down", "0 0 0 1")):  # pending sending done failed
+        cells = "".join(f"<td>{n}</td>" for n in counts.split())
+        assert f"<tr><td>{name}</td>{cells}</tr>" in overview.text, name
     # The list's row: the job with a time in every stage cell, its delivery to the PACS.
     rows = browser.get("/ui/fragment/jobs").text
     (row,) = re.findall(r"<tr data-state=\"done\".*?</tr>", rows)
@@ -169,7 +181,12 @@ def test_job_appears_with_its_stages_agent_turns_and_sr(run: Run) -> None:
         assert f'sr-value">{side} lung<' in page
     assert 'sr-value">Hounsfield unit' not in page and "Hounsfield unit<" in page
     assert "Imaging Measurement Report" in page and "[hnsf" not in page
-    assert "Resend" in page and "DOE^JOHN" not in page
+    # Deliveries: done to the PACS (resend), failed to the destination that is down (retry too).
+    deliveries = page[page.index("<h2>Deliveries</h2>"):]
+    assert re.search(r"<td>pacs</td><td><span[^>]*>done</span></td><td>2/2</td>", deliveries)
+    assert re.search(r"<td>down</td><td><span[^>]*>failed</span></td><td>0/2</td>", deliveries)
+    assert deliveries.count(">Resend</button>") == 2 and deliveries.count(">Retry</button>") == 1
+    assert "DOE^JOHN" not in page
 
 
 def test_preview_shows_the_seg_masks_in_their_colours(run: Run) -> None:
@@ -238,8 +255,12 @@ def test_metrics_parse_and_move_with_the_instances(run: Run) -> None:
     assert sample(after, "mmed_tool_seconds_count", tool="ct lung segmentation") == 1
     assert sample(after, "mmed_remote_disclosures_total", purpose="planner") == 2
     assert sample(after, "mmed_deliveries_total", destination="pacs", outcome="sent") == 1
-    assert ("mmed_outbox_depth", (("destination", "pacs"),)) in after
-    assert sample(after, "mmed_outbox_depth", destination="pacs") == 0
+    assert sample(after, "mmed_deliveries_total", destination="down", outcome="failed") == 1
+    assert sample(after, "mmed_delivery_attempt_failures_total", destination="down") >= 2
+    assert sample(after, "mmed_delivery_attempt_failures_total", destination="pacs") == 0
+    for name in ("pacs", "down"):
+        assert ("mmed_outbox_depth", (("destination", name),)) in after
+        assert sample(after, "mmed_outbox_depth", destination=name) == 0
     assert any(name == "mmed_model_load_seconds_count" and value >= 1
                for (name, _), value in after.items())
     assert sample(after, "mmed_disk_free_bytes") > 0
@@ -261,10 +282,12 @@ def test_audit_trail_of_the_study_says_what_left_de_identified(
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=True)
     lines = [json.loads(text) for text in cli.stdout.splitlines()]
     hops = [line["hop"] for line in lines]
-    first = {hop: hops.index(hop) for hop in reversed(hops)}
-    assert [h for h in ("received", "routed", "queued", "started", "tool", "encoded", "sent")
-            if h in first] == sorted(first.keys() - {"disclosed", "failed"}, key=first.__getitem__)
-    assert hops.count("disclosed") == 2 and "failed" not in hops
+    assert [h for h in hops if h not in ("disclosed", "failed")] == [
+        "received", "routed", "queued", "started", "tool", "encoded", "sent"]
+    assert hops.count("disclosed") == 2
+    failed = [line for line in lines if line["hop"] == "failed"]
+    assert len(failed) >= 2 and {line["destination"] for line in failed} == {"down"}
+    assert [line["final"] for line in failed] == [False] * (len(failed) - 1) + [True]
     assert all(line["study_uid"] == run.study_uid for line in lines)
     job_lines = [line for line in lines if line["hop"] not in ("received", "routed")]
     assert {line["job_id"] for line in job_lines} == {run.job.job_id}
@@ -277,8 +300,11 @@ def test_audit_trail_of_the_study_says_what_left_de_identified(
     assert tool["tool"] == "ct lung segmentation" and tool["seconds"] > 0 and not tool["refused"]
     (sent,) = [line for line in lines if line["hop"] == "sent"]
     assert sent["destination"] == "pacs" and sent["files"] == 2
-    # Lines in the order the hops happened (``at`` is rounded to ms).
-    assert all(a["at"] <= b["at"] + 0.002 for a, b in itertools.pairwise(lines)), hops
+    # The job's lines in the order its hops happened (``at`` is rounded to ms); the deliveries'
+    # (two sender threads) after its encoding.
+    own = [line for line in lines if line["hop"] not in ("sent", "failed")]
+    assert all(a["at"] <= b["at"] + 0.002 for a, b in itertools.pairwise(own)), hops
+    assert min(line["at"] for line in [sent, *failed]) >= own[-1]["at"] - 0.002
     # No patient data anywhere in the trail, and the human-readable form prints one line a hop.
     trail = (Path(run.node.config.node.data_dir) / "audit" / "audit.jsonl").read_text()
     assert not [value for value in PHI.values() if value.lower() in trail.lower()]
@@ -326,8 +352,8 @@ def test_dashboard_in_headless_chromium(run: Run, tmp_path: Path) -> None:
 
 
 def test_resend_needs_a_session_and_its_csrf_token_then_reaches_the_pacs(run: Run) -> None:
-    (delivery,) = [d for d in run.node._outbox.list()]  # type: ignore[union-attr]
-    action = f"/ui/deliveries/{delivery.delivery_id}/resend"
+    by_destination = {d["destination"]: d for d in collect(run.node.config)["deliveries"]}
+    action = f"/ui/deliveries/{by_destination['pacs']['delivery_id']}/resend"
     stranger = Browser(run.node.api_port)
     assert stranger.post(action, csrf="forged").status == 403  # no session
     operator = Browser(run.node.api_port)
@@ -342,5 +368,11 @@ def test_resend_needs_a_session_and_its_csrf_token_then_reaches_the_pacs(run: Ru
     # The session reads the metrics too; the delivery counts once its record says done.
     wait_for(lambda: sample(metrics(operator.get("/metrics").text), "mmed_deliveries_total",
                             destination="pacs", outcome="sent") == 2, timeout=30)
+    # Retry is for a failed delivery: the one to the destination that is down goes again.
+    done, failed = by_destination["pacs"]["delivery_id"], by_destination["down"]["delivery_id"]
+    assert operator.post(f"/ui/deliveries/{done}/retry").status == 409
+    assert operator.post(f"/ui/deliveries/{failed}/retry").status == 303
+    again = lambda: {d["delivery_id"]: d for d in collect(run.node.config)["deliveries"]}[failed]
+    wait_for(lambda: again()["attempts"] > by_destination["down"]["attempts"], timeout=30)
     # Only a failed job may be retried.
     assert operator.post(f"/ui/jobs/{run.job.job_id}/retry").status == 409
