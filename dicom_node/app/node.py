@@ -34,18 +34,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, TextIO
 
 from pydicom.dataset import Dataset
-from pynetdicom import evt
-from pynetdicom.events import Event
 
 from config.schema import AppConfig, RouteConfig
 from dicom_node.app.audit import AUDIT_FOLDER, AuditTrail
 from dicom_node.app.metrics import NodeMetrics, NodeState
 from dicom_node.app.retention import Retention, settle_trash
-from dicom_node.app.telemetry import Telemetry
+from dicom_node.app.telemetry import Telemetry, association_handlers
 from dicom_node.data_dir import DataDirBusy, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
-from dicom_node.events import AssociationEvent, AssociationOutcome, Emit, Hop, HopEvent, ignore
+from dicom_node.events import Emit, Hop, HopEvent, ignore
 from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
@@ -209,7 +207,7 @@ class Node:
             qr = QRDeps(index, self.config)
             qr_service = ExtraService(
                 add_contexts=lambda ae: add_qr_contexts(ae, STORAGE_SOP_CLASSES),
-                handlers=qr_event_handlers(qr) + self._association_handlers(),
+                handlers=qr_event_handlers(qr) + association_handlers(self.telemetry.emit),
             )
             self._scp = start_scp(self.config.node, deps, qr_service)
             self.retention.start()
@@ -223,17 +221,6 @@ class Node:
         except BaseException:
             self.stop()
             raise
-
-    def _association_handlers(self) -> list[tuple[Any, Callable[[Event], None]]]:
-        """pynetdicom notification handlers that count association outcomes."""
-        emit = self.telemetry.emit
-
-        def told(outcome: AssociationOutcome) -> Callable[[Event], None]:
-            return lambda event: emit(AssociationEvent(outcome))
-
-        return [(evt.EVT_ACCEPTED, told(AssociationOutcome.ACCEPTED)),
-                (evt.EVT_REJECTED, told(AssociationOutcome.REFUSED)),
-                (evt.EVT_ABORTED, told(AssociationOutcome.ABORTED))]
 
     def _outbox_depth(self) -> dict[str, int]:
         return self._outbox.depth() if isinstance(self._outbox, Outbox) else {}

@@ -17,10 +17,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.events import Event as DimseEvent
 
 from dicom_node.app.audit import AuditTrail
 from dicom_node.app.metrics import NodeMetrics
-from dicom_node.events import Event, Hop, HopEvent
+from dicom_node.events import AssociationEvent, AssociationOutcome, Emit, Event, Hop, HopEvent
 from dicom_node.jobs.stages import Stage
 from dicom_node.jobs.store import JobRecord, JobStore
 
@@ -82,3 +86,15 @@ class Telemetry:
             return self.jobs.get(job_id)
         except (OSError, ValueError):
             return None
+
+
+def association_handlers(emit: Emit) -> list[tuple[Any, Callable[[DimseEvent], None]]]:
+    """pynetdicom notification handlers (for the storage SCP) that tell ``emit`` each incoming
+    association's outcome: accepted, refused (A-ASSOCIATE-RJ) or aborted."""
+
+    def told(outcome: AssociationOutcome) -> Callable[[DimseEvent], None]:
+        return lambda event: emit(AssociationEvent(outcome))
+
+    return [(evt.EVT_ACCEPTED, told(AssociationOutcome.ACCEPTED)),
+            (evt.EVT_REJECTED, told(AssociationOutcome.REFUSED)),
+            (evt.EVT_ABORTED, told(AssociationOutcome.ABORTED))]

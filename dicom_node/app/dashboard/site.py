@@ -78,7 +78,7 @@ class Site:
         if parts == ["metrics"]:
             if method != "GET":
                 return False
-            if self._bearer(request, authorized) or self._session(request, authorized):
+            if self._bearer(request, authorized) or self._session(request):
                 self._send(request, HTTPStatus.OK, self.metrics.exposition(), CONTENT_TYPE)
             else:
                 self._send(request, HTTPStatus.UNAUTHORIZED, b"bearer token required\n",
@@ -117,8 +117,7 @@ class Site:
         header = request.headers.get("Authorization")
         return header is not None and authorized(header)
 
-    def _session(self, request: BaseHTTPRequestHandler,
-                 authorized: Authorized) -> auth.Session | None:
+    def _session(self, request: BaseHTTPRequestHandler) -> auth.Session | None:
         return self.sessions.get(auth.session_id(request.headers.get("Cookie")))
 
     def _login(self, request: BaseHTTPRequestHandler, method: str, authorized: Authorized) -> None:
@@ -146,7 +145,7 @@ class Site:
     # -- pages ---------------------------------------------------------------------------------
 
     def _get(self, request: BaseHTTPRequestHandler, rest: list[str], authorized: Authorized) -> None:
-        session = self._session(request, authorized)
+        session = self._session(request)
         if session is None:
             if self._bearer(request, authorized) and rest == ["fragment", "jobs"]:
                 session = auth.Session("", 0.0)  # a script reading rows: no forms on them
@@ -200,7 +199,7 @@ class Site:
     # -- actions -------------------------------------------------------------------------------
 
     def _post(self, request: BaseHTTPRequestHandler, rest: list[str], authorized: Authorized) -> None:
-        session = self._session(request, authorized)
+        session = self._session(request)
         form = self._form(request)
         if form is None:
             return
