@@ -1,5 +1,6 @@
 """A browser's view of the node's dashboard for the tests: a cookie jar, a login with the API
-token, the CSRF token of the page last read, and forms posted as a browser posts them."""
+token, the CSRF token of the page last read, and forms posted as a browser posts them; and a
+scrape of ``/metrics`` read with prometheus_client's own parser."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
+
+from prometheus_client.parser import text_string_to_metric_families
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -73,3 +76,17 @@ class Browser:
 
     def session_cookie(self) -> str | None:
         return next((c.value for c in self.jar if c.name == "mmed_session"), None)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metrics(text: str) -> Samples:
+    """Every sample of a scrape, parsed by prometheus_client's parser: (name, labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sample(scrape: Samples, name: str, **labels: str) -> float:
+    """One sample's value (0 when the scrape has none)."""
+    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)

@@ -30,7 +30,6 @@ import pydicom
 import pytest
 import yaml
 from PIL import Image
-from prometheus_client.parser import text_string_to_metric_families
 from scipy import ndimage
 
 from config.loader import load_config
@@ -40,7 +39,7 @@ from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobRecord, JobState
 from testkit.phantoms import write_ct_phantom
 from tests.agent_hf_helpers import ChatServer, reply
-from tests.dashboard_helpers import Browser
+from tests.dashboard_helpers import Browser, metrics, sample
 from tests.outbox_helpers import StoreSCP
 from tests.receive_helpers import PROJECT_ROOT, echoscu, free_port, storescu, wait_for
 from tests.viewers import installed
@@ -126,17 +125,6 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         pacs.stop()
         chat.stop()
         os.environ.pop(TOKEN_ENV, None)
-
-
-def metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape, parsed by prometheus_client's parser: (name, labels) -> value."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def sample(scrape: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str,
-           **labels: str) -> float:
-    return scrape.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 # -- the job on the dashboard ------------------------------------------------------------------
