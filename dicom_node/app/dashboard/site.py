@@ -157,7 +157,7 @@ class Site:
                        pages.overview_page(views.overview(self.config), session.csrf))
         elif rest == ["fragment", "jobs"]:
             self._html(request, HTTPStatus.OK,
-                       pages.job_rows(views.overview(self.config)["jobs"]))
+                       pages.job_rows(views.live_jobs(self.jobs.store, self.outbox)))
         elif len(rest) >= 2 and rest[0] == "jobs":
             record = self._record(request, rest[1])
             if record is None:

@@ -22,7 +22,7 @@ from dicom_node.deliver.outbox import Delivery, Outbox
 from dicom_node.jobs.manifest import Manifest, load_manifest
 from dicom_node.jobs.pipeline import CONVERSATION_FILE, SR_FILE
 from dicom_node.jobs.stages import ORDER, Stage, durations
-from dicom_node.jobs.store import JobRecord
+from dicom_node.jobs.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -40,21 +40,37 @@ def stage_rows(stages: dict[str, float] | dict[Stage, float]) -> list[dict[str, 
     return [{"stage": s.value, "at": typed.get(s), "seconds": took.get(s)} for s in ORDER]
 
 
-def overview(config: AppConfig) -> dict[str, Any]:
-    report = collect(config)
-    jobs = sorted(report["jobs"], key=lambda j: j.get("created", 0), reverse=True)[:MAX_JOBS]
+def job_list(jobs: list[dict[str, Any]], deliveries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest :data:`MAX_JOBS` jobs (their JSON form), each with its stages in order and its
+    deliveries' destination and state."""
+    jobs = sorted(jobs, key=lambda j: j.get("created", 0), reverse=True)[:MAX_JOBS]
     by_job: dict[str, list[dict[str, Any]]] = {}
-    for delivery in report["deliveries"]:
+    for delivery in deliveries:
         by_job.setdefault(delivery["job_id"], []).append(delivery)
     for job in jobs:
         job["stage_rows"] = stage_rows(job.get("stages") or {})
         job["deliveries"] = [{"destination": d["destination"], "state": d["state"]}
                              for d in by_job.get(job["job_id"], [])]
+    return jobs
+
+
+def overview(config: AppConfig) -> dict[str, Any]:
+    """``mmed-node status --json``'s document with the job list and deliveries per destination."""
+    report = collect(config)
     destinations: dict[str, dict[str, int]] = {name: {} for name in config.destinations}
     for delivery in report["deliveries"]:
         counts = destinations.setdefault(delivery["destination"], {})
         counts[delivery["state"]] = counts.get(delivery["state"], 0) + 1
-    return {**report, "jobs": jobs, "destinations": destinations}
+    return {**report, "jobs": job_list(report["jobs"], report["deliveries"]),
+            "destinations": destinations}
+
+
+def live_jobs(store: JobStore, outbox: Outbox | None) -> list[dict[str, Any]]:
+    """The job list alone, for the overview's refresh every few seconds: job records and
+    deliveries only (no walk of the spool or of the data_dir's sizes)."""
+    jobs = [{k: v for k, v in record.to_dict().items() if k != "spec"} for record in store.all()]
+    deliveries = [d.to_dict() for d in outbox.list()] if outbox is not None else []
+    return job_list(jobs, deliveries)
 
 
 @dataclass
