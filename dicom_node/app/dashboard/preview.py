@@ -7,8 +7,9 @@ Which slices: for each segment, the source image where it covers most pixels; th
 the SR places a region (a box) on that no segment outline is; at most :data:`MAX_PREVIEWS`.
 Which regions: the SR's SCOORD (image coordinates, on the image named by its "selected from"
 reference, PS3.3 C.18.6) and SCOORD3D (patient coordinates, projected onto the nearest source
-image of the same frame of reference, PS3.3 C.18.9) items, except the outlines of segments (a
-measurement group whose tracking UID is a segment's: the SEG draws those already).
+image of the same frame of reference, PS3.3 C.18.9) items anywhere in a measurement group (the
+group's image region, or its measurements' source), except the outlines of segments (a group
+whose tracking UID is a segment's: the SEG draws those already).
 """
 
 from __future__ import annotations
@@ -161,16 +162,18 @@ def read_regions(path: Path) -> list[Region]:
         if any(_meaning(c) == "Referenced Segment" for c in children):
             segment_tracks.update(str(c.UID) for c in children
                                   if _meaning(c) == "Tracking Unique Identifier" and "UID" in c)
-    regions = []
+    regions: list[Region] = []
     for group in groups:
         children = group.get("ContentSequence", [])
         tracks = {str(c.UID) for c in children if _meaning(c) == "Tracking Unique Identifier"
                   and "UID" in c}
         if tracks & segment_tracks:
             continue
-        for item in children:
+        # The region is the group's own item (TID 1410 "Image Region") or the source of its
+        # measurements (a NUM's SCOORD child, as Cornerstone's adapters read them): each once.
+        for item in _items(children):
             region = _region(item)
-            if region is not None:
+            if region is not None and region not in regions:
                 regions.append(region)
     return regions
 
