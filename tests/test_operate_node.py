@@ -356,6 +356,10 @@ def test_resend_needs_a_session_and_its_csrf_token_then_reaches_the_pacs(run: Ru
     # The session reads the metrics too; the delivery counts once its record says done.
     wait_for(lambda: sample(metrics(operator.get("/metrics").text), "mmed_deliveries_total",
                             destination="pacs", outcome="sent") == 2, timeout=30)
+    # The job's ``sent`` stage stays the first delivery's: timed once, not moved by the resend.
+    scrape = metrics(operator.get("/metrics").text)
+    assert sample(scrape, "mmed_job_stage_seconds_count", stage="sent") == 1
+    assert run.node.jobs.get(run.job.job_id).stages == run.job.stages  # type: ignore[union-attr]
     # Retry is for a failed delivery: the one to the destination that is down goes again.
     done, failed = by_destination["pacs"]["delivery_id"], by_destination["down"]["delivery_id"]
     assert operator.post(f"/ui/deliveries/{done}/retry").status == 409

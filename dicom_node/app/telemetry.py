@@ -45,9 +45,10 @@ class Telemetry:
         metrics: NodeMetrics,
         audit: AuditTrail | None,
         jobs: JobStore,
-        record_sent: Callable[[str, float], None] | None = None,
+        record_sent: Callable[[str, float], bool] | None = None,
     ) -> None:
-        """``record_sent`` records a job's ``sent`` stage (the job service's)."""
+        """``record_sent`` records a job's ``sent`` stage (the job service's); True when it did
+        (the first time)."""
         self.metrics = metrics
         self.audit = audit
         self.jobs = jobs
@@ -66,16 +67,22 @@ class Telemetry:
         record = self._record(event.job_id)
         if record is not None and not event.study_uid:
             event = replace(event, study_uid=record.study_uid, series_uid=record.series_uid)
+        stages = STAGES_AT.get(event.hop)
         if event.hop is Hop.SENT and event.job_id and self._record_sent is not None:
-            self._record_sent(event.job_id, event.at)
-            record = self._record(event.job_id)
+            # Only the first destination's delivery (not a second one, nor a resend) is the
+            # job's ``sent`` stage, and is timed once.
+            if self._record_sent(event.job_id, event.at):
+                record = self._record(event.job_id)
+            else:
+                stages = None
+        if event.hop is Hop.QUEUED and event.detail.get("operator"):
+            stages = None  # an operator's retry: its wait since completion is no stage
         if self.audit is not None:
             try:
                 self.audit.write(event)
             except OSError as exc:  # a full disk: the work goes on, the line is lost
                 log.warning("audit line not written (%s): %s", event.hop.value, exc)
         self.metrics.observe(event)
-        stages = STAGES_AT.get(event.hop)
         if record is not None and stages:
             self.metrics.observe_stages(record, stages)
 

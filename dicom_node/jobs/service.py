@@ -380,12 +380,15 @@ class JobService:
                   planner=manifest.planner, errors=len(manifest.errors),
                   model_loads=list(manifest.model_loads))
 
-    def record_sent(self, job_id: str, at: float) -> None:
-        """A destination stored the job's results (the outbox tells): the ``sent`` stage."""
+    def record_sent(self, job_id: str, at: float) -> bool:
+        """A destination stored the job's results (the outbox tells): the ``sent`` stage, the
+        first time only (a second destination or a resend does not move it). True if recorded."""
         with self._cond:
             record = self.store.get(job_id)
-            if record is not None:
-                self.store.update(job_id, stages=self._staged(record, Stage.SENT, at))
+            if record is None or Stage.SENT in record.stages:
+                return False
+            self.store.update(job_id, stages=self._staged(record, Stage.SENT, at))
+            return True
 
     @staticmethod
     def _staged(record: JobRecord, stage: Stage, at: float) -> Stages:

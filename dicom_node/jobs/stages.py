@@ -4,8 +4,9 @@ A job record keeps ``stages`` (stage -> Unix time it was reached). The node fill
 series' stages when it submits the job (``received``: the first instance of the set arrived,
 ``complete``: the set was judged complete), the service ``queued`` and ``started``, the worker
 ``tools`` and ``encoded`` (in the manifest, copied into the record when the job is done), and
-the outbox ``sent`` (the latest destination that stored the results). A retry overwrites the
-stages it passes again, so the record shows the last run.
+the outbox ``sent`` (the first destination that stored the results; later ones and resends are
+in the deliveries and the audit trail). A retry overwrites the stages it passes again, so the
+record shows the last run.
 """
 
 from __future__ import annotations
