@@ -8,7 +8,9 @@ trail and the metrics, here, in one place.
     Outbox (sent, failed attempts)     --+                   --> the job's stages (``sent``)
 
 A delivery's hop names its job only: the study and series are added here from the job record,
-so every audit line of a study names it. An observer that fails is logged and never stops the
+so every audit line of a study names it. A job's ``encoded`` hop names its manifest: the run's
+tool calls and disclosures (de-identified requests to remote endpoints) are read from it here
+and written before it, in the order they happened (:func:`run_hops`). An observer that fails is logged and never stops the
 work it observes.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import evt
@@ -25,6 +28,7 @@ from pynetdicom.events import Event as DimseEvent
 from dicom_node.app.audit import AuditTrail
 from dicom_node.app.metrics import NodeMetrics
 from dicom_node.events import AssociationEvent, AssociationOutcome, Emit, Event, Hop, HopEvent
+from dicom_node.jobs.manifest import load_manifest
 from dicom_node.jobs.stages import Stage
 from dicom_node.jobs.store import JobRecord, JobStore
 
@@ -64,6 +68,13 @@ class Telemetry:
             log.exception("telemetry failed on %s", type(event).__name__)
 
     def _hop(self, event: HopEvent) -> None:
+        if event.hop is Hop.ENCODED and "manifest" in event.detail:
+            for hop in run_hops(event):
+                self._one(hop)
+            return
+        self._one(event)
+
+    def _one(self, event: HopEvent) -> None:
         record = self._record(event.job_id)
         if record is not None and not event.study_uid:
             event = replace(event, study_uid=record.study_uid, series_uid=record.series_uid)
@@ -93,6 +104,32 @@ class Telemetry:
             return self.jobs.get(job_id)
         except (OSError, ValueError):
             return None
+
+
+def run_hops(encoded: HopEvent) -> list[HopEvent]:
+    """A done run's hops from its manifest (``encoded.detail["manifest"]``), in the order they
+    happened: each tool call and each disclosure (a request de-identified for a remote endpoint,
+    ``deidentified: true``), then ``encoded`` with the results' counts and ids. A manifest that
+    cannot be read leaves the ``encoded`` hop alone (logged)."""
+    path = Path(str(encoded.detail["manifest"]))
+    try:
+        manifest = load_manifest(path.parent)
+    except (OSError, ValueError) as exc:
+        log.warning("job %s: manifest not readable for the audit trail: %s", encoded.job_id, exc)
+        return [replace(encoded, detail={})]
+    ids = (encoded.study_uid, encoded.series_uid, encoded.job_id)
+    tools_done = manifest.stages.get(Stage.TOOLS, encoded.at)
+    hops = [HopEvent(Hop.TOOL, *ids, run.get("ended") or tools_done,
+                     {"tool": run.get("api_name"), "seconds": run.get("seconds"),
+                      "refused": run.get("refused", False)}) for run in manifest.tool_runs]
+    hops += [HopEvent(Hop.DISCLOSED, *ids, disclosure.get("at") or encoded.at,
+                      {"deidentified": True, **{k: v for k, v in disclosure.items() if k != "at"}})
+             for disclosure in manifest.disclosures]
+    hops.sort(key=lambda hop: hop.at)
+    return [*hops, replace(encoded, detail={
+        "files": len(manifest.files), "sop_instance_uids": dict(manifest.sop_instance_uids),
+        "planner": manifest.planner, "errors": len(manifest.errors),
+        "model_loads": list(manifest.model_loads)})]
 
 
 def association_handlers(emit: Emit) -> list[tuple[Any, Callable[[DimseEvent], None]]]:

@@ -44,12 +44,12 @@ from typing import Any, Protocol
 
 from config.schema import AppConfig
 from dicom_node.events import Emit, Hop, HopEvent, ignore
-from dicom_node.jobs.manifest import Manifest, load_manifest, manifest_path
+from dicom_node.jobs.manifest import load_manifest, manifest_path
 from dicom_node.jobs.pipeline import SR_FILE
 from dicom_node.jobs.retry import Failure, RetryPolicy, classify
 from dicom_node.jobs.runner import Executor, RunEvent, RunKind
 from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
-from dicom_node.jobs.stages import Stage, Stages
+from dicom_node.jobs.stages import Stage, Stages, first_stages
 from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
 from dicom_node.log_repeats import RepeatedLog
 
@@ -104,8 +104,8 @@ class JobService:
         policy: RetryPolicy | None = None,
         emit: Emit = ignore,
     ) -> None:
-        """``emit`` is told every hop of every job (queued, started, tool, encoded, failed,
-        disclosed): the node's audit trail and metrics (:mod:`dicom_node.events`)."""
+        """``emit`` is told every hop of every job (queued, started, encoded, failed): the
+        node's audit trail and metrics (:mod:`dicom_node.events`)."""
         self.config = config
         self.store = store
         self.results_dir = Path(results_dir).resolve()
@@ -177,18 +177,14 @@ class JobService:
                     continue
                 spec = self._spec(job_id, series, request)
                 now = time.time()
-                stages: Stages = {Stage.QUEUED: now}
-                if series.received_at is not None:
-                    stages[Stage.RECEIVED] = series.received_at
-                if series.complete_at is not None:
-                    stages[Stage.COMPLETE] = series.complete_at
                 record = self.store.save(JobRecord(
                     job_id=job_id, study_uid=series.study_uid, series_uid=series.series_uid,
                     state=JobState.QUEUED, route=request.route, fingerprint=series.fingerprint,
                     instance_count=len(series.sop_uids), result_dir=spec.result_dir,
                     destinations=list(spec.destinations), calling_ae=series.calling_ae,
                     called_ae=series.called_ae, supersedes=list(series.supersedes), spec=spec,
-                    created=now, stages=stages,
+                    created=now,
+                    stages=first_stages(series.received_at, series.complete_at, now),
                 ))
                 self._active.add(job_id)
             self._hop(Hop.QUEUED, record, at=now, route=request.route,
@@ -338,47 +334,28 @@ class JobService:
                          event.attempt, event.worker, False)
             return
         assert record.spec is not None
-        manifest = self._manifest(record)
-        stages = {**record.stages, **(manifest.stages if manifest is not None else {})}
+        stages = {**record.stages, **self._run_stages(record)}
         self.store.update(record.job_id, state=JobState.DONE, finished=event.at,
                           manifest_path=str(manifest_path(record.spec.result_dir)),
                           attempt=event.attempt, worker=event.worker, error=None, retry_at=None,
                           waiting_since=None, stages=stages)
-        if manifest is not None:
-            self._report_run(record, manifest, event.at)
+        # The observer reads the run's tool calls and disclosures from the manifest.
+        self._hop(Hop.ENCODED, record, at=stages.get(Stage.ENCODED, event.at),
+                  manifest=str(manifest_path(record.spec.result_dir)))
         log.info("job %s done%s (attempt %d, series %s, route %s)", record.job_id,
                  f" on {event.worker}" if event.worker else "", event.attempt,
                  record.series_uid, record.route)
         self._settle(record.job_id)
 
-    def _manifest(self, record: JobRecord) -> Manifest | None:
-        """The finished run's manifest for its telemetry (None if it cannot be read now: the
-        results were handed on already, only the report of the run is poorer)."""
+    def _run_stages(self, record: JobRecord) -> Stages:
+        """The stages the worker passed (tools, encoded), from its manifest; none when it cannot
+        be read now (the results were handed on already: only the record is poorer)."""
         assert record.spec is not None
         try:
-            return load_manifest(record.spec.result_dir)
+            return dict(load_manifest(record.spec.result_dir).stages)
         except (OSError, ValueError) as exc:
             log.warning("job %s: manifest not readable for its stages: %s", record.job_id, exc)
-            return None
-
-    def _report_run(self, record: JobRecord, manifest: Manifest, done_at: float) -> None:
-        """A done run's hops in the order they happened: each tool call and each disclosure
-        (de-identified requests to remote endpoints), then the encoding."""
-        hops: list[tuple[float, Hop, dict[str, Any]]] = []
-        for run in manifest.tool_runs:
-            hops.append((run.get("ended") or manifest.stages.get(Stage.TOOLS, done_at), Hop.TOOL,
-                         {"tool": run.get("api_name"), "seconds": run.get("seconds"),
-                          "refused": run.get("refused", False)}))
-        for disclosure in manifest.disclosures:
-            detail = {k: v for k, v in disclosure.items() if k != "at"}
-            hops.append((disclosure.get("at") or done_at, Hop.DISCLOSED,
-                         {"deidentified": True, **detail}))
-        for at, hop, detail in sorted(hops, key=lambda h: h[0]):
-            self._hop(hop, record, at=at, **detail)
-        self._hop(Hop.ENCODED, record, at=manifest.stages.get(Stage.ENCODED, done_at),
-                  files=len(manifest.files), sop_instance_uids=dict(manifest.sop_instance_uids),
-                  planner=manifest.planner, errors=len(manifest.errors),
-                  model_loads=list(manifest.model_loads))
+            return {}
 
     def record_sent(self, job_id: str, at: float) -> bool:
         """A destination stored the job's results (the outbox tells): the ``sent`` stage, the

@@ -47,3 +47,10 @@ def durations(stages: Mapping[Stage, float]) -> dict[Stage, float]:
             out[stage] = max(0.0, at - previous)
         previous = at
     return out
+
+
+def first_stages(received: float | None, complete: float | None, queued: float) -> Stages:
+    """A new job's stages: when its instance set's first instance arrived and when the set was
+    judged complete (each when known), and when the job was queued."""
+    stages = {Stage.RECEIVED: received, Stage.COMPLETE: complete, Stage.QUEUED: queued}
+    return {stage: at for stage, at in stages.items() if at is not None}
