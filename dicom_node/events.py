@@ -26,7 +26,8 @@ class Hop(str, enum.Enum):
     RECEIVED = "received"
     #: Routing decided: which routes fired (none: unrouted or skipped).
     ROUTED = "routed"
-    #: A job was queued (first time, after a retry backoff, or again by an operator).
+    #: A job was queued (first time, or again by an operator), or a delivery queued again by an
+    #: operator (retry or resend: ``delivery_id``, ``resend``).
     QUEUED = "queued"
     STARTED = "started"
     #: One tool call of a job's agent (its name, how long, refused or not).

@@ -368,3 +368,9 @@ def test_resend_needs_a_session_and_its_csrf_token_then_reaches_the_pacs(run: Ru
     wait_for(lambda: again()["attempts"] > by_destination["down"]["attempts"], timeout=30)
     # Only a failed job may be retried.
     assert operator.post(f"/ui/jobs/{run.job.job_id}/retry").status == 409
+    # Both operator's actions are in the study's trail.
+    trail = (Path(run.node.config.node.data_dir) / "audit" / "audit.jsonl").read_text()
+    actions = [(line["delivery_id"], line["resend"]) for line in map(json.loads, trail.splitlines())
+               if line["hop"] == "queued" and line.get("operator")]
+    assert actions == [(by_destination["pacs"]["delivery_id"], True), (failed, False)]
+    assert all(line["study_uid"] == run.study_uid for line in map(json.loads, trail.splitlines()))

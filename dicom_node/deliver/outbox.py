@@ -192,8 +192,9 @@ class Outbox:
         clock: Clock = utc_now,
         emit: Emit = ignore,
     ) -> None:
-        """``emit`` is told each delivery stored (``sent``) and each failed attempt
-        (``failed``): the node's audit trail and metrics (:mod:`dicom_node.events`)."""
+        """``emit`` is told each delivery stored (``sent``), each failed attempt (``failed``)
+        and each operator's retry or resend (``queued``): the node's audit trail and metrics
+        (:mod:`dicom_node.events`)."""
         self.directory = Path(data_dir) / OUTBOX_FOLDER
         self.directory.mkdir(parents=True, exist_ok=True)
         self._config = config
@@ -295,6 +296,7 @@ class Outbox:
         delivery.window_start = delivery.updated_at = delivery.next_attempt_at = now
         write_delivery(self.directory, delivery)
         self._activate(delivery)
+        self._tell(Hop.QUEUED, delivery, final=False, operator=True, resend=resend)
         return delivery
 
     def remove(self, delivery_ids: Iterable[str]) -> list[str]:
@@ -502,12 +504,13 @@ class Outbox:
         self._save_final(delivery)
         self._tell(Hop.SENT if state is DeliveryState.DONE else Hop.FAILED, delivery, final=True)
 
-    def _tell(self, hop: Hop, delivery: Delivery, final: bool) -> None:
+    def _tell(self, hop: Hop, delivery: Delivery, final: bool, **extra: bool) -> None:
         """Tell the observer (ids, counts and times only: errors may quote a peer's words)."""
         detail = {
             "delivery_id": delivery.delivery_id, "destination": delivery.destination,
             "files": len(delivery.sent), "attempts": delivery.attempts, "final": final,
             "seconds": round((delivery.updated_at - delivery.created_at).total_seconds(), 3),
+            **extra,
         }
         try:
             self._emit(HopEvent(hop, job_id=delivery.job_id, at=delivery.updated_at.timestamp(),
