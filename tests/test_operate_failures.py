@@ -1,4 +1,5 @@
-"""Operating a node when things go wrong: a running job seen as running (its worker's lease in
+"""Operating a node when things go wrong: a peer dropped by a receive limit, counted by reason;
+a running job seen as running (its worker's lease in
 the metrics, its pending stages on the dashboard), a failed job in the metrics, the audit trail
 (without its error text) and the dashboard, retried by an operator; a node without a token
 lets a browser in on loopback names only. A stand-in job runner (not the pipeline) keeps it
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -68,6 +71,18 @@ def test_running_then_failed_job_then_retried_by_an_operator(
     assert browser.get("/ui/", Host="evil.example").status == 403
     assert browser.get("/ui/login").status == 303 and browser.session_cookie()
     assert browser.get("/ui/").status == 200
+
+    # A connection whose first PDU is not an A-ASSOCIATE-RQ is dropped by the receive gate and
+    # counted by reason.
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as peer:
+        peer.sendall(struct.pack(">BBL", 0x07, 0, 4) + b"\0" * 4)  # an A-ABORT, out of turn
+        try:
+            closed = peer.recv(64) == b""
+        except ConnectionResetError:
+            closed = True
+        assert closed, "the node answered a connection it should have dropped"
+    wait_for(lambda: sample(metrics(browser.get("/metrics").text), "mmed_peers_dropped_total",
+                            reason="not_associate_rq") == 1)
 
     assert storescu(node.port, make_ct_series(tmp_path / "ct", n=3)).returncode == 0
     (job,) = wait_for(lambda: [j for j in node.jobs.all() if j.state is JobState.RUNNING])

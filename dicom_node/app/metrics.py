@@ -8,7 +8,7 @@ leases, disk space, peers dropped by the receive limits). Names:
 ``mmed_instances_received_total``              C-STOREs answered Success (``duplicate`` label)
 ``mmed_received_bytes_total``                  bytes of those data sets
 ``mmed_associations_total``                    associations by ``outcome`` (accepted, refused, aborted)
-``mmed_peers_dropped_total``                   connections dropped by a receive limit, by ``reason``
+``mmed_peers_dropped_total``                   refusals by the receive limits, by ``reason``
 ``mmed_series_completed_total``                instance sets judged complete
 ``mmed_series_routed_total``                   routing outcomes (``outcome``: routed, unrouted, skipped)
 ``mmed_jobs``                                  jobs by ``state`` (gauge)
@@ -62,7 +62,9 @@ class NodeState:
 
 #: Connections or associations the receive limits refused or dropped, counted by the node
 #: since it started (``Node.refusals()``): a counter read at scrape time.
-DROPPED = ("mmed_peers_dropped", "Connections refused or dropped by a receive limit, by reason.")
+DROPPED = ("mmed_peers_dropped",
+           ("Refusals by the receive limits (connections and associations dropped, instances "
+            "refused), by reason."))
 #: The gauges read at scrape time: name, help, labels.
 STATE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("mmed_jobs", "Jobs by state (from the job records).", ("state",)),

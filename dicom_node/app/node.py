@@ -142,6 +142,7 @@ class Node:
         self.disk = DiskGuard(data_dir, config.retention)
         self.metrics = NodeMetrics(NodeState(
             jobs=self.jobs.all, outbox_depth=self._outbox_depth, disk=self._disk_state,
+            dropped=self.refusals,
         ))
         audit = AuditTrail(data_dir / AUDIT_FOLDER, config.audit) if config.audit.enabled else None
         self.telemetry = Telemetry(self.metrics, audit, self.jobs,
