@@ -12,6 +12,7 @@ highdicom), the metrics through prometheus_client's own text parser, the study's
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -33,7 +34,7 @@ from PIL import Image
 from scipy import ndimage
 
 from config.loader import load_config
-from dicom_node.app.cli import main as cli_main
+from dicom_node.app.commands.audit import run as audit_command
 from dicom_node.app.commands.status import collect
 from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobRecord, JobState
@@ -296,12 +297,15 @@ def test_audit_trail_of_the_study_says_what_left_de_identified(
     # No patient data anywhere in the trail, and the human-readable form prints one line a hop.
     trail = (Path(run.node.config.node.data_dir) / "audit" / "audit.jsonl").read_text()
     assert not [value for value in PHI.values() if value.lower() in trail.lower()]
-    # The same trail for a person (in process: one subprocess above is enough), one line a hop.
-    assert cli_main(["audit", "--config", str(run.config_file), "--study", run.study_uid]) == 0
+    # The same trail for a person, one line a hop (the command in process: one subprocess above
+    # is enough, and the CLI's entry point would set up this process's logging).
+    def audit(study: str) -> int:
+        return audit_command(argparse.Namespace(config=str(run.config_file), study=study, json=False))
+
+    assert audit(run.study_uid) == 0
     text = capsys.readouterr().out.splitlines()
     assert len(text) == len(lines) and "disclosed" in text[hops.index("disclosed")]
-    assert cli_main(["audit", "--config", str(run.config_file), "--study", "1.2.3.4"]) == 1
-    assert "no audit lines" in capsys.readouterr().out
+    assert audit("1.2.3.4") == 1 and "no audit lines" in capsys.readouterr().out
 
 
 # -- in a browser --------------------------------------------------------------------------------
