@@ -111,10 +111,14 @@ def test_retrieve_by_accession_with_a_question_via_c_get(
     orthanc.upload(other.files)
     config = node_config(tmp_path, node_port, _pacs(orthanc), routes=[ROUTE])
     question = "How large is the left lung?"
+    told: list[tuple[int, int | None]] = []
     result = retrieve_and_process(config, "pacs", RetrieveQuery(accession="ACC-RET-9"),
                                   method="get", instruction=question,
-                                  runner=pipeline_runner(config))
+                                  runner=pipeline_runner(config), progress=lambda n, t: told.append((n, t)))
     assert result.ok, (result.errors, [j.error for j in result.jobs])
+    # The progress bar's feed: one per instance as it is spooled, against the PACS's count.
+    assert [n for n, _ in told] == [1] * len(truth.files)
+    assert {t for _, t in told} <= {len(truth.files), None}
     assert [s.series_uid for s in result.series] == [truth.series_uid]
     assert result.pulled == {truth.series_uid: len(truth.files)}
     (job,) = result.jobs

@@ -58,6 +58,8 @@ from image_model.fingerprint import instance_set_fingerprint
 log = logging.getLogger(__name__)
 
 Method = Literal["move", "get"]
+#: Told of instances as they arrive: (instances just arrived, instances expected in all or None).
+Progress = Callable[[int, int | None], None]
 PENDING = frozenset({QRStatus.PENDING, QRStatus.PENDING_WARNING})
 #: Series of these modalities hold no images to analyse (results such as our own SEG/SR already in
 #: the study, presentation states, key objects...): not pulled unless --modality asks for them.
@@ -218,7 +220,7 @@ def c_move(config: AppConfig, source: DestinationConfig, series: RemoteSeries) -
 
 
 def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, spool: Spool,
-          disk: DiskGuard | None = None) -> int:
+          disk: DiskGuard | None = None, arrived: Callable[[], None] | None = None) -> int:
     """C-GET the series; each instance is spooled durably before it is acknowledged (and none
     is while the data_dir's disk is under its low-space watermark)."""
     stored: list[str] = []
@@ -234,6 +236,8 @@ def c_get(config: AppConfig, source: DestinationConfig, series: RemoteSeries, sp
             return int(Status.CANNOT_UNDERSTAND)
         spool.store(data, info, calling_ae=source.ae_title, called_ae=config.node.ae_title)
         stored.append(info.sop_uid)
+        if arrived is not None:
+            arrived()
         return int(Status.SUCCESS)
 
     ae = AE(ae_title=_calling_ae(config, source))
@@ -309,13 +313,16 @@ def retrieve_and_process(
     jobs: JobService | None = None,
     spool: Spool | None = None,
     runner: JobRunner | None = None,
+    progress: Progress | None = None,
 ) -> RetrieveResult:
     """Find, pull and process the series ``query`` names on the PACS ``source_name`` (a key of
     ``config.destinations``). ``jobs`` is the running node's job service (its ``spool`` too);
     without it a standalone one is built for the data_dir (with ``runner``, default the
     pipeline), which needs the data_dir free of a running node. ``wait_seconds`` bounds the wait
     for the jobs (None: no bound), ``send_timeout`` the wait for their deliveries afterwards
-    (the outbox goes on after it). See the module docstring for what each method needs."""
+    (the outbox goes on after it). ``progress`` is told of instances as they arrive (per
+    instance with C-GET, per series with C-MOVE). See the module docstring for what each method
+    needs."""
     if source_name not in config.destinations:
         raise RetrieveError(f"unknown PACS {source_name!r} (known: {', '.join(sorted(config.destinations)) or 'none'})")
     for name in send_to or []:
@@ -325,11 +332,11 @@ def retrieve_and_process(
         Path(config.node.data_dir).resolve() / "spool", limits=parse_limits(config.node))
     if jobs is not None or (method == "move" and not instruction):
         return _retrieve(config, source_name, query, method, instruction, send_to, wait_seconds,
-                         send_timeout, spool, jobs)
+                         send_timeout, spool, jobs, progress)
     try:
         with standalone_jobs(config, runner) as service:
             return _retrieve(config, source_name, query, method, instruction, send_to, None,
-                             send_timeout, spool, service)
+                             send_timeout, spool, service, progress)
     except DataDirBusy as exc:
         raise RetrieveError(
             f"{exc}: a node is serving this data_dir; ask it through its HTTP API "
@@ -340,7 +347,7 @@ def retrieve_and_process(
 def _retrieve(
     config: AppConfig, source_name: str, query: RetrieveQuery, method: Method,
     instruction: str | None, send_to: list[str] | None, wait_seconds: float | None,
-    send_timeout: float, spool: Spool, jobs: JobService | None,
+    send_timeout: float, spool: Spool, jobs: JobService | None, progress: Progress | None = None,
 ) -> RetrieveResult:
     source = config.destinations[source_name]
     result = RetrieveResult(series=find_series(config, source, query))
@@ -349,12 +356,15 @@ def _retrieve(
         return result
     submitted: list[str] = []
     disk = DiskGuard(spool.root, config.retention)
+    counts = [s.instances for s in result.series]
+    expected = None if any(n is None for n in counts) else sum(n or 0 for n in counts)
+    tell = progress or (lambda n, total: None)
     for series in result.series:
         try:
             if method == "move":
-                c_move(config, source, series)
+                tell(c_move(config, source, series), expected)
             else:
-                c_get(config, source, series, spool, disk)
+                c_get(config, source, series, spool, disk, arrived=lambda: tell(1, expected))
         except RetrieveError as exc:
             result.errors.append(str(exc))
             continue

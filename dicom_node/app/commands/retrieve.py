@@ -58,11 +58,20 @@ def run(args: argparse.Namespace) -> int:
         study_uid=args.study, accession=args.accession, patient_id=args.patient,
         series_description=args.series_description, modality=args.modality,
     )
+    from tools.progress import progress_bar
+
     try:
-        result = retrieve_and_process(
-            config, args.source, query, method=args.method, instruction=args.instruction,
-            send_to=args.send_to, wait_seconds=args.wait,
-        )
+        with progress_bar(None, "retrieve", unit="instance") as bar:
+
+            def arrived(count: int, expected: int | None) -> None:
+                if expected is not None and bar.total != expected:
+                    bar.total = expected
+                bar.update(count)
+
+            result = retrieve_and_process(
+                config, args.source, query, method=args.method, instruction=args.instruction,
+                send_to=args.send_to, wait_seconds=args.wait, progress=arrived,
+            )
     except RetrieveError as exc:
         print(f"retrieve failed: {exc}")
         return 1
