@@ -87,6 +87,16 @@ class Grid:
         c = np.arange(cols)[None, :] * self.dx * self.row[0]
         return np.asarray(self.positions[:, 0][:, None, None] + (r + c)[None], dtype=float)
 
+    def left_of(self, x: float, shape: tuple[int, int, int]) -> np.ndarray:
+        """Whether each voxel lies to the patient's left of patient x ``x`` (mm): the values of
+        ``patient_x(shape) > x``, built slice by slice (one byte per voxel, not eight)."""
+        _, rows, cols = shape
+        plane = np.arange(rows)[:, None] * self.dy * self.col[0] + np.arange(cols)[None, :] * self.dx * self.row[0]
+        out = np.empty(shape, dtype=bool)
+        for k in range(shape[0]):
+            np.greater(self.positions[k, 0] + plane, x, out=out[k])
+        return out
+
     def slice_x(self, k: int, shape: tuple[int, int]) -> np.ndarray:
         """Patient x of every pixel of slice ``k``."""
         rows, cols = shape

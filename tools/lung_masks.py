@@ -72,15 +72,30 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(boxes[0], mask.shape))
 
 
+#: 4-connectivity within a slice, none across slices.
+IN_PLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
+IN_PLANE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
+
+
+def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes`` of every slice of a (slices, rows, cols) mask, in one pass:
+    the background is what connects (4-connected, in its slice) to the slice's edge; everything
+    else is filled. One labelling of the volume instead of a propagation per slice."""
+    labels, _count = label(~mask if mask.dtype == bool else mask == 0, IN_PLANE_CROSS)
+    outside = np.zeros(int(labels.max()) + 1, dtype=bool)
+    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+        outside[edge] = True
+    outside[0] = False  # the mask itself
+    return ~outside[labels]
+
+
 def fill_per_slice(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice, within the mask's bounding box (holes never reach outside it)."""
     out = mask.copy()
     box = bounding_box(mask)
     if box is None:
         return out
-    zs, ys, xs = box
-    for k in range(zs.start, zs.stop):
-        out[k, ys, xs] = ndimage.binary_fill_holes(mask[k, ys, xs])
+    out[box] = fill_holes_in_plane(mask[box])
     return out
 
 
@@ -98,8 +113,18 @@ def fill_small_holes(mask: np.ndarray, grid: Grid, max_mm2: float) -> np.ndarray
     return out
 
 
+def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` into 16-bit labels while they fit (half the memory of its default
+    32 bits on a whole volume), else 32-bit."""
+    try:
+        labels, count = ndimage.label(mask, structure, output=np.uint16)
+    except RuntimeError:  # more than 65535 components
+        labels, count = ndimage.label(mask, structure)
+    return labels, int(count)
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
+    labels, count = label(mask)
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel())
@@ -110,6 +135,47 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 def disk(radius: int) -> np.ndarray:
     r = np.arange(-radius, radius + 1)
     return np.asarray((r[:, None] ** 2 + r[None, :] ** 2) <= radius**2)
+
+
+def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """In-plane binary dilation of a (slices, rows, cols) mask by :func:`disk` ``(radius)``, the
+    image outside counting as False: the same voxels as ``ndimage.binary_dilation(mask,
+    structure=disk(radius)[None])``, several times faster on a body-sized mask (see
+    :func:`_disk_morphology`)."""
+    return _disk_morphology(mask, radius, erode=False)
+
+
+def erode_disk(mask: np.ndarray, radius: int) -> np.ndarray:
+    """In-plane binary erosion by :func:`disk` ``(radius)``, the image outside counting as True
+    (``ndimage.binary_erosion(..., border_value=1)``)."""
+    return _disk_morphology(mask, radius, erode=True)
+
+
+def _disk_morphology(mask: np.ndarray, radius: int, erode: bool) -> np.ndarray:
+    """A disk is a stack of row segments, one per row offset ``dy`` (half-width
+    ``isqrt(radius**2 - dy**2)``): the dilation (erosion) is the OR (AND) over ``dy`` of the
+    running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme costs
+    the same whatever its width, where scipy's generic morphology visits every element of the
+    structure at every voxel inside a region."""
+    source = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    out = np.full(mask.shape, erode, dtype=bool)
+    rows = mask.shape[1]
+    for d in range(min(radius, rows - 1) + 1):
+        width = 2 * math.isqrt(radius * radius - d * d) + 1
+        if erode:
+            run = ndimage.minimum_filter1d(source, width, axis=2, mode="constant", cval=1).view(bool)
+        else:
+            run = ndimage.maximum_filter1d(source, width, axis=2, mode="constant", cval=0).view(bool)
+        for dy in {d, -d}:
+            # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows outside skipped)
+            shift = -dy if erode else dy
+            dst = out[:, shift:] if shift >= 0 else out[:, : rows + shift]
+            src = run[:, : rows - shift] if shift >= 0 else run[:, -shift:]
+            if erode:
+                dst &= src
+            else:
+                dst |= src
+    return out
 
 
 def _fill_clipped(slice2d: np.ndarray) -> np.ndarray:
@@ -134,14 +200,12 @@ def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray,
     """The filled body, and per slice whether the field of view clips it (it touches the edge)."""
     dense = largest_component(hu > threshold)
     radius = max(1, round(BODY_CLOSING_MM / min(grid.dx, grid.dy)))
-    structure = disk(radius)[None]  # in-plane only
-    closed = np.asarray(ndimage.binary_erosion(
-        ndimage.binary_dilation(dense, structure=structure), structure=structure, border_value=1
-    ))
-    body = np.zeros_like(dense)
+    closed = erode_disk(dilate_disk(dense, radius), radius)  # in-plane only
     clipped = np.asarray(dense[:, [0, -1], :].any(axis=(1, 2)) | dense[:, :, [0, -1]].any(axis=(1, 2)))
-    for k in np.flatnonzero(dense.any(axis=(1, 2))):
-        body[k] = _fill_clipped(closed[k]) if clipped[k] else ndimage.binary_fill_holes(closed[k])
+    body = fill_holes_in_plane(closed)
+    body[~dense.any(axis=(1, 2))] = False
+    for k in np.flatnonzero(clipped):
+        body[k] = _fill_clipped(closed[k])
     return body, clipped
 
 
@@ -154,15 +218,17 @@ def open_air(air: np.ndarray) -> np.ndarray:
 
 def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarray, int]:
     """3D components of ``air`` of at least ``min_ml``, numbered by size (1 = largest)."""
-    labels, count = ndimage.label(air)
+    labels, count = label(air)
     if count == 0:
         return labels, 0
-    # Each voxel weighs its slice's own thickness (uneven spacing keeps volumes right).
-    weight = np.broadcast_to(grid.thickness[:, None, None], air.shape)
+    # Each voxel weighs its slice's own thickness (uneven spacing keeps volumes right): voxel
+    # counts per label slice by slice, so no per-voxel weight array is ever built.
     volumes = np.zeros(count + 1)
-    volumes[1:] = ndimage.sum_labels(weight, labels, index=np.arange(1, count + 1)) * grid.pixel_mm2 / 1000.0
+    for k in range(labels.shape[0]):
+        volumes += np.bincount(labels[k].ravel(), minlength=count + 1) * float(grid.thickness[k])
+    volumes *= grid.pixel_mm2 / 1000.0
     order = [int(i) for i in np.argsort(-volumes) if i > 0 and volumes[i] >= min_ml]
-    relabel = np.zeros(count + 1, dtype=np.int32)
+    relabel = np.zeros(count + 1, dtype=labels.dtype)
     for new, old in enumerate(order, start=1):
         relabel[old] = new
     return relabel[labels], len(order)

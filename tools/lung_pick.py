@@ -50,18 +50,18 @@ class Picked:
 
 def pick_lungs(labels: np.ndarray, count: int, scene: Scene) -> Picked:
     grid = scene.grid
-    x = grid.patient_x(labels.shape)
     midline_x = float(grid.centroid(scene.body)[0])
+    left_of_midline = grid.left_of(midline_x, labels.shape)
     candidates: list[Candidate] = []
     separation = "separate components"
     for number in range(1, min(count, MAX_CANDIDATES) + 1):
         for region, gas_part in _separate_pure_gas(labels == number, scene):
-            left_fraction = float((region & (x > midline_x)).sum()) / float(region.sum())
+            left_fraction = float((region & left_of_midline).sum()) / float(region.sum())
             if min(left_fraction, 1.0 - left_fraction) >= MERGED_SIDE_FRACTION:
                 split = _split_by_erosion(region, grid)
                 how = "erosion split"
                 if split is None:
-                    split, how = (region & (x > midline_x), region & (x <= midline_x)), "mid-sagittal split"
+                    split, how = (region & left_of_midline, region & ~left_of_midline), "mid-sagittal split"
                 for side, part in zip(("left", "right"), split):
                     name = ", ".join(p for p in (gas_part, f"{side} part") if p)
                     candidates.append(Candidate(number, part, side, grid.volume_ml(part), part=name))
@@ -86,8 +86,8 @@ def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarra
     box = bounding_box(region, margin=1)
     assert box is not None
     crop = region[box]
-    mean = ndimage.uniform_filter(np.where(crop, scene.hu[box], 0.0), size=(1, 3, 3))
-    weight = ndimage.uniform_filter(crop.astype(float), size=(1, 3, 3))
+    mean = ndimage.uniform_filter(np.where(crop, scene.hu[box], np.float32(0.0)), size=(1, 3, 3))
+    weight = ndimage.uniform_filter(crop.astype(np.float32), size=(1, 3, 3))
     gas = crop & (mean < PURE_GAS_HU * np.maximum(weight, 1e-6))
     labels, count = ndimage.label(gas)
     if count == 0:
