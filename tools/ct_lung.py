@@ -116,13 +116,14 @@ class CTLungSegmentation(Tool):
             raise ToolRefused(f"ct lung segmentation: bad parameters: {exc.errors()[0]['msg']}") from None
         _check_input(volume)
         view, grid = canonical(volume)
-        hu = np.ascontiguousarray(view.forward(volume.pixels))
+        hu = view.forward(volume.pixels)  # a view (flips, transpose): never a copy of the volume
         body, clipped = body_mask(hu, cfg.body_threshold_hu, grid)
         if not body.any():
             raise ToolRefused(f"no lungs found: no body (nothing above {cfg.body_threshold_hu:g} HU) in the volume")
         air = open_air(body & (hu < cfg.lung_threshold_hu))
         airway = trace_airway(air, body, grid)
         labels, count = air_components(air & ~airway.mask, grid, cfg.min_component_ml)
+        del air  # one byte per voxel less while the candidates are judged
         if count == 0:
             raise ToolRefused("no lungs found: no air region inside the body")
         skeleton = grid.volume_ml(body & (hu > RIB_HU)) >= SKELETON_ML

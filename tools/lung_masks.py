@@ -251,7 +251,6 @@ def trace_airway(air: np.ndarray, body: np.ndarray, grid: Grid) -> Airway:
     airway[start] = seed
     # A main bronchus runs up to ~55 degrees from the vertical: it moves ~1.5 slice gaps sideways.
     reach = max(1, math.ceil(BRONCHUS_DRIFT * float(np.median(grid.thickness)) / min(grid.dx, grid.dy)))
-    near_disk = disk(reach)
     current, carina = seed, None
     trachea_x = float(grid.slice_x(start, seed.shape)[seed].mean())
     trachea_bottom = start
@@ -259,7 +258,7 @@ def trace_airway(air: np.ndarray, body: np.ndarray, grid: Grid) -> Airway:
         labels, count = ndimage.label(air[k])
         if count == 0:
             break
-        near = ndimage.binary_dilation(current, structure=near_disk)
+        near = dilate_disk(current[None], reach)[0]
         touched = set(np.unique(labels[near]).tolist()) - {0}
         areas = np.bincount(labels.ravel())
         accepted = [i for i in touched if areas[i] * pixel_cm2 <= AIRWAY_MAX_CM2]

@@ -62,6 +62,8 @@ class Manifest(BaseModel):
     disclosures: list[dict[str, Any]] = Field(default_factory=list)
     #: ``{"kind", "seconds"}`` per model this run loaded.
     model_loads: list[dict[str, Any]] = Field(default_factory=list)
+    #: Seconds per stage of the run (the pipeline's: load, tools, encode, write).
+    timings: dict[str, float] = Field(default_factory=dict)
 
     @classmethod
     def coerce(cls, value: Manifest | Mapping[str, Any]) -> Manifest:

@@ -149,6 +149,19 @@ def _instance_files(spec: JobSpec) -> Path | list[Path]:
     return paths
 
 
+class _StageClock:
+    """Seconds spent in each stage of a run, in order (for the manifest and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.laps[stage] = round(now - self._last, 3)
+        self._last = now
+
+
 def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
     """Process one series; return the manifest (the worker writes it beside the results).
 
@@ -169,10 +182,12 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
 
 def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
     config = ctx.config
+    clock = _StageClock()
     try:
         volume = load_series(_instance_files(spec), parse_limits(config.node))
     except LoadError as exc:
         raise JobFailed(f"cannot load series: {exc}") from None
+    clock.lap("load")
     planner = ctx.planner(spec.planner or config.planner.backend)
     result = run_agent(
         spec.instruction,
@@ -193,12 +208,14 @@ def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
             f"no available tool can {', '.join(result.unserved)} for this {volume.modality} series "
             f"({'x'.join(str(n) for n in volume.shape)} voxels)"
         )
+    clock.lap("tools")
     predecessors = predecessor_reports(spec)
     identity = identity_for(volume, config.output, variant=output_variant(spec))
     datasets = build_outputs(
         volume, result.outputs, result.answer, config.output, spec.instruction, result.planner,
         identity=identity, previous_reports=predecessors,
     )
+    clock.lap("encode")
     out_dir = Path(spec.result_dir)
     files: list[str] = []
     uids: dict[str, str] = {}
@@ -220,6 +237,7 @@ def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         uids.update({f"{OVERLAY_FOLDER}/{Path(p).name}": uid for p, uid in written.items()})
     write_json_atomic(out_dir / CONVERSATION_FILE, result.conversation.to_llava_json())
     encoded = time.time()
+    clock.lap("write")
     manifest = Manifest(
         job_id=spec.job_id,
         study_uid=spec.study_uid,
@@ -240,6 +258,7 @@ def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         tools=[{"api_name": o.api_name, "summary": to_plain(o.summary)} for o in result.outputs],
         stages={Stage.TOOLS: tools_done, Stage.ENCODED: encoded},
         tool_runs=[asdict(run) for run in result.tool_runs],
+        timings=clock.laps,
     )
     log.info(
         "job %s: %d output file(s), %d overlay(s), %d predecessor report(s), planner %s%s",
