@@ -45,3 +45,25 @@ def test_left_of_equals_patient_x_comparison() -> None:
                 np.array([0.0, 1.0, 0.0]), 0.7, 0.7, np.array([2.5, 2.5]))
     shape = (2, 30, 300)
     assert np.array_equal(grid.left_of(3.2, shape), grid.patient_x(shape) > 3.2)
+
+
+def test_bounding_box_and_centroid_equal_their_definitions() -> None:
+    mask = np.zeros((6, 30, 40), dtype=bool)
+    mask[2, 5, 7] = mask[4, 20, 33] = mask[3, 11, 2] = True
+    from tools.lung_masks import bounding_box
+
+    assert bounding_box(mask) == (slice(2, 5), slice(5, 21), slice(2, 34))
+    assert bounding_box(mask, margin=3) == (slice(0, 6), slice(2, 24), slice(0, 37))
+    assert bounding_box(np.zeros_like(mask)) is None
+    grid = Grid(np.array([[0.0, 0.0, 2.0 * k] for k in range(6)]), np.array([1.0, 0.0, 0.0]),
+                np.array([0.0, 1.0, 0.0]), 0.5, 0.7, np.full(6, 2.0))
+    k, r, c = np.nonzero(mask)
+    expected = [c.mean() * 0.7, r.mean() * 0.5, (2.0 * k).mean()]
+    np.testing.assert_allclose(grid.centroid(mask), expected)
+
+
+def test_label_sizes_equal_bincount() -> None:
+    from tools.lung_masks import label_sizes
+
+    labels, count = label(_masks(7))
+    assert np.array_equal(label_sizes(labels, count), np.bincount(labels.ravel(), minlength=count + 1))

@@ -122,7 +122,8 @@ class CTLungSegmentation(Tool):
             raise ToolRefused(f"no lungs found: no body (nothing above {cfg.body_threshold_hu:g} HU) in the volume")
         air = open_air(body & (hu < cfg.lung_threshold_hu))
         airway = trace_airway(air, body, grid)
-        labels, count = air_components(air & ~airway.mask, grid, cfg.min_component_ml)
+        air &= ~airway.mask
+        labels, count = air_components(air, grid, cfg.min_component_ml)
         del air  # one byte per voxel less while the candidates are judged
         if count == 0:
             raise ToolRefused("no lungs found: no air region inside the body")

@@ -76,9 +76,11 @@ class Grid:
         """Centroid of ``mask`` in patient coordinates (mm)."""
         counts = mask.sum(axis=(1, 2)).astype(float)
         total = counts.sum()
-        _, r, c = np.nonzero(mask)
+        # Mean row and column from per-row and per-column counts (no index arrays per voxel).
+        r = float(mask.sum(axis=(0, 2)) @ np.arange(mask.shape[1])) / total
+        c = float(mask.sum(axis=(0, 1)) @ np.arange(mask.shape[2])) / total
         origin = (counts[:, None] * self.positions).sum(axis=0) / total
-        return np.asarray(origin + r.mean() * self.dy * self.col + c.mean() * self.dx * self.row, dtype=float)
+        return np.asarray(origin + r * self.dy * self.col + c * self.dx * self.row, dtype=float)
 
     def patient_x(self, shape: tuple[int, int, int]) -> np.ndarray:
         """Patient x (+ is patient left) of every voxel."""

@@ -66,10 +66,15 @@ class Airway:
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     """The smallest box holding every True voxel, grown by ``margin`` (clipped to the array)."""
-    boxes = ndimage.find_objects(np.ascontiguousarray(mask).view(np.uint8))
-    if not boxes or boxes[0] is None:
-        return None
-    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(boxes[0], mask.shape))
+    spans: list[slice] = []
+    for axis in range(mask.ndim):
+        # Within the box found on the earlier axes: each pass reads fewer voxels than the last.
+        crop = mask[tuple(spans)]
+        present = np.flatnonzero(crop.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if present.size == 0:
+            return None
+        spans.append(slice(int(present[0]), int(present[-1]) + 1))
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(spans, mask.shape))
 
 
 #: 4-connectivity within a slice, none across slices.
@@ -81,12 +86,14 @@ def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes`` of every slice of a (slices, rows, cols) mask, in one pass:
     the background is what connects (4-connected, in its slice) to the slice's edge; everything
     else is filled. One labelling of the volume instead of a propagation per slice."""
-    labels, _count = label(~mask if mask.dtype == bool else mask == 0, IN_PLANE_CROSS)
-    outside = np.zeros(int(labels.max()) + 1, dtype=bool)
+    labels, count = label(~np.asarray(mask, dtype=bool), IN_PLANE_CROSS)
+    outside = np.zeros(count + 1, dtype=bool)
     for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
         outside[edge] = True
     outside[0] = False  # the mask itself
-    return ~outside[labels]
+    filled = outside[labels]
+    del labels
+    return np.logical_not(filled, out=filled)
 
 
 def fill_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -123,11 +130,20 @@ def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.nda
     return labels, int(count)
 
 
+def label_sizes(labels: np.ndarray, count: int) -> np.ndarray:
+    """Voxels per label (index 0: the background), counted slice by slice: ``np.bincount`` of a
+    whole volume first copies it as 64-bit integers (8 bytes per voxel)."""
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    for plane in labels.reshape(-1, *labels.shape[-2:]) if labels.ndim > 2 else [labels]:
+        sizes += np.bincount(plane.ravel(), minlength=count + 1)
+    return sizes
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     labels, count = label(mask)
     if count <= 1:
         return mask
-    sizes = np.bincount(labels.ravel())
+    sizes = label_sizes(labels, count)
     sizes[0] = 0
     return np.asarray(labels == int(np.argmax(sizes)))
 
@@ -200,12 +216,20 @@ def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray,
     """The filled body, and per slice whether the field of view clips it (it touches the edge)."""
     dense = largest_component(hu > threshold)
     radius = max(1, round(BODY_CLOSING_MM / min(grid.dx, grid.dy)))
-    closed = erode_disk(dilate_disk(dense, radius), radius)  # in-plane only
     clipped = np.asarray(dense[:, [0, -1], :].any(axis=(1, 2)) | dense[:, :, [0, -1]].any(axis=(1, 2)))
-    body = fill_holes_in_plane(closed)
-    body[~dense.any(axis=(1, 2))] = False
+    body = np.zeros_like(dense)
+    # The closing and filling run on the body's box grown by 2 * radius + 1: beyond it the closing
+    # gives False whatever it sees, and the box's edge is either background around the body or the
+    # image's own edge, so every voxel comes out as on the whole image.
+    box = bounding_box(dense, margin=2 * radius + 1)
+    if box is None:
+        return body, clipped
+    closed = erode_disk(dilate_disk(dense[box], radius), radius)  # in-plane only
+    body[box] = fill_holes_in_plane(closed)
     for k in np.flatnonzero(clipped):
-        body[k] = _fill_clipped(closed[k])
+        full = np.zeros(dense.shape[1:], dtype=bool)
+        full[box[1:]] = closed[k - box[0].start]
+        body[k] = _fill_clipped(full)
     return body, clipped
 
 
@@ -231,7 +255,9 @@ def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarr
     relabel = np.zeros(count + 1, dtype=labels.dtype)
     for new, old in enumerate(order, start=1):
         relabel[old] = new
-    return relabel[labels], len(order)
+    for plane in labels:  # in place, slice by slice: no second label volume
+        plane[...] = relabel[plane]
+    return labels, len(order)
 
 
 def trace_airway(air: np.ndarray, body: np.ndarray, grid: Grid) -> Airway:

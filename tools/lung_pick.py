@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from tools.lung_candidates import Candidate, Scene, judge
 from tools.lung_geometry import Grid
-from tools.lung_masks import MAX_VESSEL_MM2, bounding_box, fill_small_holes
+from tools.lung_masks import MAX_VESSEL_MM2, bounding_box, fill_small_holes, label, label_sizes
 
 #: Air regions judged (largest first); smaller ones are counted, not judged.
 MAX_CANDIDATES = 12
@@ -154,12 +154,12 @@ def _split_by_erosion(mask: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndar
     )
     for _ in range(MAX_SPLIT_EROSIONS):
         eroded = ndimage.binary_erosion(eroded, structure=structure)
-        labels, count = ndimage.label(eroded)
+        labels, count = label(eroded)
         if count < 2:
             if count == 0:
                 return None
             continue
-        sizes = np.bincount(labels.ravel())[1:]
+        sizes = label_sizes(labels, count)[1:]
         big = [int(i) + 1 for i in np.argsort(sizes)[::-1][:2] if sizes[i] >= 0.05 * total]
         if len(big) < 2:
             continue
@@ -168,8 +168,9 @@ def _split_by_erosion(mask: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndar
         seeds = np.zeros(crop.shape, dtype=np.int8)
         seeds[labels == big[0]] = 1 if xa > xb else 2  # 1 = left (+x), 2 = right
         seeds[labels == big[1]] = 2 if xa > xb else 1
-        _, nearest = ndimage.distance_transform_edt(
-            seeds == 0, sampling=(float(np.median(grid.thickness)), grid.dy, grid.dx), return_indices=True
+        nearest = ndimage.distance_transform_edt(
+            seeds == 0, sampling=(float(np.median(grid.thickness)), grid.dy, grid.dx),
+            return_distances=False, return_indices=True,
         )
         owner = seeds[tuple(nearest)]
         left = np.zeros_like(mask)
