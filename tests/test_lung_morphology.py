@@ -15,7 +15,7 @@ def _masks(seed: int) -> np.ndarray:
     return np.asarray(ndimage.binary_opening(rng.random((3, 41, 53)) > 0.45))
 
 
-@pytest.mark.parametrize("radius", [1, 2, 5, 9])
+@pytest.mark.parametrize("radius", [1, 2, 5, 9, 45])
 def test_disk_dilation_and_erosion_equal_scipy(radius: int) -> None:
     mask = _masks(radius)
     structure = disk(radius)[None]
@@ -23,6 +23,7 @@ def test_disk_dilation_and_erosion_equal_scipy(radius: int) -> None:
     assert np.array_equal(
         erode_disk(mask, radius), ndimage.binary_erosion(mask, structure=structure, border_value=1)
     )
+    assert np.array_equal(erode_disk(mask, radius, border=False), ndimage.binary_erosion(mask, structure=structure))
 
 
 def test_fill_holes_in_plane_equals_per_slice_fill() -> None:
@@ -67,3 +68,12 @@ def test_label_sizes_equal_bincount() -> None:
 
     labels, count = label(_masks(7))
     assert np.array_equal(label_sizes(labels, count), np.bincount(labels.ravel(), minlength=count + 1))
+
+
+def test_open_air_equals_scipy_in_plane_opening() -> None:
+    from tools.lung_masks import open_air
+
+    cross = np.zeros((3, 3, 3), dtype=bool)
+    cross[1] = ndimage.generate_binary_structure(2, 1)
+    mask = _masks(11)
+    assert np.array_equal(open_air(mask), ndimage.binary_opening(mask, structure=cross))

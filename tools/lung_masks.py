@@ -161,34 +161,42 @@ def dilate_disk(mask: np.ndarray, radius: int) -> np.ndarray:
     return _disk_morphology(mask, radius, erode=False)
 
 
-def erode_disk(mask: np.ndarray, radius: int) -> np.ndarray:
-    """In-plane binary erosion by :func:`disk` ``(radius)``, the image outside counting as True
-    (``ndimage.binary_erosion(..., border_value=1)``)."""
-    return _disk_morphology(mask, radius, erode=True)
+def erode_disk(mask: np.ndarray, radius: int, border: bool = True) -> np.ndarray:
+    """In-plane binary erosion by :func:`disk` ``(radius)``, the image outside counting as
+    ``border`` (``ndimage.binary_erosion(..., border_value=border)``)."""
+    return _disk_morphology(mask, radius, erode=True, border=border)
 
 
-def _disk_morphology(mask: np.ndarray, radius: int, erode: bool) -> np.ndarray:
+def _disk_morphology(mask: np.ndarray, radius: int, erode: bool, border: bool = False) -> np.ndarray:
     """A disk is a stack of row segments, one per row offset ``dy`` (half-width
     ``isqrt(radius**2 - dy**2)``): the dilation (erosion) is the OR (AND) over ``dy`` of the
     running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme costs
     the same whatever its width, where scipy's generic morphology visits every element of the
-    structure at every voxel inside a region."""
+    structure at every voxel inside a region. ``border``: what the image outside counts as
+    (an erosion's; a dilation's outside is always False)."""
     source = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
-    out = np.full(mask.shape, erode, dtype=bool)
     rows = mask.shape[1]
+    if erode and not border and radius >= rows:
+        return np.zeros(mask.shape, dtype=bool)
+    out = np.full(mask.shape, erode, dtype=bool)
     for d in range(min(radius, rows - 1) + 1):
         width = 2 * math.isqrt(radius * radius - d * d) + 1
         if erode:
-            run = ndimage.minimum_filter1d(source, width, axis=2, mode="constant", cval=1).view(bool)
+            run = ndimage.minimum_filter1d(source, width, axis=2, mode="constant", cval=int(border)).view(bool)
         else:
             run = ndimage.maximum_filter1d(source, width, axis=2, mode="constant", cval=0).view(bool)
         for dy in {d, -d}:
-            # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows outside skipped)
+            # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows whose
+            # neighbour lies outside take the border: skipped when True, cleared when False)
             shift = -dy if erode else dy
             dst = out[:, shift:] if shift >= 0 else out[:, : rows + shift]
             src = run[:, : rows - shift] if shift >= 0 else run[:, -shift:]
             if erode:
                 dst &= src
+                if not border and shift > 0:
+                    out[:, :shift] = False
+                elif not border and shift < 0:
+                    out[:, rows + shift :] = False
             else:
                 dst |= src
     return out
@@ -235,9 +243,8 @@ def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray,
 
 def open_air(air: np.ndarray) -> np.ndarray:
     """In-plane opening: removes lines a pixel or two wide (dark streaks of metal artefacts)."""
-    cross = np.zeros((3, 3, 3), dtype=bool)
-    cross[1] = ndimage.generate_binary_structure(2, 1)
-    return np.asarray(ndimage.binary_opening(air, structure=cross))
+    # disk(1) is the 4-connected cross; scipy's opening erodes with the outside False.
+    return dilate_disk(erode_disk(air, 1, border=False), 1)
 
 
 def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarray, int]:
