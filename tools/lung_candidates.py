@@ -27,8 +27,7 @@ phantom or a dense consolidation may show none).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import InitVar, dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -83,10 +82,12 @@ class Scene:
 
 @dataclass
 class Candidate:
-    """One air region (or one side of a region spanning both sides), judged."""
+    """One air region (or one side of a region spanning both sides), judged. The region is
+    given as a whole-volume mask and kept as its bounding box (``box``, ``crop``): a dozen
+    candidates must not hold a dozen volumes."""
 
     number: int
-    mask: np.ndarray
+    region: InitVar[np.ndarray]
     side: str
     volume_ml: float
     part: str = ""
@@ -94,16 +95,26 @@ class Candidate:
     reasons: list[str] = field(default_factory=list)
     #: Measured properties (for the log and the tool's summary).
     facts: dict[str, float] = field(default_factory=dict)
+    box: tuple[slice, ...] = field(init=False)
+    crop: np.ndarray = field(init=False, repr=False)
+    shape: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self, region: np.ndarray) -> None:
+        box = bounding_box(region)
+        assert box is not None, "a candidate is never empty"
+        self.box, self.shape = box, tuple(region.shape)
+        self.crop = np.array(region[box], dtype=bool)  # a copy: the whole mask can go
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The region as a whole-volume mask (built on each call)."""
+        full = np.zeros(self.shape, dtype=bool)
+        full[self.box] = self.crop
+        return full
 
     @property
     def plausible(self) -> bool:
         return not self.reasons
-
-    @cached_property
-    def box(self) -> tuple[slice, ...]:
-        box = bounding_box(self.mask)
-        assert box is not None, "a candidate is never empty"
-        return box
 
     @property
     def z_range(self) -> tuple[int, int]:
@@ -117,7 +128,7 @@ class Candidate:
 def judge(candidate: Candidate, scene: Scene) -> Candidate:
     """Apply every rule to ``candidate``; its ``reasons`` and ``facts`` are filled in place."""
     box = candidate.box
-    mask, hu = candidate.mask[box], scene.hu[box]
+    mask, hu = candidate.crop, scene.hu[box]
     grid = scene.grid
     reasons, facts = candidate.reasons, candidate.facts
     if candidate.volume_ml < scene.min_lung_ml:

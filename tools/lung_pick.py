@@ -126,7 +126,7 @@ def _lung_on_side(candidates: list[Candidate], side: str) -> np.ndarray | None:
     if not plausible:
         return None
     lung = max(plausible, key=lambda c: (c.z_range[1], c.volume_ml))
-    mask = lung.mask.copy()
+    mask = lung.mask
     top_lowest = lung.z_range[0]
     for other in plausible:
         if other is lung:
@@ -134,7 +134,7 @@ def _lung_on_side(candidates: list[Candidate], side: str) -> np.ndarray | None:
         if other.z_range[1] < top_lowest:
             other.reasons.append(f"below the {side} lung, under the diaphragm")
         else:
-            mask |= other.mask
+            mask[other.box] |= other.crop
     return mask
 
 
