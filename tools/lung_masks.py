@@ -179,13 +179,17 @@ def _disk_morphology(mask: np.ndarray, radius: int, erode: bool, border: bool = 
     if erode and not border and radius >= rows:
         return np.zeros(mask.shape, dtype=bool)
     out = np.full(mask.shape, erode, dtype=bool)
+    # Row offsets by half-width (several offsets share one): one running extreme per width.
+    offsets: dict[int, list[int]] = {}
     for d in range(min(radius, rows - 1) + 1):
-        width = 2 * math.isqrt(radius * radius - d * d) + 1
+        offsets.setdefault(math.isqrt(radius * radius - d * d), []).extend({d, -d})
+    for half, shifts in offsets.items():
+        width = 2 * half + 1
         if erode:
             run = ndimage.minimum_filter1d(source, width, axis=2, mode="constant", cval=int(border)).view(bool)
         else:
             run = ndimage.maximum_filter1d(source, width, axis=2, mode="constant", cval=0).view(bool)
-        for dy in {d, -d}:
+        for dy in shifts:
             # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows whose
             # neighbour lies outside take the border: skipped when True, cleared when False)
             shift = -dy if erode else dy
