@@ -48,7 +48,7 @@ from tools.lung_candidates import RIB_HU, SKELETON_ML, Candidate, Scene
 from tools.lung_coverage import lung_coverage
 from tools.lung_geometry import Grid, canonical
 from tools.lung_masks import Airway, air_components, body_mask, open_air, trace_airway
-from tools.lung_pick import pick_lungs
+from tools.lung_pick import MAX_CANDIDATES, find_candidates, pick_lungs
 from tools.registry import register_tool
 from tools.targets import TARGET_PARAMS, select_segments
 
@@ -129,7 +129,9 @@ class CTLungSegmentation(Tool):
             raise ToolRefused("no lungs found: no air region inside the body")
         skeleton = grid.volume_ml(body & (hu > RIB_HU)) >= SKELETON_ML
         scene = Scene(hu, body, grid, airway, cfg.min_lung_ml, skeleton)
-        picked = pick_lungs(labels, count, scene)
+        candidates, separation = find_candidates(labels, count, scene)
+        del labels  # the candidates keep their own boxes
+        picked = pick_lungs(candidates, separation, max(0, count - MAX_CANDIDATES), scene)
         rejected = [c for c in picked.candidates if not c.plausible]
         for candidate in rejected:
             log.info("ct lung segmentation: %s rejected: %s", candidate.describe(), "; ".join(candidate.reasons))

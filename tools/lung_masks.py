@@ -111,13 +111,12 @@ def fill_small_holes(mask: np.ndarray, grid: Grid, max_mm2: float) -> np.ndarray
     the diaphragm that a lung base rings round in one slice."""
     filled = fill_per_slice(mask)
     max_pixels = max_mm2 / grid.pixel_mm2
-    out = mask.copy()
-    for k in np.flatnonzero((filled & ~mask).any(axis=(1, 2))):
+    for k in np.flatnonzero((filled != mask).any(axis=(1, 2))):
         labels, _count = ndimage.label(filled[k] & ~mask[k])
         sizes = np.bincount(labels.ravel())
-        small = np.flatnonzero(sizes <= max_pixels)
-        out[k] |= np.isin(labels, small[small > 0])
-    return out
+        large = np.flatnonzero(sizes > max_pixels)
+        filled[k][np.isin(labels, large[large > 0])] = False  # only the small holes stay filled
+    return filled
 
 
 def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:

@@ -48,7 +48,9 @@ class Picked:
     ignored: int
 
 
-def pick_lungs(labels: np.ndarray, count: int, scene: Scene) -> Picked:
+def find_candidates(labels: np.ndarray, count: int, scene: Scene) -> tuple[list[Candidate], str]:
+    """The candidates of the largest air regions (step 1), and how the largest was split. The
+    caller may drop ``labels`` afterwards: candidates keep only their own boxes."""
     grid = scene.grid
     midline_x = float(grid.centroid(scene.body)[0])
     left_of_midline = grid.left_of(midline_x, labels.shape)
@@ -70,14 +72,20 @@ def pick_lungs(labels: np.ndarray, count: int, scene: Scene) -> Picked:
                 continue
             side = "left" if left_fraction > 0.5 else "right"
             candidates.append(Candidate(number, region, side, grid.volume_ml(region), part=gas_part))
+    return candidates, separation
+
+
+def pick_lungs(candidates: list[Candidate], separation: str, ignored: int, scene: Scene) -> Picked:
+    """Judge every candidate (step 2) and pick each side's lung (step 3); ``ignored``: the
+    smaller air regions that were not judged."""
     for candidate in candidates:
         judge(candidate, scene)
     lungs: dict[str, np.ndarray] = {}
     for side in ("left", "right"):
         mask = _lung_on_side([c for c in candidates if c.side == side], side)
         if mask is not None:
-            lungs[side] = fill_small_holes(mask, grid, MAX_VESSEL_MM2)
-    return Picked(lungs, candidates, separation, max(0, count - MAX_CANDIDATES))
+            lungs[side] = fill_small_holes(mask, scene.grid, MAX_VESSEL_MM2)
+    return Picked(lungs, candidates, separation, ignored)
 
 
 def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarray, str]]:
