@@ -94,9 +94,15 @@ def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarra
     box = bounding_box(region, margin=1)
     assert box is not None
     crop = region[box]
-    mean = ndimage.uniform_filter(np.where(crop, scene.hu[box], np.float32(0.0)), size=(1, 3, 3))
-    weight = ndimage.uniform_filter(crop.astype(np.float32), size=(1, 3, 3))
-    gas = crop & (mean < PURE_GAS_HU * np.maximum(weight, 1e-6))
+    # In place, float32: four box-sized float arrays would be the tool's peak otherwise.
+    mean = np.where(crop, scene.hu[box], np.float32(0.0))
+    ndimage.uniform_filter(mean, size=(1, 3, 3), output=mean)
+    limit = crop.astype(np.float32)
+    ndimage.uniform_filter(limit, size=(1, 3, 3), output=limit)
+    np.maximum(limit, np.float32(1e-6), out=limit)
+    limit *= np.float32(PURE_GAS_HU)
+    gas = crop & (mean < limit)
+    del mean, limit
     labels, count = ndimage.label(gas)
     if count == 0:
         return [(region, "")]
