@@ -10,7 +10,10 @@ are handled once, here:
   each slice came from;
 * compressed transfer syntaxes decode through pydicom's pixel handlers (pylibjpeg plugins);
 * stored values become modality units (Rescale Slope/Intercept or Modality LUT, PS3.3 C.11.1),
-  float32; MONOCHROME1 is flagged in ``meta`` (values are not inverted);
+  int16 when every value is an integer in its range (CT in HU: half of float32), else float32;
+  each slice is decoded, its encoded bytes released, and placed in the volume as it goes, so a
+  load peaks near the volume's own size; MONOCHROME1 is flagged in ``meta`` (values are not
+  inverted);
 * duplicate SOP Instance UIDs are dropped; localizers mixed into an axial series are dropped;
   instances without pixel data are dropped (and the load refused if none is left);
 * every file passes the parse policy (:mod:`image_model.parse_policy`: size, deflate, nesting,
@@ -55,6 +58,9 @@ from image_model.volume import Volume
 log = logging.getLogger(__name__)
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+INT16 = np.iinfo(np.int16)
+#: What a slice's pixels become once placed in the volume (see ``_stack``).
+PLACED = np.empty((0, 0), dtype=np.float32)
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: Pixel spacings differing by less than this are the same (mm).
 SPACING_TOLERANCE_MM = 1e-3
@@ -244,13 +250,38 @@ def _modality_values(array: np.ndarray, ds: Dataset) -> np.ndarray:
             slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         except (TypeError, ValueError):
             slope, intercept = 1.0, 0.0
+        exact = _int16_values(array, slope, intercept)
+        if exact is not None:
+            return exact
         values = array.astype(np.float32)
         if slope != 1.0:
             values *= np.float32(slope)
         if intercept:
             values += np.float32(intercept)
         return values
+    if "ModalityLUTSequence" not in ds and "RescaleSlope" not in ds:
+        exact = _int16_values(array, 1.0, 0.0)
+        if exact is not None:
+            return exact
     return np.asarray(apply_modality_lut(array, ds), dtype=np.float32)
+
+
+def _int16_values(array: np.ndarray, slope: float, intercept: float) -> np.ndarray | None:
+    """``array * slope + intercept`` as int16 when every value is an integer in int16's range
+    (integer stored values, integer slope and intercept: CT in HU, most MR): the same values as
+    float32 in half the memory. None otherwise (the caller computes float32)."""
+    if array.dtype.kind not in "iu" or array.size == 0 or not (slope.is_integer() and intercept.is_integer()):
+        return None
+    ends = (int(array.min()) * int(slope) + int(intercept), int(array.max()) * int(slope) + int(intercept))
+    if min(ends) < INT16.min or max(ends) > INT16.max:
+        return None
+    if slope == 1.0 and intercept == 0.0:
+        return array.astype(np.int16)
+    values = array.astype(np.int32)
+    if slope != 1.0:
+        values *= int(slope)
+    values += int(intercept)
+    return values.astype(np.int16)
 
 
 def _floats(value: Any, n: int) -> np.ndarray | None:
@@ -292,6 +323,7 @@ def _single_frames(datasets: list[Dataset], meta: dict[str, Any]) -> list[_Slice
 def _single_frame(ds: Dataset) -> _Slice:
     pixels = _modality_values(_decode(ds), ds)
     pixels = _to_gray(pixels, ds)
+    _drop_pixel_data(ds)  # decoded: the encoded bytes go now, not after every slice is decoded
     spacing, _ = _pixel_spacing(ds)
     thickness = ds.get("SliceThickness")
     return _Slice(
@@ -397,15 +429,13 @@ def _assemble(slices: list[_Slice], meta: dict[str, Any]) -> Volume:
     datasets = [first.dataset] if multi_frame else [s.dataset for s in ordered]
     normalised: set[str] = set()
     for ds in datasets:
-        for keyword in PIXEL_KEYWORDS:
-            if keyword in ds:
-                delattr(ds, keyword)
+        _drop_pixel_data(ds)
         normalised.update(normalise_header(ds))
     if normalised:
         # Names only: the values were patient data.
         meta["normalised_attributes"] = sorted(normalised)
     return Volume(
-        pixels=np.stack([s.pixels for s in ordered]).astype(np.float32, copy=False),
+        pixels=_stack(ordered),
         spacing=(float(dz), float(pixel_spacing[0]), float(pixel_spacing[1])),
         positions=stack.positions,
         orientation=tuple(float(v) for v in orientation),  # type: ignore[arg-type]
@@ -414,6 +444,23 @@ def _assemble(slices: list[_Slice], meta: dict[str, Any]) -> Volume:
         frame_numbers=[int(s.frame_number) for s in ordered if s.frame_number is not None],
         meta=meta,
     )
+
+
+def _stack(ordered: list[_Slice]) -> np.ndarray:
+    """The slices as one array, int16 when every slice is (see :func:`_int16_values`), else
+    float32. Each slice is released once placed, so the load never holds the volume twice."""
+    dtype = np.int16 if all(s.pixels.dtype == np.int16 for s in ordered) else np.float32
+    pixels = np.empty((len(ordered), *ordered[0].pixels.shape), dtype=dtype)
+    for i, s in enumerate(ordered):
+        pixels[i] = s.pixels
+        s.pixels = PLACED
+    return pixels
+
+
+def _drop_pixel_data(ds: Dataset) -> None:
+    for keyword in PIXEL_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
 
 
 def _close_spacings(spacings: set[tuple[float, float] | None]) -> bool:

@@ -14,7 +14,9 @@ from pydicom.dataset import Dataset
 
 @dataclass
 class Volume:
-    #: (slices, rows, cols) float32 in modality units (Hounsfield units for CT), after rescale.
+    #: (slices, rows, cols) in modality units (Hounsfield units for CT), after rescale: int16 when
+    #: every value is an integer in int16's range (CT with an integer rescale, most MR), else
+    #: float32. Compare and index freely; convert (``astype(np.float32)``) before arithmetic.
     pixels: np.ndarray
     #: (slice, row, col) spacing in mm; slice spacing is the distance between consecutive slices.
     spacing: tuple[float, float, float]
