@@ -252,6 +252,10 @@ def _walk(
             else:
                 depth -= 1
             continue
+        if tag == SPECIFIC_CHARACTER_SET and vr not in (None, b"CS", b"UN"):
+            # pydicom decodes it by its VR: a number where a charset name belongs makes every
+            # later read of the file raise (found by the fuzzer).
+            raise UnsafeDicom("Specific Character Set encoded with a VR other than CS (PS3.6)")
         if not stack and (tag in wanted or tag in GEOMETRY_TAGS or tag == SPECIFIC_CHARACTER_SET):
             result.values[tag] = bytes(buf[pos : pos + length])
         if not stack and tag in (PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA):

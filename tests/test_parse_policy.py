@@ -99,6 +99,23 @@ def test_a_specific_character_set_pydicom_cannot_look_up_is_refused(tmp_path: Pa
         scan_dataset(body, "1.2.840.10008.1.2.1", LIMITS)
 
 
+def test_a_specific_character_set_with_a_numeric_vr_is_refused(tmp_path: Path) -> None:
+    """(0008,0005) written with VR US (found by the 100 000-case fuzz run after 86 000 cases):
+    the receive scan accepted it, pydicom decoded the name as a number and every later read
+    raised a TypeError, so the acknowledged instance was quarantined at dispatch."""
+    ds = ct_dataset()
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    plain = encode_dataset(ds)
+    body = plain.replace(b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100", b"\x08\x00\x05\x00US\x02\x00IS")
+    assert body != plain
+    path = tmp_path / "us.dcm"
+    path.write_bytes(part10(ds, body, "1.2.840.10008.1.2.1"))
+    with pytest.raises(TypeError):
+        pydicom.dcmread(path, stop_before_pixels=True)
+    with pytest.raises(UnsafeDicom, match="Specific Character Set"):
+        scan_dataset(body, "1.2.840.10008.1.2.1", LIMITS)
+
+
 def test_codestream_larger_than_the_header_is_refused(tmp_path: Path) -> None:
     """A JPEG 2000 frame whose SIZ marker declares more pixels than Rows x Columns."""
     source = Path(str(get_testdata_file("RG1_J2KR.dcm")))
