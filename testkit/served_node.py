@@ -147,13 +147,19 @@ class ServedNode:
 
     def stop(self) -> None:
         self._watch_stop.set()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[Any] | None) -> None:
+    """SIGTERM a child that still runs; SIGKILL it if it has not exited after 20 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def stalled_connections(port: int, count: int, payload: bytes = b"") -> list[socket.socket]:

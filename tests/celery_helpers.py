@@ -15,6 +15,7 @@ from typing import Any
 import redis
 import yaml
 
+from testkit.served_node import stop_process
 from tests.receive_helpers import PROJECT_ROOT, wait_for
 
 #: Debian's redis-server by absolute path (never a shim on PATH).
@@ -114,13 +115,7 @@ class Worker:
         self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc)
 
 
 def celery_config(
