@@ -42,7 +42,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from dicom_node.atomic import write_json_atomic
+from dicom_node.atomic import fsync_dir, write_json_atomic
 from dicom_node.logsafe import uid as uid_for_log
 from dicom_node.uids import InvalidUID, validate_uid
 from image_model.parse_policy import (
@@ -163,14 +163,6 @@ def parse_instance(data: bytes, limits: ParseLimits | None = None) -> InstanceIn
     return _instance_info(scan)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_all(fd: int, parts: Sequence[bytes]) -> None:
     """Write ``parts`` in order (one ``writev``: the parts are never joined in memory)."""
     views = [memoryview(p) for p in parts if len(p)]
@@ -274,7 +266,7 @@ class Spool:
                 self._durable_folders.pop(folder, None)
             self._ensure_folder(folder, calling_ae, called_ae)
             duplicate = final.exists() or not self._write_new(folder, final.name, parts)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return StoreResult(info, final, duplicate=duplicate)
 
     def _write_new(self, folder: Path, name: str, data: Sequence[bytes]) -> bool:
@@ -338,8 +330,8 @@ class Spool:
                 folder / ORIGIN_FILE, {"calling_ae": calling_ae, "called_ae": called_ae}
             )
         # Synced even when another association created them: it may not have synced them yet.
-        _fsync_dir(self.root)
-        _fsync_dir(study)
+        fsync_dir(self.root)
+        fsync_dir(study)
         with self._lock:
             self._durable_folders[folder] = None
             if len(self._durable_folders) > DURABLE_FOLDER_CACHE:
