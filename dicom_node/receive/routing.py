@@ -376,8 +376,9 @@ def series_tags_from_dataset(ds: Dataset, keywords: Iterable[str] | None = None)
         if not keyword or (wanted is not None and keyword not in wanted):
             continue
         raw = ds.get_item(tag)
-        vr = getattr(raw, "VR", None) or dictionary_VR_or_none(tag)
-        if vr is None or vr in UNMATCHABLE_VRS:
+        # A tag with a keyword is in the data dictionary: its VR there stands in for an implicit one.
+        vr = getattr(raw, "VR", None) or dictionary_VR(tag)
+        if vr in UNMATCHABLE_VRS:
             continue
         values = _values(_decoded(ds, tag))
         if values:
@@ -391,12 +392,4 @@ def _decoded(ds: Dataset, tag: BaseTag) -> Any:
     try:
         return ds[tag].value
     except DECODE_ERRORS:
-        return None
-
-
-def dictionary_VR_or_none(tag: BaseTag) -> str | None:
-    """The data dictionary's VR of a tag, or None for a tag it does not know."""
-    try:
-        return str(dictionary_VR(tag))
-    except KeyError:
         return None
