@@ -150,16 +150,16 @@ class ServedNode:
         stop_process(self.proc)
 
 
-def stop_process(proc: subprocess.Popen[Any] | None) -> None:
-    """SIGTERM a child that still runs; SIGKILL it if it has not exited after 20 s."""
+def stop_process(proc: subprocess.Popen[Any] | None, grace: float = 20.0, after_kill: float = 10.0) -> None:
+    """SIGTERM a child that still runs; SIGKILL it if it has not exited after ``grace`` seconds."""
     if proc is None or proc.poll() is not None:
         return
     proc.terminate()
     try:
-        proc.wait(20)
+        proc.wait(grace)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait(10)
+        proc.wait(after_kill)
 
 
 def stalled_connections(port: int, count: int, payload: bytes = b"") -> list[socket.socket]:

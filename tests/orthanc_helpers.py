@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testkit.served_node import stop_process
 from tests.receive_helpers import free_port
 
 ORTHANC_BIN = Path("/usr/sbin/Orthanc")
@@ -65,13 +66,7 @@ class Orthanc:
         return [self.post("/instances", Path(f).read_bytes()) for f in files]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=15, after_kill=5)
 
 
 def orthanc_config(folder: Path, http_port: int, dicom_port: int, node_port: int,

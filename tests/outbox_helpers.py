@@ -18,6 +18,8 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
 
+from testkit.served_node import stop_process
+
 #: dcmtk binaries; a pyenv shim named ``storescp`` (a Python app) shadows dcmtk's on PATH here.
 DCMTK_BIN = Path("/usr/bin")
 
@@ -87,13 +89,7 @@ class StoreSCP:
         return out
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, grace=5, after_kill=5)
         self.proc = None
 
 
