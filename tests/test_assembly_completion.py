@@ -107,3 +107,22 @@ def test_restored_series_waits_for_its_quiet_period() -> None:
     assert tracker.due() == []
     clock.now += 2
     assert [d.series_uid for d in tracker.due()] == ["1.1.3"]
+
+
+def test_fingerprint_follows_every_change_of_the_instance_set() -> None:
+    """The tracker keeps each series' fingerprint between scheduler passes; an arrival or a
+    retention removal must still show in the next one."""
+    clock = Clock()
+    tracker = SeriesTracker(quiet_seconds=0, require_release=False, clock=clock)
+    for sop in ("1.1.4.1", "1.1.4.2"):
+        tracker.instance_received("1.1", "1.1.4", sop, "a1")
+    (first,) = tracker.due()
+    assert first.fingerprint == instance_set_fingerprint(["1.1.4.1", "1.1.4.2"])
+    tracker.mark_processed("1.1", "1.1.4", first.fingerprint, ("job-1",))
+    tracker.instance_received("1.1", "1.1.4", "1.1.4.3", "a2")
+    (second,) = tracker.due()
+    assert second.fingerprint == instance_set_fingerprint(["1.1.4.1", "1.1.4.2", "1.1.4.3"])
+    tracker.mark_processed("1.1", "1.1.4", second.fingerprint, ("job-2",))
+    tracker.forget("1.1", "1.1.4", ["1.1.4.1"])
+    (third,) = tracker.due()
+    assert third.fingerprint == instance_set_fingerprint(["1.1.4.2", "1.1.4.3"])

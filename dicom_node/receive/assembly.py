@@ -58,6 +58,10 @@ class SeriesState:
     #: Unix time the first instance not yet handed on arrived (None: none since, or unknown
     #: after a restart); a job's ``received`` stage.
     first_arrival: float | None = None
+    #: ``fingerprint`` of ``instances`` as last computed (None: changed since). The scheduler
+    #: asks every series for it several times a second; a node holding thousands of finished
+    #: series must not hash them all again each time.
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def key(self) -> SeriesKey:
@@ -65,7 +69,13 @@ class SeriesState:
 
     @property
     def fingerprint(self) -> str:
-        return instance_set_fingerprint(self.instances)
+        if self._fingerprint is None:
+            self._fingerprint = instance_set_fingerprint(self.instances)
+        return self._fingerprint
+
+    def changed(self) -> None:
+        """``instances`` was changed in place: the fingerprint is computed again when asked."""
+        self._fingerprint = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +128,9 @@ class SeriesTracker:
             is_new = sop_uid not in state.instances
             if is_new and state.first_arrival is None:
                 state.first_arrival = time.time()
-            state.instances.add(sop_uid)
+            if is_new:
+                state.instances.add(sop_uid)
+                state.changed()
             state.last_arrival = now
             state.open_associations.add(association)
             if calling_ae:
@@ -210,6 +222,7 @@ class SeriesTracker:
             if state is None:
                 return
             state.instances.difference_update(sop_uids)
+            state.changed()
             if not state.instances and not state.open_associations:
                 del self._series[key]
             else:
