@@ -234,8 +234,14 @@ def _to_gray(array: np.ndarray, ds: Dataset) -> np.ndarray:
     """Colour images become luminance (ITU-R BT.601); pydicom already converted YBR to RGB."""
     if int(ds.get("SamplesPerPixel", 1)) == 1:
         return array
-    weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    return (array[..., :3].astype(np.float32) * weights).sum(axis=-1)
+    # One channel at a time into one float32 plane: a float32 copy of all three samples and the
+    # weighted product would be ~8x the plane, the largest cost of any one instance in a job.
+    gray = np.multiply(array[..., 0], np.float32(0.299), dtype=np.float32)
+    part = np.empty_like(gray)
+    for channel, weight in ((1, 0.587), (2, 0.114)):
+        np.multiply(array[..., channel], np.float32(weight), out=part, dtype=np.float32)
+        gray += part
+    return gray
 
 
 def _modality_values(array: np.ndarray, ds: Dataset) -> np.ndarray:
