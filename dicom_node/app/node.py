@@ -44,6 +44,7 @@ from dicom_node.data_dir import DataDirBusy, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Hop, HopEvent, ignore
+from dicom_node.heap import HeapTrimmer
 from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
@@ -337,7 +338,9 @@ class Node:
     # -- scheduling --------------------------------------------------------------------------
 
     def _schedule(self) -> None:
+        trimmer = HeapTrimmer()
         while not self._stop.wait(SCHEDULER_INTERVAL_SECONDS):
+            trimmer.tick()
             try:
                 self.process_due()
             except Exception as exc:  # noqa: BLE001 - outlive a bad pass; logged in full once, then counted
