@@ -264,3 +264,27 @@ def test_headers_build_a_highdicom_seg(tmp_path: Path) -> None:
     assert seg.NumberOfFrames == nonempty
     referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced == {str(ds.SOPInstanceUID) for ds in volume.datasets}
+
+
+def test_colour_slices_become_bt601_luminance(tmp_path: Path) -> None:
+    """An RGB series (secondary capture of a screen, a photo) is loaded as one luminance plane
+    per slice (ITU-R BT.601 weights)."""
+    write_ct_phantom(tmp_path, slices=2, rows=16, cols=16)
+    rng = np.random.default_rng(3)
+    expected = []
+    for path in sorted(tmp_path.glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        rgb = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit, ds.PixelRepresentation = 7, 0
+        for keyword in ("RescaleSlope", "RescaleIntercept", "RescaleType", "WindowCenter", "WindowWidth"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        ds.PixelData = rgb.tobytes()
+        ds.save_as(path)
+        expected.append((float(ds.ImagePositionPatient[2]), rgb.astype(np.float64) @ [0.299, 0.587, 0.114]))
+    vol = load_series(tmp_path)
+    want = np.stack([plane for _, plane in sorted(expected)])
+    assert vol.pixels.shape == want.shape
+    np.testing.assert_allclose(np.asarray(vol.pixels, dtype=np.float64), want, atol=1e-3)
