@@ -250,7 +250,7 @@ def _modality_values(array: np.ndarray, ds: Dataset) -> np.ndarray:
     goes through a float64 copy, twice the volume's memory (it bounds what one instance may
     cost, see parse_policy.max_pixel_bytes)."""
     if int(ds.get("SamplesPerPixel", 1)) != 1:
-        return array.astype(np.float32)
+        return array  # colour has no Modality LUT (PS3.3 C.7.6.3.1.2): luminance follows (_to_gray)
     if "ModalityLUTSequence" not in ds and "RescaleSlope" in ds and "RescaleIntercept" in ds:
         try:
             slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
@@ -281,13 +281,19 @@ def _int16_values(array: np.ndarray, slope: float, intercept: float) -> np.ndarr
     ends = (int(array.min()) * int(slope) + int(intercept), int(array.max()) * int(slope) + int(intercept))
     if min(ends) < INT16.min or max(ends) > INT16.max:
         return None
-    if slope == 1.0 and intercept == 0.0:
-        return array.astype(np.int16)
-    values = array.astype(np.int32)
+    # In int16 throughout: its arithmetic wraps modulo 2**16, and a result known to lie in
+    # int16's range is exact whatever the intermediate values (no int32 copy of the plane).
+    values = array.astype(np.int16)
     if slope != 1.0:
-        values *= int(slope)
-    values += int(intercept)
-    return values.astype(np.int16)
+        values *= np.int16(_wrap16(int(slope)))
+    if intercept:
+        values += np.int16(_wrap16(int(intercept)))
+    return values
+
+
+def _wrap16(value: int) -> int:
+    """``value`` modulo 2**16, as a signed 16-bit integer."""
+    return (value + 0x8000) % 0x10000 - 0x8000
 
 
 def _floats(value: Any, n: int) -> np.ndarray | None:

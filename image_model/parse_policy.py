@@ -332,8 +332,9 @@ def _check_geometry(result: ScanResult, little: bool, limits: ParseLimits) -> tu
 # ---- entry points ----------------------------------------------------------------------------
 
 
-def _inflate(data: memoryview, limits: ParseLimits) -> bytes:
-    """Inflate a deflated dataset (PS3.5 A.5: raw deflate) in bounded steps."""
+def _inflate(data: memoryview, limits: ParseLimits) -> bytearray:
+    """Inflate a deflated dataset (PS3.5 A.5: raw deflate) in bounded steps (the buffer itself is
+    returned: a bytes copy would hold the inflated dataset twice)."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     ceiling = limits.max_inflated_bytes
     ratio_cap = max(RATIO_FLOOR_BYTES, int(limits.max_inflate_ratio * len(data)))
@@ -362,7 +363,7 @@ def _inflate(data: memoryview, limits: ParseLimits) -> bytes:
         # pydicom's reader inflates in one call, which refuses a stream without its final block.
         raise UnsafeDicom("the deflated dataset ends before its deflate stream does")
     out += inflater.flush()
-    return bytes(out)
+    return out
 
 
 def scan_dataset(

@@ -288,3 +288,24 @@ def test_colour_slices_become_bt601_luminance(tmp_path: Path) -> None:
     want = np.stack([plane for _, plane in sorted(expected)])
     assert vol.pixels.shape == want.shape
     np.testing.assert_allclose(np.asarray(vol.pixels, dtype=np.float64), want, atol=1e-3)
+
+
+@pytest.mark.parametrize(("dtype", "slope", "intercept"), [
+    (np.uint16, 1.0, -32768.0),  # stored values past int16's range, result inside it
+    (np.uint16, 1.0, -1024.0), (np.int16, 2.0, -2048.0), (np.int32, 3.0, -70000.0), (np.uint8, 1.0, 40000.0),
+])
+def test_int16_modality_values_are_exact_or_refused(dtype: Any, slope: float, intercept: float) -> None:
+    """int16 modality values are computed without a wider copy: exact whenever every result lies
+    in int16's range, and not used (None: float32 instead) otherwise."""
+    from image_model.loader import _int16_values
+
+    info = np.iinfo(dtype)
+    stored = np.random.default_rng(1).integers(max(info.min, -5000), min(info.max, 65000), (32, 32),
+                                               dtype=dtype, endpoint=True)
+    exact = stored.astype(np.int64) * int(slope) + int(intercept)
+    values = _int16_values(stored, slope, intercept)
+    if exact.min() < -32768 or exact.max() > 32767:
+        assert values is None
+    else:
+        assert values is not None and values.dtype == np.int16
+        assert np.array_equal(values.astype(np.int64), exact)
