@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from dicom_node.heap import HeapTrimmer, _TRIM
+from dicom_node.heap import _TRIM, HeapTrimmer
 
 # Threads allocate 50 kB blocks (below glibc's mmap threshold: they come from the arenas) and
 # keep one in twenty: the rest is free memory the arenas hold, in RSS, until trimmed.
