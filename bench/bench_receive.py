@@ -11,7 +11,9 @@
 - ``node``        ``mmed-node serve`` of the working tree, data_dir in a temp folder, a route
                   that matches nothing and a quiet period of an hour (no job runs), and a
                   stand-in job runner, so the pipeline's warm-up (model-library imports on a
-                  background thread at start) does not compete with the receive path
+                  background thread at start) does not compete with the receive path; once per
+                  ``--node-receivers`` value (``node.receivers``: 1 receives in the node's
+                  process, N in N receiver processes sharing the listening socket)
 - ``node@REF``    the working tree's node with the receive path (spool.py, handlers.py) taken
                   from git ref REF (``--node-ref``, e.g. HEAD), or with the modules of a
                   folder (variants): before/after in one run on one machine
@@ -20,10 +22,12 @@ Every run starts each receiver fresh, checks every instance was stored, and repo
 as the best and the median of ``--reps`` runs (receivers take turns within each repetition),
 the ratio of bests to dcmtk measured in the same invocation, and the receiver's CPU time per
 instance (user + system, from /proc; less sensitive to other load on the machine than wall
-time). Absolute numbers drift with machine load; compare ratios. Run inside a private network
+time). Absolute numbers drift with machine load; compare ratios. The header names the cores this
+process may use: several receiver processes cannot go past them. Run inside a private network
 namespace:
 
-    bench/run.sh bench.bench_receive [--reps 3] [--node-ref HEAD] [--json bench/results/x.json]
+    bench/run.sh bench.bench_receive [--reps 3] [--node-receivers 1 2 4] [--node-ref HEAD]
+                                     [--json bench/results/x.json]
 """
 
 from __future__ import annotations
@@ -253,6 +257,8 @@ class NodeServe(Receiver):
 
     source: Path = PROJECT_ROOT
     extra_node: dict[str, object] = field(default_factory=dict)
+    #: ``node.receivers``.
+    receivers: int = 1
 
     def prepare(self) -> None:
         config = {
@@ -262,6 +268,7 @@ class NodeServe(Receiver):
                 "data_dir": str(self.workdir / "var"),
                 # No series completes during the measurement: no job competes for the CPU.
                 "series_quiet_seconds": 3600,
+                "receivers": self.receivers,
                 **self.extra_node,
             },
             "routes": [
@@ -367,11 +374,30 @@ def send(port: int, files: Sequence[Path], parallel: int) -> float:
     return elapsed
 
 
+def _stat(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (proc(5)): state is field 3, ppid 4, utime..cstime
+    14..17, so index 0 is field 3."""
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` and its reaped children (/proc/PID/stat, proc(5))."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    # After the command name: state is field 3, utime..cstime are fields 14..17.
-    ticks = sum(int(v) for v in fields[11:15])
+    """User + system CPU of process ``pid``, its reaped children and its live descendants (the
+    node's receiver processes)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    ticks, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            ticks += sum(int(v) for v in _stat(current)[11:15])
+        except OSError:
+            continue
+        todo.extend(children.get(current, []))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
@@ -430,6 +456,35 @@ def measure_once(
     )
 
 
+#: The quiet period of the hand-off measurement (``--handoff``).
+HANDOFF_QUIET_SECONDS = 1.0
+
+
+def measure_handoff(files: Sequence[Path], receivers: int, parallel: int, workdir: Path) -> float:
+    """Seconds from the end of a series' quiet period to its hand-off (issue 14: within 1 s).
+
+    The node (quiet period :data:`HANDOFF_QUIET_SECONDS`, its route matching nothing) gets the
+    series over ``parallel`` associations; the hand-off is the series' job record appearing
+    (here "unrouted": the scheduler's pass, the header read, routing, the record written), timed
+    from the last storescu's exit (every association released) plus the quiet period.
+    """
+    node = NodeServe("node", workdir, receivers=receivers,
+                     extra_node={"series_quiet_seconds": HANDOFF_QUIET_SECONDS})
+    node.start(parallel)
+    try:
+        send(node.port, files, parallel)
+        released = time.perf_counter()
+        jobs = workdir / "var" / "jobs"
+        while not (jobs.is_dir() and any(jobs.glob("*.json"))):
+            if time.perf_counter() - released > 60:
+                raise RuntimeError("no job record within 60 s of the release")
+            time.sleep(0.005)
+        return time.perf_counter() - released - HANDOFF_QUIET_SECONDS
+    finally:
+        node.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def print_table(results: list[Result], parallels: Sequence[int]) -> None:
     by = {(r.receiver, r.parallel): r for r in results}
     names = list(dict.fromkeys(r.receiver for r in results))
@@ -458,6 +513,18 @@ def print_table(results: list[Result], parallels: Sequence[int]) -> None:
             ratio = f"{r.best / ref.best:.2f}" if ref else "-"
             row += f" {r.best:12.1f} | {r.median:6.1f} | {ratio:>8} | {r.cpu:17.2f} |"
         print(row)
+
+
+def make_receivers(kind: str, node_receivers: Sequence[str]) -> list[Callable[[Path], Receiver]]:
+    """Factories (work folder -> receiver) for one ``--receivers`` choice."""
+    if kind == "node":
+        auto = max(1, min(len(os.sched_getaffinity(0)), 4))  # as dicom_node.receive.processes
+        counts = [int(n) if n != "auto" else auto for n in node_receivers]
+        return [
+            partial(NodeServe, f"node ({n} receiver{'s' if n > 1 else ''})", receivers=n)
+            for n in dict.fromkeys(counts)
+        ]
+    return [make_receiver(kind)]
 
 
 def make_receiver(kind: str) -> Callable[[Path], Receiver]:
@@ -496,11 +563,22 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     parser.add_argument(
+        "--node-receivers",
+        nargs="+",
+        default=["1", "auto"],
+        help="node.receivers values to measure the node with (auto: one per core, at most 4)",
+    )
+    parser.add_argument(
         "--node-ref",
         action="append",
         default=[],
         help="also run the node with the receive path (spool.py, handlers.py) of this git ref, "
         "or with the modules in this folder (FOLDER/dicom_node/*.py) over the working tree's",
+    )
+    parser.add_argument(
+        "--handoff",
+        action="store_true",
+        help="also time the hand-off of the series after its quiet period, per node receiver count",
     )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
@@ -520,7 +598,10 @@ def main(argv: list[str] | None = None) -> int:
             f"({sum(p.stat().st_size for p in files) / 1e6:.0f} MB) written in "
             f"{time.perf_counter() - t0:.1f} s"
         )
-        makers = [make_receiver(kind) for kind in args.receivers]
+        cores = len(os.sched_getaffinity(0))
+        print(f"{cores} cores available; node receivers measured: {' '.join(args.node_receivers)} "
+              f"(auto: {max(1, min(cores, 4))})")
+        makers = [m for kind in args.receivers for m in make_receivers(kind, args.node_receivers)]
         for ref in args.node_ref:
             makers.append(
                 partial(
@@ -544,11 +625,25 @@ def main(argv: list[str] | None = None) -> int:
                         )
                     measure_once(make, files, parallel, workdir, result)
         print_table(list(results.values()), args.parallel)
+        handoffs: dict[str, list[float]] = {}
+        if args.handoff and "node" in args.receivers:
+            print(f"\nhand-off after a quiet period of {HANDOFF_QUIET_SECONDS:g} s, "
+                  f"{max(args.parallel)} associations (s):")
+            for make in make_receivers("node", args.node_receivers):
+                receivers = make(tmp).receivers  # type: ignore[attr-defined]
+                times = [
+                    measure_handoff(files, receivers, max(args.parallel), tmp / f"handoff-{receivers}-{rep}")
+                    for rep in range(args.reps)
+                ]
+                handoffs[f"node ({receivers} receivers)"] = times
+                print(f"  node.receivers={receivers}: " + ", ".join(f"{t:.2f}" for t in times), flush=True)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(
                 json.dumps(
                     {
+                        "cores": cores,
+                        "handoff_seconds": handoffs,
                         "slices": args.slices,
                         "size": args.size,
                         "results": [

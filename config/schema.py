@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
@@ -109,6 +109,10 @@ class NodeConfig(_Strict):
     max_pdu: int = Field(1 * MiB, ge=4096, le=64 * MiB)
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
+    #: Receiver processes sharing the listening port (README "Receiver processes"): 1 receives
+    #: in the node's own process; N > 1 starts N receiver processes; ``auto`` one per core, at
+    #: most 4 (one Python process receives at most one core's worth of instances).
+    receivers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

@@ -23,14 +23,16 @@ from tests.receive_helpers import counting_runner, free_port, make_ct_series, wa
 from tests.tls_helpers import Certs, make_certs
 
 
-@pytest.fixture(scope="module")
-def tls_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-receivers"])
+def tls_node(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The node receiving in its own process, and in two receiver processes (each with its own
+    TLS context from the same files; Q/R served by the receivers)."""
     tmp = tmp_path_factory.mktemp("tls")
     certs = make_certs(tmp / "certs")
     config = node_config(tmp, free_port(), {}, node={"tls": {
         "enabled": True, "cert_file": str(certs.server_cert), "key_file": str(certs.server_key),
         "ca_file": str(certs.ca), "verify_peer": True,
-    }}, query_retrieve={"allowed_calling_aets": ["FINDSCU"]})
+    }, "receivers": request.param}, query_retrieve={"allowed_calling_aets": ["FINDSCU"]})
     node = Node(config, runner=counting_runner)
     node.start()
     try:
@@ -71,9 +73,13 @@ def test_wrong_or_missing_client_certificate_fails(
 ) -> None:
     node, certs, tmp = tls_node["node"], tls_node["certs"], tls_node["tmp"]
     cert, key = (certs.rogue_cert, certs.rogue_key) if who == "rogue" else (None, None)
+    before = node.refusals().get("tls_handshake", 0)
     caplog.set_level(logging.WARNING, logger="dicom_node.receive.refusals")
     report = send_files(_dest(node.port, certs, cert, key), make_ct_series(tmp / who, n=1), "INTRUDER")
     assert not report.ok and report.association_error
+    if node.receivers is not None:  # logged by the receiver process; counted by the node
+        assert wait_for(lambda: node.refusals().get("tls_handshake", 0) >= before + 1)
+        return
     refusals = wait_for(lambda: [r for r in caplog.records
                                  if "dropped peer 127.0.0.1" in r.getMessage() and "TLS handshake" in r.getMessage()])
     assert "CERTIFICATE" in refusals[0].getMessage().upper()
@@ -83,11 +89,14 @@ def test_plain_association_to_tls_port_fails_cleanly(
     tls_node: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> None:
     node, certs, tmp = tls_node["node"], tls_node["certs"], tls_node["tmp"]
+    before = node.refusals().get("tls_handshake", 0)
     caplog.set_level(logging.WARNING, logger="dicom_node.receive.refusals")
     plain = DestinationConfig(ae_title="MMEDNODE", host="127.0.0.1", port=node.port)
     report = send_files(plain, make_ct_series(tmp / "plain", n=1), "PLAIN", timeout=10)
     assert not report.ok and report.association_error
-    assert wait_for(lambda: [r for r in caplog.records if "not a TLS client" in r.getMessage()])
+    if node.receivers is None:
+        assert wait_for(lambda: [r for r in caplog.records if "not a TLS client" in r.getMessage()])
+    assert wait_for(lambda: node.refusals().get("tls_handshake", 0) >= before + 1)
     echo = dcmtk("echoscu", ["-to", "10", "-aec", "MMEDNODE", "127.0.0.1", str(node.port)])
     assert echo.returncode != 0
     # The listener still serves TLS clients afterwards.

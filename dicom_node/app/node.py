@@ -31,15 +31,16 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, Self, TextIO
 
 from pydicom.dataset import Dataset
 
 from config.schema import AppConfig, RouteConfig
 from dicom_node.app.audit import AUDIT_FOLDER, AuditTrail
 from dicom_node.app.metrics import NodeMetrics, NodeState
+from dicom_node.app.receiver import qr_service
 from dicom_node.app.retention import Retention, settle_trash
-from dicom_node.app.telemetry import Telemetry, association_handlers
+from dicom_node.app.telemetry import Telemetry
 from dicom_node.data_dir import DataDirBusy, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
@@ -52,18 +53,13 @@ from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from dicom_node.limits import parse_limits
 from dicom_node.log_repeats import RepeatedLog
-from dicom_node.qr.handlers import QRDeps, add_qr_contexts, qr_event_handlers
-from dicom_node.qr.index import QRIndex
 from dicom_node.receive.assembly import DueSeries, SeriesTracker
 from dicom_node.receive.handlers import HandlerDeps
-from dicom_node.receive.scp import (
-    STORAGE_SOP_CLASSES,
-    ExtraService,
-    RunningSCP,
-    policy_from_config,
-    start_scp,
-)
+from dicom_node.receive.processes import ReceiverPool, receiver_count
+from dicom_node.receive.refusals import Refusals
+from dicom_node.receive.scp import policy_from_config, start_scp
 from dicom_node.receive.spool import INSTANCE_SUFFIX, CorruptInstance, Spool
+from dicom_node.tls import server_tls_context
 from image_model.fingerprint import instance_set_fingerprint
 
 if TYPE_CHECKING:
@@ -109,6 +105,22 @@ def series_tags(header: Dataset) -> dict[str, Any]:
     from dicom_node.receive.routing import series_tags_from_dataset
 
     return series_tags_from_dataset(header)
+
+
+class Listener(Protocol):
+    """The receive side as the node holds it: one SCP in this process (scp.py) or the receiver
+    processes (processes.py)."""
+
+    @property
+    def port(self) -> int: ...
+
+    refusals: Refusals
+
+    def stop(self) -> None: ...
+
+
+#: The module a receiver process runs (``node.receivers`` above 1).
+RECEIVER_ENTRY = "dicom_node.app.receiver"
 
 
 @dataclass(frozen=True)
@@ -174,7 +186,7 @@ class Node:
         self._deferred: dict[tuple[str, str, str], _Deferred] = {}
         self._scheduler_errors = RepeatedLog(log)
         self._lock = data_dir_lock
-        self._scp: RunningSCP | None = None
+        self._scp: Listener | None = None
         self._stop = threading.Event()
         self._scheduler: threading.Thread | None = None
         self._api: HttpApi | None = None  # imported only when api.enabled
@@ -196,25 +208,12 @@ class Node:
             start_outbox = getattr(self._outbox, "start", None)
             if callable(start_outbox):
                 start_outbox()
-            deps = HandlerDeps(
-                self.spool, self.tracker, policy_from_config(self.config.node), disk=self.disk,
-                emit=self.telemetry.emit,
-            )
             self._stop.clear()
             self._scheduler = threading.Thread(
                 target=self._schedule, name="mmed-scheduler", daemon=True
             )
             self._scheduler.start()
-            index = QRIndex(
-                self.spool.root, self.results_dir, self.jobs.root,
-                self.spool.limits, self.spool.quarantine,
-            )
-            qr = QRDeps(index, self.config)
-            qr_service = ExtraService(
-                add_contexts=lambda ae: add_qr_contexts(ae, STORAGE_SOP_CLASSES),
-                handlers=qr_event_handlers(qr) + association_handlers(self.telemetry.emit),
-            )
-            self._scp = start_scp(self.config.node, deps, qr_service)
+            self._scp = self._listen(data_dir)
             self.retention.start()
             if self.config.api.enabled:
                 from dicom_node.app.dashboard.site import Site
@@ -226,6 +225,26 @@ class Node:
         except BaseException:
             self.stop()
             raise
+
+    def _listen(self, data_dir: Path) -> Listener:
+        """Start receiving: in this process, or in ``node.receivers`` receiver processes."""
+        count = receiver_count(self.config.node)
+        if count > 1:
+            # A TLS setup error shows here, as with one process, not in every receiver's log.
+            if self.config.node.tls.enabled:
+                server_tls_context(self.config.node.tls)
+            return ReceiverPool(self.config, count, RECEIVER_ENTRY, self.tracker, self.telemetry.emit,
+                                data_dir).start()
+        deps = HandlerDeps(
+            self.spool, self.tracker, policy_from_config(self.config.node), disk=self.disk,
+            emit=self.telemetry.emit,
+        )
+        return start_scp(self.config.node, deps, qr_service(self.config, data_dir, self.telemetry.emit, self.spool))
+
+    @property
+    def receivers(self) -> ReceiverPool | None:
+        """The receiver processes (None: receiving in this process)."""
+        return self._scp if isinstance(self._scp, ReceiverPool) else None
 
     def _outbox_depth(self) -> dict[str, int]:
         return self._outbox.depth() if isinstance(self._outbox, Outbox) else {}

@@ -16,7 +16,9 @@ Checks, in order, each a refusal counted and logged once (refusals.py):
 * the peer address against ``node.allowed_peer_addresses``: an A-ASSOCIATE-RJ (permanent), so a
   misconfigured modality sees why; pynetdicom never sees the request;
 * ``max_associations`` in total and ``max_associations_per_peer``: answered with an
-  A-ASSOCIATE-RJ (transient, "local limit exceeded", PS3.8 9.3.4).
+  A-ASSOCIATE-RJ (transient, "local limit exceeded", PS3.8 9.3.4). The count is the ledger's
+  (ledger.py): this process's associations, or every receiver process's when several share the
+  listening socket (processes.py).
 
 :class:`GatedServer` is pynetdicom's :class:`~pynetdicom.transport.AssociationServer` with the
 gate in front (``AE.make_server(server_class=GatedServer)``); each admitted connection becomes an
@@ -44,6 +46,7 @@ from pynetdicom.transport import AssociationServer
 from config.schema import NodeConfig
 from dicom_node import status
 from dicom_node.receive.guard import ABORT_PDU, Handoff, StreamLimits
+from dicom_node.receive.ledger import Ledger, LocalLedger, OverLimit
 from dicom_node.receive.refusals import Refusals
 from dicom_node.tls import handshake_failure
 
@@ -57,6 +60,10 @@ CALLING_AE = slice(26, 42)
 TICK_SECONDS = 0.25
 #: Backlog of the listening socket (connections the kernel queues before accept).
 LISTEN_BACKLOG = 256
+#: With a listening socket shared by several receiver processes, each waits this long per
+#: connection it already holds before it accepts, so the least busy receiver takes a new one.
+ACCEPT_DELAY_PER_CONNECTION = 0.005
+ACCEPT_DELAY_MAX = 0.05
 
 
 @dataclass
@@ -95,19 +102,19 @@ class Gate:
     """The selector loop that holds pending connections (see the module docstring)."""
 
     def __init__(self, server: GatedServer, node: NodeConfig, refusals: Refusals,
-                 tls: ssl.SSLContext | None) -> None:
+                 tls: ssl.SSLContext | None, ledger: Ledger) -> None:
         self.server = server
         self.limits = node.limits
         self.allowed_addresses = frozenset(node.allowed_peer_addresses)
         self.refusals = refusals
         self.tls = tls
+        self.ledger = ledger
         self._selector = selectors.DefaultSelector()
         self._pending: dict[int, _Pending] = {}
         self._inbox: deque[tuple[socket.socket, tuple[Any, ...]]] = deque()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._associations: dict[int, tuple[Association, str]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mmed-receive-gate", daemon=True)
@@ -131,9 +138,12 @@ class Gate:
         self._wake_r.close()
         self._wake_w.close()
 
-    def track(self, assoc: Association, address: str) -> None:
-        with self._lock:
-            self._associations[id(assoc)] = (assoc, address)
+    def track(self, assoc: Association, ticket: int) -> None:
+        self.ledger.bind(ticket, assoc)
+
+    def load(self) -> int:
+        """Connections this gate holds: arriving, pending, or open associations."""
+        return len(self._inbox) + len(self._pending) + self.ledger.held()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -166,6 +176,7 @@ class Gate:
             try:
                 self._take_inbox()
                 self._expire()
+                self.ledger.sweep()
             except Exception:  # a bug here must not stop the node accepting
                 log.exception("receive gate: housekeeping failed")
 
@@ -264,32 +275,24 @@ class Gate:
                                  f"A-ABORT: malformed A-ASSOCIATE-RQ ({why})")
             self._answer_and_close(sock, ABORT_PDU)
             return
-        with self._lock:
-            alive = {k: v for k, v in self._associations.items() if v[0].is_alive()}
-            self._associations = alive
-            total = len(alive)
-            from_peer = sum(1 for _, a in alive.values() if a == host)
-        over = None
         if self.allowed_addresses and host not in self.allowed_addresses:
             self.refusals.refuse("peer_address", host, pending.calling_ae,
                                  "A-ASSOCIATE-RJ: address not in node.allowed_peer_addresses")
             self._answer_and_close(sock, ADDRESS_RJ)
             return
-        if total >= self.limits.max_associations:
-            over = ("too_many_associations", f"{total} associations open (node.limits.max_associations)")
-        elif from_peer >= self.limits.max_associations_per_peer:
-            over = ("too_many_per_peer",
-                    f"{from_peer} associations open from this address (node.limits.max_associations_per_peer)")
-        if over is not None:
-            self.refusals.refuse(over[0], host, pending.calling_ae, f"A-ASSOCIATE-RJ (local limit exceeded): {over[1]}")
+        ticket = self.ledger.claim(host)
+        if isinstance(ticket, OverLimit):
+            self.refusals.refuse(ticket.reason, host, pending.calling_ae,
+                                 f"A-ASSOCIATE-RJ (local limit exceeded): {ticket.why}")
             self._answer_and_close(sock, LOCAL_LIMIT_RJ)
             return
         try:
             sock.setblocking(True)
             sock.settimeout(self.limits.read_timeout_seconds)
-            self.server.finish_request((sock, bytes(pending.buffer)), pending.address)  # type: ignore[arg-type]
+            self.server.finish_request((sock, bytes(pending.buffer), ticket), pending.address)  # type: ignore[arg-type]
         except Exception:
             log.exception("receive gate: cannot start the association from %s", host)
+            self.ledger.cancel(ticket)
             _close(sock)
 
     def _answer_and_close(self, sock: socket.socket, pdu: bytes) -> None:
@@ -349,19 +352,50 @@ class GatedServer(AssociationServer):
     request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, *args: Any, node: NodeConfig, refusals: Refusals, tls: ssl.SSLContext | None,
+                 listening: socket.socket | None = None, ledger: Ledger | None = None,
                  **kwargs: Any) -> None:
+        """``listening``: a socket already bound and listening, shared with other receiver
+        processes (processes.py), instead of binding ``node.host:node.port``; ``ledger``: the
+        association count those processes share (default: this process's own)."""
         kwargs["request_handler"] = Handoff
+        self._listening = listening
         super().__init__(*args, **kwargs)
         self.stream_limits = StreamLimits(node.max_pdu, node.limits)
         self.refusals = refusals
-        self.gate = Gate(self, node, refusals, tls)
+        self.gate = Gate(self, node, refusals, tls, ledger or LocalLedger(node.limits))
+
+    def server_bind(self) -> None:
+        if self._listening is None:
+            super().server_bind()
+            return
+        if self.socket is not None:
+            self.socket.close()
+        self.socket = self._listening
+        # Non-blocking: another receiver process may take a connection this one was woken for.
+        self.socket.setblocking(False)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self._listening is None:
+            super().server_activate()
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept a connection. On a shared socket every receiver is woken for it and the first
+        to accept takes it: a receiver already holding connections lets the others go first
+        (another may take it meanwhile: ``accept`` then fails with EAGAIN, which the accept
+        loop ignores)."""
+        if self._listening is not None:
+            load = self.gate.load()
+            if load:
+                time.sleep(min(ACCEPT_DELAY_MAX, ACCEPT_DELAY_PER_CONNECTION * load))
+        return super().get_request()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Called by the accept loop for every connection: hand it to the gate, start nothing."""
         self.gate.admit(request, client_address)
 
-    def track(self, assoc: Association, address: str) -> None:
-        self.gate.track(assoc, address)
+    def track(self, assoc: Association, ticket: int) -> None:
+        self.gate.track(assoc, ticket)
 
     def shutdown(self) -> None:
         """Stop accepting and close the gate (pynetdicom's own shutdown also unregisters the
@@ -372,12 +406,13 @@ class GatedServer(AssociationServer):
 
 
 def start_gated_server(
-    ae: Any, node: NodeConfig, evt_handlers: list[Any], refusals: Refusals, tls: ssl.SSLContext | None
+    ae: Any, node: NodeConfig, evt_handlers: list[Any], refusals: Refusals, tls: ssl.SSLContext | None,
+    listening: socket.socket | None = None, ledger: Ledger | None = None,
 ) -> GatedServer:
-    """Make the gated server for ``ae`` on ``node.host:node.port`` and run its accept loop in a
-    daemon thread."""
+    """Make the gated server for ``ae`` on ``node.host:node.port`` (or on ``listening``) and run
+    its accept loop in a daemon thread."""
     server = ae.make_server((node.host, node.port), evt_handlers=evt_handlers, server_class=GatedServer,
-                            node=node, refusals=refusals, tls=tls)
+                            node=node, refusals=refusals, tls=tls, listening=listening, ledger=ledger)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="mmed-receive-accept", daemon=True)
     thread.start()

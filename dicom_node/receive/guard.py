@@ -334,10 +334,11 @@ class Handoff(RequestHandler):
     """Request handler of the gated server: ``request`` is ``(socket, A-ASSOCIATE-RQ bytes)``.
 
     Builds the association as pynetdicom's handler does, then gives it a :class:`GuardedSocket`;
-    the server (gate.py) provides ``stream_limits``, ``refusals`` and ``track``."""
+    the server (gate.py) provides ``stream_limits``, ``refusals`` and ``track`` (the ledger's
+    ``ticket`` the gate claimed for this association, ledger.py)."""
 
     def handle(self) -> None:
-        raw, prefetched = self.request
+        raw, prefetched, ticket = self.request
         self.request = raw
         assoc = self._create_association()
         server: Any = self.server
@@ -351,5 +352,5 @@ class Handoff(RequestHandler):
         assoc.set_socket(guarded)
         assoc.dul.state_machine = TolerantStateMachine(assoc.dul)
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        server.track(assoc, address)
+        server.track(assoc, ticket)
         assoc.start()

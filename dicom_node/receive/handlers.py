@@ -14,7 +14,7 @@ import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pynetdicom import evt
 from pynetdicom.dsutils import encode_file_meta
@@ -23,7 +23,6 @@ from pynetdicom.events import Event
 from dicom_node import logsafe, status
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, InstanceStored, ignore
-from dicom_node.receive.assembly import SeriesTracker
 from dicom_node.receive.refusals import Refusals
 from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
 from dicom_node.uids import InvalidUID
@@ -77,10 +76,23 @@ def refuse_association(
     return None
 
 
+class Arrivals(Protocol):
+    """Who is told of stored instances and ended associations: the node's
+    :class:`~dicom_node.receive.assembly.SeriesTracker`, or, in a receiver process, the channel
+    to it (processes.py)."""
+
+    def instance_received(
+        self, study_uid: str, series_uid: str, sop_uid: str, association: str,
+        calling_ae: str = "", called_ae: str = "",
+    ) -> object: ...
+
+    def association_ended(self, association: str) -> None: ...
+
+
 @dataclass
 class HandlerDeps:
     spool: Spool
-    tracker: SeriesTracker
+    tracker: Arrivals
     policy: AssociationPolicy = field(default_factory=AssociationPolicy)
     #: The data_dir's low-space watermark (dicom_node/disk.py); None: never checked.
     disk: DiskGuard | None = None

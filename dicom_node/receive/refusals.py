@@ -3,7 +3,9 @@ address and AE title (never patient data), and a flood does not become a flood o
 
 A reason's lines are rate-limited per reason: the first :data:`LINES_PER_WINDOW` of each
 :data:`WINDOW_SECONDS` are logged, the rest only counted, and one line then says how many were
-not logged. :meth:`Refusals.counts` is the running total per reason (since start).
+not logged. :meth:`Refusals.counts` is the running total per reason (since start). A receiver
+process (processes.py) passes ``told``, which tells the node of each refusal, so the node's
+counts are every receiver's.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from dicom_node.logsafe import ae_title
 
@@ -24,7 +27,9 @@ LINES_PER_WINDOW = 20
 class Refusals:
     """Thread-safe counter and rate-limited logger of dropped peers, keyed by reason."""
 
-    def __init__(self) -> None:
+    def __init__(self, told: Callable[[str], None] | None = None) -> None:
+        """``told(reason)``: called for every refusal counted (outside the lock)."""
+        self._told = told
         self._counts: Counter[str] = Counter()
         self._window: dict[str, tuple[float, int, int]] = {}  # reason -> (start, logged, suppressed)
         self._lock = threading.Lock()
@@ -43,6 +48,8 @@ class Refusals:
                 start, logged, suppressed = now, 0, 0
             emit = logged < LINES_PER_WINDOW
             self._window[reason] = (start, logged + emit, suppressed + (not emit))
+        if self._told is not None:
+            self._told(reason)
         if summary:
             log.warning("%d more refusal(s) for %s were not logged in the last %.0f s", summary, reason,
                         WINDOW_SECONDS)
@@ -53,6 +60,8 @@ class Refusals:
         """Count one refusal its caller logs itself (an instance refused with a status)."""
         with self._lock:
             self._counts[reason] += 1
+        if self._told is not None:
+            self._told(reason)
 
     def counts(self) -> dict[str, int]:
         with self._lock:

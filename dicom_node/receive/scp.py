@@ -9,6 +9,7 @@ deflate and the usual compressions; compressed data is stored as received (PS3.5
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from config.schema import NodeConfig
 from dicom_node.receive import handlers
 from dicom_node.receive.gate import GatedServer, start_gated_server
 from dicom_node.receive.handlers import AssociationPolicy, HandlerDeps
+from dicom_node.receive.ledger import Ledger
 from dicom_node.receive.refusals import Refusals
 from dicom_node.tls import server_tls_context
 
@@ -125,14 +127,16 @@ class ExtraService:
 
 
 def start_scp(
-    node: NodeConfig, deps: HandlerDeps, extra: ExtraService | None = None
+    node: NodeConfig, deps: HandlerDeps, extra: ExtraService | None = None,
+    listening: socket.socket | None = None, ledger: Ledger | None = None,
 ) -> RunningSCP:
     """Start listening on ``node.host:node.port`` (port 0: any free port) in background threads.
 
     With ``extra`` the AE also hosts that service (the node passes its Q/R SCP); with
     ``node.tls`` enabled the listener accepts DICOM TLS only (tls.py). Connections pass the
     receive gate (gate.py) before pynetdicom sees them: ``node.limits`` apply there and on every
-    PDU (guard.py)."""
+    PDU (guard.py). A receiver process (processes.py) passes the node's ``listening`` socket and
+    the ``ledger`` of associations all receivers share."""
     ssl_context = server_tls_context(node.tls) if node.tls.enabled else None
     ae = build_ae(node)
     if extra is not None:
@@ -152,8 +156,9 @@ def start_scp(
     if extra is not None:
         evt_handlers.extend(extra.handlers)
     refusals = deps.refusals
-    server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context)
-    log.info(
+    server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context, listening, ledger)
+    log.log(
+        logging.INFO if listening is None else logging.DEBUG,
         "DICOM SCP %s listening on %s:%d",
         node.ae_title,
         node.host,
