@@ -380,6 +380,11 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU of process ``pid`` alone (the node's own, without its receivers)."""
+    return sum(int(v) for v in _stat(pid)[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of process ``pid``, its reaped children and its live descendants (the
     node's receiver processes)."""
@@ -408,6 +413,8 @@ class Result:
     rates: list[float] = field(default_factory=list)
     #: Receiver CPU (user + system) per instance, in ms, per run.
     cpu_ms: list[float] = field(default_factory=list)
+    #: Of that, the CPU of the process started (the node's own, without its receivers).
+    own_cpu_ms: list[float] = field(default_factory=list)
 
     @property
     def best(self) -> float:
@@ -433,12 +440,13 @@ def measure_once(
     receiver.start(parallel)
     assert receiver.proc is not None
     try:
-        cpu0 = cpu_seconds(receiver.proc.pid)
+        cpu0, own0 = cpu_seconds(receiver.proc.pid), own_cpu_seconds(receiver.proc.pid)
         elapsed = send(receiver.port, files, parallel)
         time.sleep(
             0.2
         )  # let a forking storescp reap its children (their CPU counts then)
         cpu = cpu_seconds(receiver.proc.pid) - cpu0
+        own = own_cpu_seconds(receiver.proc.pid) - own0
         stored = receiver.stored()
     finally:
         receiver.stop()
@@ -448,10 +456,11 @@ def measure_once(
         )
     result.rates.append(len(files) / elapsed)
     result.cpu_ms.append(cpu / len(files) * 1000)
+    result.own_cpu_ms.append(own / len(files) * 1000)
     shutil.rmtree(workdir, ignore_errors=True)
     print(
         f"  {receiver.name:<24} x{parallel}  {result.rates[-1]:7.1f} inst/s"
-        f"  {result.cpu_ms[-1]:6.2f} ms CPU/inst",
+        f"  {result.cpu_ms[-1]:6.2f} ms CPU/inst ({result.own_cpu_ms[-1]:.2f} in the process started)",
         flush=True,
     )
 
@@ -654,6 +663,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "best": r.best,
                                 "median": r.median,
                                 "cpu_ms_per_instance": r.cpu_ms,
+                                "own_cpu_ms_per_instance": r.own_cpu_ms,
                             }
                             for r in results.values()
                         ],

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -115,18 +114,20 @@ def test_killed_receiver_loses_nothing_acknowledged(node: Node, tmp_path: Path) 
     assert assoc.is_established
     holder = wait_for(lambda: list(pool.open_associations()), 10)[0]
     acknowledged: list[str] = []
-    killed = threading.Event()
+    killed = False
     for ds in datasets:
-        if len(acknowledged) == 10 and not killed.is_set():
+        if len(acknowledged) == 10 and not killed:
             os.kill(holder, signal.SIGKILL)  # between two C-STOREs of its association
-            killed.set()
+            killed = True
+            wait_for(lambda: not assoc.is_established, 10)  # the SCU sees its connection closed
+            wire.echo(node.port)  # the other receiver accepts meanwhile
         if not assoc.is_established:
             break
         answer = assoc.send_c_store(ds)
         if answer and answer.Status == 0:
             acknowledged.append(ds.SOPInstanceUID)
     assoc.abort()
-    assert killed.is_set() and 10 <= len(acknowledged) < len(datasets)
+    assert killed and 10 <= len(acknowledged) < len(datasets)
     assert set(acknowledged) <= _spooled(node, series_uid)
     tracked = next(s for s in node.tracker.snapshot() if s.series_uid == series_uid)
     assert set(acknowledged) <= tracked.instances

@@ -98,6 +98,34 @@ ADDRESS_RJ = struct.pack(
 )
 
 
+class Waker:
+    """Wakes a thread waiting in ``select`` on :meth:`fileno` (a socket pair)."""
+
+    def __init__(self) -> None:
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    def wake(self) -> None:
+        try:
+            self._w.send(b"\0")
+        except OSError:
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self._r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
+
+
 class Gate:
     """The selector loop that holds pending connections (see the module docstring)."""
 
@@ -112,9 +140,8 @@ class Gate:
         self._selector = selectors.DefaultSelector()
         self._pending: dict[int, _Pending] = {}
         self._inbox: deque[tuple[socket.socket, tuple[Any, ...]]] = deque()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._waker = Waker()
+        self._selector.register(self._waker, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="mmed-receive-gate", daemon=True)
@@ -125,18 +152,17 @@ class Gate:
     def admit(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
         with self._lock:
             self._inbox.append((sock, address))
-        self._wake()
+        self._waker.wake()
 
     def stop(self) -> None:
         self._stop.set()
-        self._wake()
+        self._waker.wake()
         self._thread.join(5)
         for pending in list(self._pending.values()):
             _close(pending.sock)
         self._pending.clear()
         self._selector.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
 
     def track(self, assoc: Association, ticket: int) -> None:
         self.ledger.bind(ticket, assoc)
@@ -147,12 +173,6 @@ class Gate:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
-
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
@@ -161,11 +181,7 @@ class Gate:
                 return
             for key, _ in events:
                 if key.data is None:
-                    try:
-                        while self._wake_r.recv(4096):
-                            pass
-                    except OSError:
-                        pass
+                    self._waker.drain()
                     continue
                 pending = key.data
                 try:

@@ -50,7 +50,7 @@ from config.schema import AppConfig, NodeConfig
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Event
 from dicom_node.limits import parse_limits
-from dicom_node.receive.gate import LISTEN_BACKLOG
+from dicom_node.receive.gate import LISTEN_BACKLOG, Waker
 from dicom_node.receive.handlers import Arrivals, HandlerDeps
 from dicom_node.receive.ledger import SharedLedger, create_table
 from dicom_node.receive.refusals import Refusals
@@ -199,7 +199,7 @@ class ReceiverPool:
         self._due: dict[int, float] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._waker = Waker()
         self._monitor: threading.Thread | None = None
 
     @property
@@ -263,22 +263,16 @@ class ReceiverPool:
                                logging.getLogger("pynetdicom").getEffectiveLevel()))
         with self._lock:
             self._receivers[index] = _Receiver(index, proc, conn, time.monotonic())
-        self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass
+        self._waker.wake()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
             with self._lock:
                 by_conn = {id(r.conn): r for r in self._receivers.values()}
                 conns: list[Any] = [r.conn for r in self._receivers.values()]
-            for ready in wait([*conns, self._wake_r], timeout=0.5):
-                if ready is self._wake_r:
-                    self._wake_r.recv(4096)
+            for ready in wait([*conns, self._waker.fileno()], timeout=0.5):
+                if ready == self._waker.fileno():
+                    self._waker.drain()
                     continue
                 receiver = by_conn[id(ready)]
                 try:
@@ -364,7 +358,7 @@ class ReceiverPool:
             except subprocess.TimeoutExpired:
                 receiver.proc.kill()
                 receiver.proc.wait()
-        self._wake()
+        self._waker.wake()
         if self._monitor is not None:
             self._monitor.join(5)
             self._monitor = None
@@ -377,5 +371,4 @@ class ReceiverPool:
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
