@@ -69,6 +69,8 @@ QUICK_DEATH_SECONDS = 10.0
 RESTART_BACKOFF_SECONDS = 1.0
 #: How long a stopping receiver has to close its associations before it is killed.
 STOP_GRACE_SECONDS = 10.0
+#: How long a receiver whose channel closed may take to exit before it is killed.
+EXIT_WAIT_SECONDS = 2.0
 
 
 def receiver_count(node: NodeConfig) -> int:
@@ -277,6 +279,8 @@ class ReceiverPool:
                 receiver = by_conn[id(ready)]
                 try:
                     self._take(receiver, receiver.conn.recv())
+                    while receiver.conn.poll(0):  # what else arrived, without another wait
+                        self._take(receiver, receiver.conn.recv())
                 except (EOFError, OSError):
                     self._ended(receiver)
                 except Exception:  # one bad message must not stop the node's intake
@@ -311,7 +315,8 @@ class ReceiverPool:
             del self._receivers[receiver.index]
         receiver.conn.close()
         try:
-            code = receiver.proc.wait(STOP_GRACE_SECONDS)
+            # Its channel closes as it exits: no wait here holds up the other receivers' messages.
+            code = receiver.proc.wait(EXIT_WAIT_SECONDS)
         except subprocess.TimeoutExpired:
             receiver.proc.kill()
             code = receiver.proc.wait()
