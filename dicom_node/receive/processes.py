@@ -69,6 +69,8 @@ QUICK_DEATH_SECONDS = 10.0
 RESTART_BACKOFF_SECONDS = 1.0
 #: How long a stopping receiver has to close its associations before it is killed.
 STOP_GRACE_SECONDS = 10.0
+#: Messages the node takes from one receiver per wake-up at most.
+DRAIN_MESSAGES = 64
 #: How long a receiver whose channel closed may take to exit before it is killed.
 EXIT_WAIT_SECONDS = 2.0
 
@@ -279,7 +281,10 @@ class ReceiverPool:
                 receiver = by_conn[id(ready)]
                 try:
                     self._take(receiver, receiver.conn.recv())
-                    while receiver.conn.poll(0):  # what else arrived, without another wait
+                    # What else arrived, without another wait (bounded: the others' turn comes).
+                    for _ in range(DRAIN_MESSAGES):
+                        if not receiver.conn.poll(0):
+                            break
                         self._take(receiver, receiver.conn.recv())
                 except (EOFError, OSError):
                     self._ended(receiver)
