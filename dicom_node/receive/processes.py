@@ -77,8 +77,8 @@ EXIT_WAIT_SECONDS = 2.0
 
 def receiver_count(node: NodeConfig) -> int:
     """``node.receivers`` as a number: ``auto`` is one per core this process may use, at most 4
-    (each receiver holds its own interpreter, ~100 MB; past 4 the disk's syncs, not the
-    interpreter, bound the rate on the machines measured)."""
+    (each receiver is an interpreter of its own, with its memory; the node's jobs want cores
+    too)."""
     if node.receivers != "auto":
         return int(node.receivers)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
