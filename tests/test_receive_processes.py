@@ -135,6 +135,8 @@ def test_killed_receiver_loses_nothing_acknowledged(node: Node, tmp_path: Path) 
     assert wait_for(lambda: holder not in pool.pids() and len(pool.pids()) == 2, 30)
     wire.echo(node.port)
     assert pool.restarts >= 1
+    scraped = node.metrics.exposition().decode()
+    assert "mmed_receiver_processes 2.0" in scraped and "mmed_receiver_restarts_total 1.0" in scraped
     # The sender sends the whole series again: every instance stored once, the series handed on.
     ae2 = AE(ae_title="KILLTEST")
     ae2.add_requested_context(CTImageStorage)

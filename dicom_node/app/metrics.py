@@ -23,6 +23,8 @@ leases, disk space, peers dropped by the receive limits). Names:
 ``mmed_worker_leases``                         jobs running, per ``worker`` (the Celery worker holding the lease; "embedded")
 ``mmed_disk_free_bytes``                       free space of the data_dir's file system
 ``mmed_refusing_instances``                    1 while below the low-space watermark
+``mmed_receiver_processes``                    receiver processes running (``node.receivers`` above 1)
+``mmed_receiver_restarts_total``               receiver processes started again after they died
 =============================================  ==========================================================
 """
 
@@ -58,6 +60,9 @@ class NodeState:
     dropped: Callable[[], Mapping[str, int]] = dict
     #: (free bytes, refusing instances) of the data_dir, or None when not known.
     disk: Callable[[], tuple[int, bool] | None] = field(default=lambda: None)
+    #: (receiver processes running, restarts since start), or None when the node receives in
+    #: its own process.
+    receivers: Callable[[], tuple[int, int] | None] = field(default=lambda: None)
 
 
 #: Connections or associations the receive limits refused or dropped, counted by the node
@@ -118,6 +123,12 @@ class _StateCollector(Collector):
                                     "Free space of the data_dir's file system.", value=free)
             yield GaugeMetricFamily("mmed_refusing_instances",
                                     "1 while below the low-space watermark.", value=int(refusing))
+        receivers = self.state.receivers()
+        if receivers is not None:
+            running, restarts = receivers
+            yield GaugeMetricFamily("mmed_receiver_processes", "Receiver processes running.", value=running)
+            yield CounterMetricFamily("mmed_receiver_restarts",
+                                      "Receiver processes started again after they died.", value=restarts)
 
 
 class NodeMetrics:

@@ -158,7 +158,7 @@ class Node:
         self.disk = DiskGuard(data_dir, config.retention)
         self.metrics = NodeMetrics(NodeState(
             jobs=self.jobs.all, outbox_depth=self._outbox_depth, disk=self._disk_state,
-            dropped=self.refusals,
+            dropped=self.refusals, receivers=self._receiver_state,
         ))
         audit = AuditTrail(data_dir / AUDIT_FOLDER, config.audit) if config.audit.enabled else None
         self.telemetry = Telemetry(self.metrics, audit, self.jobs,
@@ -245,6 +245,10 @@ class Node:
     def receivers(self) -> ReceiverPool | None:
         """The receiver processes (None: receiving in this process)."""
         return self._scp if isinstance(self._scp, ReceiverPool) else None
+
+    def _receiver_state(self) -> tuple[int, int] | None:
+        pool = self.receivers
+        return None if pool is None else (len(pool.pids()), pool.restarts)
 
     def _outbox_depth(self) -> dict[str, int]:
         return self._outbox.depth() if isinstance(self._outbox, Outbox) else {}
