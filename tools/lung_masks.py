@@ -18,6 +18,7 @@ rows to the back, columns to the patient's left).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -166,14 +167,26 @@ def erode_disk(mask: np.ndarray, radius: int, border: bool = True) -> np.ndarray
     return _disk_morphology(mask, radius, erode=True, border=border)
 
 
+#: In-plane work runs on slabs of whole slices of about this many voxels: its temporaries stay a
+#: few megabytes whatever the volume (slices are independent of each other in-plane).
+SLAB_VOXELS = 1 << 22
+
+
+def slabs(n_slices: int, plane: int) -> list[slice]:
+    """Consecutive runs of slices of about :data:`SLAB_VOXELS` voxels of ``plane`` each."""
+    step = max(1, SLAB_VOXELS // max(plane, 1))
+    return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
+
+
 def _disk_morphology(mask: np.ndarray, radius: int, erode: bool, border: bool = False) -> np.ndarray:
     """A disk is a stack of row segments, one per row offset ``dy`` (half-width
     ``isqrt(radius**2 - dy**2)``): the dilation (erosion) is the OR (AND) over ``dy`` of the
-    running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme costs
-    the same whatever its width, where scipy's generic morphology visits every element of the
-    structure at every voxel inside a region. ``border``: what the image outside counts as
-    (an erosion's; a dilation's outside is always False)."""
-    source = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme is a
+    difference of one running count (:func:`_row_runs`), whatever its width, where scipy's generic
+    morphology visits every element of the structure at every voxel inside a region. ``border``:
+    what the image outside counts as (an erosion's; a dilation's outside is always False). Runs
+    slab by slab (:func:`slabs`)."""
+    mask = np.asarray(mask, dtype=bool)
     rows = mask.shape[1]
     if erode and not border and radius >= rows:
         return np.zeros(mask.shape, dtype=bool)
@@ -182,27 +195,53 @@ def _disk_morphology(mask: np.ndarray, radius: int, erode: bool, border: bool = 
     offsets: dict[int, list[int]] = {}
     for d in range(min(radius, rows - 1) + 1):
         offsets.setdefault(math.isqrt(radius * radius - d * d), []).extend({d, -d})
-    for half, shifts in offsets.items():
-        width = 2 * half + 1
-        if erode:
-            run = ndimage.minimum_filter1d(source, width, axis=2, mode="constant", cval=int(border)).view(bool)
-        else:
-            run = ndimage.maximum_filter1d(source, width, axis=2, mode="constant", cval=0).view(bool)
-        for dy in shifts:
-            # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows whose
-            # neighbour lies outside take the border: skipped when True, cleared when False)
-            shift = -dy if erode else dy
-            dst = out[:, shift:] if shift >= 0 else out[:, : rows + shift]
-            src = run[:, : rows - shift] if shift >= 0 else run[:, -shift:]
-            if erode:
-                dst &= src
-                if not border and shift > 0:
-                    out[:, :shift] = False
-                elif not border and shift < 0:
-                    out[:, rows + shift :] = False
-            else:
-                dst |= src
+    for part in slabs(mask.shape[0], rows * mask.shape[2]):
+        dst_slab = out[part]
+        for half, run in _row_runs(mask[part], sorted(offsets), erode, border):
+            for dy in offsets[half]:
+                # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows whose
+                # neighbour lies outside take the border: skipped when True, cleared when False)
+                shift = -dy if erode else dy
+                dst = dst_slab[:, shift:] if shift >= 0 else dst_slab[:, : rows + shift]
+                src = run[:, : rows - shift] if shift >= 0 else run[:, -shift:]
+                if erode:
+                    dst &= src
+                    if not border and shift > 0:
+                        dst_slab[:, :shift] = False
+                    elif not border and shift < 0:
+                        dst_slab[:, rows + shift :] = False
+                else:
+                    dst |= src
     return out
+
+
+def _row_runs(
+    mask: np.ndarray, halves: list[int], erode: bool, border: bool
+) -> Iterator[tuple[int, np.ndarray]]:
+    """For each half-width ``h``, whether any voxel (dilation) or every voxel (erosion) within
+    ``h`` columns along the row is set, the image outside counting as ``border`` (erosion) or
+    False (dilation): the running maximum (minimum) of width ``2h + 1``, read off one running
+    count of the voxels that decide (set ones for a dilation, unset ones for an erosion)."""
+    _, _, cols = mask.shape
+    widest = max(halves)
+    # counts[..., widest + j] = voxels that decide in columns < j, for j in 0..cols; the same
+    # count beyond both ends (nothing decides outside the image).
+    counts = np.zeros((*mask.shape[:2], cols + 1 + 2 * widest), dtype=np.int16 if cols < 2**15 else np.int32)
+    np.cumsum(~mask if erode else mask, axis=2, out=counts[:, :, widest + 1 : widest + 1 + cols])
+    counts[:, :, widest + 1 + cols :] = counts[:, :, widest + cols : widest + cols + 1]
+    window = np.empty(mask.shape, dtype=counts.dtype)
+    run = np.empty(mask.shape, dtype=bool)
+    for half in halves:
+        np.subtract(counts[:, :, widest + half + 1 : widest + half + 1 + cols],
+                    counts[:, :, widest - half : widest - half + cols], out=window)
+        if erode:
+            np.equal(window, 0, out=run)
+            if not border:  # the window reaches outside the image: unset there
+                run[:, :, :half] = False
+                run[:, :, cols - half :] = False
+        else:
+            np.greater(window, 0, out=run)
+        yield half, run
 
 
 def _fill_clipped(slice2d: np.ndarray) -> np.ndarray:
