@@ -78,23 +78,36 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(spans, mask.shape))
 
 
+#: In-plane work runs on slabs of whole slices of about this many voxels: its temporaries stay a
+#: few megabytes whatever the volume (slices are independent of each other in-plane).
+SLAB_VOXELS = 1 << 22
+
+
+def slabs(n_slices: int, plane: int) -> list[slice]:
+    """Consecutive runs of slices of about :data:`SLAB_VOXELS` voxels of ``plane`` each."""
+    step = max(1, SLAB_VOXELS // max(plane, 1))
+    return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
+
+
 #: 4-connectivity within a slice, none across slices.
 IN_PLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
 IN_PLANE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
 
 
 def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes`` of every slice of a (slices, rows, cols) mask, in one pass:
-    the background is what connects (4-connected, in its slice) to the slice's edge; everything
-    else is filled. One labelling of the volume instead of a propagation per slice."""
-    labels, count = label(~np.asarray(mask, dtype=bool), IN_PLANE_CROSS)
-    outside = np.zeros(count + 1, dtype=bool)
-    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        outside[edge] = True
-    outside[0] = False  # the mask itself
-    filled = outside[labels]
-    del labels
-    return np.logical_not(filled, out=filled)
+    """``ndimage.binary_fill_holes`` of every slice of a (slices, rows, cols) mask: the background
+    is what connects (4-connected, in its slice) to the slice's edge; everything else is filled.
+    One labelling per slab of slices (:func:`slabs`) instead of a propagation per slice."""
+    mask = np.asarray(mask, dtype=bool)
+    filled = np.empty(mask.shape, dtype=bool)
+    for part in slabs(mask.shape[0], mask.shape[1] * mask.shape[2]):
+        labels, count = label(~mask[part], IN_PLANE_CROSS)
+        outside = np.zeros(count + 1, dtype=bool)
+        for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
+            outside[edge] = True
+        outside[0] = False  # the mask itself
+        np.logical_not(outside[labels], out=filled[part])
+    return filled
 
 
 def fill_per_slice(mask: np.ndarray) -> np.ndarray:
@@ -139,10 +152,11 @@ def label_sizes(labels: np.ndarray, count: int) -> np.ndarray:
     return sizes
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, count = label(mask)
+def largest_component(labels: np.ndarray, count: int) -> np.ndarray:
+    """The largest labelled component as a mask (the caller drops its input mask before, so
+    only the labels and this mask are alive)."""
     if count <= 1:
-        return mask
+        return np.asarray(labels > 0)
     sizes = label_sizes(labels, count)
     sizes[0] = 0
     return np.asarray(labels == int(np.argmax(sizes)))
@@ -165,17 +179,6 @@ def erode_disk(mask: np.ndarray, radius: int, border: bool = True) -> np.ndarray
     """In-plane binary erosion by :func:`disk` ``(radius)``, the image outside counting as
     ``border`` (``ndimage.binary_erosion(..., border_value=border)``)."""
     return _disk_morphology(mask, radius, erode=True, border=border)
-
-
-#: In-plane work runs on slabs of whole slices of about this many voxels: its temporaries stay a
-#: few megabytes whatever the volume (slices are independent of each other in-plane).
-SLAB_VOXELS = 1 << 22
-
-
-def slabs(n_slices: int, plane: int) -> list[slice]:
-    """Consecutive runs of slices of about :data:`SLAB_VOXELS` voxels of ``plane`` each."""
-    step = max(1, SLAB_VOXELS // max(plane, 1))
-    return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
 
 
 def _disk_morphology(mask: np.ndarray, radius: int, erode: bool, border: bool = False) -> np.ndarray:
@@ -264,20 +267,21 @@ def _fill_clipped(slice2d: np.ndarray) -> np.ndarray:
 
 def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """The filled body, and per slice whether the field of view clips it (it touches the edge)."""
-    dense = largest_component(hu > threshold)
+    dense = largest_component(*label(hu > threshold))  # the thresholded mask goes once labelled
     radius = max(1, round(BODY_CLOSING_MM / min(grid.dx, grid.dy)))
     clipped = np.asarray(dense[:, [0, -1], :].any(axis=(1, 2)) | dense[:, :, [0, -1]].any(axis=(1, 2)))
-    body = np.zeros_like(dense)
     # The closing and filling run on the body's box grown by 2 * radius + 1: beyond it the closing
     # gives False whatever it sees, and the box's edge is either background around the body or the
     # image's own edge, so every voxel comes out as on the whole image.
     box = bounding_box(dense, margin=2 * radius + 1)
     if box is None:
-        return body, clipped
+        return dense, clipped
     closed = erode_disk(dilate_disk(dense[box], radius), radius)  # in-plane only
+    del dense
+    body = np.zeros(hu.shape, dtype=bool)
     body[box] = fill_holes_in_plane(closed)
     for k in np.flatnonzero(clipped):
-        full = np.zeros(dense.shape[1:], dtype=bool)
+        full = np.zeros(hu.shape[1:], dtype=bool)
         full[box[1:]] = closed[k - box[0].start]
         body[k] = _fill_clipped(full)
     return body, clipped
@@ -285,8 +289,12 @@ def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray,
 
 def open_air(air: np.ndarray) -> np.ndarray:
     """In-plane opening: removes lines a pixel or two wide (dark streaks of metal artefacts)."""
-    # disk(1) is the 4-connected cross; scipy's opening erodes with the outside False.
-    return dilate_disk(erode_disk(air, 1, border=False), 1)
+    # disk(1) is the 4-connected cross; scipy's opening erodes with the outside False. Slab by
+    # slab: the opening is in-plane, and only the result is volume-sized.
+    opened = np.empty(air.shape, dtype=bool)
+    for part in slabs(air.shape[0], air.shape[1] * air.shape[2]):
+        opened[part] = dilate_disk(erode_disk(air[part], 1, border=False), 1)
+    return opened
 
 
 def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarray, int]:
