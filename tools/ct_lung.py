@@ -46,8 +46,8 @@ from image_model.geometry import slice_normal
 from tools.base import Tool, ToolRefused
 from tools.lung_candidates import RIB_HU, SKELETON_ML, Candidate, Scene
 from tools.lung_coverage import lung_coverage
-from tools.lung_geometry import Grid, canonical
-from tools.lung_masks import Airway, air_components, body_mask, open_air, trace_airway
+from tools.lung_geometry import CanonicalView, Grid, canonical
+from tools.lung_masks import Airway, air_components, body_mask, bounding_box, open_air, trace_airway
 from tools.lung_pick import MAX_CANDIDATES, find_candidates, pick_lungs
 from tools.registry import register_tool
 from tools.targets import TARGET_PARAMS, select_segments
@@ -118,8 +118,16 @@ class CTLungSegmentation(Tool):
         view, grid = canonical(volume)
         hu = view.forward(volume.pixels)  # a view (flips, transpose): never a copy of the volume
         body, clipped = body_mask(hu, cfg.body_threshold_hu, grid)
-        if not body.any():
+        in_plane = bounding_box(body)
+        if in_plane is None:
             raise ToolRefused(f"no lungs found: no body (nothing above {cfg.body_threshold_hu:g} HU) in the volume")
+        # From here on the tool works in the body's in-plane box (every slice kept, so the first
+        # and last slices stay the volume's): nothing it looks for lies outside the body, and
+        # every mask is the box's size, not the image's. The lungs go back to the whole image.
+        whole_hu, whole_grid = hu, grid
+        window = (slice(0, hu.shape[0]), *in_plane[1:])
+        body = np.array(body[window])  # a copy: the whole-image mask goes
+        hu, grid = hu[window], grid.window(window)
         air = open_air(body & (hu < cfg.lung_threshold_hu))
         airway = trace_airway(air, body, grid)
         air &= ~airway.mask
@@ -137,21 +145,25 @@ class CTLungSegmentation(Tool):
             log.info("ct lung segmentation: %s rejected: %s", candidate.describe(), "; ".join(candidate.reasons))
         if not picked.lungs:
             raise ToolRefused(_refusal(picked.candidates, picked.ignored))
-        segments, summary = _describe(picked.lungs, hu, grid, clipped, airway, view.backward)
+        del candidates, scene, body
+        lungs = {side: _place(mask, window, volume.pixels.shape, view) for side, mask in picked.lungs.items()}
+        picked.lungs.clear()  # the boxes' masks: the whole ones replace them
+        hu, grid = whole_hu, whole_grid
+        segments, summary = _describe(lungs, hu, grid, clipped, airway, view.backward)
         kept, missing = select_segments(segments, params.get("targets"), params.get("exclude"))
         if len(kept) < len(segments):  # one side asked for: the summary states only that side
-            asked = {side for side in picked.lungs if any(s.label.lower().startswith(side) for s in kept)}
+            asked = {side for side in lungs if any(s.label.lower().startswith(side) for s in kept)}
             segments, summary = [], {}
             if asked:
                 segments, summary = _describe(
-                    {side: mask for side, mask in picked.lungs.items() if side in asked}, hu, grid, clipped,
+                    {side: mask for side, mask in lungs.items() if side in asked}, hu, grid, clipped,
                     airway, view.backward,
                 )
                 summary = {k: v for k, v in summary.items() if not k.startswith("total_") and v is not None}
         if missing:
             summary["not_found"] = missing
-        separation = picked.separation if len(picked.lungs) == 2 else "one lung found"
-        summary.update(airway_removed_ml=round(grid.volume_ml(airway.mask), 1), separation=separation)
+        separation = picked.separation if len(lungs) == 2 else "one lung found"
+        summary.update(airway_removed_ml=round(grid.window(window).volume_ml(airway.mask), 1), separation=separation)
         if rejected:
             summary["not_lung"] = [_short(c) for c in rejected[:REASONS_SHOWN]]
         notes = _notes(volume)
@@ -203,6 +215,15 @@ def _notes(volume: Volume) -> list[str]:
 
 
 # --- results ---------------------------------------------------------------------------------
+
+def _place(crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...], view: CanonicalView) -> np.ndarray:
+    """``crop`` (the box ``box`` of the canonical view) as a whole mask in the canonical view: a
+    view of a mask of ``shape`` in the volume's own order, so that turning it back copies nothing."""
+    whole = np.zeros(shape, dtype=bool)
+    canonical_mask = view.forward(whole)
+    canonical_mask[box] = crop
+    return canonical_mask
+
 
 def _short(candidate: Candidate) -> str:
     return f"{candidate.describe()}: {', '.join(candidate.reasons)}"

@@ -83,7 +83,8 @@ class Scene:
 @dataclass
 class Candidate:
     """One air region (or one side of a region spanning both sides), judged. The region is
-    given as a whole-volume mask and kept as its bounding box (``box``, ``crop``): a dozen
+    given as a whole-volume mask, or as the part ``region`` of a volume of shape ``at[1]`` that
+    lies in the box ``at[0]``, and kept as its own bounding box (``box``, ``crop``): a dozen
     candidates must not hold a dozen volumes."""
 
     number: int
@@ -98,12 +99,14 @@ class Candidate:
     box: tuple[slice, ...] = field(init=False)
     crop: np.ndarray = field(init=False, repr=False)
     shape: tuple[int, ...] = field(init=False)
+    at: InitVar[tuple[tuple[slice, ...], tuple[int, ...]] | None] = None
 
-    def __post_init__(self, region: np.ndarray) -> None:
-        box = bounding_box(region)
-        assert box is not None, "a candidate is never empty"
-        self.box, self.shape = box, tuple(region.shape)
-        self.crop = np.array(region[box], dtype=bool)  # a copy: the whole mask can go
+    def __post_init__(self, region: np.ndarray, at: tuple[tuple[slice, ...], tuple[int, ...]] | None) -> None:
+        inner = bounding_box(region)
+        assert inner is not None, "a candidate is never empty"
+        outer, self.shape = at if at is not None else ((slice(0, 0),) * region.ndim, tuple(region.shape))
+        self.box = tuple(slice(o.start + i.start, o.start + i.stop) for o, i in zip(outer, inner))
+        self.crop = np.array(region[inner], dtype=bool)  # a copy: the given mask can go
 
     @property
     def mask(self) -> np.ndarray:

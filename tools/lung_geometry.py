@@ -65,6 +65,13 @@ class Grid:
         """Patient z of each slice (ascending)."""
         return np.asarray(self.positions[:, 2], dtype=float)
 
+    def window(self, box: tuple[slice, ...]) -> Grid:
+        """The grid of the sub-array ``[box]`` (slices, rows, cols; steps of 1)."""
+        slices, rows, cols = box
+        r0, c0 = rows.start or 0, cols.start or 0
+        origin = self.positions[slices] + r0 * self.dy * self.col + c0 * self.dx * self.row
+        return Grid(origin, self.row, self.col, self.dy, self.dx, self.thickness[slices])
+
     def volume_ml(self, mask: np.ndarray) -> float:
         return integrate_ml(mask, self.thickness, self.pixel_mm2)
 

@@ -50,28 +50,34 @@ class Picked:
 
 def find_candidates(labels: np.ndarray, count: int, scene: Scene) -> tuple[list[Candidate], str]:
     """The candidates of the largest air regions (step 1), and how the largest was split. The
-    caller may drop ``labels`` afterwards: candidates keep only their own boxes."""
+    caller may drop ``labels`` afterwards: candidates keep only their own boxes. Each region is
+    worked on in its bounding box (``find_objects``: every box in one pass over the labels)."""
     grid = scene.grid
     midline_x = float(grid.centroid(scene.body)[0])
-    left_of_midline = grid.left_of(midline_x, labels.shape)
     candidates: list[Candidate] = []
     separation = "separate components"
-    for number in range(1, min(count, MAX_CANDIDATES) + 1):
-        for region, gas_part in _separate_pure_gas(labels == number, scene):
+    boxes = ndimage.find_objects(labels, max_label=min(count, MAX_CANDIDATES))
+    for number, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        for region, at, gas_part in _separate_pure_gas(labels[box] == number, box, scene):
+            sub = grid.window(at)
+            left_of_midline = sub.left_of(midline_x, region.shape)
             left_fraction = float((region & left_of_midline).sum()) / float(region.sum())
+            place = (at, labels.shape)
             if min(left_fraction, 1.0 - left_fraction) >= MERGED_SIDE_FRACTION:
-                split = _split_by_erosion(region, grid)
+                split = _split_by_erosion(region, sub, float(np.median(grid.thickness)))
                 how = "erosion split"
                 if split is None:
                     split, how = (region & left_of_midline, region & ~left_of_midline), "mid-sagittal split"
                 for side, part in zip(("left", "right"), split):
                     name = ", ".join(p for p in (gas_part, f"{side} part") if p)
-                    candidates.append(Candidate(number, part, side, grid.volume_ml(part), part=name))
+                    candidates.append(Candidate(number, part, side, sub.volume_ml(part), part=name, at=place))
                 if number == 1 and not gas_part:
                     separation = how
                 continue
             side = "left" if left_fraction > 0.5 else "right"
-            candidates.append(Candidate(number, region, side, grid.volume_ml(region), part=gas_part))
+            candidates.append(Candidate(number, region, side, sub.volume_ml(region), part=gas_part, at=place))
     return candidates, separation
 
 
@@ -83,17 +89,24 @@ def pick_lungs(candidates: list[Candidate], separation: str, ignored: int, scene
     lungs: dict[str, np.ndarray] = {}
     for side in ("left", "right"):
         mask = _lung_on_side([c for c in candidates if c.side == side], side)
-        if mask is not None:
-            lungs[side] = fill_small_holes(mask, scene.grid, MAX_VESSEL_MM2)
+        box = None if mask is None else bounding_box(mask)
+        if mask is not None and box is not None:  # vessels are filled within the lung's box
+            mask[box] = fill_small_holes(mask[box], scene.grid, MAX_VESSEL_MM2)
+            lungs[side] = mask
     return Picked(lungs, candidates, separation, ignored)
 
 
-def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarray, str]]:
-    """The region, or its pure-gas blobs and the rest as separate parts (named)."""
+def _separate_pure_gas(
+    region: np.ndarray, box: tuple[slice, ...], scene: Scene
+) -> list[tuple[np.ndarray, tuple[slice, ...], str]]:
+    """The region (``region`` in ``box``), or its pure-gas blobs and the rest as separate parts:
+    (mask, its box, name)."""
     grid = scene.grid
-    box = bounding_box(region, margin=1)
-    assert box is not None
-    crop = region[box]
+    # The box grown by one voxel (the rim below needs the region's neighbours).
+    grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(box, scene.hu.shape))
+    crop = np.zeros(tuple(s.stop - s.start for s in grown), dtype=bool)
+    crop[tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(box, grown))] = region
+    box = grown
     # In place, float32: four box-sized float arrays would be the tool's peak otherwise.
     mean = np.where(crop, scene.hu[box], np.float32(0.0))
     ndimage.uniform_filter(mean, size=(1, 3, 3), output=mean)
@@ -105,9 +118,8 @@ def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarra
     del mean, limit
     labels, count = ndimage.label(gas)
     if count == 0:
-        return [(region, "")]
-    sub = Grid(grid.positions[box[0]], grid.row, grid.col, grid.dy, grid.dx, grid.thickness[box[0]])
-    weight_ml = sub.thickness[:, None, None] * grid.pixel_mm2 / 1000.0
+        return [(crop, box, "")]
+    weight_ml = grid.thickness[box[0]][:, None, None] * grid.pixel_mm2 / 1000.0
     sizes = ndimage.sum_labels(np.broadcast_to(weight_ml, crop.shape), labels, index=np.arange(1, count + 1))
     pockets = np.isin(labels, np.flatnonzero(sizes >= GAS_POCKET_ML) + 1)
     # Gas at the end of the traced airway is bronchus: it stays with its lung.
@@ -115,24 +127,18 @@ def _separate_pure_gas(region: np.ndarray, scene: Scene) -> list[tuple[np.ndarra
     bronchi = np.unique(labels[pockets & airway])
     pockets &= ~np.isin(labels, bronchi[bronchi > 0])
     if not pockets.any():
-        return [(region, "")]
+        return [(crop, box, "")]
     rim = np.zeros((3, 3, 3), dtype=bool)
     rim[1] = True
     rest, count = ndimage.label(crop & ~ndimage.binary_dilation(pockets, structure=rim))
-    parts: list[tuple[np.ndarray, str]] = []
+    parts: list[tuple[np.ndarray, tuple[slice, ...], str]] = []
     if count:
         sizes = ndimage.sum_labels(np.broadcast_to(weight_ml, crop.shape), rest, index=np.arange(1, count + 1))
         for i in np.argsort(-sizes):
             if sizes[i] >= GAS_POCKET_ML:  # fragments of the rim between gas and the rest go
-                parts.append((_place(rest == i + 1, box, region.shape), ""))
-    parts.append((_place(pockets, box, region.shape), "pure-gas part"))
+                parts.append((rest == i + 1, box, ""))
+    parts.append((pockets, box, "pure-gas part"))
     return parts
-
-
-def _place(crop: np.ndarray, box: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
-    full = np.zeros(shape, dtype=bool)
-    full[box] = crop
-    return full
 
 
 def _lung_on_side(candidates: list[Candidate], side: str) -> np.ndarray | None:
@@ -152,20 +158,17 @@ def _lung_on_side(candidates: list[Candidate], side: str) -> np.ndarray | None:
     return mask
 
 
-def _split_by_erosion(mask: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndarray] | None:
-    """Erode in-plane until the mask falls apart into two large seeds on opposite sides; grow back.
-    Returns (left, right)."""
-    zs, ys, xs = (np.nonzero(mask.any(axis=a))[0] for a in ((1, 2), (0, 2), (0, 1)))
-    box = (slice(zs[0], zs[-1] + 1), slice(ys[0], ys[-1] + 1), slice(xs[0], xs[-1] + 1))
+def _split_by_erosion(mask: np.ndarray, grid: Grid, gap_mm: float) -> tuple[np.ndarray, np.ndarray] | None:
+    """Erode in-plane until the mask falls apart into two large seeds on opposite sides; grow back
+    (distances with slices ``gap_mm`` apart: the volume's median). Returns (left, right)."""
+    box = bounding_box(mask)
+    assert box is not None
     crop = mask[box]
     structure = np.zeros((3, 3, 3), dtype=bool)
     structure[1] = ndimage.generate_binary_structure(2, 1)
     eroded = crop
     total = float(crop.sum())
-    sub_grid = Grid(
-        positions=grid.positions[box[0]] + ys[0] * grid.dy * grid.col + xs[0] * grid.dx * grid.row,
-        row=grid.row, col=grid.col, dy=grid.dy, dx=grid.dx, thickness=grid.thickness[box[0]],
-    )
+    sub_grid = grid.window(box)
     for _ in range(MAX_SPLIT_EROSIONS):
         eroded = ndimage.binary_erosion(eroded, structure=structure)
         labels, count = label(eroded)
@@ -183,7 +186,7 @@ def _split_by_erosion(mask: np.ndarray, grid: Grid) -> tuple[np.ndarray, np.ndar
         seeds[labels == big[0]] = 1 if xa > xb else 2  # 1 = left (+x), 2 = right
         seeds[labels == big[1]] = 2 if xa > xb else 1
         nearest = ndimage.distance_transform_edt(
-            seeds == 0, sampling=(float(np.median(grid.thickness)), grid.dy, grid.dx),
+            seeds == 0, sampling=(gap_mm, grid.dy, grid.dx),
             return_distances=False, return_indices=True,
         )
         owner = seeds[tuple(nearest)]
