@@ -17,9 +17,12 @@ centimetres of it; a chest, even one clipped at the apices, shows most of the lu
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydicom import dcmread
@@ -27,6 +30,7 @@ from pydicom.errors import InvalidDicomError
 from scipy import ndimage
 
 from image_model.findings import Coverage
+from image_model.header_peek import peek_elements
 from image_model.header_values import DECODE_ERRORS
 from image_model.loader import LoadError, load_series
 from tools.lung_candidates import CORE_MM, MIN_AIR_FRACTION, PARENCHYMA_HU
@@ -184,7 +188,65 @@ MULTIFRAME = -math.inf
 def _place(path: Path) -> float | None:
     """Where one instance lies along its slice normal (mm); MULTIFRAME for a multi-frame
     instance; None for a file to leave out: unreadable, a localizer, no position, or a value a
-    peer wrote malformed (the routing check does without that one file)."""
+    peer wrote malformed (the routing check does without that one file). Read from the few
+    values the header walk of :func:`image_model.header_peek.peek_elements` finds when it can,
+    the usual way (pydicom) when it cannot or a value is anything but plain."""
+    peeked = _peeked_place(path)
+    return _read_place(path) if peeked is UNKNOWN else peeked
+
+
+class _Peek(Enum):
+    #: The peek could not tell: read the file the usual way.
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = _Peek.UNKNOWN
+IMAGE_TYPE, NUMBER_OF_FRAMES, POSITION, ORIENTATION = 0x00080008, 0x00280008, 0x00200032, 0x00200037
+_DECIMAL = re.compile(rb"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+_INTEGER = re.compile(rb"[+-]?\d+")
+
+
+def _peeked_place(path: Path) -> float | None | Literal[_Peek.UNKNOWN]:
+    """:func:`_place` from the peeked values; UNKNOWN when the peek cannot tell or a value is not
+    plainly valid (then pydicom decides, with its own reading of odd values)."""
+    try:
+        values = peek_elements(path, (IMAGE_TYPE, NUMBER_OF_FRAMES, POSITION, ORIENTATION))
+    except OSError:
+        return None
+    if values is None:
+        return UNKNOWN
+    image_type = _plain_values(values.get(IMAGE_TYPE, b""))
+    frames = _plain_values(values.get(NUMBER_OF_FRAMES, b""))
+    position = _plain_values(values.get(POSITION, b""))
+    orientation = _plain_values(values.get(ORIENTATION, b""))
+    if image_type is None or frames is None or len(frames) > 1 or position is None or orientation is None:
+        return UNKNOWN
+    if b"LOCALIZER" in [v.upper() for v in image_type]:
+        return None
+    if frames:
+        if not _INTEGER.fullmatch(frames[0]):
+            return UNKNOWN
+        if int(frames[0]) > 1:
+            return MULTIFRAME
+    if len(position) != 3 or len(orientation) != 6 or not all(_DECIMAL.fullmatch(v) for v in position + orientation):
+        return UNKNOWN
+    o = np.array([float(v) for v in orientation])
+    place = float(np.dot(np.cross(o[:3], o[3:]), np.array([float(v) for v in position])))
+    return place if math.isfinite(place) else UNKNOWN
+
+
+def _plain_values(raw: bytes) -> list[bytes] | None:
+    """The backslash-separated values of a text value with only trailing padding (space or NUL);
+    None when a value has other spaces around it (pydicom's reading of those decides)."""
+    text = raw.rstrip(b" \0")
+    if not text:
+        return []
+    parts = text.split(b"\\")
+    return None if any(part != part.strip() or not part for part in parts) else parts
+
+
+def _read_place(path: Path) -> float | None:
+    """:func:`_place` through pydicom."""
     try:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=[
             "ImagePositionPatient", "ImageOrientationPatient", "ImageType", "NumberOfFrames",
