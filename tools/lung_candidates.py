@@ -33,7 +33,15 @@ import numpy as np
 from scipy import ndimage
 
 from tools.lung_geometry import Grid
-from tools.lung_masks import MAX_VESSEL_MM2, Airway, bounding_box, dilate_disk, erode_disk, fill_small_holes
+from tools.lung_masks import (
+    MAX_VESSEL_MM2,
+    Airway,
+    bounding_box,
+    dilate_disk,
+    erode_disk,
+    fill_small_holes,
+    near_mask,
+)
 
 #: Median HU of the region's core that aerated lung parenchyma spans (emphysema to dense).
 PARENCHYMA_HU = (-950.0, -500.0)
@@ -167,10 +175,14 @@ def judge(candidate: Candidate, scene: Scene) -> Candidate:
 def _in_plane_depth(mask: np.ndarray, grid: Grid) -> np.ndarray:
     """Distance (mm) of each voxel to the region's edge within its own slice."""
     # Slice by slice: a 3D transform would hold 20 bytes per voxel of the region's box at once.
+    # Each slice within its own part's box: a padded box's edge is background no farther from any
+    # voxel inside than the background beyond it, so the distances are those of the whole slice.
     depth = np.zeros(mask.shape, dtype=np.float32)
     for k in np.flatnonzero(mask.any(axis=(1, 2))):
-        padded = np.pad(mask[k], 1)  # the edge of the box is the region's edge
-        depth[k] = ndimage.distance_transform_edt(padded, sampling=(grid.dy, grid.dx))[1:-1, 1:-1]
+        window = bounding_box(mask[k])
+        assert window is not None
+        padded = np.pad(mask[k][window], 1)
+        depth[k][window] = ndimage.distance_transform_edt(padded, sampling=(grid.dy, grid.dx))[1:-1, 1:-1]
     return depth
 
 
@@ -194,7 +206,10 @@ def _closed(mask: np.ndarray, grid: Grid) -> np.ndarray:
 
 
 def _count_holes(holes: np.ndarray) -> int:
-    _, count = ndimage.label(holes)
+    box = bounding_box(holes)
+    if box is None:
+        return 0
+    _, count = ndimage.label(holes[box])
     return int(count)
 
 
@@ -284,9 +299,11 @@ def _airway(candidate: Candidate, scene: Scene, reasons: list[str], facts: dict[
     z = scene.grid.z
     if z[k0] > z[carina] - BELOW_CARINA_MM:
         return
-    box = tuple(slice(max(0, s.start - 2), s.stop + 2) for s in candidate.box)
-    near = ndimage.binary_dilation(scene.airway.mask[box], iterations=2)
-    joined = bool((near & candidate.mask[box]).any())
+    airway = scene.airway.mask
+    box = tuple(slice(max(0, s.start - 2), min(n, s.stop + 2)) for s, n in zip(candidate.box, airway.shape))
+    region = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
+    region[tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(candidate.box, box))] = candidate.crop
+    joined = bool((near_mask(airway, box) & region).any())
     facts["joins_airway"] = float(joined)
     if not joined:
         reasons.append("not joined to the airway although the carina is in view")

@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from tools.lung_candidates import Candidate, Scene, judge
 from tools.lung_geometry import Grid
-from tools.lung_masks import MAX_VESSEL_MM2, bounding_box, fill_small_holes, label, label_sizes
+from tools.lung_masks import MAX_VESSEL_MM2, bounding_box, fill_small_holes, label, label_sizes, near_mask
 
 #: Air regions judged (largest first); smaller ones are counted, not judged.
 MAX_CANDIDATES = 12
@@ -123,7 +123,7 @@ def _separate_pure_gas(
     sizes = ndimage.sum_labels(np.broadcast_to(weight_ml, crop.shape), labels, index=np.arange(1, count + 1))
     pockets = np.isin(labels, np.flatnonzero(sizes >= GAS_POCKET_ML) + 1)
     # Gas at the end of the traced airway is bronchus: it stays with its lung.
-    airway = ndimage.binary_dilation(scene.airway.mask[box], iterations=2)
+    airway = near_mask(scene.airway.mask, box)
     bronchi = np.unique(labels[pockets & airway])
     pockets &= ~np.isin(labels, bronchi[bronchi > 0])
     if not pockets.any():
