@@ -145,9 +145,12 @@ class CTLungSegmentation(Tool):
             log.info("ct lung segmentation: %s rejected: %s", candidate.describe(), "; ".join(candidate.reasons))
         if not picked.lungs:
             raise ToolRefused(_refusal(picked.candidates, picked.ignored))
-        del candidates, scene, body
-        lungs = {side: _place(mask, window, volume.pixels.shape, view) for side, mask in picked.lungs.items()}
-        picked.lungs.clear()  # the boxes' masks: the whole ones replace them
+        not_lung = [_short(c) for c in rejected[:REASONS_SHOWN]]
+        separation = picked.separation
+        del candidates, rejected, scene, body  # the candidates' boxes go; their reasons stay
+        picked.candidates.clear()
+        # One at a time, each box's mask dropped as its whole mask is made.
+        lungs = {side: _place(picked.lungs.pop(side), window, volume.pixels.shape, view) for side in list(picked.lungs)}
         hu, grid = whole_hu, whole_grid
         segments, summary = _describe(lungs, hu, grid, clipped, airway, view.backward)
         kept, missing = select_segments(segments, params.get("targets"), params.get("exclude"))
@@ -162,10 +165,10 @@ class CTLungSegmentation(Tool):
                 summary = {k: v for k, v in summary.items() if not k.startswith("total_") and v is not None}
         if missing:
             summary["not_found"] = missing
-        separation = picked.separation if len(lungs) == 2 else "one lung found"
+        separation = separation if len(lungs) == 2 else "one lung found"
         summary.update(airway_removed_ml=round(grid.window(window).volume_ml(airway.mask), 1), separation=separation)
-        if rejected:
-            summary["not_lung"] = [_short(c) for c in rejected[:REASONS_SHOWN]]
+        if not_lung:
+            summary["not_lung"] = not_lung
         notes = _notes(volume)
         if notes:
             summary["notes"] = notes

@@ -26,7 +26,15 @@ from scipy import ndimage
 
 from tools.lung_candidates import Candidate, Scene, judge
 from tools.lung_geometry import Grid
-from tools.lung_masks import MAX_VESSEL_MM2, bounding_box, fill_small_holes, label, label_sizes, near_mask
+from tools.lung_masks import (
+    MAX_VESSEL_MM2,
+    bounding_box,
+    fill_small_holes,
+    label,
+    label_sizes,
+    near_mask,
+    slabs,
+)
 
 #: Air regions judged (largest first); smaller ones are counted, not judged.
 MAX_CANDIDATES = 12
@@ -107,15 +115,19 @@ def _separate_pure_gas(
     crop = np.zeros(tuple(s.stop - s.start for s in grown), dtype=bool)
     crop[tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(box, grown))] = region
     box = grown
-    # In place, float32: four box-sized float arrays would be the tool's peak otherwise.
-    mean = np.where(crop, scene.hu[box], np.float32(0.0))
-    ndimage.uniform_filter(mean, size=(1, 3, 3), output=mean)
-    limit = crop.astype(np.float32)
-    ndimage.uniform_filter(limit, size=(1, 3, 3), output=limit)
-    np.maximum(limit, np.float32(1e-6), out=limit)
-    limit *= np.float32(PURE_GAS_HU)
-    gas = crop & (mean < limit)
-    del mean, limit
+    hu = scene.hu[box]
+    gas = np.empty(crop.shape, dtype=bool)
+    for part in slabs(crop.shape[0], crop.shape[1] * crop.shape[2]):
+        # In place, float32, slab by slab (the means are in-plane): box-sized float arrays would
+        # be the tool's peak otherwise.
+        mean = np.where(crop[part], hu[part], np.float32(0.0))
+        ndimage.uniform_filter(mean, size=(1, 3, 3), output=mean)
+        limit = crop[part].astype(np.float32)
+        ndimage.uniform_filter(limit, size=(1, 3, 3), output=limit)
+        np.maximum(limit, np.float32(1e-6), out=limit)
+        limit *= np.float32(PURE_GAS_HU)
+        np.logical_and(crop[part], mean < limit, out=gas[part])
+    del hu
     labels, count = ndimage.label(gas)
     if count == 0:
         return [(crop, box, "")]
