@@ -71,13 +71,11 @@ def _segment_array(volume: Volume, encoded: Sequence[EncodedSegment]) -> np.ndar
                 f"!= volume shape {volume.shape}"
             )
     masks = [np.asarray(item.segment.mask, dtype=bool) for item in encoded]
-    union = np.zeros(volume.shape, dtype=bool)
-    for mask in masks:
-        if np.logical_and(union, mask).any():
-            return np.stack(masks, axis=-1)
-        union |= mask
     labels = np.zeros(volume.shape, dtype=np.uint8 if len(masks) < 256 else np.uint16)
     for item, mask in zip(encoded, masks, strict=True):
+        if labels[mask].any():  # a voxel already taken: segments overlap
+            del labels
+            return np.stack(masks, axis=-1)
         labels[mask] = item.segment_number
     return labels
 
