@@ -11,8 +11,9 @@ are handled once, here:
 * compressed transfer syntaxes decode through pydicom's pixel handlers (pylibjpeg plugins);
 * stored values become modality units (Rescale Slope/Intercept or Modality LUT, PS3.3 C.11.1),
   int16 when every value is an integer in its range (CT in HU: half of float32), else float32;
-  each slice is decoded, its encoded bytes released, and placed in the volume as it goes, so a
-  load peaks near the volume's own size; MONOCHROME1 is flagged in ``meta`` (values are not
+  each instance's pixel data is read from its file only when its slice is decoded
+  (:data:`DEFER_BYTES`), its encoded bytes released once decoded, and slices placed in the volume
+  as it goes, so a load peaks near the volume's own size; MONOCHROME1 is flagged in ``meta`` (values are not
   inverted);
 * duplicate SOP Instance UIDs are dropped; localizers mixed into an axial series are dropped;
   instances without pixel data are dropped (and the load refused if none is left);
@@ -58,6 +59,11 @@ from image_model.volume import Volume
 log = logging.getLogger(__name__)
 
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+#: Values larger than this stay in the file until used: an instance's pixel data is read when its
+#: slice is decoded, so the encoded pixel data of the whole series is never in memory at once (its
+#: freed bytes would stay in the heap, between the headers kept, through the job: ~1x the
+#: series' int16 size at 1000 slices).
+DEFER_BYTES = 64 * 1024
 INT16 = np.iinfo(np.int16)
 #: What a slice's pixels become once placed in the volume (see ``_stack``).
 PLACED = np.empty((0, 0), dtype=np.float32)
@@ -141,7 +147,7 @@ def _read_datasets(paths: Iterable[Path], meta: dict[str, Any], limits: ParseLim
     skipped: list[str] = []
     for path in paths:
         try:
-            datasets.append(read_checked(path, limits))
+            datasets.append(read_checked(path, limits, defer_size=DEFER_BYTES))
         except UnsafeDicom as exc:
             skipped.append(f"{path.name}: refused by the parse policy: {exc}")
         except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:

@@ -459,15 +459,17 @@ def read_checked(
     *,
     stop_before_pixels: bool = False,
     specific_tags: list[str] | None = None,
+    defer_size: int | None = None,
 ) -> Dataset:
-    """Read a file with pydicom once :func:`scan_file` found it within ``limits``.
+    """Read a file with pydicom once :func:`scan_file` found it within ``limits``. Values longer
+    than ``defer_size`` bytes are read from the file when first used (pydicom's deferred read).
 
     Raises :class:`UnsafeDicom`, also for what pydicom refuses that the policy let through (a
     disagreement: the exception's type is named, never its message, which may quote a value);
     OSError as it comes."""
     scan_file(path, limits)
     try:
-        return dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+        return dcmread(path, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags, defer_size=defer_size)
     except (OSError, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - pydicom's refusal, whatever its type
