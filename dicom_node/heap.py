@@ -15,19 +15,14 @@ Other C libraries (musl) have no ``malloc_trim``: there it is a no-op.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import logging
 import time
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
-
 
 def _load_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        trim = libc.malloc_trim
+        # The process's own symbols: the C library it runs on, without a library search.
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
