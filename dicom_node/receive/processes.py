@@ -49,6 +49,7 @@ from typing import Any
 from config.schema import AppConfig, NodeConfig
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Event
+from dicom_node.heap import HeapTrimmer
 from dicom_node.limits import parse_limits
 from dicom_node.receive.gate import LISTEN_BACKLOG, Waker
 from dicom_node.receive.handlers import Arrivals, HandlerDeps
@@ -150,9 +151,10 @@ def serve_receiver(argv: list[str], extra: Callable[[AppConfig, Path, Emit], Ext
     ledger = SharedLedger(spec.ledger, node.limits)
     scp = start_scp(node, deps, extra(spec.config, spec.data_dir, channel.emit), listening=listening, ledger=ledger)
     channel.send("ready", os.getpid())
+    trimmer = HeapTrimmer()  # a receiver's heap is its own: it gives back freed memory as the node does
     try:
-        while conn.recv() != ("stop",):
-            pass
+        while not (conn.poll(trimmer.interval) and conn.recv() == ("stop",)):
+            trimmer.tick()
     except (EOFError, OSError):
         pass  # the node is gone: stop too
     scp.stop()
