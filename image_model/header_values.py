@@ -40,8 +40,9 @@ DECODE_ERRORS: tuple[type[Exception], ...] = (
 #: Longest value per VR (PS3.5 Table 6.2-1), in characters.
 MAX_CHARS = {"AE": 16, "CS": 16, "DS": 16, "IS": 12, "LO": 64, "SH": 16, "ST": 1024, "LT": 10240, "UC": 0x7FFF}
 #: Characters PS3.5 allows in the "text" VRs besides printable ones (LF, FF, CR, TAB).
-_TEXT_CONTROLS = "\t\n\f\r"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The same less the controls text VRs allow (PS3.5 6.2: TAB, LF, FF, CR).
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 _TM = re.compile(r"(\d{2})(\d{2})?(\d{2})?(\.\d{1,6})?")
 _DT = re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?")
 _AS = re.compile(r"\d{3}[DWMY]")
@@ -128,7 +129,7 @@ def _short_text(vr: str) -> Callable[[str], str]:
 
 def _long_text(vr: str) -> Callable[[str], str]:
     def clean(text: str) -> str:
-        kept = "".join(c for c in text if c in _TEXT_CONTROLS or not _CONTROL.match(c))
+        kept = _TEXT_CONTROL.sub("", text)
         return kept[: MAX_CHARS[vr]] if vr in MAX_CHARS else kept
 
     return clean
