@@ -20,7 +20,7 @@ RLE_HEADER_BYTES = 64
 RLE_MAX_SEGMENTS = 15
 
 
-def frame_size(data: bytes) -> tuple[int, int] | None:
+def frame_size(data: bytes | memoryview) -> tuple[int, int] | None:
     """(columns, rows) a compressed frame declares in its own header, if ``data`` starts one."""
     if data[:2] == b"\xff\xd8":  # JPEG, JPEG-LS: the first SOFn (ITU T.81 B.2.2)
         pos = 2
@@ -64,7 +64,7 @@ def fragments_fault(
     if not transfer_syntax.startswith(JPEG_FAMILY_PREFIXES):
         return None
     for offset, length in fragments:
-        size = frame_size(bytes(buf[offset : offset + min(length, CODESTREAM_PEEK_BYTES)]))
+        size = frame_size(buf[offset : offset + min(length, CODESTREAM_PEEK_BYTES)])
         if size is not None and size[0] * size[1] > rows * cols:
             return "a compressed frame declares more pixels than Rows x Columns"
     return None
