@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bench_receive import STORESCP, STORESCU, dcmtk_env, free_port
+from bench.bench_receive import ECHOSCU, STORESCP, STORESCU, dcmtk_env, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHEST_MM = 300.0
@@ -192,7 +192,7 @@ class LatencyRig:
             cwd=PROJECT_ROOT, env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.node)
         deadline = time.monotonic() + 120
-        while subprocess.run(["/usr/bin/echoscu", "-aec", "MMEDNODE", "127.0.0.1", str(self.port)],
+        while subprocess.run([ECHOSCU, "-aec", "MMEDNODE", "127.0.0.1", str(self.port)],
                              env=env, capture_output=True, check=False).returncode != 0:
             if time.monotonic() > deadline or self.node.poll() is not None:
                 raise RuntimeError("node did not start: " + (self.work / "node.log").read_text()[-2000:])
