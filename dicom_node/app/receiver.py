@@ -14,7 +14,6 @@ from config.schema import AppConfig
 from dicom_node.app.telemetry import association_handlers
 from dicom_node.events import Emit
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER
-from dicom_node.limits import parse_limits
 from dicom_node.qr.handlers import QRDeps, add_qr_contexts, qr_event_handlers
 from dicom_node.qr.index import QRIndex
 from dicom_node.receive.processes import serve_receiver
@@ -22,11 +21,10 @@ from dicom_node.receive.scp import STORAGE_SOP_CLASSES, ExtraService
 from dicom_node.receive.spool import Spool
 
 
-def qr_service(config: AppConfig, data_dir: Path, emit: Emit, spool: Spool | None = None) -> ExtraService:
-    """The Q/R SCP over the node's holdings and the association outcomes told to ``emit``: what
-    the listener hosts besides storage, in the node's process (node.py, with its ``spool``) and
-    in each receiver process."""
-    spool = spool or Spool(data_dir / "spool", limits=parse_limits(config.node))
+def qr_service(config: AppConfig, data_dir: Path, emit: Emit, spool: Spool) -> ExtraService:
+    """The Q/R SCP over the node's holdings (``spool``, the one its C-STORE handlers write) and
+    the association outcomes told to ``emit``: what the listener hosts besides storage, in the
+    node's process (node.py) and in each receiver process."""
     index = QRIndex(spool.root, data_dir / RESULTS_FOLDER, data_dir / JOBS_FOLDER, spool.limits, spool.quarantine)
     return ExtraService(
         add_contexts=lambda ae: add_qr_contexts(ae, STORAGE_SOP_CLASSES),

@@ -129,7 +129,9 @@ class Channel:
         self.send("refused", reason)
 
 
-def serve_receiver(argv: list[str], extra: Callable[[AppConfig, Path, Emit], ExtraService | None]) -> int:
+def serve_receiver(
+    argv: list[str], extra: Callable[[AppConfig, Path, Emit, Spool], ExtraService | None]
+) -> int:
     """A receiver process's main: ``argv`` is ``LISTEN_FD CHANNEL_FD`` (inherited from the node);
     ``extra`` builds the other service the listener hosts (the application's Q/R SCP)."""
     listen_fd, channel_fd = int(argv[0]), int(argv[1])
@@ -149,7 +151,7 @@ def serve_receiver(argv: list[str], extra: Callable[[AppConfig, Path, Emit], Ext
     )
     listening = socket.socket(fileno=listen_fd)
     ledger = SharedLedger(spec.ledger, node.limits)
-    scp = start_scp(node, deps, extra(spec.config, spec.data_dir, channel.emit), listening=listening, ledger=ledger)
+    scp = start_scp(node, deps, extra(spec.config, spec.data_dir, channel.emit, deps.spool), listening=listening, ledger=ledger)
     channel.send("ready", os.getpid())
     trimmer = HeapTrimmer()  # a receiver's heap is its own: it gives back freed memory as the node does
     try:
