@@ -191,10 +191,14 @@ def handle_association_ended(event: Event, deps: HandlerDeps) -> None:
     deps.tracker.association_ended(association_key(event))
 
 
+#: What an instance that cannot be stored as sent raises: answered 0xC000 (cannot understand),
+#: counted as a refusal, logged on one line (their messages name the check, never the value).
+REFUSED_INSTANCE: tuple[type[Exception], ...] = (CorruptInstance, InvalidUID, InstanceMismatch)
+
+
 def failure_status(exc: BaseException) -> tuple[int, str]:
     """Map an exception raised by a handler to the DIMSE failure status and a log reason."""
-    if isinstance(exc, (CorruptInstance, InvalidUID, InstanceMismatch)):
-        # Their messages name the check that failed, never the offending value.
+    if isinstance(exc, REFUSED_INSTANCE):
         return status.CANNOT_UNDERSTAND, str(exc)
     if isinstance(exc, OSError):
         code = (
@@ -217,7 +221,7 @@ def bind(handler: StatusHandler, deps: HandlerDeps) -> Callable[[Event], int]:
             return int(handler(event, deps))
         except Exception as exc:  # every failure is answered with a status
             code, reason = failure_status(exc)
-            if isinstance(exc, (CorruptInstance, InvalidUID, InstanceMismatch)):
+            if isinstance(exc, REFUSED_INSTANCE):
                 deps.refusals.count("refused_instance")
             sop = getattr(event.request, "AffectedSOPInstanceUID", "")
             calling = _ae(event.assoc.requestor.ae_title)
@@ -229,9 +233,7 @@ def bind(handler: StatusHandler, deps: HandlerDeps) -> Callable[[Event], int]:
                 logsafe.uid(sop),
                 status.Status(code).name,
                 reason,
-                exc_info=not isinstance(
-                    exc, (CorruptInstance, InvalidUID, InstanceMismatch, OSError)
-                ),
+                exc_info=not isinstance(exc, (*REFUSED_INSTANCE, OSError)),
             )
             return int(code)
 
