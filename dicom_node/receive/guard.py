@@ -83,6 +83,8 @@ class PduStream:
 
     def __init__(self, limits: StreamLimits) -> None:
         self.limits = limits
+        #: PDU type -> the most bytes it may announce (others: MAX_OTHER_PDU_BYTES).
+        self._pdu_limits = {P_DATA_TF: limits.max_pdu, A_ASSOCIATE_RQ: limits.limits.max_associate_rq_bytes}
         self._head = bytearray()
         self._pdu_type = 0
         self._pdu_left = 0
@@ -116,10 +118,7 @@ class PduStream:
         if not A_ASSOCIATE_RQ <= pdu_type <= A_ABORT:
             # pynetdicom would not read its body and take the body for the next header.
             raise LimitBreached("malformed_pdu", f"unknown PDU type 0x{pdu_type:02x} (PS3.8 9.3.1)")
-        limit = {
-            P_DATA_TF: self.limits.max_pdu,
-            A_ASSOCIATE_RQ: self.limits.limits.max_associate_rq_bytes,
-        }.get(pdu_type, MAX_OTHER_PDU_BYTES)
+        limit = self._pdu_limits.get(pdu_type, MAX_OTHER_PDU_BYTES)
         if length > limit:
             raise LimitBreached("pdu_too_large", f"PDU type 0x{pdu_type:02x} of {length} bytes (limit {limit}: "
                                 "node.max_pdu / node.limits.max_associate_rq_bytes)")
