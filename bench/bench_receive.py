@@ -51,6 +51,9 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
+from config.schema import NodeConfig
+from dicom_node.receive.processes import receiver_count
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: By absolute path: a pyenv shim named storescp (pynetdicom's app) shadows dcmtk's on PATH.
 STORESCU = "/usr/bin/storescu"
@@ -527,7 +530,7 @@ def print_table(results: list[Result], parallels: Sequence[int]) -> None:
 def make_receivers(kind: str, node_receivers: Sequence[str]) -> list[Callable[[Path], Receiver]]:
     """Factories (work folder -> receiver) for one ``--receivers`` choice."""
     if kind == "node":
-        auto = max(1, min(len(os.sched_getaffinity(0)), 4))  # as dicom_node.receive.processes
+        auto = receiver_count(NodeConfig(receivers="auto"))
         counts = [int(n) if n != "auto" else auto for n in node_receivers]
         return [
             partial(NodeServe, f"node ({n} receiver{'s' if n > 1 else ''})", receivers=n)
@@ -609,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         cores = len(os.sched_getaffinity(0))
         print(f"{cores} cores available; node receivers measured: {' '.join(args.node_receivers)} "
-              f"(auto: {max(1, min(cores, 4))})")
+              f"(auto: {receiver_count(NodeConfig(receivers='auto'))})")
         makers = [m for kind in args.receivers for m in make_receivers(kind, args.node_receivers)]
         for ref in args.node_ref:
             makers.append(
