@@ -18,7 +18,6 @@ range (DA, TM, DT) and multiple-value keys; PN matching is case-insensitive (all
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ import pydicom
 from pydicom.datadict import dictionary_VR
 
 from dicom_node.jobs.store import JobState, JobStore
+from dicom_node.receive.spool import read_origin
 from image_model.parse_policy import ParseLimits, UnsafeDicom, read_checked
 
 log = logging.getLogger(__name__)
@@ -349,16 +349,14 @@ class QRIndex:
         folder = path.parent
         if folder not in self._origins:
             origin = ""
-            try:
-                if produced:
-                    if self.jobs_root is not None:
-                        record = JobStore(self.jobs_root).get(folder.name)
-                        origin = record.calling_ae if record is not None else ""
-                else:
-                    origin = str(json.loads((folder / ".origin.json").read_text(encoding="utf-8"))
-                                 .get("calling_ae", ""))
-            except (OSError, ValueError, AttributeError):
-                origin = ""
+            if not produced:
+                origin = read_origin(folder)[0]
+            elif self.jobs_root is not None:
+                try:
+                    record = JobStore(self.jobs_root).get(folder.name)
+                    origin = record.calling_ae if record is not None else ""
+                except (OSError, ValueError, AttributeError):
+                    origin = ""
             self._origins[folder] = origin
         return self._origins[folder]
 

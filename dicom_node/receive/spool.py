@@ -415,7 +415,7 @@ class Spool:
                     sops.add(entry.name[: -len(INSTANCE_SUFFIX)])
                     newest = max(newest, entry.stat().st_mtime)
                 if sops:
-                    calling, called = _read_origin(series / ORIGIN_FILE)
+                    calling, called = read_origin(series)
                     yield SpooledSeries(
                         study.name,
                         series.name,
@@ -436,9 +436,11 @@ def _mkdir(folder: Path) -> bool:
     return True
 
 
-def _read_origin(path: Path) -> tuple[str, str]:
+def read_origin(series_dir: Path) -> tuple[str, str]:
+    """(calling, called) AE titles that delivered the series in ``series_dir`` (its
+    ``.origin.json``); empty strings when unknown or unreadable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads((series_dir / ORIGIN_FILE).read_text(encoding="utf-8"))
         return str(data.get("calling_ae", "")), str(data.get("called_ae", ""))
     except (OSError, ValueError, AttributeError):
         return "", ""
