@@ -41,14 +41,13 @@ def stage_rows(stages: dict[str, float] | dict[Stage, float]) -> list[dict[str, 
 
 
 def job_list(jobs: list[dict[str, Any]], deliveries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The newest :data:`MAX_JOBS` jobs (their JSON form), each with its stages in order and its
-    deliveries' destination and state."""
+    """The newest :data:`MAX_JOBS` jobs (their JSON form), each with its deliveries' destination
+    and state."""
     jobs = sorted(jobs, key=lambda j: j.get("created", 0), reverse=True)[:MAX_JOBS]
     by_job: dict[str, list[dict[str, Any]]] = {}
     for delivery in deliveries:
         by_job.setdefault(delivery["job_id"], []).append(delivery)
     for job in jobs:
-        job["stage_rows"] = stage_rows(job.get("stages") or {})
         job["deliveries"] = [{"destination": d["destination"], "state": d["state"]}
                              for d in by_job.get(job["job_id"], [])]
     return jobs
