@@ -13,6 +13,7 @@ from typing import Any
 
 from dicom_node.app.dashboard.views import JobView, Turn, stage_rows
 from dicom_node.deliver.outbox import DeliveryState
+from dicom_node.jobs.stages import ORDER
 
 #: Longest error text shown in a list (the job page shows it whole).
 SHORT_ERROR = 160
@@ -40,9 +41,7 @@ def _short(text: Any) -> str:
 
 
 def layout(title: str, body: str, csrf: str | None = None, live: bool = False) -> str:
-    logout = (f'<form method="post" action="/ui/logout" class="inline">'
-              f'<input type="hidden" name="csrf" value="{h(csrf)}">'
-              f'<button type="submit">Log out</button></form>') if csrf else ""
+    logout = _button("/ui/logout", "Log out", csrf) if csrf else ""
     return (
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{h(title)} - mmed-node</title>"
@@ -87,7 +86,7 @@ def stage_cells(stages: Mapping[str, float]) -> str:
     return "".join(cells)
 
 
-STAGE_HEAD = ["received", "complete", "queued", "started", "tools", "encoded", "sent"]
+STAGE_HEAD = [stage.value for stage in ORDER]
 JOB_HEAD = ["job", "state", "route", "series", "n", *STAGE_HEAD, "deliveries", "error"]
 
 
