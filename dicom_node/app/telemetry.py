@@ -75,19 +75,19 @@ class Telemetry:
         self._one(event)
 
     def _one(self, event: HopEvent) -> None:
-        record = self._record(event.job_id)
-        if record is not None and not event.study_uid:
-            event = replace(event, study_uid=record.study_uid, series_uid=record.series_uid)
         stages = STAGES_AT.get(event.hop)
-        if event.hop is Hop.SENT and event.job_id and self._record_sent is not None:
-            # Only the first destination's delivery (not a second one, nor a resend) is the
-            # job's ``sent`` stage, and is timed once.
-            if self._record_sent(event.job_id, event.at):
-                record = self._record(event.job_id)
-            else:
-                stages = None
+        # Only the first destination's delivery (not a second one, nor a resend) is the job's
+        # ``sent`` stage, and is timed once.
+        if (event.hop is Hop.SENT and event.job_id and self._record_sent is not None
+                and not self._record_sent(event.job_id, event.at)):
+            stages = None
         if event.hop is Hop.QUEUED and event.detail.get("operator"):
             stages = None  # an operator's retry: its wait since completion is no stage
+        # The job record, read once and only when needed: for the stages it times, or for the
+        # study and series of a hop that names its job only (a delivery).
+        record = self._record(event.job_id) if stages or not event.study_uid else None
+        if record is not None and not event.study_uid:
+            event = replace(event, study_uid=record.study_uid, series_uid=record.series_uid)
         if self.audit is not None:
             try:
                 self.audit.write(event)
