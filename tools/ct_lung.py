@@ -124,19 +124,18 @@ class CTLungSegmentation(Tool):
         # From here on the tool works in the body's in-plane box (every slice kept, so the first
         # and last slices stay the volume's): nothing it looks for lies outside the body, and
         # every mask is the box's size, not the image's. The lungs go back to the whole image.
-        whole_hu, whole_grid = hu, grid
         window = (slice(0, hu.shape[0]), *in_plane[1:])
         body = np.array(body[window])  # a copy: the whole-image mask goes
-        hu, grid = hu[window], grid.window(window)
-        air = open_air(body & (hu < cfg.lung_threshold_hu))
-        airway = trace_airway(air, body, grid)
+        box_hu, box_grid = hu[window], grid.window(window)
+        air = open_air(body & (box_hu < cfg.lung_threshold_hu))
+        airway = trace_airway(air, body, box_grid)
         air &= ~airway.mask
-        labels, count = air_components(air, grid, cfg.min_component_ml)
+        labels, count = air_components(air, box_grid, cfg.min_component_ml)
         del air  # one byte per voxel less while the candidates are judged
         if count == 0:
             raise ToolRefused("no lungs found: no air region inside the body")
-        skeleton = grid.volume_ml(body & (hu > RIB_HU)) >= SKELETON_ML
-        scene = Scene(hu, body, grid, airway, cfg.min_lung_ml, skeleton)
+        skeleton = box_grid.volume_ml(body & (box_hu > RIB_HU)) >= SKELETON_ML
+        scene = Scene(box_hu, body, box_grid, airway, cfg.min_lung_ml, skeleton)
         candidates, separation = find_candidates(labels, count, scene)
         del labels  # the candidates keep their own boxes
         picked = pick_lungs(candidates, separation, max(0, count - MAX_CANDIDATES), scene)
@@ -151,7 +150,6 @@ class CTLungSegmentation(Tool):
         picked.candidates.clear()
         # One at a time, each box's mask dropped as its whole mask is made.
         lungs = {side: _place(picked.lungs.pop(side), window, volume.pixels.shape, view) for side in list(picked.lungs)}
-        hu, grid = whole_hu, whole_grid
         segments, summary = _describe(lungs, hu, grid, clipped, airway, view.backward)
         kept, missing = select_segments(segments, params.get("targets"), params.get("exclude"))
         if len(kept) < len(segments):  # one side asked for: the summary states only that side
@@ -166,7 +164,7 @@ class CTLungSegmentation(Tool):
         if missing:
             summary["not_found"] = missing
         separation = separation if len(lungs) == 2 else "one lung found"
-        summary.update(airway_removed_ml=round(grid.window(window).volume_ml(airway.mask), 1), separation=separation)
+        summary.update(airway_removed_ml=round(box_grid.volume_ml(airway.mask), 1), separation=separation)
         if not_lung:
             summary["not_lung"] = not_lung
         notes = _notes(volume)
