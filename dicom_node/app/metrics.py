@@ -77,7 +77,11 @@ STATE_GAUGES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("mmed_outbox_depth", "Deliveries pending or being sent, per destination.", ("destination",)),
     ("mmed_disk_free_bytes", "Free space of the data_dir's file system.", ()),
     ("mmed_refusing_instances", "1 while below the low-space watermark.", ()),
+    ("mmed_receiver_processes", "Receiver processes running.", ()),
 )
+_GAUGE_HELP = {name: text for name, text, _ in STATE_GAUGES}
+#: Receiver processes restarted (with ``node.receivers`` above 1): a counter read at scrape time.
+RESTARTS = ("mmed_receiver_restarts", "Receiver processes started again after they died.")
 
 
 class _StateCollector(Collector):
@@ -90,24 +94,22 @@ class _StateCollector(Collector):
         for name, text, labels in STATE_GAUGES:
             yield GaugeMetricFamily(name, text, labels=list(labels) if labels else None)
         yield CounterMetricFamily(*DROPPED, labels=["reason"])
+        yield CounterMetricFamily(*RESTARTS)
 
     def collect(self) -> Iterable[Metric]:
         jobs = list(self.state.jobs())
         by_state = Tally(record.state.value for record in jobs)
-        gauge = GaugeMetricFamily("mmed_jobs", "Jobs by state (from the job records).",
-                                  labels=["state"])
+        gauge = GaugeMetricFamily("mmed_jobs", _GAUGE_HELP["mmed_jobs"], labels=["state"])
         for state in JobState:
             gauge.add_metric([state.value], by_state.get(state.value, 0))
         yield gauge
-        leases = GaugeMetricFamily("mmed_worker_leases",
-                                   "Jobs running, per worker holding them.", labels=["worker"])
+        leases = GaugeMetricFamily("mmed_worker_leases", _GAUGE_HELP["mmed_worker_leases"], labels=["worker"])
         held = Tally(record.worker or EMBEDDED_WORKER for record in jobs
                      if record.state is JobState.RUNNING)
         for worker, count in sorted(held.items()):
             leases.add_metric([worker], count)
         yield leases
-        depth = GaugeMetricFamily("mmed_outbox_depth",
-                                  "Deliveries pending or being sent, per destination.",
+        depth = GaugeMetricFamily("mmed_outbox_depth", _GAUGE_HELP["mmed_outbox_depth"],
                                   labels=["destination"])
         for destination, count in sorted(self.state.outbox_depth().items()):
             depth.add_metric([destination], count)
@@ -119,16 +121,15 @@ class _StateCollector(Collector):
         disk = self.state.disk()
         if disk is not None:
             free, refusing = disk
-            yield GaugeMetricFamily("mmed_disk_free_bytes",
-                                    "Free space of the data_dir's file system.", value=free)
-            yield GaugeMetricFamily("mmed_refusing_instances",
-                                    "1 while below the low-space watermark.", value=int(refusing))
+            yield GaugeMetricFamily("mmed_disk_free_bytes", _GAUGE_HELP["mmed_disk_free_bytes"], value=free)
+            yield GaugeMetricFamily("mmed_refusing_instances", _GAUGE_HELP["mmed_refusing_instances"],
+                                    value=int(refusing))
         receivers = self.state.receivers()
         if receivers is not None:
             running, restarts = receivers
-            yield GaugeMetricFamily("mmed_receiver_processes", "Receiver processes running.", value=running)
-            yield CounterMetricFamily("mmed_receiver_restarts",
-                                      "Receiver processes started again after they died.", value=restarts)
+            yield GaugeMetricFamily("mmed_receiver_processes", _GAUGE_HELP["mmed_receiver_processes"],
+                                    value=running)
+            yield CounterMetricFamily(*RESTARTS, value=restarts)
 
 
 class NodeMetrics:
