@@ -291,13 +291,21 @@ def is_remote_endpoint(url: str, treat_as_remote: bool = False) -> bool:
     as remote, so a DNS answer can never turn de-identification off."""
     if treat_as_remote:
         return True
-    host = (urllib.parse.urlsplit(url).hostname or "").strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return False
-    try:
-        return not ipaddress.ip_address(host).is_loopback
-    except ValueError:
+    return not is_loopback_host(urllib.parse.urlsplit(url).hostname or "")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or address without port; IPv6 with or without brackets) names only
+    this machine: ``localhost`` or a loopback address (127.0.0.0/8, ::1). Names are not resolved,
+    so any other name, ``*.localhost`` included, is not loopback. The node's one loopback test
+    (remote endpoints here, the HTTP API's bind address and the dashboard's Host check)."""
+    host = host.strip().strip("[]").lower()
+    if host == "localhost":
         return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def endpoint_host(url: str) -> str:

@@ -163,6 +163,7 @@ def test_remote_report_language_model_gets_a_deidentified_prompt(tmp_path: Path)
     ("http://127.0.0.1:8000/v1", False), ("http://127.3.4.5/v1", False), ("http://localhost:1234", False),
     ("http://[::1]:80/v1", False), ("http://10.0.0.7:8000/v1", True), ("https://api.example.org/v1", True),
     ("http://127.0.0.1.example.org/v1", True), ("http://gpu-box/v1", True),
+    ("http://llm.localhost:8000/v1", True),
 ])
 def test_loopback_is_local_and_everything_else_remote(url: str, remote: bool) -> None:
     assert is_remote_endpoint(url) is remote

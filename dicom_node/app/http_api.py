@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import enum
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -50,6 +49,7 @@ from config.schema import AppConfig
 from dicom_node.atomic import write_json_atomic
 from dicom_node.jobs.service import JobService
 from dicom_node.receive.spool import Spool
+from image_model.deidentify import is_loopback_host
 
 if TYPE_CHECKING:
     from dicom_node.app.dashboard.site import Site
@@ -76,16 +76,6 @@ MATCHING_CHARACTERS = frozenset("*?\\")
 class ApiSetupError(ValueError):
     """The API cannot start (token variable unset, no token on a non-loopback address, port
     unavailable); the message says why."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` names only this machine (127.0.0.0/8, ::1, localhost)."""
-    if host.strip().lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip()).is_loopback
-    except ValueError:
-        return False
 
 
 #: JSON string literals (skipped when counting nesting: brackets inside strings do not nest).
@@ -258,7 +248,7 @@ class HttpApi:
             self._token = os.environ.get(api.token_env) or None
             if self._token is None:
                 raise ApiSetupError(f"api.token_env names {api.token_env}, which is not set or empty")
-        elif not is_loopback(api.host):
+        elif not is_loopback_host(api.host):
             raise ApiSetupError(f"api.host {api.host} is not a loopback address: set api.token_env (a bearer "
                                 "token) before the API may listen there")
         try:

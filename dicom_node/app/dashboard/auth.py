@@ -32,7 +32,6 @@ from http.cookies import CookieError, SimpleCookie
 SESSION_COOKIE = "mmed_session"
 SESSION_SECONDS = 8 * 3600.0
 MAX_SESSIONS = 256
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 @dataclass

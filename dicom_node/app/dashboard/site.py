@@ -33,6 +33,7 @@ from dicom_node.app.metrics import CONTENT_TYPE, NodeMetrics
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.jobs.service import JobNotRetryable, JobService
 from dicom_node.jobs.store import JobRecord
+from image_model.deidentify import is_loopback_host
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +93,8 @@ class Site:
         if not auth.same_origin(request.headers.get("Origin"), request.headers.get("Host")):
             self._text(request, HTTPStatus.FORBIDDEN, "cross-origin request refused")
             return True
-        if authorized(None) and auth.host_name(request.headers.get("Host")) not in \
-                auth.LOOPBACK_HOSTS | {self.config.api.host.lower()}:
+        host = auth.host_name(request.headers.get("Host"))
+        if authorized(None) and not (is_loopback_host(host) or host == self.config.api.host.lower()):
             # No token: the API is loopback-only; a foreign Host is DNS rebinding.
             self._text(request, HTTPStatus.FORBIDDEN, "unknown host")
             return True
