@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import fill_voids
 import numpy as np
 from scipy import ndimage
 
@@ -101,24 +102,17 @@ def slabs(n_slices: int, plane: int) -> list[slice]:
     return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
 
 
-#: 4-connectivity within a slice, none across slices.
-IN_PLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
-IN_PLANE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
-
-
 def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
     """``ndimage.binary_fill_holes`` of every slice of a (slices, rows, cols) mask: the background
     is what connects (4-connected, in its slice) to the slice's edge; everything else is filled.
-    One labelling per slab of slices (:func:`slabs`) instead of a propagation per slice."""
+    ``fill_voids.fill`` of each slice: the same voxels (a flood of the background from the
+    slice's edge), ~5x faster than a labelling of the background."""
     mask = np.asarray(mask, dtype=bool)
     filled = np.empty(mask.shape, dtype=bool)
-    for part in slabs(mask.shape[0], mask.shape[1] * mask.shape[2]):
-        labels, count = label(~mask[part], IN_PLANE_CROSS)
-        outside = np.zeros(count + 1, dtype=bool)
-        for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-            outside[edge] = True
-        outside[0] = False  # the mask itself
-        np.logical_not(outside[labels], out=filled[part])
+    if mask.size == 0:
+        return filled
+    for k in range(mask.shape[0]):
+        filled[k] = fill_voids.fill(mask[k], in_place=False)
     return filled
 
 
