@@ -77,3 +77,20 @@ def test_open_air_equals_scipy_in_plane_opening() -> None:
     cross[1] = ndimage.generate_binary_structure(2, 1)
     mask = _masks(11)
     assert np.array_equal(open_air(mask), ndimage.binary_opening(mask, structure=cross))
+
+
+def test_disk_morphology_wide_radius_and_several_slabs() -> None:
+    """A radius of 128+ counts in two bytes; a mask of several slabs runs them on threads."""
+    from tools.lung_masks import SLAB_VOXELS, slabs
+
+    points = np.zeros((1, 300, 320), dtype=bool)
+    points[0, 20, 30] = points[0, 250, 300] = True
+    near = ndimage.distance_transform_edt(~points[0]) ** 2 <= 130**2
+    assert np.array_equal(dilate_disk(points, 130)[0], near)
+    assert np.array_equal(erode_disk(~points, 130)[0], ~near)
+    rng = np.random.default_rng(3)
+    big = rng.random((SLAB_VOXELS // (64 * 64) + 5, 64, 64)) > 0.3
+    assert len(slabs(big.shape[0], 64 * 64)) > 1
+    structure = disk(3)[None]
+    assert np.array_equal(dilate_disk(big, 3), ndimage.binary_dilation(big, structure=structure))
+    assert np.array_equal(erode_disk(big, 3, border=False), ndimage.binary_erosion(big, structure=structure))

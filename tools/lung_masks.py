@@ -18,7 +18,9 @@ rows to the back, columns to the patient's left).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import fill_voids
@@ -100,6 +102,26 @@ def slabs(n_slices: int, plane: int) -> list[slice]:
     """Consecutive runs of slices of about :data:`SLAB_VOXELS` voxels of ``plane`` each."""
     step = max(1, SLAB_VOXELS // max(plane, 1))
     return [slice(k, min(k + step, n_slices)) for k in range(0, n_slices, step)]
+
+
+#: Threads that work on slabs at once (:func:`for_slabs`): numpy's array operations release the
+#: GIL, so slabs of in-plane numpy work run on as many cores, each with its own temporaries.
+SLAB_THREADS = max(1, min(4, len(os.sched_getaffinity(0))))
+
+
+def for_slabs(work: Callable[[slice], None], n_slices: int, plane: int) -> None:
+    """``work(part)`` for every slab of :func:`slabs`, on up to :data:`SLAB_THREADS` threads.
+    ``work`` writes each slab's own slices of its output (slabs never share a voxel); only
+    numpy's releases of the GIL make this faster (scipy.ndimage's labelling and morphology hold
+    it), so ``work`` should be numpy array operations."""
+    parts = slabs(n_slices, plane)
+    if len(parts) == 1 or SLAB_THREADS == 1:
+        for part in parts:
+            work(part)
+        return
+    with ThreadPoolExecutor(min(SLAB_THREADS, len(parts))) as pool:
+        for _ in pool.map(work, parts):  # re-raises a slab's exception
+            pass
 
 
 def fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
@@ -190,67 +212,74 @@ def erode_disk(mask: np.ndarray, radius: int, border: bool = True) -> np.ndarray
 def _disk_morphology(mask: np.ndarray, radius: int, erode: bool, border: bool = False) -> np.ndarray:
     """A disk is a stack of row segments, one per row offset ``dy`` (half-width
     ``isqrt(radius**2 - dy**2)``): the dilation (erosion) is the OR (AND) over ``dy`` of the
-    running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme is a
-    difference of one running count (:func:`_row_runs`), whatever its width, where scipy's generic
-    morphology visits every element of the structure at every voxel inside a region. ``border``:
-    what the image outside counts as (an erosion's; a dilation's outside is always False). Runs
-    slab by slab (:func:`slabs`)."""
+    running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme is read
+    off one running count (:func:`_row_windows`), whatever its width, where scipy's generic
+    morphology visits every element of the structure at every voxel inside a region. The counts
+    of the shifted rows are ORed together as they are (nonzero: a voxel that decides lies in the
+    disk) and compared with zero once at the end. ``border``: what the image outside counts as
+    (an erosion's; a dilation's outside is always False). Runs slab by slab, on threads
+    (:func:`for_slabs`)."""
     mask = np.asarray(mask, dtype=bool)
     rows = mask.shape[1]
     if erode and not border and radius >= rows:
         return np.zeros(mask.shape, dtype=bool)
-    out = np.full(mask.shape, erode, dtype=bool)
-    # Row offsets by half-width (several offsets share one): one running extreme per width.
+    out = np.empty(mask.shape, dtype=bool)
+    # Row offsets by half-width (several offsets share one): one running count per width.
     offsets: dict[int, list[int]] = {}
     for d in range(min(radius, rows - 1) + 1):
         offsets.setdefault(math.isqrt(radius * radius - d * d), []).extend({d, -d})
-    for part in slabs(mask.shape[0], rows * mask.shape[2]):
-        dst_slab = out[part]
-        for half, run in _row_runs(mask[part], sorted(offsets), erode, border):
+
+    def one_slab(part: slice) -> None:
+        # hits[y, x]: some voxel that decides (set for a dilation, unset for an erosion) lies in
+        # the disk around (y, x); the image outside decides too for an erosion with border False.
+        hits: np.ndarray | None = None
+        for half, window in _row_windows(mask[part], sorted(offsets), erode, border):
+            if hits is None:
+                hits = np.zeros(window.shape, dtype=window.dtype)
             for dy in offsets[half]:
-                # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows whose
-                # neighbour lies outside take the border: skipped when True, cleared when False)
+                # dilation: hits[y] |= window[y - dy]; erosion: hits[y] |= window[y + dy] (rows
+                # whose neighbour lies outside take the border: skipped when True, hit when False)
                 shift = -dy if erode else dy
-                dst = dst_slab[:, shift:] if shift >= 0 else dst_slab[:, : rows + shift]
-                src = run[:, : rows - shift] if shift >= 0 else run[:, -shift:]
-                if erode:
-                    dst &= src
-                    if not border and shift > 0:
-                        dst_slab[:, :shift] = False
-                    elif not border and shift < 0:
-                        dst_slab[:, rows + shift :] = False
-                else:
-                    dst |= src
+                dst = hits[:, shift:] if shift >= 0 else hits[:, : rows + shift]
+                src = window[:, : rows - shift] if shift >= 0 else window[:, -shift:]
+                dst |= src
+                if erode and not border and shift > 0:
+                    hits[:, :shift] = 1
+                elif erode and not border and shift < 0:
+                    hits[:, rows + shift :] = 1
+        assert hits is not None
+        (np.equal if erode else np.not_equal)(hits, 0, out=out[part])
+
+    for_slabs(one_slab, mask.shape[0], rows * mask.shape[2])
     return out
 
 
-def _row_runs(
+def _row_windows(
     mask: np.ndarray, halves: list[int], erode: bool, border: bool
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """For each half-width ``h``, whether any voxel (dilation) or every voxel (erosion) within
-    ``h`` columns along the row is set, the image outside counting as ``border`` (erosion) or
-    False (dilation): the running maximum (minimum) of width ``2h + 1``, read off one running
-    count of the voxels that decide (set ones for a dilation, unset ones for an erosion)."""
+    """For each half-width ``h``, how many voxels that decide (set ones for a dilation, unset
+    ones for an erosion) lie within ``h`` columns along the row: a difference of one running
+    count. An erosion with ``border`` False counts the image outside as deciding (the window
+    reaching outside is nonzero). The counts are unsigned integers just wide enough for the
+    widest window (``2h + 1`` voxels): the running count wraps around, and the difference of two
+    wrapped counts is the window's count exactly (modular arithmetic), at one byte per voxel
+    for any radius below 128."""
     _, _, cols = mask.shape
     widest = max(halves)
-    # counts[..., widest + j] = voxels that decide in columns < j, for j in 0..cols; the same
-    # count beyond both ends (nothing decides outside the image).
-    counts = np.zeros((*mask.shape[:2], cols + 1 + 2 * widest), dtype=np.int16 if cols < 2**15 else np.int32)
-    np.cumsum(~mask if erode else mask, axis=2, out=counts[:, :, widest + 1 : widest + 1 + cols])
+    dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if 2 * widest + 1 <= np.iinfo(t).max)
+    # counts[..., widest + j] = voxels that decide in columns < j, for j in 0..cols (modulo the
+    # dtype's range); the same count beyond both ends (nothing decides outside the image).
+    counts = np.zeros((*mask.shape[:2], cols + 1 + 2 * widest), dtype=dtype)
+    np.cumsum(~mask if erode else mask, axis=2, dtype=dtype, out=counts[:, :, widest + 1 : widest + 1 + cols])
     counts[:, :, widest + 1 + cols :] = counts[:, :, widest + cols : widest + cols + 1]
-    window = np.empty(mask.shape, dtype=counts.dtype)
-    run = np.empty(mask.shape, dtype=bool)
+    window = np.empty(mask.shape, dtype=dtype)
     for half in halves:
         np.subtract(counts[:, :, widest + half + 1 : widest + half + 1 + cols],
                     counts[:, :, widest - half : widest - half + cols], out=window)
-        if erode:
-            np.equal(window, 0, out=run)
-            if not border:  # the window reaches outside the image: unset there
-                run[:, :, :half] = False
-                run[:, :, cols - half :] = False
-        else:
-            np.greater(window, 0, out=run)
-        yield half, run
+        if erode and not border:  # the window reaches outside the image: hit there
+            window[:, :, :half] = 1
+            window[:, :, cols - half :] = 1
+        yield half, window
 
 
 def _fill_clipped(slice2d: np.ndarray) -> np.ndarray:
@@ -298,8 +327,11 @@ def open_air(air: np.ndarray) -> np.ndarray:
     # disk(1) is the 4-connected cross; scipy's opening erodes with the outside False. Slab by
     # slab: the opening is in-plane, and only the result is volume-sized.
     opened = np.empty(air.shape, dtype=bool)
-    for part in slabs(air.shape[0], air.shape[1] * air.shape[2]):
+
+    def one_slab(part: slice) -> None:
         opened[part] = dilate_disk(erode_disk(air[part], 1, border=False), 1)
+
+    for_slabs(one_slab, air.shape[0], air.shape[1] * air.shape[2])
     return opened
 
 
