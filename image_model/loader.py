@@ -53,6 +53,7 @@ from pydicom.pixels import apply_modality_lut
 
 from image_model.geometry import GeometryError, order_stack, same_orientation
 from image_model.header_values import normalise_header, unreadable_value
+from image_model.native_pixels import native_plane
 from image_model.parse_policy import ParseLimits, UnsafeDicom, read_checked
 from image_model.volume import Volume
 
@@ -228,6 +229,9 @@ def _check_frames_of_reference(datasets: list[Dataset]) -> None:
 # --- pixels ----------------------------------------------------------------------------------
 
 def _decode(ds: Dataset) -> np.ndarray:
+    native = native_plane(ds)  # the common case without pydicom's handlers
+    if native is not None:
+        return native
     try:
         return np.asarray(ds.pixel_array)
     except Exception as exc:  # any decoder's failure means undecodable pixel data
