@@ -212,74 +212,74 @@ def erode_disk(mask: np.ndarray, radius: int, border: bool = True) -> np.ndarray
 def _disk_morphology(mask: np.ndarray, radius: int, erode: bool, border: bool = False) -> np.ndarray:
     """A disk is a stack of row segments, one per row offset ``dy`` (half-width
     ``isqrt(radius**2 - dy**2)``): the dilation (erosion) is the OR (AND) over ``dy`` of the
-    running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme is read
-    off one running count (:func:`_row_windows`), whatever its width, where scipy's generic
-    morphology visits every element of the structure at every voxel inside a region. The counts
-    of the shifted rows are ORed together as they are (nonzero: a voxel that decides lies in the
-    disk) and compared with zero once at the end. ``border``: what the image outside counts as
-    (an erosion's; a dilation's outside is always False). Runs slab by slab, on threads
-    (:func:`for_slabs`)."""
+    running maximum (minimum) along each row, shifted by ``dy`` rows. Each running extreme is
+    read off a table of runs of doubling widths (:func:`_row_runs`): whole-array ORs (ANDs) only,
+    where scipy's generic morphology visits every element of the structure at every voxel inside
+    a region. ``border``: what the image outside counts as (an erosion's; a dilation's outside
+    is always False). Runs slab by slab, on threads (:func:`for_slabs`)."""
     mask = np.asarray(mask, dtype=bool)
     rows = mask.shape[1]
     if erode and not border and radius >= rows:
         return np.zeros(mask.shape, dtype=bool)
-    out = np.empty(mask.shape, dtype=bool)
-    # Row offsets by half-width (several offsets share one): one running count per width.
+    out = np.full(mask.shape, erode, dtype=bool)
+    # Row offsets by half-width (several offsets share one): one running extreme per width.
     offsets: dict[int, list[int]] = {}
     for d in range(min(radius, rows - 1) + 1):
         offsets.setdefault(math.isqrt(radius * radius - d * d), []).extend({d, -d})
 
     def one_slab(part: slice) -> None:
-        # hits[y, x]: some voxel that decides (set for a dilation, unset for an erosion) lies in
-        # the disk around (y, x); the image outside decides too for an erosion with border False.
-        hits: np.ndarray | None = None
-        for half, window in _row_windows(mask[part], sorted(offsets), erode, border):
-            if hits is None:
-                hits = np.zeros(window.shape, dtype=window.dtype)
+        dst_slab = out[part]
+        for half, run in _row_runs(mask[part], sorted(offsets), erode, border):
             for dy in offsets[half]:
-                # dilation: hits[y] |= window[y - dy]; erosion: hits[y] |= window[y + dy] (rows
-                # whose neighbour lies outside take the border: skipped when True, hit when False)
+                # dilation: out[y] |= run[y - dy]; erosion: out[y] &= run[y + dy] (rows whose
+                # neighbour lies outside take the border: skipped when True, cleared when False)
                 shift = -dy if erode else dy
-                dst = hits[:, shift:] if shift >= 0 else hits[:, : rows + shift]
-                src = window[:, : rows - shift] if shift >= 0 else window[:, -shift:]
-                dst |= src
-                if erode and not border and shift > 0:
-                    hits[:, :shift] = 1
-                elif erode and not border and shift < 0:
-                    hits[:, rows + shift :] = 1
-        assert hits is not None
-        (np.equal if erode else np.not_equal)(hits, 0, out=out[part])
+                dst = dst_slab[:, shift:] if shift >= 0 else dst_slab[:, : rows + shift]
+                src = run[:, : rows - shift] if shift >= 0 else run[:, -shift:]
+                if erode:
+                    dst &= src
+                    if not border and shift > 0:
+                        dst_slab[:, :shift] = False
+                    elif not border and shift < 0:
+                        dst_slab[:, rows + shift :] = False
+                else:
+                    dst |= src
 
     for_slabs(one_slab, mask.shape[0], rows * mask.shape[2])
     return out
 
 
-def _row_windows(
+def _row_runs(
     mask: np.ndarray, halves: list[int], erode: bool, border: bool
 ) -> Iterator[tuple[int, np.ndarray]]:
-    """For each half-width ``h``, how many voxels that decide (set ones for a dilation, unset
-    ones for an erosion) lie within ``h`` columns along the row: a difference of one running
-    count. An erosion with ``border`` False counts the image outside as deciding (the window
-    reaching outside is nonzero). The counts are unsigned integers just wide enough for the
-    widest window (``2h + 1`` voxels): the running count wraps around, and the difference of two
-    wrapped counts is the window's count exactly (modular arithmetic), at one byte per voxel
-    for any radius below 128."""
+    """For each half-width ``h``, whether any voxel (dilation) or every voxel (erosion) within
+    ``h`` columns along the row is set, the image outside counting as ``border`` (erosion) or
+    False (dilation): the running maximum (minimum) of width ``2h + 1``. From a table of runs
+    of widths 1, 2, 4... (each level the OR (AND) of two runs of the level below, side by side),
+    the window is the OR (AND) of the two runs of the widest level that fits in it, one at each
+    end (they overlap): a handful of whole-array boolean operations per width, where a running
+    count (``np.cumsum``, a serial loop) costs several times all of them together."""
     _, _, cols = mask.shape
     widest = max(halves)
-    dtype = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if 2 * widest + 1 <= np.iinfo(t).max)
-    # counts[..., widest + j] = voxels that decide in columns < j, for j in 0..cols (modulo the
-    # dtype's range); the same count beyond both ends (nothing decides outside the image).
-    counts = np.zeros((*mask.shape[:2], cols + 1 + 2 * widest), dtype=dtype)
-    np.cumsum(~mask if erode else mask, axis=2, dtype=dtype, out=counts[:, :, widest + 1 : widest + 1 + cols])
-    counts[:, :, widest + 1 + cols :] = counts[:, :, widest + cols : widest + cols + 1]
-    window = np.empty(mask.shape, dtype=dtype)
+    combine = np.logical_and if erode else np.logical_or
+    # The row padded by ``widest`` columns each side with what the outside counts as.
+    level = np.full((*mask.shape[:2], cols + 2 * widest), erode and border, dtype=bool)
+    level[:, :, widest : widest + cols] = mask
+    # runs[p][..., i]: the extreme over padded columns i .. i + p - 1.
+    runs = {1: level}
+    width = 1
+    while 2 * width <= 2 * widest + 1:
+        n = level.shape[2] - width
+        doubled = np.empty((*mask.shape[:2], n), dtype=bool)
+        combine(level[:, :, :n], level[:, :, width:], out=doubled)
+        width, level = 2 * width, doubled
+        runs[width] = level
+    run = np.empty(mask.shape, dtype=bool)
     for half in halves:
-        np.subtract(counts[:, :, widest + half + 1 : widest + half + 1 + cols],
-                    counts[:, :, widest - half : widest - half + cols], out=window)
-        if erode and not border:  # the window reaches outside the image: hit there
-            window[:, :, :half] = 1
-            window[:, :, cols - half :] = 1
-        yield half, window
+        size = 1 << (2 * half + 1).bit_length() - 1  # the widest run that fits in the window
+        table, first, last = runs[size], widest - half, widest + half - size + 1
+        combine(table[:, :, first : first + cols], table[:, :, last : last + cols], out=run)
+        yield half, run
 
 
 def _fill_clipped(slice2d: np.ndarray) -> np.ndarray:
