@@ -354,21 +354,32 @@ def open_air(air: np.ndarray) -> np.ndarray:
 
 
 def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarray, int]:
-    """3D components of ``air`` of at least ``min_ml``, numbered by size (1 = largest)."""
-    labels, count = label(air)
+    """3D components of ``air`` of at least ``min_ml``, numbered by size (1 = largest). Labelled
+    within the box of the air, into that box of the labels (the same components as on the whole
+    array, numbered in the same raster order): the air is a fraction of the body's box."""
+    labels = np.zeros(air.shape, dtype=np.uint16)
+    box = bounding_box(air)
+    if box is None:
+        return labels, 0
+    try:
+        count = int(ndimage.label(air[box], output=labels[box]))
+    except RuntimeError:  # more than 65535 components
+        labels = np.zeros(air.shape, dtype=np.int32)
+        count = int(ndimage.label(air[box], output=labels[box]))
     if count == 0:
         return labels, 0
+    crop = labels[box]
     # Each voxel weighs its slice's own thickness (uneven spacing keeps volumes right): voxel
     # counts per label slice by slice, so no per-voxel weight array is ever built.
     volumes = np.zeros(count + 1)
-    for k in range(labels.shape[0]):
-        volumes += np.bincount(labels[k].ravel(), minlength=count + 1) * float(grid.thickness[k])
+    for k, plane in enumerate(crop, start=box[0].start):
+        volumes += np.bincount(plane.ravel(), minlength=count + 1) * float(grid.thickness[k])
     volumes *= grid.pixel_mm2 / 1000.0
     order = [int(i) for i in np.argsort(-volumes) if i > 0 and volumes[i] >= min_ml]
     relabel = np.zeros(count + 1, dtype=labels.dtype)
     for new, old in enumerate(order, start=1):
         relabel[old] = new
-    for plane in labels:  # in place, slice by slice: no second label volume
+    for plane in crop:  # in place, slice by slice: no second label volume
         plane[...] = relabel[plane]
     return labels, len(order)
 
