@@ -262,22 +262,26 @@ def _row_runs(
     _, _, cols = mask.shape
     widest = max(halves)
     combine = np.logical_and if erode else np.logical_or
-    # The row padded by ``widest`` columns each side with what the outside counts as.
-    level = np.full((*mask.shape[:2], cols + 2 * widest), erode and border, dtype=bool)
-    level[:, :, widest : widest + cols] = mask
-    # runs[p][..., i]: the extreme over padded columns i .. i + p - 1.
+    # The rows padded by ``widest`` columns each side with what the outside counts as, worked on
+    # as one flat run of rows laid end to end: each level is a single contiguous operation. A
+    # run that crosses into the next row is garbage, but lies beyond every index read below.
+    padded = np.full((*mask.shape[:2], cols + 2 * widest), erode and border, dtype=bool)
+    padded[:, :, widest : widest + cols] = mask
+    # runs[p][..., i] (as rows): the extreme over padded columns i .. i + p - 1, for
+    # i <= cols + 2 * widest - p.
+    level = padded.reshape(-1)
     runs = {1: level}
     width = 1
     while 2 * width <= 2 * widest + 1:
-        n = level.shape[2] - width
-        doubled = np.empty((*mask.shape[:2], n), dtype=bool)
-        combine(level[:, :, :n], level[:, :, width:], out=doubled)
+        doubled = np.empty_like(level)
+        combine(level[: level.size - width], level[width:], out=doubled[: level.size - width])
         width, level = 2 * width, doubled
         runs[width] = level
     run = np.empty(mask.shape, dtype=bool)
     for half in halves:
         size = 1 << (2 * half + 1).bit_length() - 1  # the widest run that fits in the window
-        table, first, last = runs[size], widest - half, widest + half - size + 1
+        first, last = widest - half, widest + half - size + 1
+        table = runs[size].reshape(padded.shape)
         combine(table[:, :, first : first + cols], table[:, :, last : last + cols], out=run)
         yield half, run
 
