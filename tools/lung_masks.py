@@ -269,19 +269,24 @@ def _row_runs(
     padded[:, :, widest : widest + cols] = mask
     # runs[p][..., i] (as rows): the extreme over padded columns i .. i + p - 1, for
     # i <= cols + 2 * widest - p.
+    # Only the levels some window reads are kept (a slab's temporaries stay a few of its size).
+    sizes = {1 << (2 * half + 1).bit_length() - 1 for half in halves}
     level = padded.reshape(-1)
-    runs = {1: level}
+    runs = {1: level} if 1 in sizes else {}
     width = 1
-    while 2 * width <= 2 * widest + 1:
+    while 2 * width <= max(sizes):
         doubled = np.empty_like(level)
         combine(level[: level.size - width], level[width:], out=doubled[: level.size - width])
         width, level = 2 * width, doubled
-        runs[width] = level
+        if width in sizes:
+            runs[width] = level
+    shape = padded.shape
+    del level, padded
     run = np.empty(mask.shape, dtype=bool)
     for half in halves:
         size = 1 << (2 * half + 1).bit_length() - 1  # the widest run that fits in the window
         first, last = widest - half, widest + half - size + 1
-        table = runs[size].reshape(padded.shape)
+        table = runs[size].reshape(shape)
         combine(table[:, :, first : first + cols], table[:, :, last : last + cols], out=run)
         yield half, run
 
@@ -313,8 +318,10 @@ def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray,
     within = bounding_box(above)
     if within is None:
         return above, np.zeros(n, dtype=bool)
-    dense = largest_component(*label(above[within]))
-    del above
+    labels, count = label(above[within])
+    del above  # before the largest component is cut out: the labels alone are alive with it
+    dense = largest_component(labels, count)
+    del labels
     clipped = np.zeros(n, dtype=bool)
     for edge, at_edge in ((dense[:, 0, :], within[1].start == 0), (dense[:, -1, :], within[1].stop == rows),
                           (dense[:, :, 0], within[2].start == 0), (dense[:, :, -1], within[2].stop == cols)):
