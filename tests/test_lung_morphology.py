@@ -89,7 +89,7 @@ def test_disk_morphology_wide_radius_and_several_slabs() -> None:
     assert np.array_equal(dilate_disk(points, 130)[0], near)
     assert np.array_equal(erode_disk(~points, 130)[0], ~near)
     rng = np.random.default_rng(3)
-    big = rng.random((SLAB_VOXELS // (64 * 64) + 5, 64, 64)) > 0.3
+    big = rng.random((SLAB_VOXELS // (64 * 64) + 5, 64, 64)) > 0.3  # two slabs or more
     assert len(slabs(big.shape[0], 64 * 64)) > 1
     structure = disk(3)[None]
     assert np.array_equal(dilate_disk(big, 3), ndimage.binary_dilation(big, structure=structure))

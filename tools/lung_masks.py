@@ -113,8 +113,9 @@ def for_slabs(work: Callable[[slice], None], n_slices: int, plane: int) -> None:
     """``work(part)`` for every slab of :func:`slabs`, on up to :data:`SLAB_THREADS` threads.
     ``work`` writes each slab's own slices of its output (slabs never share a voxel); only
     numpy's releases of the GIL make this faster (scipy.ndimage's labelling and morphology hold
-    it), so ``work`` should be numpy array operations."""
-    parts = slabs(n_slices, plane)
+    it), so ``work`` should be numpy array operations. Each slab is 1/:data:`SLAB_THREADS` of
+    :data:`SLAB_VOXELS`: the threads together hold one slab's worth of temporaries."""
+    parts = slabs(n_slices, plane * SLAB_THREADS)
     if len(parts) == 1 or SLAB_THREADS == 1:
         for part in parts:
             work(part)
