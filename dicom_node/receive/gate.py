@@ -48,6 +48,7 @@ from dicom_node import status
 from dicom_node.receive.guard import ABORT_PDU, Handoff, StreamLimits
 from dicom_node.receive.ledger import Ledger, LocalLedger, OverLimit
 from dicom_node.receive.refusals import Refusals
+from dicom_node.receive.waker import Waker
 from dicom_node.tls import handshake_failure
 
 log = logging.getLogger(__name__)
@@ -96,34 +97,6 @@ ADDRESS_RJ = struct.pack(
     ">BBLBBBB", 0x03, 0, 4, 0, status.RejectResult.REJECTED_PERMANENT, status.RejectSource.SERVICE_USER,
     status.RejectReason.NO_REASON_GIVEN,
 )
-
-
-class Waker:
-    """Wakes a thread waiting in ``select`` on :meth:`fileno` (a socket pair)."""
-
-    def __init__(self) -> None:
-        self._r, self._w = socket.socketpair()
-        self._r.setblocking(False)
-
-    def fileno(self) -> int:
-        return self._r.fileno()
-
-    def wake(self) -> None:
-        try:
-            self._w.send(b"\0")
-        except OSError:
-            pass
-
-    def drain(self) -> None:
-        try:
-            while self._r.recv(4096):
-                pass
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._r.close()
-        self._w.close()
 
 
 class Gate:

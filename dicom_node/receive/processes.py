@@ -51,12 +51,13 @@ from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Event
 from dicom_node.heap import HeapTrimmer
 from dicom_node.limits import parse_limits
-from dicom_node.receive.gate import LISTEN_BACKLOG, Waker
+from dicom_node.receive.gate import LISTEN_BACKLOG
 from dicom_node.receive.handlers import Arrivals, HandlerDeps
 from dicom_node.receive.ledger import SharedLedger, create_table
 from dicom_node.receive.refusals import Refusals
 from dicom_node.receive.scp import ExtraService, policy_from_config, start_scp
 from dicom_node.receive.spool import Spool
+from dicom_node.receive.waker import Waker
 
 log = logging.getLogger(__name__)
 
