@@ -45,8 +45,9 @@ from pynetdicom.transport import AssociationServer
 
 from config.schema import NodeConfig
 from dicom_node import status
-from dicom_node.receive.guard import ABORT_PDU, Handoff, StreamLimits
+from dicom_node.receive.guard import ABORT_PDU, StreamLimits
 from dicom_node.receive.ledger import Ledger, LocalLedger, OverLimit
+from dicom_node.receive.reactor import Handoff
 from dicom_node.receive.refusals import Refusals
 from dicom_node.receive.waker import Waker
 from dicom_node.tls import handshake_failure

@@ -7,9 +7,9 @@ A breach is found from the PDU or fragment header, before the bytes it announces
 allocated. The peer then gets an A-ABORT and the connection is closed; the read returns short, which
 pynetdicom treats as a closed connection (its state machine ends the association as usual).
 
-:class:`GuardedSocket` is a :class:`pynetdicom.transport.AssociationSocket`; :class:`Handoff`, the
-request handler of the gated server, gives it to each association it creates, with the
-A-ASSOCIATE-RQ the gate already read (gate.py).
+:class:`GuardedSocket` is a :class:`pynetdicom.transport.AssociationSocket`; the request handler
+of the gated server (reactor.py) gives it to each association it creates, with the A-ASSOCIATE-RQ
+the gate already read (gate.py).
 """
 
 from __future__ import annotations
@@ -19,11 +19,10 @@ import queue
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 from pynetdicom import evt
 from pynetdicom.fsm import ACTIONS, TRANSITION_TABLE, StateMachine
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import AssociationSocket
 
 from config.schema import LimitsConfig
 from dicom_node.receive.refusals import Refusals
@@ -200,6 +199,12 @@ class GuardedSocket(AssociationSocket):
             return False
         return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
+    @property
+    def reading_paused(self) -> bool:
+        """Whether :attr:`ready` is False whatever the network holds (the A-ASSOCIATE-RQ is
+        being answered): the DUL's thread then waits without watching the socket (reactor.py)."""
+        return not self._prefetched and not self._answered
+
     def send(self, bytestream: bytes) -> None:
         """Send a PDU. After an A-ABORT or A-ASSOCIATE-RJ the association is over: the
         connection is shut down at once rather than held (PS3.8 Sta13) until the peer closes it
@@ -327,29 +332,3 @@ class TolerantStateMachine(StateMachine):
             "action": name, "current_state": self.current_state, "fsm_event": event, "next_state": next_state,
         })
         self.transition(next_state)
-
-
-class Handoff(RequestHandler):
-    """Request handler of the gated server: ``request`` is ``(socket, A-ASSOCIATE-RQ bytes)``.
-
-    Builds the association as pynetdicom's handler does, then gives it a :class:`GuardedSocket`;
-    the server (gate.py) provides ``stream_limits``, ``refusals`` and ``track`` (the ledger's
-    ``ticket`` the gate claimed for this association, ledger.py)."""
-
-    def handle(self) -> None:
-        raw, prefetched, ticket = self.request
-        self.request = raw
-        assoc = self._create_association()
-        server: Any = self.server
-        plain = assoc.dul.socket
-        assert plain is not None
-        address = str(self.client_address[0])
-        guarded = GuardedSocket.replacing(
-            plain, prefetched, PduStream(server.stream_limits), server.refusals, address
-        )
-        assoc.dul.socket = None
-        assoc.set_socket(guarded)
-        assoc.dul.state_machine = TolerantStateMachine(assoc.dul)
-        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
-        server.track(assoc, ticket)
-        assoc.start()

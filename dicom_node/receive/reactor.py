@@ -1,0 +1,252 @@
+"""The node's acceptor associations, with threads that wait for work instead of polling for it.
+
+pynetdicom runs two threads per association, and both poll: the upper layer (DUL) thread sleeps
+1 ms whenever a turn of its loop found nothing to do, and the association thread sleeps 1 ms at
+the top of every turn. So each C-STORE waits about a millisecond to be noticed and another for
+its response to be sent, and every open association takes the interpreter's lock a thousand times
+a second per thread, which slows the others. Here:
+
+* :class:`ReactorDUL` waits in ``poll`` on the association's socket and a wake-up descriptor
+  (waker.py), with a timeout no later than the ARTIM timer's expiry (PS3.8 9.1.5). Every other
+  thread that gives it work (a primitive to send, an event for its state machine, the order to
+  stop) writes to the wake-up descriptor. Its loop is pynetdicom's own: only its idle sleep waits
+  instead (:attr:`ReactorDUL._run_loop_delay`).
+* :class:`ReactorAssociation` waits on an event that the DUL thread sets when it hands the
+  association something (a DIMSE message, an A-RELEASE or A-ABORT indication), when it ends, and
+  that :meth:`~ReactorAssociation.kill` sets; with a timeout at the network idle timer's expiry
+  (``node.limits.idle_timeout_seconds``).
+
+Both waits are also bounded by :data:`MAX_WAIT_SECONDS`, so a wake-up this module failed to
+foresee costs that much latency, not a hung association.
+
+:class:`Handoff` is the gated server's request handler (gate.py): it builds these associations,
+each with a :class:`~dicom_node.receive.guard.GuardedSocket` serving the A-ASSOCIATE-RQ the gate
+already read.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import select
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pynetdicom import evt
+from pynetdicom._globals import MODE_ACCEPTOR
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket, RequestHandler
+
+from dicom_node.receive.guard import GuardedSocket, PduStream, TolerantStateMachine
+from dicom_node.receive.waker import Waker
+
+log = logging.getLogger(__name__)
+
+#: The longest either thread waits without checking its state anyway (seconds).
+MAX_WAIT_SECONDS = 0.5
+#: pynetdicom's pause between turns when the DUL thread is asked to stop from another thread.
+_STOP_POLL_SECONDS = 0.001
+
+_T = TypeVar("_T")
+
+
+class WakingQueue(queue.Queue[_T]):
+    """A queue that calls ``wake`` after every ``put``, so its reader can wait elsewhere."""
+
+    def __init__(self, wake: Callable[[], None]) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def put(self, item: _T, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._wake()
+
+
+class ReactorDUL(DULServiceProvider):
+    """pynetdicom's upper layer service provider whose thread waits in ``poll`` when idle.
+
+    ``notify_user``: called whenever the association thread may have something to do (a
+    primitive or message for it, the end of this thread)."""
+
+    def __init__(self, assoc: Association, notify_user: Callable[[], None]) -> None:
+        # Before pynetdicom's constructor, which sets the attributes below through their setters.
+        self._waker = Waker()
+        self._stop_requested = False
+        self._notify_user = notify_user
+        self._poller = select.poll()
+        self._poller.register(self._waker.fileno(), select.POLLIN)
+        super().__init__(assoc)
+        self.event_queue = WakingQueue(self._wake_from_elsewhere)
+        self.to_provider_queue = WakingQueue(self._wake_from_elsewhere)
+        self.to_user_queue = WakingQueue(notify_user)
+
+    def _wake_from_elsewhere(self) -> None:
+        """Wake this thread, unless this is it (it looks at its queues before it waits again)."""
+        if threading.get_ident() != self.ident:
+            self._waker.wake()
+
+    @property
+    def _kill_thread(self) -> bool:
+        """pynetdicom's order to stop the loop (``kill_dul``, ``stop_dul``): setting it wakes
+        the thread so it sees it."""
+        return self._stop_requested
+
+    @_kill_thread.setter
+    def _kill_thread(self, value: bool) -> None:
+        self._stop_requested = value
+        if value:
+            self._wake_from_elsewhere()
+
+    @property
+    def _run_loop_delay(self) -> float:
+        """What pynetdicom's loop sleeps when a turn found nothing to do. On this thread the
+        wait happens here (:meth:`_wait_for_work`) and the sleep is none; elsewhere (``stop_dul``
+        waiting for the thread to end) pynetdicom's own pause."""
+        if threading.get_ident() == self.ident:
+            self._wait_for_work()
+            return 0.0
+        return _STOP_POLL_SECONDS
+
+    @_run_loop_delay.setter
+    def _run_loop_delay(self, value: float) -> None:
+        pass  # pynetdicom's constructor sets its polling delay: there is none here
+
+    def _wait_for_work(self) -> None:
+        """Return when the loop has something to do: an event or a primitive queued, the order
+        to stop, data from the peer (also data an SSL socket has already decrypted, which
+        ``poll`` cannot see), the connection closed, or the ARTIM timer expired."""
+        self._waker.drain()  # wake-ups from here on are for work not yet seen below
+        if self._stop_requested or self.event_queue.qsize() or self.to_provider_queue.qsize():
+            return
+        artim = self.artim_timer
+        if artim.expired:
+            return
+        sock = self.socket
+        fd = -1
+        if sock is not None and sock.socket is not None and not getattr(sock, "reading_paused", False):
+            if sock.ready or self.event_queue.qsize():  # ``ready`` queues Evt17 on a broken socket
+                return
+            fd = sock.socket.fileno()
+        timeout = min(MAX_WAIT_SECONDS, max(0.0, artim.remaining)) if artim.timeout is not None else MAX_WAIT_SECONDS
+        if fd >= 0:
+            self._poller.register(fd, select.POLLIN)
+        try:
+            self._poller.poll(timeout * 1000 + 1)
+        finally:
+            if fd >= 0:
+                self._poller.unregister(fd)
+
+    def run_reactor(self) -> None:
+        try:
+            super().run_reactor()
+        finally:
+            self._waker.close()
+            self._notify_user()  # the association thread checks whether this thread is alive
+
+
+class ReactorAssociation(Association):
+    """pynetdicom's association (acceptor) whose thread waits for its DUL instead of polling."""
+
+    def __init__(self, ae: Any, mode: str) -> None:
+        self._work = threading.Event()
+        super().__init__(ae, mode)
+        self.dul = ReactorDUL(self, self._work.set)
+        self.dimse.msg_queue = WakingQueue(self._work.set)
+        # pynetdicom gave its own DUL the AE's timeouts through these setters: the new one too.
+        self.acse_timeout = self.acse_timeout
+        self.network_timeout = self.network_timeout
+
+    def kill(self) -> None:
+        self._kill = True
+        self._work.set()
+        super().kill()
+
+    def _run_reactor(self) -> None:
+        """The acceptor's loop (pynetdicom's checks, in its order): serve a DIMSE message, answer
+        an A-RELEASE request, end on an abort, on the DUL's end or on the network idle timeout;
+        between turns, wait for the DUL to hand over something."""
+        self._is_paused = False
+        while not self._kill:
+            self._work.clear()  # work handed over from here on is seen below, or ends the wait
+            # Another thread using this association for its own DIMSE messages pauses the loop.
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg is not None and context_id is not None:
+                self._serve_request(msg, context_id)
+                continue
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                log.debug("association released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for the abort
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                log.info("association idle past the network timeout: aborted")
+                self.abort()
+                self.kill()
+                return
+            self._work.wait(min(MAX_WAIT_SECONDS, max(0.0, self.dul._idle_timer.remaining)) + 0.001)
+
+
+class Handoff(RequestHandler):
+    """Request handler of the gated server: ``request`` is ``(socket, A-ASSOCIATE-RQ bytes,
+    ledger ticket)``. The server (gate.py) provides ``stream_limits``, ``refusals`` and
+    ``track`` (the ledger's ``ticket`` the gate claimed for this association, ledger.py)."""
+
+    def handle(self) -> None:
+        raw, prefetched, ticket = self.request
+        self.request = raw
+        server: Any = self.server
+        assoc = self._create_association()
+        plain = AssociationSocket(assoc, client_socket=raw)
+        guarded = GuardedSocket.replacing(
+            plain, prefetched, PduStream(server.stream_limits), server.refusals, str(self.client_address[0])
+        )
+        assoc.set_socket(guarded)
+        assoc.dul.state_machine = TolerantStateMachine(assoc.dul)
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        server.track(assoc, ticket)
+        assoc.start()
+
+    def _create_association(self) -> ReactorAssociation:
+        """The acceptor association, set up as pynetdicom's handler does but (1) of the node's
+        class and (2) sharing the server's presentation contexts instead of a deep copy per
+        association (acceptor negotiation only reads them, PS3.8 9.3.3.2); no socket yet."""
+        server: Any = self.server
+        ae = self.ae
+        assoc = ReactorAssociation(ae, MODE_ACCEPTOR)
+        assoc._server = server
+        assoc.name = f"AcceptorThread@{datetime.now():%Y%m%d%H%M%S}"
+        acceptor = assoc.acceptor
+        acceptor.maximum_length = ae.maximum_pdu_size
+        acceptor.ae_title = server.ae_title
+        acceptor.address_info = self.local
+        acceptor.implementation_class_uid = ae.implementation_class_uid
+        acceptor.implementation_version_name = ae.implementation_version_name
+        acceptor.supported_contexts = server.contexts
+        assoc.requestor.address_info = self.remote
+        for event, bound in server._handlers.items():
+            if event.is_intervention:
+                if bound:
+                    assoc.bind(event, *bound)
+            elif isinstance(event, evt.NotificationEvent):
+                for handler, args in bound:
+                    assoc.bind(event, handler, args)
+        return assoc
