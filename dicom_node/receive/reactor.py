@@ -75,6 +75,7 @@ class ReactorDUL(DULServiceProvider):
         # Before pynetdicom's constructor, which sets the attributes below through their setters.
         self._waker = Waker()
         self._stop_requested = False
+        self._turned = False
         self._notify_user = notify_user
         self._poller = select.poll()
         self._poller.register(self._waker.fileno(), select.POLLIN)
@@ -115,29 +116,35 @@ class ReactorDUL(DULServiceProvider):
         pass  # pynetdicom's constructor sets its polling delay: there is none here
 
     def _wait_for_work(self) -> None:
-        """Return when the loop has something to do: an event or a primitive queued, the order
-        to stop, data from the peer (also data an SSL socket has already decrypted, which
-        ``poll`` cannot see), the connection closed, or the ARTIM timer expired."""
-        self._waker.drain()  # wake-ups from here on are for work not yet seen below
+        """Return when the loop may have something to do: an event or a primitive queued, the
+        order to stop, data from the peer or the connection closed, or the ARTIM timer expired.
+
+        pynetdicom's loop pauses only after a turn that looked at the socket (``ready``: also the
+        bytes an SSL socket already decrypted, or the A-ASSOCIATE-RQ the gate read) and found
+        nothing: such bytes only come from this thread's reads, so ``poll`` on the socket is what
+        is left to wait for. The first pause comes before any turn: it returns at once."""
+        if not self._turned:
+            self._turned = True
+            return
         if self._stop_requested or self.event_queue.qsize() or self.to_provider_queue.qsize():
             return
         artim = self.artim_timer
         if artim.expired:
             return
         sock = self.socket
-        fd = -1
-        if sock is not None and sock.socket is not None and not getattr(sock, "reading_paused", False):
-            if sock.ready or self.event_queue.qsize():  # ``ready`` queues Evt17 on a broken socket
-                return
-            fd = sock.socket.fileno()
+        raw = sock.socket if sock is not None and not getattr(sock, "reading_paused", False) else None
+        fd = raw.fileno() if raw is not None else -1
         timeout = min(MAX_WAIT_SECONDS, max(0.0, artim.remaining)) if artim.timeout is not None else MAX_WAIT_SECONDS
         if fd >= 0:
             self._poller.register(fd, select.POLLIN)
         try:
-            self._poller.poll(timeout * 1000 + 1)
+            woken = self._poller.poll(timeout * 1000 + 1)
         finally:
             if fd >= 0:
                 self._poller.unregister(fd)
+        if any(ready_fd == self._waker.fileno() for ready_fd, _ in woken):
+            # Whatever a wake-up announced was queued before it: the loop's next turn sees it.
+            self._waker.drain()
 
     def run_reactor(self) -> None:
         try:
