@@ -32,7 +32,7 @@ import select
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
@@ -42,6 +42,9 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from dicom_node.receive.guard import GuardedSocket, PduStream, TolerantStateMachine
 from dicom_node.receive.waker import Waker
+
+if TYPE_CHECKING:  # gate.py imports this module
+    from dicom_node.receive.gate import CheckedRQ
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +79,8 @@ class ReactorDUL(DULServiceProvider):
         self._waker = Waker()
         self._stop_requested = False
         self._turned = False
+        #: The A-ASSOCIATE-RQ the gate decoded, until pynetdicom reads its bytes.
+        self.checked_rq: CheckedRQ | None = None
         self._notify_user = notify_user
         self._poller = select.poll()
         self._poller.register(self._waker.fileno(), select.POLLIN)
@@ -146,6 +151,19 @@ class ReactorDUL(DULServiceProvider):
             # Whatever a wake-up announced was queued before it: the loop's next turn sees it.
             self._waker.drain()
 
+    def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
+        """pynetdicom's decode of a PDU read, except for the A-ASSOCIATE-RQ the gate decoded
+        (gate.py ``CheckedRQ``): that PDU is given as it is, with the same events, and its
+        conversion to a primitive (pynetdicom's AE-6 action) returns the one the gate made."""
+        checked, self.checked_rq = self.checked_rq, None
+        if checked is None or bytestream != checked.encoded:
+            return super()._decode_pdu(bytestream)
+        pdu, primitive = checked.pdu, checked.primitive
+        pdu.to_primitive = lambda: primitive  # type: ignore[method-assign]
+        evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": checked.encoded})
+        evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
+        return pdu, "Evt6"
+
     def run_reactor(self) -> None:
         try:
             super().run_reactor()
@@ -156,6 +174,8 @@ class ReactorDUL(DULServiceProvider):
 
 class ReactorAssociation(Association):
     """pynetdicom's association (acceptor) whose thread waits for its DUL instead of polling."""
+
+    dul: ReactorDUL
 
     def __init__(self, ae: Any, mode: str) -> None:
         self._work = threading.Event()
@@ -213,18 +233,19 @@ class ReactorAssociation(Association):
 
 
 class Handoff(RequestHandler):
-    """Request handler of the gated server: ``request`` is ``(socket, A-ASSOCIATE-RQ bytes,
-    ledger ticket)``. The server (gate.py) provides ``stream_limits``, ``refusals`` and
+    """Request handler of the gated server: ``request`` is ``(socket, the A-ASSOCIATE-RQ the gate
+    read and decoded, ledger ticket)``. The server (gate.py) provides ``stream_limits``, ``refusals`` and
     ``track`` (the ledger's ``ticket`` the gate claimed for this association, ledger.py)."""
 
     def handle(self) -> None:
-        raw, prefetched, ticket = self.request
+        raw, checked, ticket = self.request
         self.request = raw
         server: Any = self.server
         assoc = self._create_association()
+        assoc.dul.checked_rq = checked
         plain = AssociationSocket(assoc, client_socket=raw)
         guarded = GuardedSocket.replacing(
-            plain, prefetched, PduStream(server.stream_limits), server.refusals, str(self.client_address[0])
+            plain, checked.encoded, PduStream(server.stream_limits), server.refusals, str(self.client_address[0])
         )
         assoc.set_socket(guarded)
         assoc.dul.state_machine = TolerantStateMachine(assoc.dul)
