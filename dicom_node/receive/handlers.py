@@ -23,6 +23,7 @@ from pynetdicom.events import Event
 from dicom_node import logsafe, status
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, InstanceStored, ignore
+from dicom_node.receive import file_meta
 from dicom_node.receive.refusals import Refusals
 from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
 from dicom_node.uids import InvalidUID
@@ -166,7 +167,7 @@ def handle_store(event: Event, deps: HandlerDeps) -> int:
         )
     calling = _ae(event.assoc.requestor.ae_title)
     called = _ae(event.assoc.acceptor.ae_title)
-    parts = (PART10_PREFIX, encode_file_meta(event.file_meta), dataset)
+    parts = (PART10_PREFIX, _file_meta(event), dataset)
     result = deps.spool.store(parts, info, calling_ae=calling, called_ae=called)
     deps.tracker.instance_received(
         info.study_uid,
@@ -184,6 +185,19 @@ def handle_store(event: Event, deps: HandlerDeps) -> int:
             info.series_uid,
         )
     return status.SUCCESS
+
+
+def _file_meta(event: Event) -> bytes:
+    """The instance's encoded file meta group (file_meta.py; pydicom's encoder, as before, for
+    a request without its UIDs or with UIDs that are not ASCII)."""
+    sop_class = getattr(event.request, "AffectedSOPClassUID", None)
+    sop_instance = getattr(event.request, "AffectedSOPInstanceUID", None)
+    if sop_class and sop_instance:
+        try:
+            return file_meta.encode_file_meta(str(sop_class), str(sop_instance), str(event.context.transfer_syntax))
+        except UnicodeEncodeError:
+            pass
+    return encode_file_meta(event.file_meta)
 
 
 def handle_association_ended(event: Event, deps: HandlerDeps) -> None:
