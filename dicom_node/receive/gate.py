@@ -64,9 +64,10 @@ TICK_SECONDS = 0.25
 #: Backlog of the listening socket (connections the kernel queues before accept).
 LISTEN_BACKLOG = 256
 #: With a listening socket shared by several receiver processes, each waits this long per
-#: connection it already holds before it accepts, so the least busy receiver takes a new one.
-ACCEPT_DELAY_PER_CONNECTION = 0.005
-ACCEPT_DELAY_MAX = 0.05
+#: connection it already holds before it accepts, so the least busy receiver takes a new one
+#: (the steps well above the few milliseconds a busy machine's scheduler may delay a thread).
+ACCEPT_DELAY_PER_CONNECTION = 0.02
+ACCEPT_DELAY_MAX = 0.1
 
 
 @dataclass
@@ -115,6 +116,8 @@ class Gate:
         self._selector = selectors.DefaultSelector()
         self._pending: dict[int, _Pending] = {}
         self._inbox: deque[tuple[socket.socket, tuple[Any, ...]]] = deque()
+        #: Connections whose whole A-ASSOCIATE-RQ is being checked (no longer pending, no ticket yet).
+        self._completing = 0
         self._waker = Waker()
         self._selector.register(self._waker, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
@@ -143,8 +146,10 @@ class Gate:
         self.ledger.bind(ticket, assoc)
 
     def load(self) -> int:
-        """Connections this gate holds: arriving, pending, or open associations."""
-        return len(self._inbox) + len(self._pending) + self.ledger.held()
+        """Connections this gate holds: arriving, pending, being checked (decoding a request
+        with a hundred presentation contexts takes milliseconds: a receiver that did not count
+        it looked idle and took the next connection too), or open associations."""
+        return len(self._inbox) + len(self._pending) + self._completing + self.ledger.held()
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -257,7 +262,14 @@ class Gate:
     def _complete(self, pending: _Pending) -> None:
         """A whole A-ASSOCIATE-RQ: check it decodes, check the association limits, then hand over
         to pynetdicom."""
-        self._unregister(pending)
+        self._completing += 1
+        try:
+            self._unregister(pending)
+            self._check_and_hand_over(pending)
+        finally:
+            self._completing -= 1
+
+    def _check_and_hand_over(self, pending: _Pending) -> None:
         sock, host = pending.sock, pending.host
         checked = check_rq(bytes(pending.buffer))
         if isinstance(checked, str):
