@@ -96,8 +96,11 @@ class LocalLedger:
 
     def bind(self, ticket: int, assoc: Association) -> None:
         with self._lock:
-            if ticket in self._open:
-                self._open[ticket] = (assoc, self._open[ticket][1])
+            if ticket not in self._open:
+                return
+            self._open[ticket] = (assoc, self._open[ticket][1])
+        # Given back as soon as the connection closes, as SharedLedger does (the sweep is the backstop).
+        assoc.bind(evt.EVT_CONN_CLOSE, lambda event: self.cancel(ticket))
 
     def cancel(self, ticket: int) -> None:
         with self._lock:
