@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pynetdicom import evt
 from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
@@ -181,10 +182,33 @@ class ReactorAssociation(Association):
         self._work = threading.Event()
         super().__init__(ae, mode)
         self.dul = ReactorDUL(self, self._work.set)
-        self.dimse.msg_queue = WakingQueue(self._work.set)
+        #: Held while a DIMSE request is served, by this thread or inline by the DUL's.
+        self._serving = threading.Lock()
+        self.dimse.msg_queue = _Messages(self)
         # pynetdicom gave its own DUL the AE's timeouts through these setters: the new one too.
         self.acse_timeout = self.acse_timeout
         self.network_timeout = self.network_timeout
+
+    def serve_inline(self, context_id: int, msg: Any) -> bool:
+        """Serve a C-STORE or C-ECHO request on the DUL's thread, as it completes, when this
+        thread is idle and nothing is queued before it; False: queue it for this thread.
+
+        Each instance then costs no hand-over to this thread and back (two thread wake-ups,
+        each a wait for a core on a busy machine). Only these two: their handlers answer
+        without waiting for the peer (a C-GET handler waits for its sub-operations' responses,
+        which the DUL's thread must read), and only on an accepted presentation context
+        (pynetdicom aborts, blocking until the DUL's thread ends, on any other)."""
+        if not isinstance(msg, (C_STORE, C_ECHO)) or context_id not in self._accepted_cx:
+            return False
+        if threading.get_ident() != self.dul.ident or not self._serving.acquire(blocking=False):
+            return False
+        try:
+            if self.dimse.msg_queue.qsize():
+                return False  # an earlier message waits for this thread: keep the order
+            self._serve_request(msg, context_id)
+            return True
+        finally:
+            self._serving.release()
 
     def kill(self) -> None:
         self._kill = True
@@ -202,10 +226,11 @@ class ReactorAssociation(Association):
             self._is_paused = True
             self._reactor_checkpoint.wait()
             self._is_paused = False
-            context_id, msg = self.dimse.get_msg(block=False)
-            if msg is not None and context_id is not None:
-                self._serve_request(msg, context_id)
-                continue
+            with self._serving:
+                context_id, msg = self.dimse.get_msg(block=False)
+                if msg is not None and context_id is not None:
+                    self._serve_request(msg, context_id)
+                    continue
             if self.is_established and self.acse.is_release_requested():
                 self.acse.send_release(is_response=True)
                 log.debug("association released")
@@ -224,12 +249,31 @@ class ReactorAssociation(Association):
             if not self.dul.is_alive():
                 self.kill()
                 return
-            if self.dul.idle_timer_expired():
-                log.info("association idle past the network timeout: aborted")
-                self.abort()
-                self.kill()
-                return
+            # Not while the DUL's thread serves a request (pynetdicom's loop never looked then).
+            if self.dul.idle_timer_expired() and self._serving.acquire(blocking=False):
+                try:
+                    if self.dul.idle_timer_expired():
+                        log.info("association idle past the network timeout: aborted")
+                        self.abort()
+                        self.kill()
+                        return
+                finally:
+                    self._serving.release()
             self._work.wait(min(MAX_WAIT_SECONDS, max(0.0, self.dul._idle_timer.remaining)) + 0.001)
+
+
+class _Messages(WakingQueue[Any]):
+    """The association's queue of complete DIMSE messages (pynetdicom's ``dimse.msg_queue``):
+    the DUL's thread puts each message; a C-STORE or C-ECHO is served there and then when it
+    can be (:meth:`ReactorAssociation.serve_inline`), others wake the association's thread."""
+
+    def __init__(self, assoc: ReactorAssociation) -> None:
+        super().__init__(assoc._work.set)
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if not self._assoc.serve_inline(*item):
+            super().put(item, block, timeout)
 
 
 class Handoff(RequestHandler):
