@@ -7,7 +7,7 @@ never a fork of a process that may hold torch), each given a copy of that socket
 whole receive side of one process (the gate and guard, pynetdicom, the C-STORE handlers, the
 Q/R service the application adds) against the same spool. The kernel queues connections on the
 one socket and wakes every receiver; the least busy accepts first (one holding connections
-waits a few milliseconds per connection before ``accept``, gate.py), a connection waiting in the
+waits 20 ms per connection it holds before ``accept``, gate.py), a connection waiting in the
 queue survives the death of a receiver, and the port stays bound while one is restarted. (One
 socket shared, rather than one socket per receiver bound with SO_REUSEPORT: there the kernel
 picks the receiver by a hash of the peer's address and port, busy or not, and resets the
