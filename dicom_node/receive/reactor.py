@@ -14,14 +14,15 @@ a second per thread, which slows the others. Here:
 * :class:`ReactorAssociation` waits on an event that the DUL thread sets when it hands the
   association something (a DIMSE message, an A-RELEASE or A-ABORT indication), when it ends, and
   that :meth:`~ReactorAssociation.kill` sets; with a timeout at the network idle timer's expiry
-  (``node.limits.idle_timeout_seconds``).
+  (``node.limits.idle_timeout_seconds``). A C-STORE or C-ECHO does not even go to it: the DUL
+  thread serves it as it completes when this thread is idle (:meth:`~ReactorAssociation.serve_inline`).
 
 Both waits are also bounded by :data:`MAX_WAIT_SECONDS`, so a wake-up this module failed to
 foresee costs that much latency, not a hung association.
 
 :class:`Handoff` is the gated server's request handler (gate.py): it builds these associations,
 each with a :class:`~dicom_node.receive.guard.GuardedSocket` serving the A-ASSOCIATE-RQ the gate
-already read.
+already read, and the DUL taking the PDU the gate already decoded from it.
 """
 
 from __future__ import annotations
