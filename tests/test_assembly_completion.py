@@ -94,6 +94,32 @@ def test_series_spanning_two_associations_waits_for_both() -> None:
     assert len(tracker.due()) == 1
 
 
+def test_settled_series_are_listed_before_their_quiet_period_ends() -> None:
+    clock = Clock()
+    tracker = SeriesTracker(quiet_seconds=5, require_release=True, clock=clock)
+    tracker.instance_received("1.1", "1.1.5", "1.1.5.1", "a1")
+    tracker.instance_received("1.1", "1.1.5", "1.1.5.2", "a1")
+    clock.now += 1
+    assert tracker.settled(0.5) == []  # its association is still open
+    tracker.association_ended("a1")
+    assert tracker.settled(2) == []  # nothing for 1 s only
+    (settled,) = tracker.settled(0.5)
+    assert settled.sop_uids == {"1.1.5.1", "1.1.5.2"} and settled.arrivals == 2
+    # A duplicate leaves the instance set as it was, but counts as an arrival.
+    tracker.instance_received("1.1", "1.1.5", "1.1.5.2", "a2")
+    tracker.association_ended("a2")
+    clock.now += 1
+    (again,) = tracker.settled(0.5)
+    assert again.fingerprint == settled.fingerprint and again.arrivals == 3
+    clock.now += 4
+    assert tracker.settled(0.5) == []  # due now, no longer only settled
+    (due,) = tracker.due()
+    assert due.arrivals == 3
+    tracker.mark_processed(due.study_uid, due.series_uid, due.fingerprint, ("job-1",))
+    clock.now -= 4.5
+    assert tracker.settled(0.5) == []  # processed
+
+
 def test_restored_series_waits_for_its_quiet_period() -> None:
     clock = Clock()
     tracker = SeriesTracker(quiet_seconds=2, require_release=True, clock=clock)

@@ -5,6 +5,11 @@ every association that carried instances of the series has ended (released, abor
 and no instance arrived for ``series_quiet_seconds``. :func:`series_complete` is that rule as a
 pure function; :class:`SeriesTracker` holds the per-series state it is applied to.
 
+Settled series: a series whose associations have all ended and which has had no instance for a
+short while is very likely complete already; :meth:`SeriesTracker.settled` lists them, with the
+count of instances received so far (``arrivals``, duplicates included), so the node can do work
+ahead during the rest of the quiet period and tell, once it ends, whether anything arrived since.
+
 Late instances: each processed series remembers the fingerprint of the instance set its job saw.
 An instance arriving later changes the fingerprint, the series becomes due again after the quiet
 period, and the new job supersedes the old one (its record names the job it supersedes).
@@ -58,6 +63,9 @@ class SeriesState:
     #: Unix time the first instance not yet handed on arrived (None: none since, or unknown
     #: after a restart); a job's ``received`` stage.
     first_arrival: float | None = None
+    #: Instances received so far, duplicates included: any arrival changes it, even one that
+    #: leaves the instance set (and its fingerprint) as it was but rewrote a file.
+    arrivals: int = 0
     #: ``fingerprint`` of ``instances`` as last computed (None: changed since). The scheduler
     #: asks every series for it several times a second; a node holding thousands of finished
     #: series must not hash them all again each time.
@@ -92,6 +100,8 @@ class DueSeries:
     supersedes: tuple[str, ...]
     #: Unix time the set's first new instance arrived (None: unknown).
     first_arrival: float | None = None
+    #: :attr:`SeriesState.arrivals` when the snapshot was taken.
+    arrivals: int = 0
 
 
 class SeriesTracker:
@@ -132,6 +142,7 @@ class SeriesTracker:
                 state.instances.add(sop_uid)
                 state.changed()
             state.last_arrival = now
+            state.arrivals += 1
             state.open_associations.add(association)
             if calling_ae:
                 state.calling_ae, state.called_ae = calling_ae, called_ae
@@ -171,6 +182,18 @@ class SeriesTracker:
 
     def due(self) -> list[DueSeries]:
         """Complete series whose current instance set differs from the processed one."""
+        return self._unprocessed(self.quiet_seconds, complete=True)
+
+    def settled(self, settle_seconds: float) -> list[DueSeries]:
+        """Series not complete yet but likely to be: every association that carried them has
+        ended (when ``require_release``) and nothing arrived for ``settle_seconds``; their current
+        instance set is unprocessed. What the node may do ahead for them (routing, a speculative
+        run) holds only if :attr:`DueSeries.arrivals` is the same once they are due."""
+        return self._unprocessed(min(settle_seconds, self.quiet_seconds), complete=False)
+
+    def _unprocessed(self, quiet_seconds: float, complete: bool) -> list[DueSeries]:
+        """Unprocessed series past ``quiet_seconds``; with ``complete`` False, only those still
+        short of the quiet period itself."""
         now = self._clock()
         out = []
         with self._lock:
@@ -178,10 +201,12 @@ class SeriesTracker:
                 if not series_complete(
                     state.last_arrival,
                     len(state.open_associations),
-                    self.quiet_seconds,
+                    quiet_seconds,
                     self.require_release,
                     now,
                 ):
+                    continue
+                if not complete and now - state.last_arrival >= self.quiet_seconds:
                     continue
                 fingerprint = state.fingerprint
                 if fingerprint == state.processed_fingerprint:
@@ -196,6 +221,7 @@ class SeriesTracker:
                         state.called_ae,
                         state.processed_jobs,
                         state.first_arrival,
+                        state.arrivals,
                     )
                 )
         return out
@@ -243,6 +269,7 @@ class SeriesTracker:
                     s.processed_fingerprint,
                     s.processed_jobs,
                     s.first_arrival,
+                    s.arrivals,
                 )
                 for s in self._series.values()
             ]
