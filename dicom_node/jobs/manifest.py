@@ -64,6 +64,11 @@ class Manifest(BaseModel):
     model_loads: list[dict[str, Any]] = Field(default_factory=list)
     #: Seconds per stage of the run (the pipeline's: load, tools, encode, write).
     timings: dict[str, float] = Field(default_factory=dict)
+    #: Seconds per stage that ran ahead, during the series' quiet period, in a speculative run
+    #: this job adopted (dicom_node/jobs/speculation.py); those stages are not in ``timings``.
+    ahead: dict[str, float] = Field(default_factory=dict)
+    #: Unix time that speculative run ended (None: none was adopted).
+    ahead_ended: float | None = None
 
     @classmethod
     def coerce(cls, value: Manifest | Mapping[str, Any]) -> Manifest:

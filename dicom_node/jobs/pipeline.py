@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from agent.loop import run_agent
+from agent.loop import AgentResult, run_agent
 from agent.planners.base import Planner, UnknownPlanner, build_planner
 from agent.planners.rules import RulesPlanner
 from agent.protocol import to_plain
@@ -30,11 +30,13 @@ from dicom_node.deliver.seg_refusal import needs_stand_ins
 from dicom_node.jobs.manifest import Manifest
 from dicom_node.jobs.retry import JobFailed
 from dicom_node.jobs.spec import JobSpec
+from dicom_node.jobs.speculation import AheadSlot, Encoded, Prepared, talks_to_endpoints
 from dicom_node.jobs.stages import Stage
 from dicom_node.jobs.telemetry import collect_run
 from dicom_node.limits import parse_limits
 from dicom_node.receive.spool import INSTANCE_SUFFIX, QUARANTINE_NOTE
 from image_model.loader import LoadError, load_series
+from image_model.volume import Volume
 from sr_templates.outputs import build_outputs, build_overlays, identity_for
 from tools.device import record_model_load
 from tools.registry import ToolRegistry
@@ -49,6 +51,8 @@ class WorkerContext:
     config: AppConfig
     registry: ToolRegistry
     planners: dict[str, Planner] = field(default_factory=dict)
+    #: The speculative run of this process (:func:`run_ahead`), kept for the job to adopt.
+    ahead: AheadSlot = field(default_factory=AheadSlot)
     _fallback: Planner | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -60,6 +64,11 @@ class WorkerContext:
         if registry.settings_errors:
             raise ValueError("; ".join(f"tools.{name}: {why}" for name, why in registry.settings_errors.items()))
         return cls(config=config, registry=registry)
+
+    @property
+    def sends_requests(self) -> bool:
+        """A planner or tool is configured with an endpoint (requests may leave the node)."""
+        return talks_to_endpoints(self.config.model_dump())
 
     def planner(self, name: str) -> Planner:
         """The planner backend ``name``, built on first use; unknown names fail the job."""
@@ -171,23 +180,61 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
     The manifest carries the run's telemetry too: when the tools and the encoding finished,
     each tool call's duration, disclosures to remote endpoints and model loads
     (:mod:`dicom_node.jobs.telemetry`).
+
+    A speculative run of the same spec during the quiet period (:func:`run_ahead`) is adopted:
+    the stages it passed are not run again (the manifest's ``ahead`` says how long they took).
     """
     with collect_run() as telemetry:
-        manifest = _run(spec, ctx)
+        prepared = ctx.ahead.take(spec)
+        manifest = _run(spec, ctx, prepared)
+    if prepared is not None:
+        telemetry.disclosures[:0] = prepared.telemetry.disclosures
+        telemetry.model_loads[:0] = prepared.telemetry.model_loads
     return manifest.model_copy(update={
         "disclosures": telemetry.disclosures,
         "model_loads": [asdict(load) for load in telemetry.model_loads],
     })
 
 
-def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
-    config = ctx.config
-    clock = _StageClock()
+def run_ahead(spec: JobSpec, ctx: WorkerContext, keep_going: Callable[[], bool]) -> None:
+    """Run ``spec``'s load, tools and encode now, before its job exists, keeping the outcome in
+    ``ctx.ahead`` for the job to adopt (:mod:`dicom_node.jobs.speculation`); nothing is written.
+    Stops between stages once ``keep_going`` says so or the slot no longer wants it. With a
+    planner or tool that sends requests to an endpoint only the load runs ahead (no data leaves
+    for a job that may never exist)."""
+    ctx.ahead.begin(spec)
+    prepared: Prepared | None = None
     try:
-        volume = load_series(_instance_files(spec), parse_limits(config.node))
+        with collect_run() as telemetry:
+            clock = _StageClock()
+            volume = _load(spec, ctx)
+            clock.lap("load")
+            prepared = Prepared(spec, volume, timings=clock.laps, telemetry=telemetry)
+            if ctx.sends_requests or not (keep_going() and ctx.ahead.wanted(spec)):
+                return
+            prepared.result = _tools(spec, ctx, volume)
+            clock.lap("tools")
+            if not (keep_going() and ctx.ahead.wanted(spec)):
+                return
+            prepared.encoded = _encode(spec, ctx, volume, prepared.result)
+            clock.lap("encode")
+    except JobFailed:
+        prepared = None  # the job itself will fail the same way, with its reason recorded
+    finally:
+        if prepared is not None:
+            prepared.ended = time.time()
+        ctx.ahead.publish(spec, prepared)
+
+
+def _load(spec: JobSpec, ctx: WorkerContext) -> Volume:
+    try:
+        return load_series(_instance_files(spec), parse_limits(ctx.config.node))
     except LoadError as exc:
         raise JobFailed(f"cannot load series: {exc}") from None
-    clock.lap("load")
+
+
+def _tools(spec: JobSpec, ctx: WorkerContext, volume: Volume) -> AgentResult:
+    config = ctx.config
     planner = ctx.planner(spec.planner or config.planner.backend)
     result = run_agent(
         spec.instruction,
@@ -198,7 +245,6 @@ def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         allowed_tools=spec.tools,
         fallback=ctx.fallback(),
     )
-    tools_done = time.time()
     called = [a for m in result.conversation.messages if m.turn for a in m.turn.actions]
     if called and not result.outputs:
         raise JobFailed("no tool could process this series: " + "; ".join(result.errors))
@@ -208,14 +254,46 @@ def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
             f"no available tool can {', '.join(result.unserved)} for this {volume.modality} series "
             f"({'x'.join(str(n) for n in volume.shape)} voxels)"
         )
-    clock.lap("tools")
+    return result
+
+
+def _encode(spec: JobSpec, ctx: WorkerContext, volume: Volume, result: AgentResult) -> Encoded:
+    config = ctx.config
     predecessors = predecessor_reports(spec)
-    identity = identity_for(volume, config.output, variant=output_variant(spec))
     datasets = build_outputs(
         volume, result.outputs, result.answer, config.output, spec.instruction, result.planner,
-        identity=identity, previous_reports=predecessors,
+        identity=identity_for(volume, config.output, variant=output_variant(spec)),
+        previous_reports=predecessors,
     )
-    clock.lap("encode")
+    return Encoded(datasets, predecessors)
+
+
+def _same_reports(a: Sequence[Dataset], b: Sequence[Dataset]) -> bool:
+    return [str(ds.SOPInstanceUID) for ds in a] == [str(ds.SOPInstanceUID) for ds in b]
+
+
+def _run(spec: JobSpec, ctx: WorkerContext, prepared: Prepared | None) -> Manifest:
+    config = ctx.config
+    clock = _StageClock()
+    if prepared is None:
+        volume = _load(spec, ctx)
+        clock.lap("load")
+    else:
+        volume = prepared.volume
+    result = prepared.result if prepared is not None else None
+    if result is None:
+        result = _tools(spec, ctx, volume)
+        clock.lap("tools")
+    tools_done = time.time()
+    encoded = prepared.encoded if prepared is not None else None
+    # The predecessors are read again: an earlier job that finished since changes the SR.
+    if encoded is None or not _same_reports(encoded.predecessors, predecessor_reports(spec)):
+        encoded = _encode(spec, ctx, volume, result)
+        clock.lap("encode")
+    else:
+        clock.lap("adopt")
+    datasets, predecessors = encoded.datasets, encoded.predecessors
+    identity = identity_for(volume, config.output, variant=output_variant(spec))
     out_dir = Path(spec.result_dir)
     files: list[str] = []
     uids: dict[str, str] = {}
@@ -236,7 +314,7 @@ def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         fallback_files[str(out_dir / SEG_FILE)] = list(written)
         uids.update({f"{OVERLAY_FOLDER}/{Path(p).name}": uid for p, uid in written.items()})
     write_json_atomic(out_dir / CONVERSATION_FILE, result.conversation.to_llava_json())
-    encoded = time.time()
+    written_at = time.time()
     clock.lap("write")
     manifest = Manifest(
         job_id=spec.job_id,
@@ -256,9 +334,11 @@ def _run(spec: JobSpec, ctx: WorkerContext) -> Manifest:
         fallback_reason=result.fallback_reason,
         errors=result.errors,
         tools=[{"api_name": o.api_name, "summary": to_plain(o.summary)} for o in result.outputs],
-        stages={Stage.TOOLS: tools_done, Stage.ENCODED: encoded},
+        stages={Stage.TOOLS: tools_done, Stage.ENCODED: written_at},
         tool_runs=[asdict(run) for run in result.tool_runs],
         timings=clock.laps,
+        ahead=prepared.timings if prepared is not None else {},
+        ahead_ended=prepared.ended if prepared is not None else None,
     )
     log.info(
         "job %s: %d output file(s), %d overlay(s), %d predecessor report(s), planner %s%s",

@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from config.schema import AppConfig
 from dicom_node.jobs.manifest import Manifest, write_manifest
-from dicom_node.jobs.pipeline import WorkerContext, run_job
+from dicom_node.jobs.pipeline import WorkerContext, run_ahead, run_job
 from dicom_node.jobs.retry import Failure, input_failure
 from dicom_node.jobs.spec import JobSpec
 
@@ -47,15 +47,41 @@ def execute(spec: JobSpec, runner: JobRunner) -> Manifest:
     return manifest
 
 
-def pipeline_runner(config: AppConfig) -> JobRunner:
+@runtime_checkable
+class RunsAhead(Protocol):
+    """A runner that can run a job's work before the job exists (the pipeline): what the
+    embedded pool asks during a series' quiet period (:mod:`dicom_node.jobs.speculation`)."""
+
+    def __call__(self, spec: JobSpec) -> Manifest | Mapping[str, Any]: ...
+
+    def run_ahead(self, spec: JobSpec, keep_going: Callable[[], bool]) -> None:
+        """Run ``spec``'s work now, keeping the outcome for its job; stop between stages once
+        ``keep_going`` says so."""
+
+    def discard_ahead(self, study_uid: str, series_uid: str) -> None:
+        """Drop the outcome of the series' run ahead (something arrived for it)."""
+
+
+class PipelineRunner:
     """The default runner: :func:`run_job` with one :class:`WorkerContext` per process, built now
     (tool settings are checked at start; models load on first use and stay warm)."""
-    ctx = WorkerContext.build(config)
 
-    def run(spec: JobSpec) -> Manifest:
-        return run_job(spec, ctx)
+    def __init__(self, config: AppConfig) -> None:
+        self.ctx = WorkerContext.build(config)
 
-    return run
+    def __call__(self, spec: JobSpec) -> Manifest:
+        return run_job(spec, self.ctx)
+
+    def run_ahead(self, spec: JobSpec, keep_going: Callable[[], bool]) -> None:
+        run_ahead(spec, self.ctx, keep_going)
+
+    def discard_ahead(self, study_uid: str, series_uid: str) -> None:
+        self.ctx.ahead.discard(study_uid, series_uid)
+
+
+def pipeline_runner(config: AppConfig) -> JobRunner:
+    """The default runner (:class:`PipelineRunner`)."""
+    return PipelineRunner(config)
 
 
 class RunKind(str, enum.Enum):
@@ -104,3 +130,16 @@ class Executor(Protocol):
     def stop(self, timeout: float = 30.0) -> None:
         """Stop taking jobs; let running ones finish up to ``timeout``. Jobs not started stay
         ``queued`` in their records and are adopted again at the next start."""
+
+
+@runtime_checkable
+class Speculates(Protocol):
+    """A queue backend that runs a job's work ahead, during its series' quiet period (the
+    embedded pool; Celery workers do not: their memory is not the node's)."""
+
+    def speculate(self, spec: JobSpec) -> bool:
+        """Run ``spec``'s work ahead when a worker is idle (replacing any earlier request that
+        has not started); False when this backend's runner cannot."""
+
+    def discard(self, study_uid: str, series_uid: str) -> None:
+        """Drop the series' work ahead, requested, running or done."""

@@ -47,7 +47,7 @@ from dicom_node.events import Emit, Hop, HopEvent, ignore
 from dicom_node.jobs.manifest import load_manifest, manifest_path
 from dicom_node.jobs.pipeline import SR_FILE
 from dicom_node.jobs.retry import Failure, RetryPolicy, classify
-from dicom_node.jobs.runner import Executor, RunEvent, RunKind
+from dicom_node.jobs.runner import Executor, RunEvent, RunKind, Speculates
 from dicom_node.jobs.spec import JobRequest, JobSpec, SeriesRef
 from dicom_node.jobs.stages import Stage, Stages, first_stages
 from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
@@ -196,6 +196,27 @@ class JobService:
             self._executor.run(spec, 1)
             records.append(record)
         return records
+
+    def speculate(self, series: SeriesRef, request: JobRequest) -> bool:
+        """Run ahead the job :meth:`submit` would create for ``request`` on ``series`` (its
+        quiet period not over yet): same job id, same spec, nothing recorded or sent; the job
+        adopts the outcome when it is submitted with an equal spec
+        (:mod:`dicom_node.jobs.speculation`). False when the queue does not run work ahead
+        (Celery), or the job exists already (done, or in progress here)."""
+        if not isinstance(self._executor, Speculates):
+            return False
+        job_id = make_job_id(series.study_uid, series.series_uid, series.fingerprint, request.key)
+        with self._cond:
+            held = self.store.get(job_id)
+            if held is not None and (held.state is JobState.DONE or job_id in self._active):
+                return False
+            spec = self._spec(job_id, series, request)
+        return self._executor.speculate(spec)
+
+    def discard_ahead(self, study_uid: str, series_uid: str) -> None:
+        """Drop the series' work ahead (requested, running or done): something arrived for it."""
+        if isinstance(self._executor, Speculates):
+            self._executor.discard(study_uid, series_uid)
 
     def record_unrouted(
         self, series: SeriesRef, reason: str, state: JobState = JobState.UNROUTED
