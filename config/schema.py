@@ -95,6 +95,10 @@ class NodeConfig(_Strict):
     series_quiet_seconds: float = Field(5.0, ge=0)
     #: Also wait for the sending association to be released before a series counts as complete.
     require_association_release: bool = True
+    #: Run a settled series' job ahead during the rest of its quiet period (the embedded pool
+    #: only; nothing is written or sent before the period ends, and the outcome is dropped if
+    #: anything arrives): README "Series completeness".
+    work_ahead: bool = True
     #: Calling AE titles allowed to associate; empty allows every caller.
     allowed_calling_aets: list[str] = Field(default_factory=list)
     #: Peer IP addresses allowed to connect; empty allows every address.

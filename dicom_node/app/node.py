@@ -3,7 +3,8 @@
 Data flow (top to bottom, one series):
 
     SCP (scp.py, handlers.py) --C-STORE--> Spool (spool.py) + SeriesTracker (assembly.py)
-    scheduler thread, every ~0.5 s: SeriesTracker.due() -> header -> routing.route_series()
+    scheduler thread, every ~0.2 s: SeriesTracker.due() -> header -> routing.route_series()
+        (done ahead, in the quiet period, for a settled series: ahead.py; the job may run ahead too)
         -> JobService.submit(series, one request per route) (jobs/service.py): job records,
            the queue (the embedded pool, or Celery workers when queue.broker_url is set)
     worker: job runner(JobSpec) -> results + manifest -> JobService -> Outbox.enqueue(...)
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self, TextIO
 from pydicom.dataset import Dataset
 
 from config.schema import AppConfig, RouteConfig
+from dicom_node.app.ahead import SETTLE_SECONDS, Ahead
 from dicom_node.app.audit import AUDIT_FOLDER, AuditTrail
 from dicom_node.app.metrics import NodeMetrics, NodeState
 from dicom_node.app.receiver import qr_service
@@ -182,6 +184,9 @@ class Node:
             forget_jobs=self.job_service.forget,
         )
         self._routing_policy = RetryPolicy.from_config(config.queue)
+        #: Routing (and, with node.work_ahead, the job) done in a settled series' quiet period.
+        self._ahead: Ahead[RoutingDecision] = Ahead(self._route, self._start_ahead,
+                                                    self.job_service.discard_ahead)
         #: Due series whose header read failed for now, by (study, series, fingerprint).
         self._deferred: dict[tuple[str, str, str], _Deferred] = {}
         self._scheduler_errors = RepeatedLog(log)
@@ -380,26 +385,39 @@ class Node:
             if deferred is not None and now < deferred.not_before:
                 continue
             created.extend(self._dispatch(due))
+        self._ahead.look(self.tracker.settled(SETTLE_SECONDS))
         return created
 
-    def _dispatch(self, due: DueSeries) -> list[str]:
-        series_dir = self.spool.series_dir(due.study_uid, due.series_uid)
-        complete_at = time.time()
-        series = SeriesRef(
-            study_uid=due.study_uid, series_uid=due.series_uid, series_dir=str(series_dir),
+    def _series_ref(self, due: DueSeries, complete_at: float | None) -> SeriesRef:
+        return SeriesRef(
+            study_uid=due.study_uid, series_uid=due.series_uid,
+            series_dir=str(self.spool.series_dir(due.study_uid, due.series_uid)),
             sop_uids=tuple(sorted(due.sop_uids)), fingerprint=due.fingerprint,
             calling_ae=due.calling_ae, called_ae=due.called_ae, supersedes=due.supersedes,
             received_at=due.first_arrival, complete_at=complete_at,
         )
+
+    def _route(self, due: DueSeries) -> RoutingDecision:
+        """The series' routes, from its first readable header and (a route's image check) its
+        instance files."""
+        series_dir = self.spool.series_dir(due.study_uid, due.series_uid)
+        files = [series_dir / f"{uid}{INSTANCE_SUFFIX}" for uid in sorted(due.sop_uids)]
+        # Under the parse policy: a file it refuses is quarantined, the next one read.
+        header = self.spool.first_header(due.study_uid, due.series_uid, due.sop_uids)
+        return self._router(self.config, series_tags(header), due.calling_ae, due.called_ae, files)
+
+    def _start_ahead(self, settled: DueSeries, decision: RoutingDecision) -> None:
+        """Run the series' first routed job ahead (node.work_ahead): one at a time, so one."""
+        if self.config.node.work_ahead and decision.routes:
+            self.job_service.speculate(self._series_ref(settled, None),
+                                       JobRequest.for_route(decision.routes[0]))
+
+    def _dispatch(self, due: DueSeries) -> list[str]:
+        complete_at = time.time()
+        series = self._series_ref(due, complete_at)
         key = (due.study_uid, due.series_uid, due.fingerprint)
-        files = [series_dir / f"{uid}{INSTANCE_SUFFIX}" for uid in series.sop_uids]
         try:
-            # Under the parse policy: a file it refuses is quarantined, the next one read.
-            header = self.spool.first_header(due.study_uid, due.series_uid, due.sop_uids)
-            # Routing reads instance files too (a route's image check).
-            decision = self._router(
-                self.config, series_tags(header), due.calling_ae, due.called_ae, files
-            )
+            decision = self._ahead.take(due) or self._route(due)
         except OSError as exc:
             # Transient (an I/O error, a volume that went away): the series stays due and is
             # tried again after a backoff; once its files read it is routed as usual.
