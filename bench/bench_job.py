@@ -18,9 +18,15 @@ period of ``--quiet`` seconds) sends to a dcmtk storescp PACS stand-in. After a 
 the measured series is sent with storescu over one association; the latency is the time from
 storescu's exit (the last instance acknowledged, the association released) until the SEG+SR
 delivery records are ``done`` (the PACS acknowledged both), minus the quiet period. The split:
-``dispatch`` (quiet period's end -> the job starts: scheduler pass, routing's thorax check,
-queue), the run's own stages (``load``, ``tools``, ``encode``, ``write``, from its manifest)
-and ``send`` (manifest written -> acknowledged). The node's peak RSS during the measured series
+``dispatch`` (quiet period's end -> the job starts: scheduler pass, routing's thorax check
+unless it was done ahead, queue), the run's own stages (``load``, ``tools``, ``encode``,
+``write``, from its manifest) and ``send`` (manifest written -> acknowledged). With work ahead
+(``node.work_ahead``, the default) the node routes the series and runs load, tools and encode
+during the quiet period, once the association is released and nothing arrived for 0.5 s; the
+job adopts that work: ``ahead`` is the seconds of those stages, ``overlap`` the part of them
+done before the quiet period ended (the rest delays the job's start, and counts in the latency;
+it is not in ``dispatch``). ``hand-off``: the quiet period's end -> the job record queued
+(issue 14: within 1 s). The node's peak RSS during the measured series
 is reported too. The floor runs on the same files, in its own process, in the same invocation.
 
     bench/run.sh bench.bench_job memory --slices 100 400
@@ -229,10 +235,18 @@ class LatencyRig:
         manifest_path = self.data_dir / "results" / job_id / "manifest.json"
         manifest = json.loads(manifest_path.read_text())
         timings: dict[str, float] = manifest.get("timings", {})
+        ahead: dict[str, float] = manifest.get("ahead", {})
         job_end = manifest_path.stat().st_mtime
         total = acked - sent - self.quiet
-        split = {"dispatch": job_end - sum(timings.values()) - (sent + self.quiet), **timings,
-                 "send": acked - job_end}
+        quiet_end = sent + self.quiet
+        job_start = job_end - sum(timings.values())
+        # Work ahead: the part of it done after the quiet period's end delayed the job's start.
+        late = max(0.0, (manifest.get("ahead_ended") or quiet_end) - quiet_end) if ahead else 0.0
+        record = json.loads((self.data_dir / "jobs" / f"{job_id}.json").read_text())
+        split = {"handoff": record["stages"]["queued"] - quiet_end,
+                 "dispatch": job_start - quiet_end - late, **ahead, **timings,
+                 "send": acked - job_end, "ahead": sum(ahead.values()),
+                 "overlap": sum(ahead.values()) - late}
         return {"latency": total, "split": split, "node_peak_mb": _status("VmHWM", self.node.pid),
                 "files": sum(1 for _ in self.pacs_dir.iterdir())}
 
@@ -260,12 +274,14 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
                           f"(ratio {row['ratio']:.2f}; {split}), node peak {node['node_peak_mb']:.0f} MB", flush=True)
             finally:
                 rig.stop()
-    print("\n| slices | floor s | node s (minus quiet) | ratio | dispatch | load | tools | encode | write | send | node peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| slices | floor s | node s (minus quiet) | ratio | dispatch | load | tools | encode | write | send "
+          "| ahead | overlap | hand-off | node peak MB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s = r["split"]
         print(f"| {r['slices']} | {r['floor_s']:.2f} | {r['latency']:.2f} | {r['ratio']:.2f} | "
-              + " | ".join(f"{s.get(k, 0.0):.2f}" for k in ("dispatch", "load", "tools", "encode", "write", "send"))
+              + " | ".join(f"{s.get(k, 0.0):.2f}" for k in ("dispatch", "load", "tools", "encode", "write", "send",
+                                                           "ahead", "overlap", "handoff"))
               + f" | {r['node_peak_mb']:.0f} |")
     return {"rows": results}
 
