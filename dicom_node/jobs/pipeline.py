@@ -199,9 +199,10 @@ def run_job(spec: JobSpec, ctx: WorkerContext) -> Manifest:
 def run_ahead(spec: JobSpec, ctx: WorkerContext, keep_going: Callable[[], bool]) -> None:
     """Run ``spec``'s load, tools and encode now, before its job exists, keeping the outcome in
     ``ctx.ahead`` for the job to adopt (:mod:`dicom_node.jobs.speculation`); nothing is written.
-    Stops between stages once ``keep_going`` says so or the slot no longer wants it. With a
-    planner or tool that sends requests to an endpoint only the load runs ahead (no data leaves
-    for a job that may never exist)."""
+    Stops between stages once ``keep_going`` says so (another job is due: what was done is
+    dropped, so that job's memory never comes on top of a volume held for later) or the slot no
+    longer wants it. With a planner or tool that sends requests to an endpoint only the load
+    runs ahead (no data leaves for a job that may never exist)."""
     ctx.ahead.begin(spec)
     prepared: Prepared | None = None
     try:
@@ -210,13 +211,17 @@ def run_ahead(spec: JobSpec, ctx: WorkerContext, keep_going: Callable[[], bool])
             volume = _load(spec, ctx)
             clock.lap("load")
             prepared = Prepared(spec, volume, timings=clock.laps, telemetry=telemetry)
-            if ctx.sends_requests or not (keep_going() and ctx.ahead.wanted(spec)):
+            if ctx.sends_requests:
                 return
-            prepared.result = _tools(spec, ctx, volume)
+            if not (keep_going() and ctx.ahead.wanted(spec)):
+                prepared = None
+                return
+            result = prepared.result = _tools(spec, ctx, volume)
             clock.lap("tools")
             if not (keep_going() and ctx.ahead.wanted(spec)):
+                prepared = None
                 return
-            prepared.encoded = _encode(spec, ctx, volume, prepared.result)
+            prepared.encoded = _encode(spec, ctx, volume, result)
             clock.lap("encode")
     except JobFailed:
         prepared = None  # the job itself will fail the same way, with its reason recorded
