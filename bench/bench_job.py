@@ -26,11 +26,14 @@ during the quiet period, once the association is released and nothing arrived fo
 job adopts that work: ``ahead`` is the seconds of those stages, ``overlap`` the part of them
 done before the quiet period ended (the rest delays the job's start, and counts in the latency;
 it is not in ``dispatch``). ``hand-off``: the quiet period's end -> the job record queued
-(issue 14: within 1 s). The node's peak RSS during the measured series
-is reported too. The floor runs on the same files, in its own process, in the same invocation.
+(issue 14: within 1 s). ``--work-ahead both`` starts two nodes, with and without work ahead,
+and sends each repetition's series to both in turn (a comparison within one run). The node's
+peak RSS during the measured series is reported too. The floor runs on the same files, in its
+own process, in the same invocation.
 
     bench/run.sh bench.bench_job memory --slices 100 400
     bench/run.sh bench.bench_job latency --slices 200 --reps 2
+    bench/run.sh bench.bench_job latency --slices 500 --quiet 5 --work-ahead both
 """
 from __future__ import annotations
 
@@ -173,13 +176,14 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 class LatencyRig:
     """A PACS stand-in (dcmtk storescp) and ``mmed-node serve`` of the working tree."""
 
-    def __init__(self, work: Path, quiet: float) -> None:
-        self.work, self.quiet = work, quiet
+    def __init__(self, work: Path, quiet: float, work_ahead: bool = True) -> None:
+        self.work, self.quiet, self.work_ahead = work, quiet, work_ahead
         self.pacs_dir = work / "pacs"
         self.data_dir = work / "var"
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
         self.pacs_dir.mkdir(parents=True)
         pacs_port, self.port = free_port(), free_port()
         env = dcmtk_env()
@@ -188,7 +192,7 @@ class LatencyRig:
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         config = {
             "node": {"ae_title": "MMEDNODE", "port": self.port, "data_dir": str(self.data_dir),
-                     "series_quiet_seconds": self.quiet},
+                     "series_quiet_seconds": self.quiet, "work_ahead": self.work_ahead},
             "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}},
         }
         (self.work / "node.yaml").write_text(json.dumps(config))
@@ -251,35 +255,46 @@ class LatencyRig:
                 "files": sum(1 for _ in self.pacs_dir.iterdir())}
 
 
+#: --work-ahead -> the node.work_ahead setting of each node started.
+_AHEAD_SETTINGS = {"on": (True,), "off": (False,), "both": (True, False)}
+
+
 def latency(args: argparse.Namespace) -> dict[str, Any]:
     warm = series(args.cache, WARM_SLICES, 128)
     results: list[dict[str, Any]] = []
     for slices in args.slices:
         folder = series(args.cache, slices)
         with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-            rig = LatencyRig(Path(tmp), args.quiet)
-            rig.start()
+            # One node per setting of node.work_ahead, both up during the whole run (an idle node
+            # costs next to nothing); each repetition sends the same series to each in turn.
+            rigs = {ahead: LatencyRig(Path(tmp) / f"ahead-{ahead}", args.quiet, ahead)
+                    for ahead in _AHEAD_SETTINGS[args.work_ahead]}
             try:
-                rig.send_and_wait(warm)
+                for rig in rigs.values():
+                    rig.start()
+                    rig.send_and_wait(warm)
                 for rep in range(args.reps):
                     floor = measure("floor", folder, warm)
                     if rep:  # the same series again would be a duplicate: a fresh copy's UIDs
                         folder = _renamed_copy(folder, Path(tmp) / f"rep{rep}", rep)
-                    node = rig.send_and_wait(folder)
-                    row = {"slices": slices, "floor_s": floor["seconds"], **node,
-                           "ratio": node["latency"] / floor["seconds"]}
-                    results.append(row)
-                    split = ", ".join(f"{k} {v:.2f}" for k, v in node["split"].items())
-                    print(f"  {slices} slices: floor {floor['seconds']:.2f} s, node {node['latency']:.2f} s "
-                          f"(ratio {row['ratio']:.2f}; {split}), node peak {node['node_peak_mb']:.0f} MB", flush=True)
+                    for ahead, rig in rigs.items():
+                        node = rig.send_and_wait(folder)
+                        row = {"slices": slices, "work_ahead": ahead, "floor_s": floor["seconds"], **node,
+                               "ratio": node["latency"] / floor["seconds"]}
+                        results.append(row)
+                        split = ", ".join(f"{k} {v:.2f}" for k, v in node["split"].items())
+                        print(f"  {slices} slices, work ahead {'on' if ahead else 'off'}: floor "
+                              f"{floor['seconds']:.2f} s, node {node['latency']:.2f} s (ratio {row['ratio']:.2f}; "
+                              f"{split}), node peak {node['node_peak_mb']:.0f} MB", flush=True)
             finally:
-                rig.stop()
-    print("\n| slices | floor s | node s (minus quiet) | ratio | dispatch | load | tools | encode | write | send "
+                for rig in rigs.values():
+                    rig.stop()
+    print("\n| slices | ahead | floor s | node s (minus quiet) | ratio | dispatch | load | tools | encode | write | send "
           "| ahead | overlap | hand-off | node peak MB |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         s = r["split"]
-        print(f"| {r['slices']} | {r['floor_s']:.2f} | {r['latency']:.2f} | {r['ratio']:.2f} | "
+        print(f"| {r['slices']} | {'on' if r['work_ahead'] else 'off'} | {r['floor_s']:.2f} | {r['latency']:.2f} | {r['ratio']:.2f} | "
               + " | ".join(f"{s.get(k, 0.0):.2f}" for k in ("dispatch", "load", "tools", "encode", "write", "send",
                                                            "ahead", "overlap", "handoff"))
               + f" | {r['node_peak_mb']:.0f} |")
@@ -312,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, nargs="+", default=None)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--quiet", type=float, default=2.0, help="series_quiet_seconds (latency)")
+    parser.add_argument("--work-ahead", choices=sorted(_AHEAD_SETTINGS), default="on",
+                        help="node.work_ahead of the node (latency); both: two nodes, the same series to each")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "mmed-bench-series")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
