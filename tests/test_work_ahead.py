@@ -45,7 +45,7 @@ def test_slot_gives_the_outcome_only_to_an_equal_spec_and_drops_it_on_discard() 
     prepared = Prepared(spec(), Volume.__new__(Volume))
     slot.begin(spec())
     slot.publish(spec(), prepared)
-    assert slot.take(spec(job="job-2")) is None  # another job adopts nothing
+    assert slot.take(spec(series="4.5.6", job="job-2")) is None  # another job adopts nothing
     assert slot.take(spec()) is prepared
     assert slot.take(spec()) is None  # taken once
 
@@ -54,6 +54,12 @@ def test_slot_gives_the_outcome_only_to_an_equal_spec_and_drops_it_on_discard() 
     assert not slot.wanted(spec())
     slot.publish(spec(), prepared)
     assert slot.held() is None and slot.take(spec()) is None
+
+    # The series' job runs with another spec (its predecessors changed, say): the outcome is
+    # not adopted, nor kept.
+    slot.begin(spec())
+    slot.publish(spec(), prepared)
+    assert slot.take(spec(job="job-2")) is None and slot.held() is None
 
 
 def test_a_job_waits_for_the_run_ahead_of_its_own_spec() -> None:

@@ -106,6 +106,8 @@ class EmbeddedExecutor:
                     if wait <= 0:
                         _, _, spec, attempt = heapq.heappop(self._heap)
                         self._running.append(spec)
+                        if self._ahead is not None and self._ahead.job_id == spec.job_id:
+                            self._ahead = None  # the job itself runs now: nothing to run ahead
                         return spec, attempt
                 if self._ahead is not None and self._running_ahead is None and not self._running:
                     spec, self._ahead, self._running_ahead = self._ahead, None, self._ahead

@@ -118,7 +118,11 @@ class AheadSlot:
         with self._cond:
             self._cond.wait_for(lambda: self._running != spec or self._dropped)
             ready = self._ready
-            if ready is None or ready.spec != spec:
+            if ready is None:
+                return None
+            if ready.spec != spec:
+                if (ready.spec.study_uid, ready.spec.series_uid) == (spec.study_uid, spec.series_uid):
+                    self._ready = None  # the series' job runs without it: it would be held for nothing
                 return None
             self._ready = None
             return ready
