@@ -27,7 +27,8 @@ job adopts that work: ``ahead`` is the seconds of those stages, ``overlap`` the 
 done before the quiet period ended (the rest delays the job's start, and counts in the latency;
 it is not in ``dispatch``). ``hand-off``: the quiet period's end -> the job record queued
 (issue 14: within 1 s). ``--work-ahead both`` starts two nodes, with and without work ahead,
-and sends each repetition's series to both in turn (a comparison within one run). The node's
+and sends each repetition's series to both in turn, the first one alternating (a comparison
+within one run). The node's
 peak RSS during the measured series is reported too. The floor runs on the same files, in its
 own process, in the same invocation.
 
@@ -277,7 +278,8 @@ def latency(args: argparse.Namespace) -> dict[str, Any]:
                     floor = measure("floor", folder, warm)
                     if rep:  # the same series again would be a duplicate: a fresh copy's UIDs
                         folder = _renamed_copy(folder, Path(tmp) / f"rep{rep}", rep)
-                    for ahead, rig in rigs.items():
+                    # Alternate which node goes first: the first one runs right after the floor.
+                    for ahead, rig in list(rigs.items())[::-1 if rep % 2 else 1]:
                         node = rig.send_and_wait(folder)
                         row = {"slices": slices, "work_ahead": ahead, "floor_s": floor["seconds"], **node,
                                "ratio": node["latency"] / floor["seconds"]}
