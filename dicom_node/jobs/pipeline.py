@@ -265,12 +265,12 @@ def _tools(spec: JobSpec, ctx: WorkerContext, volume: Volume) -> AgentResult:
 def _encode(spec: JobSpec, ctx: WorkerContext, volume: Volume, result: AgentResult) -> Encoded:
     config = ctx.config
     predecessors = predecessor_reports(spec)
+    identity = identity_for(volume, config.output, variant=output_variant(spec))
     datasets = build_outputs(
         volume, result.outputs, result.answer, config.output, spec.instruction, result.planner,
-        identity=identity_for(volume, config.output, variant=output_variant(spec)),
-        previous_reports=predecessors,
+        identity=identity, previous_reports=predecessors,
     )
-    return Encoded(datasets, predecessors)
+    return Encoded(datasets, predecessors, identity)
 
 
 def _same_reports(a: Sequence[Dataset], b: Sequence[Dataset]) -> bool:
@@ -297,8 +297,7 @@ def _run(spec: JobSpec, ctx: WorkerContext, prepared: Prepared | None) -> Manife
         clock.lap("encode")
     else:
         clock.lap("adopt")
-    datasets, predecessors = encoded.datasets, encoded.predecessors
-    identity = identity_for(volume, config.output, variant=output_variant(spec))
+    datasets, predecessors, identity = encoded.datasets, encoded.predecessors, encoded.identity
     out_dir = Path(spec.result_dir)
     files: list[str] = []
     uids: dict[str, str] = {}

@@ -27,6 +27,7 @@ from agent.loop import AgentResult
 from dicom_node.jobs.spec import JobSpec
 from dicom_node.jobs.telemetry import RunTelemetry
 from image_model.volume import Volume
+from sr_templates.identity import OutputIdentity
 
 
 @dataclass
@@ -36,6 +37,9 @@ class Encoded:
     datasets: list[Dataset]
     #: The earlier reports the SR names as predecessors (read when the run encoded).
     predecessors: list[Dataset]
+    #: The outputs' derived identity (UIDs, series numbers) the datasets were built with; the
+    #: overlays written beside them take the same.
+    identity: OutputIdentity
 
 
 @dataclass
