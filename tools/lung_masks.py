@@ -162,14 +162,25 @@ def fill_small_holes(mask: np.ndarray, grid: Grid, max_mm2: float) -> np.ndarray
     return filled
 
 
-def label(mask: np.ndarray, structure: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+def label(
+    mask: np.ndarray, structure: np.ndarray | None = None, box: tuple[slice, ...] | None = None
+) -> tuple[np.ndarray, int]:
     """``ndimage.label`` into 16-bit labels while they fit (half the memory of its default
-    32 bits on a whole volume), else 32-bit."""
+    32 bits on a whole volume), else 32-bit. ``box``: only ``mask[box]`` is labelled, into that
+    box of labels the shape of ``mask`` (0 elsewhere; the same components as on the whole mask
+    when nothing is set outside the box)."""
+
+    def labelled(dtype: type[np.integer]) -> tuple[np.ndarray, int]:
+        if box is None:
+            labels, count = ndimage.label(mask, structure, output=dtype)
+            return labels, int(count)
+        labels = np.zeros(mask.shape, dtype=dtype)
+        return labels, int(ndimage.label(mask[box], structure, output=labels[box]))
+
     try:
-        labels, count = ndimage.label(mask, structure, output=np.uint16)
+        return labelled(np.uint16)
     except RuntimeError:  # more than 65535 components
-        labels, count = ndimage.label(mask, structure)
-    return labels, int(count)
+        return labelled(np.int32)
 
 
 def label_sizes(labels: np.ndarray, count: int) -> np.ndarray:
@@ -369,15 +380,10 @@ def air_components(air: np.ndarray, grid: Grid, min_ml: float) -> tuple[np.ndarr
     """3D components of ``air`` of at least ``min_ml``, numbered by size (1 = largest). Labelled
     within the box of the air, into that box of the labels (the same components as on the whole
     array, numbered in the same raster order): the air is a fraction of the body's box."""
-    labels = np.zeros(air.shape, dtype=np.uint16)
     box = bounding_box(air)
     if box is None:
-        return labels, 0
-    try:
-        count = int(ndimage.label(air[box], output=labels[box]))
-    except RuntimeError:  # more than 65535 components
-        labels = np.zeros(air.shape, dtype=np.int32)
-        count = int(ndimage.label(air[box], output=labels[box]))
+        return np.zeros(air.shape, dtype=np.uint16), 0
+    labels, count = label(air, box=box)
     if count == 0:
         return labels, 0
     crop = labels[box]
