@@ -1,7 +1,8 @@
 """DIMSE and association event handlers as plain functions ``(event, deps) -> status``.
 
-:func:`bind` is the one place where an exception raised while handling a request becomes a
-failure status sent to the peer (pynetdicom's ``service_class.attempt`` plays the same role):
+:func:`answer_failure` (through :func:`bind`, or :func:`serve_store` for C-STORE requests served
+straight from their PDUs) is the one place where an exception raised while handling a request
+becomes a failure status sent to the peer (pynetdicom's ``service_class.attempt`` plays the same role):
 handlers raise, :func:`failure_status` maps the exception to a named status, and a log line
 records why, with UIDs only (no patient identifiers), every peer-supplied value escaped
 (dicom_node/logsafe.py) and an invalid one not echoed at all. Expected bad input is one line;
@@ -16,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.dsutils import create_file_meta, encode_file_meta
 from pynetdicom.events import Event
 
 from dicom_node import logsafe, status
@@ -103,12 +105,12 @@ class HandlerDeps:
     emit: Emit = ignore
 
 
-def association_key(event: Event) -> str:
+def association_key(assoc: Any) -> str:
     """A key for the association, unique while it is alive."""
-    return f"assoc-{id(event.assoc):x}"
+    return f"assoc-{id(assoc):x}"
 
 
-def _ae(value: Any) -> str:
+def ae_text(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("ascii", "replace")
     return str(value or "").strip()
@@ -121,7 +123,7 @@ def handle_requested(event: Event, deps: HandlerDeps) -> None:
     """
     assoc = event.assoc
     primitive = assoc.requestor.primitive
-    calling = _ae(primitive.calling_ae_title if primitive is not None else "")
+    calling = ae_text(primitive.calling_ae_title if primitive is not None else "")
     address = str(assoc.requestor.address)
     refusal = refuse_association(deps.policy, calling, address)
     if refusal is None:
@@ -141,9 +143,53 @@ def handle_echo(event: Event, deps: HandlerDeps) -> int:
     return status.SUCCESS
 
 
+@dataclass(frozen=True)
+class StoreRequest:
+    """One C-STORE request as the node serves it: the data set as received (PS3.7 9.3.1.1,
+    encoded in ``transfer_syntax``) and the request's fields the node uses. Built from
+    pynetdicom's event (:func:`handle_store`) or straight from the P-DATA-TF PDUs
+    (direct_store.py)."""
+
+    dataset: bytes
+    transfer_syntax: str
+    #: Affected SOP Class / Instance UID of the request (PS3.7 9.1.1.1); may be empty.
+    sop_class_uid: str
+    sop_instance_uid: str
+    calling_ae: str
+    called_ae: str
+    #: :func:`association_key` of the association it came on.
+    association: str
+    #: The peer's address, for log lines.
+    address: str
+
+
 def handle_store(event: Event, deps: HandlerDeps) -> int:
-    """C-STORE (PS3.4 B.2): check the dataset against the parse policy, durably spool the bytes
-    as received, then tell the tracker.
+    """C-STORE (PS3.4 B.2) through pynetdicom's event: :func:`store_instance`."""
+    return store_instance(store_request(event), deps)
+
+
+def store_request(event: Event) -> StoreRequest:
+    """The :class:`StoreRequest` of pynetdicom's EVT_C_STORE."""
+    request = event.request
+    return StoreRequest(
+        dataset=event.encoded_dataset(include_meta=False),
+        transfer_syntax=str(event.context.transfer_syntax),
+        sop_class_uid=_uid(getattr(request, "AffectedSOPClassUID", "")),
+        sop_instance_uid=_uid(getattr(request, "AffectedSOPInstanceUID", "")),
+        calling_ae=ae_text(event.assoc.requestor.ae_title),
+        called_ae=ae_text(event.assoc.acceptor.ae_title),
+        association=association_key(event.assoc),
+        address=str(event.assoc.requestor.address),
+    )
+
+
+def _uid(value: Any) -> str:
+    return str(value or "").rstrip("\x00 ")
+
+
+def store_instance(request: StoreRequest, deps: HandlerDeps) -> int:
+    """Check the dataset against the parse policy, durably spool the bytes as received, then
+    tell the tracker.
 
     SUCCESS is returned only after the instance is on disk (data flushed, name linked, folder
     synced: spool.py). A SOP instance already held is answered SUCCESS and not stored or counted
@@ -153,29 +199,24 @@ def handle_store(event: Event, deps: HandlerDeps) -> int:
     # Disk lifecycle: below the low-space watermark nothing is acknowledged (dicom_node/disk.py).
     if deps.disk is not None and deps.disk.low():
         return status.OUT_OF_RESOURCES
-    dataset = event.encoded_dataset(include_meta=False)
     # One walk of the dataset as received (the context's transfer syntax): the policy's checks
     # and the receive tags; nothing is decoded.
-    info = parse_dataset(dataset, str(event.context.transfer_syntax), deps.spool.limits)
-    requested = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "").rstrip(
-        "\x00 "
-    )
+    info = parse_dataset(request.dataset, request.transfer_syntax, deps.spool.limits)
+    requested = request.sop_instance_uid
     if requested and requested != info.sop_uid:
         raise InstanceMismatch(
             f"dataset SOPInstanceUID {info.sop_uid} differs from the request's "
             f"{logsafe.uid(requested)}"
         )
-    calling = _ae(event.assoc.requestor.ae_title)
-    called = _ae(event.assoc.acceptor.ae_title)
-    parts = (PART10_PREFIX, _file_meta(event), dataset)
-    result = deps.spool.store(parts, info, calling_ae=calling, called_ae=called)
+    parts = (PART10_PREFIX, _file_meta(request), request.dataset)
+    result = deps.spool.store(parts, info, calling_ae=request.calling_ae, called_ae=request.called_ae)
     deps.tracker.instance_received(
         info.study_uid,
         info.series_uid,
         info.sop_uid,
-        association_key(event),
-        calling,
-        called,
+        request.association,
+        request.calling_ae,
+        request.called_ae,
     )
     deps.emit(InstanceStored(sum(len(part) for part in parts), result.duplicate))
     if result.duplicate:
@@ -187,22 +228,23 @@ def handle_store(event: Event, deps: HandlerDeps) -> int:
     return status.SUCCESS
 
 
-def _file_meta(event: Event) -> bytes:
+def _file_meta(request: StoreRequest) -> bytes:
     """The instance's encoded file meta group (file_meta.py; pydicom's encoder, as before, for
     a request without its UIDs or with UIDs that are not ASCII)."""
-    sop_class = getattr(event.request, "AffectedSOPClassUID", None)
-    sop_instance = getattr(event.request, "AffectedSOPInstanceUID", None)
-    if sop_class and sop_instance:
+    if request.sop_class_uid and request.sop_instance_uid:
         try:
-            return file_meta.encode_file_meta(str(sop_class), str(sop_instance), str(event.context.transfer_syntax))
+            return file_meta.encode_file_meta(request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax)
         except UnicodeEncodeError:
             pass
-    return encode_file_meta(event.file_meta)
+    return encode_file_meta(create_file_meta(
+        sop_class_uid=UID(request.sop_class_uid), sop_instance_uid=UID(request.sop_instance_uid),
+        transfer_syntax=UID(request.transfer_syntax),
+    ))
 
 
 def handle_association_ended(event: Event, deps: HandlerDeps) -> None:
     """EVT_RELEASED / EVT_ABORTED / EVT_CONN_CLOSE: the association stops holding series open."""
-    deps.tracker.association_ended(association_key(event))
+    deps.tracker.association_ended(association_key(event.assoc))
 
 
 #: What an instance that cannot be stored as sent raises: answered 0xC000 (cannot understand),
@@ -228,30 +270,53 @@ StatusHandler = Callable[[Event, HandlerDeps], int]
 
 
 def bind(handler: StatusHandler, deps: HandlerDeps) -> Callable[[Event], int]:
-    """Bind ``deps`` to a DIMSE handler; the one place exceptions become failure statuses."""
+    """Bind ``deps`` to a DIMSE handler; exceptions become failure statuses (:func:`answer_failure`)."""
 
     def bound(event: Event) -> int:
         try:
             return int(handler(event, deps))
-        except Exception as exc:  # every failure is answered with a status
-            code, reason = failure_status(exc)
-            if isinstance(exc, REFUSED_INSTANCE):
-                deps.refusals.count("refused_instance")
-            sop = getattr(event.request, "AffectedSOPInstanceUID", "")
-            calling = _ae(event.assoc.requestor.ae_title)
-            log.warning(
-                "%s from %s (AE %s, SOP instance %s) failed with status %s: %s",
-                handler.__name__,
-                event.assoc.requestor.address,
-                logsafe.ae_title(calling),
-                logsafe.uid(sop),
-                status.Status(code).name,
-                reason,
-                exc_info=not isinstance(exc, (*REFUSED_INSTANCE, OSError)),
+        except Exception as exc:  # noqa: BLE001 - every failure is answered with a status (answer_failure logs it)
+            return answer_failure(
+                exc, deps, handler.__name__, str(event.assoc.requestor.address),
+                ae_text(event.assoc.requestor.ae_title), getattr(event.request, "AffectedSOPInstanceUID", ""),
             )
-            return int(code)
 
     return bound
+
+
+def serve_store(deps: HandlerDeps) -> Callable[[StoreRequest], int]:
+    """:func:`store_instance` with ``deps`` bound, for requests served without pynetdicom's
+    event (direct_store.py); exceptions become failure statuses as in :func:`bind`."""
+
+    def serve(request: StoreRequest) -> int:
+        try:
+            return store_instance(request, deps)
+        except Exception as exc:  # noqa: BLE001 - every failure is answered with a status (answer_failure logs it)
+            return answer_failure(
+                exc, deps, handle_store.__name__, request.address, request.calling_ae, request.sop_instance_uid
+            )
+
+    return serve
+
+
+def answer_failure(exc: Exception, deps: HandlerDeps, handler_name: str, address: str, calling: str,
+                   sop: Any) -> int:
+    """The one place an exception raised while serving a request becomes the failure status
+    sent to the peer (:func:`failure_status`), counted when the instance is refused, and logged."""
+    code, reason = failure_status(exc)
+    if isinstance(exc, REFUSED_INSTANCE):
+        deps.refusals.count("refused_instance")
+    log.warning(
+        "%s from %s (AE %s, SOP instance %s) failed with status %s: %s",
+        handler_name,
+        address,
+        logsafe.ae_title(calling),
+        logsafe.uid(sop),
+        status.Status(code).name,
+        reason,
+        exc_info=not isinstance(exc, (*REFUSED_INSTANCE, OSError)),
+    )
+    return int(code)
 
 
 def bind_notification(
