@@ -35,6 +35,7 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from socketserver import TCPServer
 from typing import Any
@@ -47,6 +48,7 @@ from pynetdicom.transport import AssociationServer
 from config.schema import NodeConfig
 from dicom_node import status
 from dicom_node.receive.guard import ABORT_PDU, StreamLimits
+from dicom_node.receive.handlers import StoreRequest
 from dicom_node.receive.ledger import Ledger, LocalLedger, OverLimit
 from dicom_node.receive.reactor import Handoff
 from dicom_node.receive.refusals import Refusals
@@ -370,12 +372,15 @@ class GatedServer(AssociationServer):
 
     def __init__(self, *args: Any, node: NodeConfig, refusals: Refusals, tls: ssl.SSLContext | None,
                  listening: socket.socket | None = None, ledger: Ledger | None = None,
-                 **kwargs: Any) -> None:
+                 direct_store: Callable[[StoreRequest], int] | None = None, **kwargs: Any) -> None:
         """``listening``: a socket already bound and listening, shared with other receiver
         processes (processes.py), instead of binding ``node.host:node.port``; ``ledger``: the
-        association count those processes share (default: this process's own)."""
+        association count those processes share (default: this process's own);
+        ``direct_store``: the store service C-STORE requests are served with straight from their
+        PDUs (direct_store.py), or None (pynetdicom's EVT_C_STORE handler serves them)."""
         kwargs["request_handler"] = Handoff
         self._listening = listening
+        self.direct_store = direct_store
         super().__init__(*args, **kwargs)
         self.stream_limits = StreamLimits(node.max_pdu, node.limits)
         self.refusals = refusals
@@ -425,11 +430,13 @@ class GatedServer(AssociationServer):
 def start_gated_server(
     ae: Any, node: NodeConfig, evt_handlers: list[Any], refusals: Refusals, tls: ssl.SSLContext | None,
     listening: socket.socket | None = None, ledger: Ledger | None = None,
+    direct_store: Callable[[StoreRequest], int] | None = None,
 ) -> GatedServer:
     """Make the gated server for ``ae`` on ``node.host:node.port`` (or on ``listening``) and run
     its accept loop in a daemon thread."""
     server = ae.make_server((node.host, node.port), evt_handlers=evt_handlers, server_class=GatedServer,
-                            node=node, refusals=refusals, tls=tls, listening=listening, ledger=ledger)
+                            node=node, refusals=refusals, tls=tls, listening=listening, ledger=ledger,
+                            direct_store=direct_store)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="mmed-receive-accept", daemon=True)
     thread.start()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import queue
 import select
+import struct
 import threading
 from collections.abc import Callable
 from datetime import datetime
@@ -42,7 +43,15 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from dicom_node.receive.guard import GuardedSocket, PduStream, TolerantStateMachine
+from dicom_node.receive.direct_store import DirectStore
+from dicom_node.receive.guard import (
+    A_ABORT,
+    A_ASSOCIATE_RQ,
+    P_DATA_TF,
+    GuardedSocket,
+    PduStream,
+    TolerantStateMachine,
+)
 from dicom_node.receive.waker import Waker
 
 if TYPE_CHECKING:  # gate.py imports this module
@@ -56,6 +65,8 @@ MAX_WAIT_SECONDS = 0.5
 _STOP_POLL_SECONDS = 0.001
 
 _T = TypeVar("_T")
+#: PDU header: type, reserved, length of what follows (PS3.8 9.3.1).
+PDU_HEADER = struct.Struct(">BBL")
 
 
 class WakingQueue(queue.Queue[_T]):
@@ -83,6 +94,8 @@ class ReactorDUL(DULServiceProvider):
         self._turned = False
         #: The A-ASSOCIATE-RQ the gate decoded, until pynetdicom reads its bytes.
         self.checked_rq: CheckedRQ | None = None
+        #: Serves C-STORE requests from their P-DATA-TF PDUs (direct_store.py); None: pynetdicom does.
+        self.direct_store: DirectStore | None = None
         self._notify_user = notify_user
         self._poller = select.poll()
         self._poller.register(self._waker.fileno(), select.POLLIN)
@@ -165,6 +178,47 @@ class ReactorDUL(DULServiceProvider):
         evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": checked.encoded})
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
         return pdu, "Evt6"
+
+    def _read_pdu_data(self) -> None:
+        """Read one PDU and queue its event for the state machine: pynetdicom's read (the same
+        checks and events, in its order), except that in data transfer (PS3.8 Sta6) a P-DATA-TF
+        PDU is first offered to :attr:`direct_store`; what it serves never reaches the state
+        machine, and PDV items it leaves go on as a P-DATA-TF PDU of their own."""
+        sock = self.socket
+        assert sock is not None
+        head = sock.recv(PDU_HEADER.size)
+        try:
+            pdu_type, _, length = PDU_HEADER.unpack(head)
+        except struct.error:
+            self.event_queue.put("Evt17")  # connection closed
+            return
+        if not A_ASSOCIATE_RQ <= pdu_type <= A_ABORT:
+            log.error("unknown PDU type 0x%02x received", pdu_type)
+            self.event_queue.put("Evt19")  # unrecognised PDU
+            return
+        try:
+            body = sock.recv(length)
+        except (OSError, TimeoutError):
+            self.event_queue.put("Evt17")
+            return
+        if len(body) != length:
+            self.event_queue.put("Evt17")
+            return
+        direct = self.direct_store
+        if pdu_type == P_DATA_TF and direct is not None and self.state_machine.current_state == "Sta6":
+            left = direct.take(memoryview(body))
+            if left is None:
+                return
+            if len(left) != length:
+                head, body = bytearray(PDU_HEADER.pack(P_DATA_TF, 0, len(left))), bytearray(left)
+        try:
+            pdu, event = self._decode_pdu(bytearray(head) + body)
+        except Exception:  # noqa: BLE001 - the peer's bytes: an invalid PDU (pynetdicom's answer)
+            log.error("unable to decode a received PDU")
+            self.event_queue.put("Evt19")
+            return
+        self.event_queue.put(event)
+        self._recv_pdu.put(pdu)
 
     def run_reactor(self) -> None:
         try:
@@ -279,8 +333,10 @@ class _Messages(WakingQueue[Any]):
 
 class Handoff(RequestHandler):
     """Request handler of the gated server: ``request`` is ``(socket, the A-ASSOCIATE-RQ the gate
-    read and decoded, ledger ticket)``. The server (gate.py) provides ``stream_limits``, ``refusals`` and
-    ``track`` (the ledger's ``ticket`` the gate claimed for this association, ledger.py)."""
+    read and decoded, ledger ticket)``. The server (gate.py) provides ``stream_limits``, ``refusals``,
+    ``track`` (the ledger's ``ticket`` the gate claimed for this association, ledger.py) and
+    ``direct_store`` (the store service C-STORE requests are served with from their PDUs,
+    direct_store.py; None: through pynetdicom)."""
 
     def handle(self) -> None:
         raw, checked, ticket = self.request
@@ -288,6 +344,8 @@ class Handoff(RequestHandler):
         server: Any = self.server
         assoc = self._create_association()
         assoc.dul.checked_rq = checked
+        if server.direct_store is not None:
+            assoc.dul.direct_store = DirectStore(assoc, server.direct_store)
         plain = AssociationSocket(assoc, client_socket=raw)
         guarded = GuardedSocket.replacing(
             plain, checked.encoded, PduStream(server.stream_limits), server.refusals, str(self.client_address[0])

@@ -155,8 +155,11 @@ def start_scp(
     ]
     if extra is not None:
         evt_handlers.extend(extra.handlers)
+    # C-STORE requests served straight from their PDUs (direct_store.py) by the same service as
+    # the EVT_C_STORE handler above: only while that is the one C-STORE handler.
+    direct = None if sum(event is evt.EVT_C_STORE for event, *_ in evt_handlers) > 1 else handlers.serve_store(deps)
     refusals = deps.refusals
-    server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context, listening, ledger)
+    server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context, listening, ledger, direct)
     log.log(
         logging.INFO if listening is None else logging.DEBUG,
         "DICOM SCP %s listening on %s:%d",
