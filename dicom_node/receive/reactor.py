@@ -9,8 +9,11 @@ a second per thread, which slows the others. Here:
 * :class:`ReactorDUL` waits in ``poll`` on the association's socket and a wake-up descriptor
   (waker.py), with a timeout no later than the ARTIM timer's expiry (PS3.8 9.1.5). Every other
   thread that gives it work (a primitive to send, an event for its state machine, the order to
-  stop) writes to the wake-up descriptor. Its loop is pynetdicom's own: only its idle sleep waits
-  instead (:attr:`ReactorDUL._run_loop_delay`).
+  stop) writes to the wake-up descriptor. Its loop (:meth:`ReactorDUL.run_reactor`) takes
+  pynetdicom's steps in pynetdicom's order, waiting where pynetdicom sleeps and without
+  pynetdicom's zero-length sleep after each wait (a system call and a turn of the interpreter
+  lock per PDU). In data transfer a P-DATA-TF PDU may be served without the state machine:
+  C-STORE requests straight from their bytes (direct_store.py).
 * :class:`ReactorAssociation` waits on an event that the DUL thread sets when it hands the
   association something (a DIMSE message, an A-RELEASE or A-ABORT indication), when it ends, and
   that :meth:`~ReactorAssociation.kill` sets; with a timeout at the network idle timer's expiry
@@ -47,6 +50,7 @@ from dicom_node.receive.direct_store import DirectStore
 from dicom_node.receive.guard import (
     A_ABORT,
     A_ASSOCIATE_RQ,
+    ABORT_PDU,
     P_DATA_TF,
     GuardedSocket,
     PduStream,
@@ -91,7 +95,6 @@ class ReactorDUL(DULServiceProvider):
         # Before pynetdicom's constructor, which sets the attributes below through their setters.
         self._waker = Waker()
         self._stop_requested = False
-        self._turned = False
         #: The A-ASSOCIATE-RQ the gate decoded, until pynetdicom reads its bytes.
         self.checked_rq: CheckedRQ | None = None
         #: Serves C-STORE requests from their P-DATA-TF PDUs (direct_store.py); None: pynetdicom does.
@@ -123,12 +126,9 @@ class ReactorDUL(DULServiceProvider):
 
     @property
     def _run_loop_delay(self) -> float:
-        """What pynetdicom's loop sleeps when a turn found nothing to do. On this thread the
-        wait happens here (:meth:`_wait_for_work`) and the sleep is none; elsewhere (``stop_dul``
-        waiting for the thread to end) pynetdicom's own pause."""
-        if threading.get_ident() == self.ident:
-            self._wait_for_work()
-            return 0.0
+        """pynetdicom's pause between turns of its loop: this thread's loop has none (it waits,
+        :meth:`_wait_for_work`); pynetdicom's ``stop_dul``, waiting for this thread to end from
+        another, pauses this long between its checks."""
         return _STOP_POLL_SECONDS
 
     @_run_loop_delay.setter
@@ -139,13 +139,10 @@ class ReactorDUL(DULServiceProvider):
         """Return when the loop may have something to do: an event or a primitive queued, the
         order to stop, data from the peer or the connection closed, or the ARTIM timer expired.
 
-        pynetdicom's loop pauses only after a turn that looked at the socket (``ready``: also the
-        bytes an SSL socket already decrypted, or the A-ASSOCIATE-RQ the gate read) and found
-        nothing: such bytes only come from this thread's reads, so ``poll`` on the socket is what
-        is left to wait for. The first pause comes before any turn: it returns at once."""
-        if not self._turned:
-            self._turned = True
-            return
+        The loop waits only after a turn that looked at the socket (``ready``: also the bytes an
+        SSL socket already decrypted, or the A-ASSOCIATE-RQ the gate read) and found nothing:
+        such bytes only come from this thread's reads, so ``poll`` on the socket is what is left
+        to wait for."""
         if self._stop_requested or self.event_queue.qsize() or self.to_provider_queue.qsize():
             return
         artim = self.artim_timer
@@ -178,6 +175,17 @@ class ReactorDUL(DULServiceProvider):
         evt.trigger(self.assoc, evt.EVT_DATA_RECV, {"data": checked.encoded})
         evt.trigger(self.assoc, evt.EVT_PDU_RECV, {"pdu": pdu})
         return pdu, "Evt6"
+
+    def _abort_now(self) -> None:
+        """Send an A-ABORT (source: service provider, PS3.8 9.3.8) bypassing the state machine,
+        whose state an exception may have left broken, and end the association's threads."""
+        sock = self.socket
+        if sock is not None:
+            sock.send(ABORT_PDU)
+        self.assoc.is_aborted = True
+        self.assoc.is_established = False
+        self.assoc._kill = True
+        self._stop_requested = True
 
     def _read_pdu_data(self) -> None:
         """Read one PDU and queue its event for the state machine: pynetdicom's read (the same
@@ -221,8 +229,31 @@ class ReactorDUL(DULServiceProvider):
         self._recv_pdu.put(pdu)
 
     def run_reactor(self) -> None:
+        """pynetdicom's loop (``DULServiceProvider.run_reactor``), step for step: the ARTIM
+        timer's event first, then a primitive of the node to send or else a PDU from the peer
+        (which restarts the idle timer), then one event for the state machine; when there was
+        no event, wait (:meth:`_wait_for_work`) instead of pynetdicom's sleep. An exception
+        aborts the association as pynetdicom's does."""
         try:
-            super().run_reactor()
+            self._idle_timer.start()
+            self.assoc._dul_ready.set()  # the association's thread waits for this
+            events = self.event_queue
+            while not self._stop_requested:
+                if self.artim_timer.expired:
+                    events.put("Evt18")
+                try:
+                    if not self._process_recv_primitive() and self._is_transport_event():
+                        self._idle_timer.restart()
+                except Exception:  # pynetdicom's answer: abort, end both threads
+                    log.exception("error in the association's upper layer thread: association aborted")
+                    self._abort_now()
+                    return
+                try:
+                    event = events.get_nowait()
+                except queue.Empty:
+                    self._wait_for_work()
+                    continue
+                self.state_machine.do_action(event)
         finally:
             self._waker.close()
             self._notify_user()  # the association thread checks whether this thread is alive
