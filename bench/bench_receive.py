@@ -624,11 +624,15 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         # Receivers take turns within each repetition, so load from elsewhere on the machine
-        # spreads over all of them instead of skewing one.
+        # spreads over all of them instead of skewing one; the order rotates from one
+        # repetition to the next, since a run pays for what the one before it left on the file
+        # system and in memory (each run's files are deleted after it: the next run's new inodes
+        # skip recently deleted ones, and its writes reuse the page cache those files held).
         results: dict[tuple[int, int], Result] = {}
         for parallel in args.parallel:
             for rep in range(args.reps):
-                for index, make in enumerate(makers):
+                turn = rep % len(makers)
+                for index, make in [*enumerate(makers)][turn:] + [*enumerate(makers)][:turn]:
                     result = results.get((parallel, index))
                     workdir = tmp / f"rx-{parallel}-{rep}-{index}"
                     if result is None:
