@@ -292,8 +292,7 @@ class Gate:
             self._answer_and_close(sock, LOCAL_LIMIT_RJ)
             return
         try:
-            sock.setblocking(True)
-            sock.settimeout(self.limits.read_timeout_seconds)
+            set_read_timeout(sock, self.limits.read_timeout_seconds)
             self.server.finish_request((sock, checked, ticket), pending.address)  # type: ignore[arg-type]
         except Exception:
             log.exception("receive gate: cannot start the association from %s", host)
@@ -352,6 +351,25 @@ def check_rq(rq: bytes) -> CheckedRQ | str:
     if any(cx.context_id is None or cx.abstract_syntax is None or not cx.transfer_syntax for cx in contexts):
         return "a presentation context without its abstract or transfer syntax"
     return CheckedRQ(rq, pdu, primitive)
+
+
+def set_read_timeout(sock: socket.socket, seconds: float) -> None:
+    """Make reads and writes on an association's socket fail after ``seconds`` without progress.
+
+    A plain TCP socket gets the timeouts from the kernel (SO_RCVTIMEO, SO_SNDTIMEO) and stays
+    in blocking mode: each read is then one system call. Python's own timeout would poll before
+    every read, and each system call is a pass of the interpreter lock that the other
+    associations' threads wait on. A TLS socket keeps Python's timeout (its reads may need
+    writes). A read that times out raises BlockingIOError (guard.py counts it as the read timeout)."""
+    if isinstance(sock, ssl.SSLSocket):
+        sock.setblocking(True)
+        sock.settimeout(seconds)
+        return
+    sock.settimeout(None)
+    whole = int(seconds)
+    timeval = struct.pack("@ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
 
 
 def _close(sock: socket.socket) -> None:

@@ -243,7 +243,7 @@ class GuardedSocket(AssociationSocket):
                 self._breach = exc
                 return out
             return self._drop(exc.reason, str(exc))
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # Python's timeout, or the kernel's (gate.py set_read_timeout)
             return self._drop("read_timeout", f"no data for {self._stream.limits.limits.read_timeout_seconds:g} s "
                               "in the middle of a PDU (node.limits.read_timeout_seconds)")
         except OSError:
