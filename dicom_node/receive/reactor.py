@@ -95,6 +95,8 @@ class ReactorDUL(DULServiceProvider):
         # Before pynetdicom's constructor, which sets the attributes below through their setters.
         self._waker = Waker()
         self._stop_requested = False
+        #: The last wait found the socket readable: the next turn reads without asking again.
+        self._readable = False
         #: The A-ASSOCIATE-RQ the gate decoded, until pynetdicom reads its bytes.
         self.checked_rq: CheckedRQ | None = None
         #: Serves C-STORE requests from their P-DATA-TF PDUs (direct_store.py); None: pynetdicom does.
@@ -159,9 +161,23 @@ class ReactorDUL(DULServiceProvider):
         finally:
             if fd >= 0:
                 self._poller.unregister(fd)
-        if any(ready_fd == self._waker.fileno() for ready_fd, _ in woken):
-            # Whatever a wake-up announced was queued before it: the loop's next turn sees it.
-            self._waker.drain()
+        waker = self._waker.fileno()
+        for ready_fd, _ in woken:
+            if ready_fd == waker:
+                # Whatever a wake-up announced was queued before it: the loop's next turn sees it.
+                self._waker.drain()
+            else:
+                self._readable = True
+
+    def _is_transport_event(self) -> bool:
+        """pynetdicom's check of the socket, without asking the socket again (``ready``: one
+        ``select`` per turn) when this thread's wait just found it readable (or closed)."""
+        if self._readable and self.state_machine.current_state != "Sta13":
+            self._readable = False
+            self._read_pdu_data()
+            return True
+        self._readable = False
+        return bool(super()._is_transport_event())
 
     def _decode_pdu(self, bytestream: bytearray) -> tuple[Any, str]:
         """pynetdicom's decode of a PDU read, except for the A-ASSOCIATE-RQ the gate decoded
