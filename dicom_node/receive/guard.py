@@ -220,54 +220,62 @@ class GuardedSocket(AssociationSocket):
                 pass
 
     def recv(self, nr_bytes: int) -> bytearray:
-        """Read ``nr_bytes`` (pynetdicom asks for a PDU header, then its body). A breach found in
-        a header drops the peer before the body is read; one found in a body already read (a
-        fragment over the data set limit) lets pynetdicom have that PDU, at most ``max_pdu``
-        bytes, and drops the peer at the next header: the DIMSE message never completes, or,
-        if that PDU completed it, the C-STORE handler refuses the oversized data set."""
+        """Read ``nr_bytes`` (pynetdicom asks for a PDU header, then its body): fewer only when
+        the connection closed or the peer was dropped (:meth:`recv_into`)."""
+        out = bytearray(nr_bytes)
+        got = self.recv_into(memoryview(out))
+        del out[got:]
+        return out
+
+    def recv_into(self, view: memoryview) -> int:
+        """Fill ``view`` from the network; the bytes read, fewer only when the connection closed
+        or the peer was dropped. A breach found in a header drops the peer before the body is
+        read; one found in a body already read (a fragment over the data set limit) returns that
+        read, at most ``max_pdu`` bytes, and drops the peer at the next read: the DIMSE message
+        never completes, or, if that read completed it, the C-STORE handler refuses the
+        oversized data set."""
         if self._dropped:
-            return bytearray()
+            return 0
         if self._breach is not None:
-            return self._drop(self._breach.reason, str(self._breach))
+            self._drop(self._breach.reason, str(self._breach))
+            return 0
+        got = 0
         try:
             if self._prefetched:  # the A-ASSOCIATE-RQ the gate read
-                out = bytearray(self._prefetched[:nr_bytes])
-                self._prefetched = self._prefetched[len(out) :]
-                if len(out) < nr_bytes:
-                    out += self._read(nr_bytes - len(out))
-            else:
-                out = self._read(nr_bytes)
-            self._stream.feed(out)
+                got = min(len(self._prefetched), len(view))
+                view[:got] = self._prefetched[:got]
+                self._prefetched = self._prefetched[got:]
+            if got < len(view):
+                got += self._read_into(view[got:])
+            self._stream.feed(view[:got])
         except LimitBreached as exc:
             if exc.in_body:
                 self._breach = exc
-                return out
-            return self._drop(exc.reason, str(exc))
+                return got
+            self._drop(exc.reason, str(exc))
+            return 0
         except (TimeoutError, BlockingIOError):  # Python's timeout, or the kernel's (gate.py set_read_timeout)
-            return self._drop("read_timeout", f"no data for {self._stream.limits.limits.read_timeout_seconds:g} s "
-                              "in the middle of a PDU (node.limits.read_timeout_seconds)")
+            self._drop("read_timeout", f"no data for {self._stream.limits.limits.read_timeout_seconds:g} s "
+                       "in the middle of a PDU (node.limits.read_timeout_seconds)")
+            return 0
         except OSError:
-            return bytearray()  # connection broken: pynetdicom sees it closed
-        return out
+            return 0  # connection broken: pynetdicom sees it closed
+        return got
 
-    def _read(self, size: int) -> bytearray:
+    def _read_into(self, view: memoryview) -> int:
+        size = len(view)
         limit = self._stream.limits.largest_read
         if size > limit:
             raise LimitBreached("pdu_too_large", f"a read of {size} bytes (limit {limit})")
         sock = self.socket
         assert sock is not None
-        buf = bytearray(size)
-        view = memoryview(buf)
         got = 0
         while got < size:
             n = sock.recv_into(view[got:], size - got)
             if n == 0:
                 break
             got += n
-        del view
-        if got < size:
-            del buf[got:]
-        return buf
+        return got
 
     def refused(self, reason: str, why: str) -> None:
         """Count and log one refusal of this peer (address and AE title)."""
