@@ -97,8 +97,8 @@ def node(tmp_path: Path) -> Iterator[Node]:
         yield running
 
 
-def _instance() -> tuple[str, bytes]:
-    ds = ct_image(np.arange(64 * 64, dtype=np.int16).reshape(64, 64))
+def _instance(size: int = 64) -> tuple[str, bytes]:
+    ds = ct_image(np.arange(size * size, dtype=np.int16).reshape(size, size))
     return str(ds.SOPInstanceUID), wire.encode_dataset(ds)
 
 
@@ -140,6 +140,19 @@ def test_two_requests_in_one_pdu_are_both_stored_and_answered(node: Node) -> Non
     # The files hold the data sets as sent, after the file meta (PS3.10 7.1).
     assert stored[first].endswith(first_data) and stored[second].endswith(second_data)
     assert stored[first][128:132] == b"DICM"
+
+
+def test_data_sets_of_different_sizes_on_one_association(node: Node) -> None:
+    """Each data set is read into the association's buffer, reused and grown from one message
+    to the next: a larger, a smaller, then a much larger instance, each over many PDUs."""
+    instances = [_instance(64), _instance(16), _instance(256)]
+    with _associated(node) as client:
+        for message_id, (sop, data) in enumerate(instances, 1):
+            assert client.status(1, wire.store_rq(CTImageStorage, sop, message_id), data, max_pdu=4096) == 0
+        client.release()
+    stored = _stored(node)
+    for sop, data in instances:
+        assert stored[sop].endswith(data) and len(stored[sop]) < len(data) + 400
 
 
 def test_command_in_two_fragments_is_served_by_pynetdicom(node: Node) -> None:

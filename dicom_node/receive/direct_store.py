@@ -14,7 +14,8 @@ set, each carried in presentation data value (PDV) items (PS3.7 E.1, PS3.8 9.3.5
   module knows, UIDs valid, a data set follows, PS3.7 Table 9.3-1) of a storage SOP class, on an
   accepted presentation context, while nothing else is served, queued or half-received on the
   association; anything else goes to pynetdicom as before;
-* the data set's fragments are kept as views of the PDUs read and joined once;
+* the data set's fragments are read from the socket straight into one buffer per association,
+  reused from one message to the next;
 * the node's store service (``handlers.serve_store``: the same checks, spool and status as
   pynetdicom's EVT_C_STORE handler) answers, and the C-STORE-RSP (PS3.7 9.3.1.2) is encoded here
   and sent in one P-DATA-TF PDU;
@@ -37,7 +38,7 @@ import logging
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom.service_class import StorageServiceClass
@@ -83,6 +84,8 @@ MAX_RESPONSE_PDU = 6 + 7 * 8 + 4 + 4 * 2 + 2 * 64
 #: How long serving waits for the association's thread to leave the association alone (it only
 #: holds it briefly between requests while nothing is queued); past it, the association is aborted.
 SERVE_WAIT_SECONDS = 10.0
+#: The largest data set buffer an association keeps for its next message (larger: freed).
+RETAINED_BUFFER_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -160,14 +163,17 @@ def p_data_tf(context_id: int, control: int, value: bytes) -> bytes:
     return _PDU_HEADER.pack(P_DATA_TF, 0, len(value) + 6) + _PDV_HEADER.pack(len(value) + 2, context_id, control) + value
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Message:
-    """A C-STORE-RQ being received: its command, context and the data set's fragments so far."""
+    """A C-STORE-RQ being received: its command and presentation context."""
 
     command: StoreCommand
     context_id: int
     transfer_syntax: str
-    fragments: list[memoryview] = field(default_factory=list)
+
+
+class ConnectionClosed(Exception):
+    """The connection closed (or the guard dropped the peer) in the middle of a PDU."""
 
 
 class DirectStore:
@@ -181,45 +187,76 @@ class DirectStore:
         self._assoc = assoc
         self._serve = serve
         self._message: _Message | None = None
+        #: The data set of the message being received, read into it fragment by fragment: the
+        #: first ``_size`` bytes. Kept for the next message (no new memory per instance) unless
+        #: over :data:`RETAINED_BUFFER_BYTES`.
+        self._buffer = bytearray()
+        self._size = 0
         #: (calling AE, called AE, address), read once the association is established.
         self._peer: tuple[str, str, str] | None = None
 
-    def take(self, body: memoryview) -> memoryview | None:
-        """Take what this path serves from the body of a P-DATA-TF PDU (its PDV items); return
-        the items left for pynetdicom (all of ``body`` when it takes nothing), or None."""
-        pos, end = 0, len(body)
-        while pos < end:
-            if end - pos < _PDV_HEADER.size:
-                return self._left(body, pos)
-            length, context_id, control = _PDV_HEADER.unpack_from(body, pos)
-            stop = pos + 4 + length
-            if length < 2 or stop > end:
-                return self._left(body, pos)
-            value = body[pos + _PDV_HEADER.size : stop]
+    def receive(self, sock: GuardedSocket, length: int) -> bytes | None:
+        """Read the body of a P-DATA-TF PDU (``length`` bytes, PDV items) from ``sock`` item by
+        item, the values of the data set straight into the message's buffer, and serve what
+        completes. Returns the items pynetdicom is to handle instead (from the first one this
+        path does not take to the end of the PDU), or None. Raises :class:`ConnectionClosed`."""
+        left = length
+        while left:
+            if left < _PDV_HEADER.size:
+                return self._left(self._read(sock, left))
+            head = self._read(sock, _PDV_HEADER.size)
+            left -= _PDV_HEADER.size
+            item_length, context_id, control = _PDV_HEADER.unpack(head)
+            value_length = item_length - 2
+            if item_length < 2 or value_length > left:
+                return self._left(head + self._read(sock, left))
             message = self._message
             if message is None:
-                message = self._start(context_id, control, value)
+                value = self._read(sock, value_length)
+                left -= value_length
+                message = self._start(context_id, control, memoryview(value))
                 if message is None:
-                    return body[pos:]
-                self._message = message
-            elif control & COMMAND_BIT or context_id != message.context_id:
+                    return head + value + self._read(sock, left)
+                self._message, self._size = message, 0
+                continue
+            if control & COMMAND_BIT or context_id != message.context_id:
                 self._broken("a command fragment or another presentation context in the middle of a data set "
                              "(PS3.8 9.3.5.1)")
                 return None
-            else:
-                message.fragments.append(value)
-                if control & LAST_BIT:
-                    self._message = None
-                    if not self._complete(message):
-                        return None
-            pos = stop
+            self._read_data(sock, value_length)
+            left -= value_length
+            if control & LAST_BIT:
+                self._message = None
+                if not self._complete(message):
+                    return None
         return None
 
-    def _left(self, body: memoryview, pos: int) -> memoryview | None:
+    @staticmethod
+    def _read(sock: GuardedSocket, size: int) -> bytes:
+        data = sock.recv(size)
+        if len(data) != size:
+            raise ConnectionClosed
+        return bytes(data)
+
+    def _read_data(self, sock: GuardedSocket, size: int) -> None:
+        """Append ``size`` bytes from ``sock`` to the data set being received."""
+        end = self._size + size
+        if len(self._buffer) < end:
+            # A new buffer rather than a resize: a view of the old one may still be alive.
+            grown = bytearray(max(end, 2 * len(self._buffer)))
+            grown[: self._size] = memoryview(self._buffer)[: self._size]
+            self._buffer = grown
+        with memoryview(self._buffer) as view:
+            got = sock.recv_into(view[self._size : end])
+        if got != size:
+            raise ConnectionClosed
+        self._size = end
+
+    def _left(self, items: bytes) -> bytes | None:
         """Items this path cannot walk (the guard drops such a peer after this PDU): pynetdicom's
         if no message is under way here, else the association is aborted."""
         if self._message is None:
-            return body[pos:]
+            return items
         self._broken("a presentation data value item that does not fit its PDU (PS3.8 9.3.5.1)")
         return None
 
@@ -257,25 +294,27 @@ class DirectStore:
             self._peer = (ae_text(assoc.requestor.ae_title), ae_text(assoc.acceptor.ae_title), str(assoc.requestor.address))
         calling, called, address = self._peer
         command = message.command
-        request = StoreRequest(
-            dataset=b"".join(message.fragments),
-            transfer_syntax=message.transfer_syntax,
-            sop_class_uid=command.sop_class_uid,
-            sop_instance_uid=command.sop_instance_uid,
-            calling_ae=calling,
-            called_ae=called,
-            association=association_key(assoc),
-            address=address,
-        )
-        message.fragments.clear()
         serving: threading.Lock = assoc._serving
         if not serving.acquire(timeout=SERVE_WAIT_SECONDS):
             self._broken("the association stayed busy while a C-STORE request waited")
             return False
-        try:
-            status = self._serve(request)
-        finally:
-            serving.release()
+        with memoryview(self._buffer)[: self._size] as dataset:
+            try:
+                status = self._serve(StoreRequest(
+                    dataset=dataset,
+                    transfer_syntax=message.transfer_syntax,
+                    sop_class_uid=command.sop_class_uid,
+                    sop_instance_uid=command.sop_instance_uid,
+                    calling_ae=calling,
+                    called_ae=called,
+                    association=association_key(assoc),
+                    address=address,
+                ))
+            finally:
+                serving.release()
+        self._size = 0
+        if len(self._buffer) > RETAINED_BUFFER_BYTES:
+            self._buffer = bytearray()
         if not assoc.is_established:
             return False  # ended while served (aborted by the node): no response, as pynetdicom
         assoc.dul.socket.send(p_data_tf(message.context_id, COMMAND_BIT | LAST_BIT,

@@ -150,7 +150,9 @@ class StoreRequest:
     pynetdicom's event (:func:`handle_store`) or straight from the P-DATA-TF PDUs
     (direct_store.py)."""
 
-    dataset: bytes
+    #: Valid while the request is served (straight from the PDUs: a view of a buffer the
+    #: association reuses for its next message).
+    dataset: bytes | memoryview
     transfer_syntax: str
     #: Affected SOP Class / Instance UID of the request (PS3.7 9.1.1.1); may be empty.
     sop_class_uid: str

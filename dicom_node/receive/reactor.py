@@ -46,7 +46,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from dicom_node.receive.direct_store import DirectStore
+from dicom_node.receive.direct_store import ConnectionClosed, DirectStore
 from dicom_node.receive.guard import (
     A_ABORT,
     A_ASSOCIATE_RQ,
@@ -220,21 +220,21 @@ class ReactorDUL(DULServiceProvider):
             log.error("unknown PDU type 0x%02x received", pdu_type)
             self.event_queue.put("Evt19")  # unrecognised PDU
             return
-        try:
-            body = sock.recv(length)
-        except (OSError, TimeoutError):
-            self.event_queue.put("Evt17")
-            return
-        if len(body) != length:
-            self.event_queue.put("Evt17")
-            return
         direct = self.direct_store
-        if pdu_type == P_DATA_TF and direct is not None and self.state_machine.current_state == "Sta6":
-            left = direct.take(memoryview(body))
-            if left is None:
-                return
-            if len(left) != length:
+        try:
+            if (pdu_type == P_DATA_TF and direct is not None and isinstance(sock, GuardedSocket)
+                    and self.state_machine.current_state == "Sta6"):
+                left = direct.receive(sock, length)
+                if left is None:
+                    return
                 head, body = bytearray(PDU_HEADER.pack(P_DATA_TF, 0, len(left))), bytearray(left)
+            else:
+                body = sock.recv(length)
+                if len(body) != length:
+                    raise ConnectionClosed
+        except (OSError, TimeoutError, ConnectionClosed):
+            self.event_queue.put("Evt17")  # connection closed
+            return
         try:
             pdu, event = self._decode_pdu(bytearray(head) + body)
         except Exception:  # noqa: BLE001 - the peer's bytes: an invalid PDU (pynetdicom's answer)

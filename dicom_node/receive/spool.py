@@ -73,6 +73,8 @@ RECEIVE_KEYWORDS: tuple[str, ...] = (
 #: Their tags, as the parse policy's scan returns them.
 _RECEIVE_TAGS: dict[str, int] = {kw: int(Tag(kw)) for kw in RECEIVE_KEYWORDS}
 PART10_PREFIX = bytes(PREAMBLE_LENGTH) + DICM_PREFIX
+#: A part of an instance to store: bytes, or a view of a buffer the caller owns.
+Chunk = bytes | memoryview
 #: The ``.origin.json`` AE titles and parent folders of this many recently used series folders
 #: are known durable; older ones are simply synced again on their next instance.
 DURABLE_FOLDER_CACHE = 4096
@@ -143,7 +145,8 @@ def _instance_info(scan: ScanResult) -> InstanceInfo:
         raise CorruptInstance(f"{exc.attribute} missing or not a valid UID (PS3.5 9.1)") from None
 
 
-def parse_dataset(dataset: bytes, transfer_syntax_uid: str, limits: ParseLimits | None = None) -> InstanceInfo:
+def parse_dataset(dataset: bytes | memoryview, transfer_syntax_uid: str, limits: ParseLimits | None = None
+                  ) -> InstanceInfo:
     """Check a dataset without file meta, as a C-STORE carries it (PS3.7 9.3.1.1: encoded in the
     presentation context's transfer syntax), against the parse policy and read the receive tags.
     ``limits``: the node's (default: the policy's defaults). Raises :class:`CorruptInstance`."""
@@ -163,7 +166,7 @@ def parse_instance(data: bytes, limits: ParseLimits | None = None) -> InstanceIn
     return _instance_info(scan)
 
 
-def _write_all(fd: int, parts: Sequence[bytes]) -> None:
+def _write_all(fd: int, parts: Sequence[Chunk]) -> None:
     """Write ``parts`` in order (one ``writev``: the parts are never joined in memory)."""
     views = [memoryview(p) for p in parts if len(p)]
     while views:
@@ -238,7 +241,7 @@ class Spool:
 
     def store(
         self,
-        data: bytes | Sequence[bytes],
+        data: bytes | Sequence[Chunk],
         info: InstanceInfo | None = None,
         calling_ae: str = "",
         called_ae: str = "",
@@ -251,7 +254,7 @@ class Spool:
         A duplicate returns only once the copy already held is durable too (its name may have
         been linked a moment ago by another association still waiting for the folder fsync).
         """
-        parts: list[bytes] = [bytes(data)] if isinstance(data, (bytearray, memoryview)) else (
+        parts: list[Chunk] = [bytes(data)] if isinstance(data, (bytearray, memoryview)) else (
             [data] if isinstance(data, bytes) else list(data))
         if info is None:
             info = parse_instance(b"".join(parts), self.limits)
@@ -269,7 +272,7 @@ class Spool:
         fsync_dir(folder)
         return StoreResult(info, final, duplicate=duplicate)
 
-    def _write_new(self, folder: Path, name: str, data: Sequence[bytes]) -> bool:
+    def _write_new(self, folder: Path, name: str, data: Sequence[Chunk]) -> bool:
         """Write ``data`` durably under ``folder/name`` unless that name exists (then False).
 
         The name is linked only after the data is flushed, so a name never points at bytes
@@ -294,7 +297,7 @@ class Spool:
             os.close(dir_fd)
         return True
 
-    def _write_new_named_temp(self, folder: Path, name: str, data: Sequence[bytes]) -> bool:
+    def _write_new_named_temp(self, folder: Path, name: str, data: Sequence[Chunk]) -> bool:
         """:meth:`_write_new` through a named temp file (file systems without ``O_TMPFILE``)."""
         fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=TEMP_PREFIX, suffix=".part")
         try:
