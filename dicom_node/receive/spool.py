@@ -269,14 +269,16 @@ class Spool:
                 self._durable_folders.pop(folder, None)
             self._ensure_folder(folder, calling_ae, called_ae)
             duplicate = final.exists() or not self._write_new(folder, final.name, parts)
-        fsync_dir(folder)
+        if duplicate:
+            fsync_dir(folder)  # the copy held may have been linked a moment ago, not yet synced
         return StoreResult(info, final, duplicate=duplicate)
 
     def _write_new(self, folder: Path, name: str, data: Sequence[Chunk]) -> bool:
         """Write ``data`` durably under ``folder/name`` unless that name exists (then False).
 
         The name is linked only after the data is flushed, so a name never points at bytes
-        that are not durable; the caller still syncs the folder to make the name durable.
+        that are not durable, and the folder is synced after the link (through the same
+        descriptor) so that the name is durable too. A name that existed is not synced here.
         """
         if not self._use_tmpfile:
             return self._write_new_named_temp(folder, name, data)
@@ -293,6 +295,7 @@ class Spool:
                     return False
             finally:
                 os.close(fd)
+            os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
         return True
@@ -312,6 +315,7 @@ class Spool:
                 return False
         finally:
             os.unlink(tmp_name)
+        fsync_dir(folder)
         return True
 
     def _ensure_folder(self, folder: Path, calling_ae: str, called_ae: str) -> None:
