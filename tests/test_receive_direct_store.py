@@ -142,6 +142,20 @@ def test_two_requests_in_one_pdu_are_both_stored_and_answered(node: Node) -> Non
     assert stored[first][128:132] == b"DICM"
 
 
+def test_requests_sent_back_to_back_are_all_answered(node: Node) -> None:
+    """Five requests in one write: each PDU header after the first is already in the guarded
+    socket's read-ahead (or the kernel's buffer) when the one before it is served."""
+    instances = [_instance(32) for _ in range(5)]
+    with _associated(node) as client:
+        client.send([pdu for n, (sop, data) in enumerate(instances, 1)
+                     for pdu in wire.p_data(1, wire.store_rq(CTImageStorage, sop, n), data, 8192)])
+        answers = [client.read_response() for _ in instances]
+        assert [int(a.Status) for a in answers] == [0] * 5
+        assert [int(a.MessageIDBeingRespondedTo) for a in answers] == [1, 2, 3, 4, 5]
+        client.release()
+    assert sorted(_stored(node)) == sorted(sop for sop, _ in instances)
+
+
 def test_data_sets_of_different_sizes_on_one_association(node: Node) -> None:
     """Each data set is read into the association's buffer, reused and grown from one message
     to the next: a larger, a smaller, then a much larger instance, each over many PDUs."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 
@@ -44,6 +45,9 @@ ENDING_PDU_TYPES = frozenset({0x03, 0x07})
 #: Events of the local service user (PS3.8 Table 9-10: the node's own requests and responses).
 LOCAL_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
 _HEADER = struct.Struct(">BBL")
+#: Reads shorter than this (PDU and PDV headers, small command sets) take up to this many bytes
+#: of what the network holds, so the next read usually needs no system call.
+READ_AHEAD_BYTES = 64 * 1024
 _PDV = struct.Struct(">LBB")
 
 
@@ -164,6 +168,7 @@ class GuardedSocket(AssociationSocket):
     from the network with a timeout, every byte checked by a :class:`PduStream`."""
 
     _prefetched: bytes
+    _ahead: bytes
     _stream: PduStream
     _refusals: Refusals
     _address: str
@@ -180,6 +185,7 @@ class GuardedSocket(AssociationSocket):
         guarded = cls.__new__(cls)
         guarded.__dict__.update(vars(plain))
         guarded._prefetched = prefetched
+        guarded._ahead = b""
         guarded._stream = stream
         guarded._refusals = refusals
         guarded._address = address
@@ -197,7 +203,16 @@ class GuardedSocket(AssociationSocket):
             return True
         if not self._answered:
             return False
-        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        return bool(self._ahead) or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes already read from the network wait here (read ahead, or decrypted by
+        TLS): ``poll`` on the socket does not see them (reactor.py waits only when there are none)."""
+        if not self._answered:
+            return False  # nothing is read before the A-ASSOCIATE-RQ is answered (see ready)
+        sock = self.socket
+        return bool(self._ahead) or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
 
     @property
     def reading_paused(self) -> bool:
@@ -245,6 +260,11 @@ class GuardedSocket(AssociationSocket):
                 got = min(len(self._prefetched), len(view))
                 view[:got] = self._prefetched[:got]
                 self._prefetched = self._prefetched[got:]
+            if self._ahead and got < len(view):
+                take = min(len(self._ahead), len(view) - got)
+                view[got : got + take] = self._ahead[:take]
+                self._ahead = self._ahead[take:]
+                got += take
             if got < len(view):
                 got += self._read_into(view[got:])
             self._stream.feed(view[:got])
@@ -270,6 +290,18 @@ class GuardedSocket(AssociationSocket):
         sock = self.socket
         assert sock is not None
         got = 0
+        if size < READ_AHEAD_BYTES:
+            # A header: read what the network already holds, at most READ_AHEAD_BYTES, and keep
+            # the rest for the next read (checked by the stream only when it is read).
+            while got < size:
+                data = sock.recv(READ_AHEAD_BYTES)
+                if not data:
+                    return got
+                take = min(len(data), size - got)
+                view[got : got + take] = data[:take]
+                got += take
+                self._ahead = data[take:]
+            return got
         while got < size:
             n = sock.recv_into(view[got:], size - got)
             if n == 0:

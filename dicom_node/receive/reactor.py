@@ -141,16 +141,19 @@ class ReactorDUL(DULServiceProvider):
         """Return when the loop may have something to do: an event or a primitive queued, the
         order to stop, data from the peer or the connection closed, or the ARTIM timer expired.
 
-        The loop waits only after a turn that looked at the socket (``ready``: also the bytes an
-        SSL socket already decrypted, or the A-ASSOCIATE-RQ the gate read) and found nothing:
-        such bytes only come from this thread's reads, so ``poll`` on the socket is what is left
-        to wait for."""
+        The loop waits after a turn that queued no event: one that looked at the socket and
+        found nothing, or one whose PDU the direct store served. Bytes this thread already read
+        from the network (the guarded socket's read-ahead, what TLS decrypted: ``buffered``)
+        end the wait before it starts; ``poll`` on the socket sees the rest."""
         if self._stop_requested or self.event_queue.qsize() or self.to_provider_queue.qsize():
+            return
+        sock = self.socket
+        if getattr(sock, "buffered", False):
+            self._readable = True  # bytes read ahead or decrypted, which poll cannot see
             return
         artim = self.artim_timer
         if artim.expired:
             return
-        sock = self.socket
         raw = sock.socket if sock is not None and not getattr(sock, "reading_paused", False) else None
         fd = raw.fileno() if raw is not None else -1
         timeout = min(MAX_WAIT_SECONDS, max(0.0, artim.remaining)) if artim.timeout is not None else MAX_WAIT_SECONDS
