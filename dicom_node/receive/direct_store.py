@@ -44,7 +44,7 @@ from typing import Any
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import uid_to_service_class
 
-from dicom_node.receive.guard import P_DATA_TF, GuardedSocket
+from dicom_node.receive.guard import COMMAND_BIT, LAST_BIT, P_DATA_TF, PDU_HEADER, PDV_HEADER, GuardedSocket
 from dicom_node.receive.handlers import StoreRequest, ae_text, association_key
 from dicom_node.uids import is_valid_uid
 
@@ -72,11 +72,6 @@ _PRIORITIES = frozenset({0, 1, 2})
 _ELEMENT = struct.Struct("<HHI")
 _US = struct.Struct("<H")
 _UL = struct.Struct("<I")
-#: PDU header, PDV item header (PS3.8 9.3.1, 9.3.5.1).
-_PDU_HEADER = struct.Struct(">BBL")
-_PDV_HEADER = struct.Struct(">LBB")
-#: PDV message control header: command (bit 0), last fragment (bit 1) (PS3.8 E.2).
-COMMAND_BIT, LAST_BIT = 0x01, 0x02
 #: The longest C-STORE-RSP PDU's variable field (what the peer's Maximum Length counts, PS3.8
 #: D.1): a PDV item header, seven elements, two 64-character UIDs. A peer that takes less gets
 #: its responses from pynetdicom, which fragments them.
@@ -160,7 +155,7 @@ def encode_store_response(command: StoreCommand, status: int) -> bytes:
 
 def p_data_tf(context_id: int, control: int, value: bytes) -> bytes:
     """One P-DATA-TF PDU holding one PDV item (PS3.8 9.3.5)."""
-    return _PDU_HEADER.pack(P_DATA_TF, 0, len(value) + 6) + _PDV_HEADER.pack(len(value) + 2, context_id, control) + value
+    return PDU_HEADER.pack(P_DATA_TF, 0, len(value) + 6) + PDV_HEADER.pack(len(value) + 2, context_id, control) + value
 
 
 @dataclass(frozen=True)
@@ -202,11 +197,11 @@ class DirectStore:
         path does not take to the end of the PDU), or None. Raises :class:`ConnectionClosed`."""
         left = length
         while left:
-            if left < _PDV_HEADER.size:
+            if left < PDV_HEADER.size:
                 return self._left(self._read(sock, left))
-            head = self._read(sock, _PDV_HEADER.size)
-            left -= _PDV_HEADER.size
-            item_length, context_id, control = _PDV_HEADER.unpack(head)
+            head = self._read(sock, PDV_HEADER.size)
+            left -= PDV_HEADER.size
+            item_length, context_id, control = PDV_HEADER.unpack(head)
             value_length = item_length - 2
             if item_length < 2 or value_length > left:
                 return self._left(head + self._read(sock, left))

@@ -44,11 +44,15 @@ ANSWER_PDU_TYPES = frozenset({0x02, 0x03, 0x07})
 ENDING_PDU_TYPES = frozenset({0x03, 0x07})
 #: Events of the local service user (PS3.8 Table 9-10: the node's own requests and responses).
 LOCAL_EVENTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
-_HEADER = struct.Struct(">BBL")
+#: PDU header: type, reserved, length of what follows (PS3.8 9.3.1).
+PDU_HEADER = struct.Struct(">BBL")
 #: Reads shorter than this (PDU and PDV headers, small command sets) take up to this many bytes
 #: of what the network holds, so the next read usually needs no system call.
 READ_AHEAD_BYTES = 64 * 1024
-_PDV = struct.Struct(">LBB")
+#: Presentation data value item header: item length, context ID, message control header (PS3.8 9.3.5.1, E.2).
+PDV_HEADER = struct.Struct(">LBB")
+#: PDV message control header: command (bit 0, else data set), last fragment (bit 1) (PS3.8 E.2).
+COMMAND_BIT, LAST_BIT = 0x01, 0x02
 
 
 class LimitBreached(Exception):
@@ -104,7 +108,7 @@ class PduStream:
             if self._pdu_left == 0:
                 pos = _fill(self._head, 6, view, pos)
                 if len(self._head) == 6:
-                    pdu_type, _, length = _HEADER.unpack(self._head)
+                    pdu_type, _, length = PDU_HEADER.unpack(self._head)
                     self._head.clear()
                     self._check_pdu(pdu_type, length)
                     self._pdu_type, self._pdu_left = pdu_type, length
@@ -133,7 +137,7 @@ class PduStream:
             if self._pdv_left == 0:
                 pos = _fill(self._pdv_head, 6, view, pos)
                 if len(self._pdv_head) == 6:
-                    length, _, control = _PDV.unpack(self._pdv_head)
+                    length, _, control = PDV_HEADER.unpack(self._pdv_head)
                     self._pdv_head.clear()
                     if length < 2:
                         raise LimitBreached("malformed_pdu", "a presentation data value item shorter than its header",
@@ -147,7 +151,7 @@ class PduStream:
             self._count(take)
 
     def _count(self, size: int) -> None:
-        if self._pdv_control & 1:
+        if self._pdv_control & COMMAND_BIT:
             self._command_bytes += size
             if self._command_bytes > MAX_COMMAND_BYTES:
                 raise LimitBreached("command_too_large", f"a DIMSE command set over {MAX_COMMAND_BYTES} bytes", True)
@@ -156,8 +160,8 @@ class PduStream:
             if self._dataset_bytes > self.limits.limits.max_dataset_bytes:
                 raise LimitBreached("dataset_too_large", f"a data set over {self.limits.limits.max_dataset_bytes} bytes "
                                     "(node.limits.max_dataset_bytes)", True)
-        if self._pdv_left == 0 and self._pdv_control & 2:  # last fragment of the command or data set
-            if self._pdv_control & 1:
+        if self._pdv_left == 0 and self._pdv_control & LAST_BIT:  # last fragment of the command or data set
+            if self._pdv_control & COMMAND_BIT:
                 self._command_bytes = 0
             else:
                 self._dataset_bytes = 0

@@ -52,6 +52,7 @@ from dicom_node.receive.guard import (
     A_ASSOCIATE_RQ,
     ABORT_PDU,
     P_DATA_TF,
+    PDU_HEADER,
     GuardedSocket,
     PduStream,
     TolerantStateMachine,
@@ -69,8 +70,6 @@ MAX_WAIT_SECONDS = 0.5
 _STOP_POLL_SECONDS = 0.001
 
 _T = TypeVar("_T")
-#: PDU header: type, reserved, length of what follows (PS3.8 9.3.1).
-PDU_HEADER = struct.Struct(">BBL")
 
 
 class WakingQueue(queue.Queue[_T]):
