@@ -171,7 +171,8 @@ class GuardedSocket(AssociationSocket):
     """An accepted association's socket: serves the A-ASSOCIATE-RQ the gate read, then reads
     from the network with a timeout, every byte checked by a :class:`PduStream`."""
 
-    _prefetched: bytes
+    #: Bytes read from the network and not yet by pynetdicom: first the A-ASSOCIATE-RQ the gate
+    #: read, later what a short read took ahead (:meth:`_read_into`).
     _ahead: bytes
     _stream: PduStream
     _refusals: Refusals
@@ -188,8 +189,7 @@ class GuardedSocket(AssociationSocket):
         already queued) without queueing that event twice."""
         guarded = cls.__new__(cls)
         guarded.__dict__.update(vars(plain))
-        guarded._prefetched = prefetched
-        guarded._ahead = b""
+        guarded._ahead = prefetched
         guarded._stream = stream
         guarded._refusals = refusals
         guarded._address = address
@@ -200,14 +200,14 @@ class GuardedSocket(AssociationSocket):
 
     @property
     def ready(self) -> bool:
-        """Data for pynetdicom to read: the prefetched request, then nothing more until the node
-        has answered it (a requestor waits for the A-ASSOCIATE-AC, PS3.8 9.2 Sta5; reading on
+        """Data for pynetdicom to read: the request the gate read, then nothing more until the
+        node has answered it; after that, bytes read ahead or what the network holds (a requestor waits for the A-ASSOCIATE-AC, PS3.8 9.2 Sta5; reading on
         would race pynetdicom's own answer)."""
-        if self._prefetched:
+        if self._ahead:
             return True
         if not self._answered:
             return False
-        return bool(self._ahead) or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+        return bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
 
     @property
     def buffered(self) -> bool:
@@ -222,7 +222,7 @@ class GuardedSocket(AssociationSocket):
     def reading_paused(self) -> bool:
         """Whether :attr:`ready` is False whatever the network holds (the A-ASSOCIATE-RQ is
         being answered): the DUL's thread then waits without watching the socket (reactor.py)."""
-        return not self._prefetched and not self._answered
+        return not self._ahead and not self._answered
 
     def send(self, bytestream: bytes) -> None:
         """Send a PDU. After an A-ABORT or A-ASSOCIATE-RJ the association is over: the
@@ -260,15 +260,10 @@ class GuardedSocket(AssociationSocket):
             return 0
         got = 0
         try:
-            if self._prefetched:  # the A-ASSOCIATE-RQ the gate read
-                got = min(len(self._prefetched), len(view))
-                view[:got] = self._prefetched[:got]
-                self._prefetched = self._prefetched[got:]
-            if self._ahead and got < len(view):
-                take = min(len(self._ahead), len(view) - got)
-                view[got : got + take] = self._ahead[:take]
-                self._ahead = self._ahead[take:]
-                got += take
+            if self._ahead:  # the A-ASSOCIATE-RQ the gate read, or a read ahead
+                got = min(len(self._ahead), len(view))
+                view[:got] = self._ahead[:got]
+                self._ahead = self._ahead[got:]
             if got < len(view):
                 got += self._read_into(view[got:])
             self._stream.feed(view[:got])
