@@ -201,8 +201,9 @@ class GuardedSocket(AssociationSocket):
     @property
     def ready(self) -> bool:
         """Data for pynetdicom to read: the request the gate read, then nothing more until the
-        node has answered it; after that, bytes read ahead or what the network holds (a requestor waits for the A-ASSOCIATE-AC, PS3.8 9.2 Sta5; reading on
-        would race pynetdicom's own answer)."""
+        node has answered it (a requestor waits for the A-ASSOCIATE-AC, PS3.8 9.2 Sta5; reading
+        on would race pynetdicom's own answer); after that, bytes read ahead or what the network
+        holds."""
         if self._ahead:
             return True
         if not self._answered:
