@@ -187,8 +187,8 @@ class DirectStore:
         #: over :data:`RETAINED_BUFFER_BYTES`.
         self._buffer = bytearray()
         self._size = 0
-        #: (calling AE, called AE, address), read once the association is established.
-        self._peer: tuple[str, str, str] | None = None
+        #: (calling AE, called AE, address, association key), read once the association is established.
+        self._peer: tuple[str, str, str, str] | None = None
 
     def receive(self, sock: GuardedSocket, length: int) -> bytes | None:
         """Read the body of a P-DATA-TF PDU (``length`` bytes, PDV items) from ``sock`` item by
@@ -286,8 +286,9 @@ class DirectStore:
         """Serve a received request and send its response; False when the association ends."""
         assoc = self._assoc
         if self._peer is None:
-            self._peer = (ae_text(assoc.requestor.ae_title), ae_text(assoc.acceptor.ae_title), str(assoc.requestor.address))
-        calling, called, address = self._peer
+            self._peer = (ae_text(assoc.requestor.ae_title), ae_text(assoc.acceptor.ae_title),
+                          str(assoc.requestor.address), association_key(assoc))
+        calling, called, address, key = self._peer
         command = message.command
         serving: threading.Lock = assoc._serving
         if not serving.acquire(timeout=SERVE_WAIT_SECONDS):
@@ -302,7 +303,7 @@ class DirectStore:
                     sop_instance_uid=command.sop_instance_uid,
                     calling_ae=calling,
                     called_ae=called,
-                    association=association_key(assoc),
+                    association=key,
                     address=address,
                 ))
             finally:
