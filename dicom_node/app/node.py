@@ -159,7 +159,7 @@ class Node:
         self._router = router or default_router
         self.disk = DiskGuard(data_dir, config.retention)
         self.metrics = NodeMetrics(NodeState(
-            jobs=self.jobs.all, outbox_depth=self._outbox_depth, disk=self._disk_state,
+            jobs=self.jobs.summaries, outbox_depth=self._outbox_depth, disk=self._disk_state,
             dropped=self.refusals, receivers=self._receiver_state,
         ))
         audit = AuditTrail(data_dir / AUDIT_FOLDER, config.audit) if config.audit.enabled else None

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Container, Iterable
@@ -35,6 +36,10 @@ from dicom_node.jobs.stages import Stages
 log = logging.getLogger(__name__)
 
 JOB_SUFFIX = ".json"
+#: A record file changed less than this long ago is read again by :meth:`JobStore.summaries`
+#: whatever its stat says: file times are coarse (a few ms), so two saves within one tick, with
+#: the same size and a reused inode number, would look unchanged.
+RECENT_SECONDS = 2.0
 
 
 class JobState(str, Enum):
@@ -135,6 +140,10 @@ class JobStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        #: :meth:`summaries`' cache: file name -> ((inode, mtime, size), the record's JSON form
+        #: without its spec).
+        self._summaries: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self._summaries_lock = threading.Lock()
 
     def path(self, job_id: str) -> Path:
         if not job_id or "/" in job_id or job_id.startswith("."):
@@ -199,3 +208,57 @@ class JobStore:
                 log.warning("job record %s unreadable: %s", path.name, exc)
         records.sort(key=lambda r: r.created)
         return records
+
+    def summaries(self) -> list[JobRecord]:
+        """Every readable record without its spec (``spec`` None), oldest first: for the views
+        that poll (``/metrics``, the dashboard's job list).
+
+        A record file is read again only when it changed (every save replaces it: another
+        inode, mtime or size) or changed recently (:data:`RECENT_SECONDS`), so a scrape costs a
+        listing and a ``stat`` per record rather than reading and parsing every record with its
+        spec (a job's instance list alone is ~30 KB at 500 slices). Each call returns new
+        objects: a caller may change them freely."""
+        now = time.time()
+        forms: list[dict[str, Any]] = []
+        with self._summaries_lock:
+            seen: set[str] = set()
+            with os.scandir(self.root) as entries:
+                for entry in entries:
+                    if entry.name.startswith(".") or not entry.name.endswith(JOB_SUFFIX):
+                        continue
+                    try:
+                        st = entry.stat()
+                    except FileNotFoundError:
+                        continue
+                    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+                    cached = self._summaries.get(entry.name)
+                    if cached is None or cached[0] != key or now - st.st_mtime < RECENT_SECONDS:
+                        form = self._summary_form(entry.path, entry.name)
+                        if form is None:
+                            self._summaries.pop(entry.name, None)
+                            continue
+                        cached = self._summaries[entry.name] = (key, form)
+                    seen.add(entry.name)
+                    forms.append(cached[1])
+            for gone in self._summaries.keys() - seen:
+                del self._summaries[gone]
+        records = [JobRecord.from_dict(form) for form in forms]
+        records.sort(key=lambda r: (r.created, r.job_id))
+        return records
+
+    @staticmethod
+    def _summary_form(path: str, name: str) -> dict[str, Any] | None:
+        """A record file's JSON form without its spec, checked; None if gone or unreadable."""
+        try:
+            with open(path, encoding="utf-8") as fh:
+                form = json.load(fh)
+            if not isinstance(form, dict):
+                raise TypeError("not a JSON object")
+            form.pop("spec", None)
+            JobRecord.from_dict(form)
+        except FileNotFoundError:
+            return None  # removed since it was listed (retention)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("job record %s unreadable: %s", name, exc)
+            return None
+        return form

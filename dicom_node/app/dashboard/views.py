@@ -67,7 +67,7 @@ def overview(config: AppConfig) -> dict[str, Any]:
 def live_jobs(store: JobStore, outbox: Outbox | None) -> list[dict[str, Any]]:
     """The job list alone, for the overview's refresh every few seconds: job records and
     deliveries only (no walk of the spool or of the data_dir's sizes)."""
-    jobs = [{k: v for k, v in record.to_dict().items() if k != "spec"} for record in store.all()]
+    jobs = [{k: v for k, v in record.to_dict().items() if k != "spec"} for record in store.summaries()]
     deliveries = [d.to_dict() for d in outbox.list()] if outbox is not None else []
     return job_list(jobs, deliveries)
 
