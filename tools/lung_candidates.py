@@ -38,6 +38,7 @@ from tools.lung_masks import (
     Airway,
     bounding_box,
     dilate_disk,
+    embed,
     erode_disk,
     fill_small_holes,
     near_mask,
@@ -300,9 +301,7 @@ def _airway(candidate: Candidate, scene: Scene, reasons: list[str], facts: dict[
     if z[k0] > z[carina] - BELOW_CARINA_MM:
         return
     airway = scene.airway.mask
-    box = tuple(slice(max(0, s.start - 2), min(n, s.stop + 2)) for s, n in zip(candidate.box, airway.shape))
-    region = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
-    region[tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(candidate.box, box))] = candidate.crop
+    region, box = embed(candidate.crop, candidate.box, 2, airway.shape)
     joined = bool((near_mask(airway, box) & region).any())
     facts["joins_airway"] = float(joined)
     if not joined:

@@ -78,7 +78,22 @@ def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
         if present.size == 0:
             return None
         spans.append(slice(int(present[0]), int(present[-1]) + 1))
-    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(spans, mask.shape))
+    return grow_box(tuple(spans), margin, mask.shape)
+
+
+def grow_box(box: tuple[slice, ...], margin: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """``box`` grown by ``margin`` voxels on every side, clipped to an array of ``shape``."""
+    return tuple(slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(box, shape))
+
+
+def embed(region: np.ndarray, box: tuple[slice, ...], margin: int, shape: tuple[int, ...]
+          ) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """``region`` (a mask of ``box``) placed in a box grown by ``margin`` (clipped to ``shape``),
+    False around it: (the grown mask, the grown box)."""
+    grown = grow_box(box, margin, shape)
+    out = np.zeros(tuple(g.stop - g.start for g in grown), dtype=bool)
+    out[tuple(slice(b.start - g.start, b.stop - g.start) for b, g in zip(box, grown))] = region
+    return out, grown
 
 
 def near_mask(mask: np.ndarray, box: tuple[slice, ...], steps: int = 2) -> np.ndarray:
@@ -347,11 +362,8 @@ def body_mask(hu: np.ndarray, threshold: float, grid: Grid) -> tuple[np.ndarray,
     body = np.zeros(hu.shape, dtype=bool)
     if inner is None:
         return body, clipped
-    margin = 2 * radius + 1
-    spans = [(w.start + i.start, w.start + i.stop) for w, i in zip(within, inner)]
-    box = tuple(slice(max(0, a - margin), min(size, b + margin)) for (a, b), size in zip(spans, hu.shape))
-    grown = np.zeros(tuple(s.stop - s.start for s in box), dtype=bool)
-    grown[tuple(slice(a - s.start, b - s.start) for (a, b), s in zip(spans, box))] = dense[inner]
+    spans = tuple(slice(w.start + i.start, w.start + i.stop) for w, i in zip(within, inner))
+    grown, box = embed(dense[inner], spans, 2 * radius + 1, hu.shape)
     del dense
     closed = erode_disk(dilate_disk(grown, radius), radius)  # in-plane only
     del grown

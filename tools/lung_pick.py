@@ -29,6 +29,7 @@ from tools.lung_geometry import Grid
 from tools.lung_masks import (
     MAX_VESSEL_MM2,
     bounding_box,
+    embed,
     fill_small_holes,
     label,
     label_sizes,
@@ -111,10 +112,7 @@ def _separate_pure_gas(
     (mask, its box, name)."""
     grid = scene.grid
     # The box grown by one voxel (the rim below needs the region's neighbours).
-    grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(box, scene.hu.shape))
-    crop = np.zeros(tuple(s.stop - s.start for s in grown), dtype=bool)
-    crop[tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(box, grown))] = region
-    box = grown
+    crop, box = embed(region, box, 1, scene.hu.shape)
     hu = scene.hu[box]
     gas = np.empty(crop.shape, dtype=bool)
     for part in slabs(crop.shape[0], crop.shape[1] * crop.shape[2]):
