@@ -231,22 +231,30 @@ class RecordingOutbox:
 
 def test_node_restart_while_workers_run_its_jobs(cluster: Cluster) -> None:
     """The node stops after publishing; a worker finishes the job meanwhile; the restarted node
-    reads the shared state, hands the results to its outbox once and records who ran the job."""
+    reads the shared state, hands the results to its outbox once and records who ran the job.
+    The workers are paused until the node has stopped, so that the job cannot finish (and be
+    handed on) while the first node still runs."""
     cluster.ensure_workers()
     config, pacs = cluster.node_config("restart")
     state = SharedJobState.from_url(cluster.redis.url)
     node = Node(config)
     node.start()
+    for worker in cluster.workers:
+        worker.pause()
     try:
-        series = send_phantoms(node, cluster.root / "restart" / "in", 1, slices=12, rows=48, cols=48)
-        published = wait_until(
-            lambda: next((s for r in node.jobs.all() if r.route
-                          for s in [state.get(r.job_id)] if s and s.published), None),
-            timeout=30, interval=0.02,
-        )
-        assert published is not None
+        try:
+            series = send_phantoms(node, cluster.root / "restart" / "in", 1, slices=12, rows=48, cols=48)
+            published = wait_until(
+                lambda: next((s for r in node.jobs.all() if r.route
+                              for s in [state.get(r.job_id)] if s and s.published), None),
+                timeout=30, interval=0.02,
+            )
+            assert published is not None
+        finally:
+            node.stop()
     finally:
-        node.stop()
+        for worker in cluster.workers:
+            worker.resume()
     try:
         assert wait_until(lambda: state.get(published.job_id).state == "done", 60)
         assert not list(pacs.out_dir.iterdir())  # nobody handed the results on yet
