@@ -6,7 +6,9 @@ fragments), and where a peer breaks a message in the middle."""
 
 from __future__ import annotations
 
+import socket
 import struct
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
@@ -19,6 +21,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from dicom_node.app.node import Node
 from dicom_node.receive.direct_store import StoreCommand, decode_store_command, encode_store_response
+from dicom_node.receive.guard import GuardedSocket
 from testkit import dicom_wire as wire
 from testkit.crafted import ct_image
 from tests.receive_helpers import counting_runner, free_port, node_config, wait_for
@@ -211,3 +214,65 @@ def test_refused_instance_is_answered_and_counted(node: Node) -> None:
         client.release()
     assert node.refusals().get("refused_instance") == 1
     assert list(_stored(node)) == [sop]
+
+
+def test_data_set_fragments_sent_with_pauses_between_pdus(node: Node) -> None:
+    """Between the PDUs of a data set the node first reads what has arrived without waiting,
+    and waits in ``poll`` only when nothing has: fragments sent at once, then after pauses (each
+    under the read timeout), make up the same stored instance."""
+    sop, data = _instance(128)
+    pdus = wire.p_data(1, wire.store_rq(CTImageStorage, sop), data, 4096)
+    with _associated(node) as client:
+        client.send(pdus[:4])
+        for pdu in pdus[4:8]:
+            time.sleep(0.3)
+            client.send(pdu)
+        client.send(pdus[8:])
+        assert int(client.read_response().Status) == 0
+        client.release()
+    assert _stored(node)[sop].endswith(data)
+
+
+def test_peer_closing_in_the_middle_of_a_data_set(node: Node) -> None:
+    """The connection closes between two fragments of a data set: nothing is stored or
+    answered, and the node goes on serving."""
+    sop, data = _instance(128)
+    pdus = wire.p_data(1, wire.store_rq(CTImageStorage, sop), data, 4096)
+    client = _associated(node)
+    client.send(pdus[: len(pdus) // 2])
+    time.sleep(0.3)
+    client.close()
+    time.sleep(0.3)
+    assert not _stored(node)
+    assert wire.store(node.port, data, CTImageStorage, sop) == 0
+    assert list(_stored(node)) == [sop]
+
+
+def test_read_ahead_now_takes_what_arrived_and_never_waits() -> None:
+    """GuardedSocket.read_ahead_now on a real socket pair: nothing there -> False at once;
+    bytes there -> True and kept for the next read; the peer gone -> True (the read finds the
+    end); before the association is answered it reads nothing."""
+    ours, peer = socket.socketpair()
+    try:
+        guarded = GuardedSocket.__new__(GuardedSocket)
+        guarded.socket, guarded._ahead, guarded._dropped, guarded._answered = ours, b"", False, False
+        peer.sendall(b"early")
+        assert not guarded.read_ahead_now() and guarded._ahead == b""  # not answered yet
+        guarded._answered = True
+        assert guarded.read_ahead_now() and guarded._ahead == b"early"
+        assert guarded.read_ahead_now() and guarded._ahead == b"early"  # nothing read twice
+        guarded._ahead = b""
+        start = time.monotonic()
+        assert not guarded.read_ahead_now()
+        assert time.monotonic() - start < 0.1
+        peer.sendall(b"late")
+        ours.settimeout(1.0)  # Python's timeout (a TLS-less socket not set up by the gate): not read
+        assert not guarded.read_ahead_now() and guarded._ahead == b""
+        ours.settimeout(None)
+        assert guarded.read_ahead_now() and guarded._ahead == b"late"
+        guarded._ahead = b""
+        peer.close()
+        assert guarded.read_ahead_now() and guarded._ahead == b""
+    finally:
+        ours.close()
+        peer.close()

@@ -190,6 +190,11 @@ class DirectStore:
         #: (calling AE, called AE, address, association key), read once the association is established.
         self._peer: tuple[str, str, str, str] | None = None
 
+    @property
+    def receiving(self) -> bool:
+        """A message's data set is being received (its next fragment is due from the peer)."""
+        return self._message is not None
+
     def receive(self, sock: GuardedSocket, length: int) -> bytes | None:
         """Read the body of a P-DATA-TF PDU (``length`` bytes, PDV items) from ``sock`` item by
         item, the values of the data set straight into the message's buffer, and serve what

@@ -219,6 +219,31 @@ class GuardedSocket(AssociationSocket):
         sock = self.socket
         return bool(self._ahead) or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
 
+    def read_ahead_now(self) -> bool:
+        """Read what the network already holds (up to :data:`READ_AHEAD_BYTES`) without waiting,
+        for the next read to take: True when there is something to read now (bytes, or the
+        connection closed or failed, which that read then finds), False when the network holds
+        nothing yet. Plain TCP in blocking mode only (the kernel's timeouts, gate.py
+        ``set_read_timeout``), after the answer to the A-ASSOCIATE-RQ, with nothing read ahead
+        already. The bytes are checked when they are read, as any read ahead.
+
+        In the middle of a data set the next PDU has nearly always arrived: one ``recv`` then
+        replaces a ``poll`` and the ``recv`` after it (reactor.py)."""
+        if self._ahead:
+            return True
+        sock = self.socket
+        if (not self._answered or self._dropped or sock is None or isinstance(sock, ssl.SSLSocket)
+                or sock.gettimeout() is not None):  # Python's timeout would wait in poll first
+            return False
+        try:
+            data = sock.recv(READ_AHEAD_BYTES, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # the read finds the error again
+        self._ahead = data
+        return True
+
     @property
     def reading_paused(self) -> bool:
         """Whether :attr:`ready` is False whatever the network holds (the A-ASSOCIATE-RQ is
