@@ -20,7 +20,9 @@
 
 Every run starts each receiver fresh, checks every instance was stored, and reports instances/s
 as the best and the median of ``--reps`` runs (receivers take turns within each repetition),
-the ratio of bests to dcmtk measured in the same invocation, and the receiver's CPU time per
+the ratio of bests to dcmtk measured in the same invocation, the median of the ratios paired by
+repetition (each receiver's run against dcmtk's in the same turn, so that drift over the
+invocation cancels), and the receiver's CPU time per
 instance (user + system, from /proc; less sensitive to other load on the machine than wall
 time). Absolute numbers drift with machine load; compare ratios. The header names the cores this
 process may use: several receiver processes cannot go past them. Run inside a private network
@@ -497,6 +499,11 @@ def measure_handoff(files: Sequence[Path], receivers: int, parallel: int, workdi
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def paired_ratios(result: Result, reference: Result) -> list[float]:
+    """``result``'s rate over ``reference``'s in each repetition (the same turn of receivers)."""
+    return [rate / ref for rate, ref in zip(result.rates, reference.rates, strict=True)]
+
+
 def print_table(results: list[Result], parallels: Sequence[int]) -> None:
     by = {(r.receiver, r.parallel): r for r in results}
     names = list(dict.fromkeys(r.receiver for r in results))
@@ -504,7 +511,7 @@ def print_table(results: list[Result], parallels: Sequence[int]) -> None:
     print(
         f"| {'receiver':<24} |"
         + "".join(
-            f" {p} assoc best | median | vs dcmtk | CPU ms/inst (min) |"
+            f" {p} assoc best | median | vs dcmtk | paired | CPU ms/inst (min) |"
             for p in parallels
         )
     )
@@ -512,7 +519,7 @@ def print_table(results: list[Result], parallels: Sequence[int]) -> None:
         "|"
         + "-" * 26
         + "|"
-        + "--------------|--------|----------|-------------------|" * len(parallels)
+        + "--------------|--------|----------|--------|-------------------|" * len(parallels)
     )
     for name in names:
         row = f"| {name:<24} |"
@@ -520,10 +527,11 @@ def print_table(results: list[Result], parallels: Sequence[int]) -> None:
             r = by.get((name, p))
             ref = by.get(("dcmtk storescp", p))
             if r is None:
-                row += " - | - | - | - |"
+                row += " - | - | - | - | - |"
                 continue
             ratio = f"{r.best / ref.best:.2f}" if ref else "-"
-            row += f" {r.best:12.1f} | {r.median:6.1f} | {ratio:>8} | {r.cpu:17.2f} |"
+            paired = f"{np.median(paired_ratios(r, ref)):.2f}" if ref else "-"
+            row += f" {r.best:12.1f} | {r.median:6.1f} | {ratio:>8} | {paired:>6} | {r.cpu:17.2f} |"
         print(row)
 
 
@@ -654,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                 handoffs[f"node ({receivers} receivers)"] = times
                 print(f"  node.receivers={receivers}: " + ", ".join(f"{t:.2f}" for t in times), flush=True)
         if args.json:
+            dcmtk = {r.parallel: r for r in results.values() if r.receiver == "dcmtk storescp"}
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(
                 json.dumps(
@@ -669,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
                                 "rates": r.rates,
                                 "best": r.best,
                                 "median": r.median,
+                                "paired_vs_dcmtk": (paired_ratios(r, dcmtk[r.parallel])
+                                                    if r.parallel in dcmtk else None),
                                 "cpu_ms_per_instance": r.cpu_ms,
                                 "own_cpu_ms_per_instance": r.own_cpu_ms,
                             }
