@@ -49,6 +49,9 @@ PDU_HEADER = struct.Struct(">BBL")
 #: Reads shorter than this (PDU and PDV headers, small command sets) take up to this many bytes
 #: of what the network holds, so the next read usually needs no system call.
 READ_AHEAD_BYTES = 64 * 1024
+#: The most :meth:`GuardedSocket.read_ahead_now` takes at once (in the middle of a data set,
+#: where the next PDU, often 128 KB, has usually arrived whole).
+READ_AHEAD_NOW_BYTES = 256 * 1024
 #: Presentation data value item header: item length, context ID, message control header (PS3.8 9.3.5.1, E.2).
 PDV_HEADER = struct.Struct(">LBB")
 #: PDV message control header: command (bit 0, else data set), last fragment (bit 1) (PS3.8 E.2).
@@ -173,7 +176,7 @@ class GuardedSocket(AssociationSocket):
 
     #: Bytes read from the network and not yet by pynetdicom: first the A-ASSOCIATE-RQ the gate
     #: read, later what a short read took ahead (:meth:`_read_into`).
-    _ahead: bytes
+    _ahead: bytes | memoryview
     _stream: PduStream
     _refusals: Refusals
     _address: str
@@ -220,7 +223,7 @@ class GuardedSocket(AssociationSocket):
         return bool(self._ahead) or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
 
     def read_ahead_now(self) -> bool:
-        """Read what the network already holds (up to :data:`READ_AHEAD_BYTES`) without waiting,
+        """Read what the network already holds (up to :data:`READ_AHEAD_NOW_BYTES`) without waiting,
         for the next read to take: True when there is something to read now (bytes, or the
         connection closed or failed, which that read then finds), False when the network holds
         nothing yet. Plain TCP in blocking mode only (the kernel's timeouts, gate.py
@@ -236,12 +239,12 @@ class GuardedSocket(AssociationSocket):
                 or sock.gettimeout() is not None):  # Python's timeout would wait in poll first
             return False
         try:
-            data = sock.recv(READ_AHEAD_BYTES, socket.MSG_DONTWAIT)
+            data = sock.recv(READ_AHEAD_NOW_BYTES, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
             return True  # the read finds the error again
-        self._ahead = data
+        self._ahead = memoryview(data)
         return True
 
     @property
@@ -325,7 +328,7 @@ class GuardedSocket(AssociationSocket):
                 take = min(len(data), size - got)
                 view[got : got + take] = data[:take]
                 got += take
-                self._ahead = data[take:]
+                self._ahead = memoryview(data)[take:]
             return got
         while got < size:
             n = sock.recv_into(view[got:], size - got)
