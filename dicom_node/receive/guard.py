@@ -52,6 +52,8 @@ READ_AHEAD_BYTES = 64 * 1024
 #: The most :meth:`GuardedSocket.read_ahead_now` takes at once (in the middle of a data set,
 #: where the next PDU, often 128 KB, has usually arrived whole).
 READ_AHEAD_NOW_BYTES = 256 * 1024
+#: ``recv`` without waiting (0 where the platform has no such flag: then nothing is read ahead).
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 #: Presentation data value item header: item length, context ID, message control header (PS3.8 9.3.5.1, E.2).
 PDV_HEADER = struct.Struct(">LBB")
 #: PDV message control header: command (bit 0, else data set), last fragment (bit 1) (PS3.8 E.2).
@@ -236,10 +238,11 @@ class GuardedSocket(AssociationSocket):
             return True
         sock = self.socket
         if (not self._answered or self._dropped or sock is None or isinstance(sock, ssl.SSLSocket)
-                or sock.gettimeout() is not None):  # Python's timeout would wait in poll first
+                or sock.gettimeout() is not None  # Python's timeout would wait in poll first
+                or not _DONTWAIT):
             return False
         try:
-            data = sock.recv(READ_AHEAD_NOW_BYTES, socket.MSG_DONTWAIT)
+            data = sock.recv(READ_AHEAD_NOW_BYTES, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
