@@ -242,8 +242,9 @@ class DirectStore:
         """Append ``size`` bytes from ``sock`` to the data set being received."""
         end = self._size + size
         if len(self._buffer) < end:
-            # A new buffer rather than a resize: a view of the old one may still be alive.
-            grown = bytearray(max(end, 2 * len(self._buffer)))
+            # A new buffer rather than a resize: a view of the old one may still be alive. Twice
+            # the old size, but never more than a data set the guard lets through can need.
+            grown = bytearray(max(end, min(2 * len(self._buffer), sock.dataset_room)))
             grown[: self._size] = memoryview(self._buffer)[: self._size]
             self._buffer = grown
         with memoryview(self._buffer) as view:

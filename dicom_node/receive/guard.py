@@ -224,6 +224,13 @@ class GuardedSocket(AssociationSocket):
         sock = self.socket
         return bool(self._ahead) or (isinstance(sock, ssl.SSLSocket) and sock.pending() > 0)
 
+    @property
+    def dataset_room(self) -> int:
+        """The most bytes of one data set a reader may have to hold: ``max_dataset_bytes`` (a
+        larger one is refused) plus the read that crosses it."""
+        limits = self._stream.limits
+        return limits.limits.max_dataset_bytes + limits.largest_read
+
     def read_ahead_now(self) -> bool:
         """Read what the network already holds (up to :data:`READ_AHEAD_NOW_BYTES`) without waiting,
         for the next read to take: True when there is something to read now (bytes, or the
