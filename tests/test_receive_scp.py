@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from pynetdicom import AE
 from dicom_node import status
 from dicom_node.app.node import Node
 from dicom_node.jobs.store import JobState
+from dicom_node.receive.scp import quiet_protocol_summaries
 from tests.receive_helpers import (
     counting_runner,
     echoscu,
@@ -204,3 +206,27 @@ def test_non_image_sop_class_is_refused_at_negotiation(
         or "no presentation context" in result.stderr.lower()
     )
     assert set(spooled(node)) == {str(pydicom.dcmread(good[0]).SOPInstanceUID)}
+
+
+@pytest.mark.parametrize(("level", "bound"), [(logging.WARNING, False), (logging.INFO, True), (logging.DEBUG, True)])
+def test_protocol_summaries_only_when_pynetdicom_would_log_them(level: int, bound: bool) -> None:
+    """pynetdicom's PDU and DIMSE summary handlers are bound to an association only when its
+    logger prints INFO (``-vv``, ``node.log_phi``); otherwise they build text nobody reads."""
+    from pynetdicom import _config as pynetdicom_config
+    from pynetdicom import evt
+    from pynetdicom._handlers import standard_dimse_recv_handler, standard_pdu_recv_handler
+    from pynetdicom.association import Association
+
+    logger = logging.getLogger("pynetdicom")
+    before = logger.level, pynetdicom_config.LOG_HANDLER_LEVEL
+    logger.setLevel(level)
+    try:
+        quiet_protocol_summaries()
+        assoc = Association(AE(), "acceptor")
+        pdu_handlers = [handler for handler, _ in assoc.get_handlers(evt.EVT_PDU_RECV)]
+        dimse_handlers = [handler for handler, _ in assoc.get_handlers(evt.EVT_DIMSE_RECV)]
+    finally:
+        logger.setLevel(before[0])
+        pynetdicom_config.LOG_HANDLER_LEVEL = before[1]
+    assert (standard_pdu_recv_handler in pdu_handlers) is bound
+    assert (standard_dimse_recv_handler in dimse_handlers) is bound

@@ -18,6 +18,7 @@ from pydicom import config as pydicom_config
 from pydicom import uid as tsuid
 from pydicom.uid import UID
 from pynetdicom import AE, evt
+from pynetdicom import _config as pynetdicom_config
 
 from config.schema import NodeConfig
 from dicom_node.receive import handlers
@@ -140,6 +141,7 @@ def start_scp(
     the ``ledger`` of associations all receivers share."""
     ssl_context = server_tls_context(node.tls) if node.tls.enabled else None
     quiet_reading_validation()
+    quiet_protocol_summaries()
     ae = build_ae(node)
     if extra is not None:
         extra.add_contexts(ae)
@@ -183,6 +185,20 @@ def quiet_reading_validation() -> None:
     decided by its own checks (dicom_node/uids.py, image_model/parse_policy.py) and
     pynetdicom's, which stay as they are."""
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+
+
+def quiet_protocol_summaries() -> None:
+    """Bind pynetdicom's logging handlers to new associations only while its logger would print
+    what they write (INFO: the operator asked for ``-vv`` or set ``node.log_phi``; app/cli.py).
+
+    pynetdicom binds them to every association by default (``LOG_HANDLER_LEVEL``): they summarise
+    each PDU and DIMSE message at DEBUG and INFO, building their text whether or not the logger
+    prints it: every proposed presentation context of an A-ASSOCIATE-RQ by name, each answered
+    in the A-ASSOCIATE-AC, about a tenth of the interpreter's time spent setting up an
+    association with dcmtk storescu's 128 contexts. Applies to associations created after the
+    call, for the whole process."""
+    wanted = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if wanted else "none"
 
 
 def policy_from_config(node: NodeConfig) -> AssociationPolicy:
