@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -9,7 +12,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicom_node.jobs.store import JobRecord, JobState, JobStore, make_job_id
-from dicom_node.receive.spool import CorruptInstance, Spool, parse_instance
+from dicom_node.receive.spool import ORIGIN_FILE, CorruptInstance, Spool, parse_instance
 from dicom_node.uids import InvalidUID, validate_uid
 from tests.receive_helpers import make_ct_series
 
@@ -117,3 +120,42 @@ def test_job_record_round_trip(tmp_path: Path) -> None:
     )
     assert (tmp_path / "jobs" / f"{job_id}.json").is_file()
     assert [r.job_id for r in store.all()] == [job_id]
+
+
+#: Targets of ``os.rename``/``os.replace`` (their audit event), recorded while a test holds a
+#: list here (an audit hook stays for the life of the process).
+_RENAMES: list[list[str]] = []
+
+
+def _record_renames(event: str, args: tuple[object, ...]) -> None:
+    if event == "os.rename" and _RENAMES:
+        _RENAMES[-1].append(str(args[1]))
+
+
+sys.addaudithook(_record_renames)
+
+
+def test_a_new_series_stored_on_parallel_associations_is_made_durable_once(tmp_path: Path) -> None:
+    """Eight instances of one new series stored at the same moment (a sender's parallel
+    associations): one store writes the series' origin file and syncs its folders, the others
+    wait for it instead of writing and syncing again; every instance is stored."""
+    paths = make_ct_series(tmp_path / "in", 8)
+    spool = Spool(tmp_path / "spool")
+    start = threading.Barrier(len(paths))
+
+    def store(path: Path) -> bool:
+        data = path.read_bytes()
+        start.wait()
+        return spool.store(data, calling_ae="PACS", called_ae="NODE").duplicate
+
+    _RENAMES.append([])
+    try:
+        with ThreadPoolExecutor(len(paths)) as pool:
+            duplicates = list(pool.map(store, paths))
+        renamed = _RENAMES[-1]
+    finally:
+        _RENAMES.clear()
+    assert duplicates == [False] * len(paths)
+    assert [Path(name).name for name in renamed] == [ORIGIN_FILE]
+    (series,) = list(spool.scan())
+    assert len(series.sop_uids) == len(paths) and series.calling_ae == "PACS"

@@ -226,6 +226,8 @@ class Spool:
         self._lock = threading.Lock()
         #: Series folders whose own names (and ``.origin.json``) are known durable (an LRU).
         self._durable_folders: OrderedDict[Path, None] = OrderedDict()
+        #: Series folders being made durable, each by one store (the others wait on its lock).
+        self._making: dict[Path, threading.Lock] = {}
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         return (
@@ -322,12 +324,33 @@ class Spool:
         """Create the series folder if needed and make it (and its origin file) durable.
 
         Every store checks this, not only the one that created the folder: a store on another
-        association may find the folder before its creator has synced the parents.
+        association may find the folder before its creator has synced the parents. Stores of one
+        new series that arrive together (a sender's parallel associations) wait for one of them
+        to do it rather than each writing the origin file and syncing the same folders again.
         """
         with self._lock:
-            if folder in self._durable_folders:
-                self._durable_folders.move_to_end(folder)
+            if self._known_durable(folder):
                 return
+            making = self._making.setdefault(folder, threading.Lock())
+        try:
+            with making:
+                with self._lock:
+                    if self._known_durable(folder):
+                        return
+                self._make_durable(folder, calling_ae, called_ae)
+        finally:
+            with self._lock:
+                if self._making.get(folder) is making:
+                    del self._making[folder]
+
+    def _known_durable(self, folder: Path) -> bool:
+        """Whether ``folder`` is known durable (marked most recently used); ``_lock`` held."""
+        if folder in self._durable_folders:
+            self._durable_folders.move_to_end(folder)
+            return True
+        return False
+
+    def _make_durable(self, folder: Path, calling_ae: str, called_ae: str) -> None:
         study = folder.parent
         _mkdir(study)
         created = _mkdir(folder)
