@@ -14,7 +14,7 @@
                   background thread at start) does not compete with the receive path; once per
                   ``--node-receivers`` value (``node.receivers``: 1 receives in the node's
                   process, N in N receiver processes sharing the listening socket)
-- ``node@REF``    the working tree's node with the receive path (spool.py, handlers.py) taken
+- ``node@REF``    the working tree's node with the receive path (dicom_node/receive/) taken
                   from git ref REF (``--node-ref``, e.g. HEAD), or with the modules of a
                   folder (variants): before/after in one run on one machine
 
@@ -316,7 +316,9 @@ class NodeServe(Receiver):
 #: Top-level packages ``mmed-node serve`` imports (copied for a ``--node-ref`` baseline).
 PACKAGES = ("agent", "config", "dicom_node", "sr_templates", "tools")
 #: The receive-path modules a ``--node-ref`` baseline takes from the ref.
-RECEIVE_MODULES = ("dicom_node/receive/spool.py", "dicom_node/receive/handlers.py")
+#: The receive path a ``--node-ref`` run takes from the ref: the whole package (gate, reactor,
+#: direct store, guard, spool, handlers, scp...).
+RECEIVE_PACKAGE = "dicom_node/receive"
 
 
 def no_job_runner(spec: Any) -> dict[str, Any]:
@@ -327,7 +329,8 @@ def no_job_runner(spec: Any) -> dict[str, Any]:
 def export_ref(ref: str, dest: Path) -> Path:
     """A copy of the working tree whose receive-path modules are those at git ``ref``.
 
-    Only :data:`RECEIVE_MODULES` come from the ref (``git show``; the repository is not touched):
+    Only the modules of :data:`RECEIVE_PACKAGE` come from the ref (``git show``; the repository is
+    not touched):
     the rest of the tree keeps moving under other work, so a whole old tree may not even import.
     """
     for package in PACKAGES:
@@ -342,7 +345,11 @@ def export_ref(ref: str, dest: Path) -> Path:
         for module in overlay.glob("dicom_node/*.py"):
             shutil.copyfile(module, dest / "dicom_node" / module.name)
         return dest
-    for name in RECEIVE_MODULES:
+    listed = subprocess.run(
+        ["git", "-C", str(PROJECT_ROOT), "ls-tree", "-r", "--name-only", ref, RECEIVE_PACKAGE],
+        check=True, capture_output=True, text=True,
+    )
+    for name in listed.stdout.split():
         shown = subprocess.run(
             ["git", "-C", str(PROJECT_ROOT), "show", f"{ref}:{name}"],
             check=True,
@@ -592,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         "--node-ref",
         action="append",
         default=[],
-        help="also run the node with the receive path (spool.py, handlers.py) of this git ref, "
+        help="also run the node with the receive path (dicom_node/receive/) of this git ref, "
         "or with the modules in this folder (FOLDER/dicom_node/*.py) over the working tree's",
     )
     parser.add_argument(
