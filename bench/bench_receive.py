@@ -315,7 +315,6 @@ class NodeServe(Receiver):
 
 #: Top-level packages ``mmed-node serve`` imports (copied for a ``--node-ref`` baseline).
 PACKAGES = ("agent", "config", "dicom_node", "sr_templates", "tools")
-#: The receive-path modules a ``--node-ref`` baseline takes from the ref.
 #: The receive path a ``--node-ref`` run takes from the ref: the whole package (gate, reactor,
 #: direct store, guard, spool, handlers, scp...).
 RECEIVE_PACKAGE = "dicom_node/receive"
@@ -330,8 +329,7 @@ def export_ref(ref: str, dest: Path) -> Path:
     """A copy of the working tree whose receive-path modules are those at git ``ref``.
 
     Only the modules of :data:`RECEIVE_PACKAGE` come from the ref (``git show``; the repository is
-    not touched):
-    the rest of the tree keeps moving under other work, so a whole old tree may not even import.
+    not touched): the rest of the tree keeps moving under other work, so a whole old tree may not even import.
     """
     for package in PACKAGES:
         shutil.copytree(
