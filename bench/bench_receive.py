@@ -60,6 +60,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: By absolute path: a pyenv shim named storescp (pynetdicom's app) shadows dcmtk's on PATH.
 STORESCU = "/usr/bin/storescu"
 STORESCP = "/usr/bin/storescp"
+#: The reference receiver's name in the table and the JSON (every ratio is against it).
+DCMTK_NAME = "dcmtk storescp"
 ECHOSCU = "/usr/bin/echoscu"
 ORTHANC = "/usr/sbin/Orthanc"
 CALLED_AE = "BENCH"
@@ -530,7 +532,7 @@ def print_table(results: list[Result], parallels: Sequence[int]) -> None:
         row = f"| {name:<24} |"
         for p in parallels:
             r = by.get((name, p))
-            ref = by.get(("dcmtk storescp", p))
+            ref = by.get((DCMTK_NAME, p))
             if r is None:
                 row += " - | - | - | - | - |"
                 continue
@@ -555,7 +557,7 @@ def make_receivers(kind: str, node_receivers: Sequence[str]) -> list[Callable[[P
 def make_receiver(kind: str) -> Callable[[Path], Receiver]:
     """A factory (work folder -> receiver) for one ``--receivers`` choice."""
     if kind == "dcmtk":
-        return partial(Dcmtk, "dcmtk storescp")
+        return partial(Dcmtk, DCMTK_NAME)
     if kind == "orthanc":
         return partial(Orthanc, "orthanc")
     if kind.startswith("pynetdicom"):
@@ -667,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
                 handoffs[f"node ({receivers} receivers)"] = times
                 print(f"  node.receivers={receivers}: " + ", ".join(f"{t:.2f}" for t in times), flush=True)
         if args.json:
-            dcmtk = {r.parallel: r for r in results.values() if r.receiver == "dcmtk storescp"}
+            dcmtk = {r.parallel: r for r in results.values() if r.receiver == DCMTK_NAME}
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(
                 json.dumps(
