@@ -111,6 +111,10 @@ class NodeConfig(_Strict):
     #: Maximum PDU length the node receives (A-ASSOCIATE-AC Maximum Length, PS3.8 D.1); a peer
     #: sending a longer PDU is dropped.
     max_pdu: int = Field(1 * MiB, ge=4096, le=64 * MiB)
+    #: Write received instances around the page cache (``O_DIRECT``, README "Performance"),
+    #: where the spool's file system allows it; off: through the page cache, as a job reading
+    #: the series soon after from a slow disk may prefer.
+    spool_direct_writes: bool = True
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
     #: Receiver processes sharing the listening port (README "Receiver processes"): 1 receives

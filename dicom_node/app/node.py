@@ -53,7 +53,6 @@ from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
 from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
-from dicom_node.limits import parse_limits
 from dicom_node.log_repeats import RepeatedLog
 from dicom_node.receive.assembly import DueSeries, SeriesTracker
 from dicom_node.receive.handlers import HandlerDeps
@@ -150,7 +149,7 @@ class Node:
         self.config = config
         # Absolute, so job specs stay valid for workers running elsewhere (another cwd, Celery).
         data_dir = Path(config.node.data_dir).resolve()
-        self.spool = Spool(data_dir / "spool", limits=parse_limits(config.node))
+        self.spool = Spool.for_node(data_dir, config.node)
         self.jobs = JobStore(data_dir / JOBS_FOLDER)
         self.results_dir = data_dir / RESULTS_FOLDER
         self.tracker = SeriesTracker(

@@ -48,7 +48,6 @@ from dicom_node.jobs.service import JobService
 from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.standalone import standalone_jobs
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
-from dicom_node.limits import parse_limits
 from dicom_node.receive.routing import route_series, series_tags_from_dataset
 from dicom_node.receive.scp import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from dicom_node.receive.spool import CorruptInstance, Spool, parse_instance
@@ -328,8 +327,7 @@ def retrieve_and_process(
     for name in send_to or []:
         if name not in config.destinations:
             raise RetrieveError(f"unknown destination {name!r}")
-    spool = spool or Spool(
-        Path(config.node.data_dir).resolve() / "spool", limits=parse_limits(config.node))
+    spool = spool or Spool.for_node(Path(config.node.data_dir).resolve(), config.node)
     if jobs is not None or (method == "move" and not instruction):
         return _retrieve(config, source_name, query, method, instruction, send_to, wait_seconds,
                          send_timeout, spool, jobs, progress)

@@ -50,7 +50,6 @@ from config.schema import AppConfig, NodeConfig
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Event
 from dicom_node.heap import HeapTrimmer
-from dicom_node.limits import parse_limits
 from dicom_node.receive.gate import LISTEN_BACKLOG
 from dicom_node.receive.handlers import Arrivals, HandlerDeps
 from dicom_node.receive.ledger import SharedLedger, create_table
@@ -146,7 +145,7 @@ def serve_receiver(
     channel = Channel(conn)
     node = spec.config.node
     deps = HandlerDeps(
-        Spool(spec.data_dir / "spool", limits=parse_limits(node)), channel, policy_from_config(node),
+        Spool.for_node(spec.data_dir, node), channel, policy_from_config(node),
         disk=DiskGuard(spec.data_dir, spec.config.retention), refusals=Refusals(told=channel.refused),
         emit=channel.emit,
     )

@@ -3,7 +3,8 @@
 
 Durability (answer SUCCESS only after :meth:`Spool.store` returns): the bytes go to an unnamed
 file in the series folder (``O_TMPFILE``; a named ``.rx-*.part`` temp file where the file system
-lacks it), are flushed with ``fdatasync``, then get their final name with ``link`` (atomic, and
+lacks it), written around the page cache where the file system allows it (direct_io.py), are
+flushed with ``fdatasync``, then get their final name with ``link`` (atomic, and
 refuses to replace an existing file, so a duplicate SOP Instance UID is stored once even when two
 associations race), then the folder is fsynced so the name itself is durable. A crash before the
 name exists leaves nothing behind (or a ``.rx-`` file that :meth:`Spool.scan` removes); the sender
@@ -42,8 +43,11 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from config.schema import NodeConfig
 from dicom_node.atomic import fsync_dir, write_json_atomic
+from dicom_node.limits import parse_limits
 from dicom_node.logsafe import uid as uid_for_log
+from dicom_node.receive.direct_io import O_DIRECT, AlignedBuffers, DirectWriteRefused, write_direct
 from dicom_node.uids import InvalidUID, validate_uid
 from image_model.parse_policy import (
     DICM_PREFIX,
@@ -208,12 +212,17 @@ class Spool:
     """
 
     def __init__(
-        self, root: Path, unnamed_temp_files: bool | None = None, limits: ParseLimits | None = None
+        self,
+        root: Path,
+        unnamed_temp_files: bool | None = None,
+        limits: ParseLimits | None = None,
+        direct_writes: bool = True,
     ) -> None:
         """``unnamed_temp_files``: write through ``O_TMPFILE`` (True), through named ``.rx-``
         temp files (False), or whichever the file system supports (None, the default).
-        ``limits``: the parse policy's limits (default: its defaults). Quarantined files go to
-        ``quarantine/`` beside ``root``."""
+        ``limits``: the parse policy's limits (default: its defaults). ``direct_writes``: write
+        unnamed files with ``O_DIRECT`` (direct_io.py) until the file system first refuses it.
+        Quarantined files go to ``quarantine/`` beside ``root``."""
         self.root = Path(root)
         self.limits = limits or ParseLimits()
         self.quarantine_root = self.root.parent / QUARANTINE_FOLDER
@@ -223,11 +232,18 @@ class Spool:
             if unnamed_temp_files is None
             else unnamed_temp_files
         )
+        self._direct = direct_writes and self._use_tmpfile and O_DIRECT is not None
+        self._buffers = AlignedBuffers()
         self._lock = threading.Lock()
         #: Series folders whose own names (and ``.origin.json``) are known durable (an LRU).
         self._durable_folders: OrderedDict[Path, None] = OrderedDict()
         #: Series folders being made durable, each by one store (the others wait on its lock).
         self._making: dict[Path, threading.Lock] = {}
+
+    @classmethod
+    def for_node(cls, data_dir: Path, node: NodeConfig) -> Spool:
+        """The spool under ``data_dir`` as ``node`` configures it (limits, direct writes)."""
+        return cls(data_dir / "spool", limits=parse_limits(node), direct_writes=node.spool_direct_writes)
 
     def series_dir(self, study_uid: str, series_uid: str) -> Path:
         return (
@@ -286,9 +302,8 @@ class Spool:
             return self._write_new_named_temp(folder, name, data)
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=dir_fd)
+            fd = self._write_unnamed(dir_fd, data)
             try:
-                _write_all(fd, data)
                 _datasync(fd)
                 try:
                     # Atomic create-if-absent: a racing duplicate loses here.
@@ -301,6 +316,46 @@ class Spool:
         finally:
             os.close(dir_fd)
         return True
+
+    def _write_unnamed(self, dir_fd: int, data: Sequence[Chunk]) -> int:
+        """An unnamed file in the folder ``dir_fd`` holding ``data``, not yet flushed; written
+        direct while the file system allows it (the first refusal turns direct writes off)."""
+        if self._direct:
+            assert O_DIRECT is not None
+            try:
+                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | O_DIRECT, 0o600, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._stop_direct()
+            else:
+                try:
+                    write_direct(fd, data, self._buffers)
+                    return fd
+                except DirectWriteRefused:
+                    os.close(fd)
+                    self._stop_direct()
+                except BaseException:
+                    os.close(fd)
+                    raise
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=dir_fd)
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _stop_direct(self) -> None:
+        if self._direct:
+            self._direct = False
+            log.info("spool %s: the file system refuses direct writes; writing through the page cache",
+                     self.root)
+
+    @property
+    def direct_writes(self) -> bool:
+        """Whether the next new instance will be written around the page cache."""
+        return self._direct
 
     def _write_new_named_temp(self, folder: Path, name: str, data: Sequence[Chunk]) -> bool:
         """:meth:`_write_new` through a named temp file (file systems without ``O_TMPFILE``)."""
