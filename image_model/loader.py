@@ -17,6 +17,8 @@ are handled once, here:
   inverted);
 * duplicate SOP Instance UIDs are dropped; localizers mixed into an axial series are dropped;
   instances without pixel data are dropped (and the load refused if none is left);
+* the kernel is asked to read the next files while one is parsed (:mod:`image_model.read_ahead`:
+  the node's spool writes around the page cache, so a job's first reads go to the device);
 * every file passes the parse policy (:mod:`image_model.parse_policy`: size, deflate, nesting,
   pixel geometry checked from the header before any decode) before pydicom reads it; a file it
   refuses is skipped with its reason in ``meta["skipped_files"]``, like an unreadable one, so one
@@ -41,7 +43,7 @@ headers alone).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,7 @@ from image_model.geometry import GeometryError, order_stack, same_orientation
 from image_model.header_values import normalise_header, unreadable_value
 from image_model.native_pixels import native_plane
 from image_model.parse_policy import ParseLimits, UnsafeDicom, read_checked
+from image_model.read_ahead import ReadAhead
 from image_model.volume import Volume
 
 log = logging.getLogger(__name__)
@@ -143,16 +146,18 @@ def _collect_paths(source: Path | Sequence[Path]) -> list[Path]:
     return paths
 
 
-def _read_datasets(paths: Iterable[Path], meta: dict[str, Any], limits: ParseLimits) -> list[Dataset]:
+def _read_datasets(paths: Sequence[Path], meta: dict[str, Any], limits: ParseLimits) -> list[Dataset]:
     datasets: list[Dataset] = []
     skipped: list[str] = []
-    for path in paths:
-        try:
-            datasets.append(read_checked(path, limits, defer_size=DEFER_BYTES))
-        except UnsafeDicom as exc:
-            skipped.append(f"{path.name}: refused by the parse policy: {exc}")
-        except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
-            skipped.append(f"{path.name}: {exc.__class__.__name__}: {exc}")
+    with ReadAhead(paths) as ahead:
+        for index, path in enumerate(paths):
+            ahead.reached(index)
+            try:
+                datasets.append(read_checked(path, limits, defer_size=DEFER_BYTES))
+            except UnsafeDicom as exc:
+                skipped.append(f"{path.name}: refused by the parse policy: {exc}")
+            except (InvalidDicomError, EOFError, OSError, ValueError, KeyError) as exc:
+                skipped.append(f"{path.name}: {exc.__class__.__name__}: {exc}")
     if skipped:
         meta["skipped_files"] = skipped
         meta["notes"].append(f"{len(skipped)} unreadable file(s) skipped")
