@@ -6,6 +6,7 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,18 +93,21 @@ def test_the_buffer_pool_reuses_and_stays_bounded() -> None:
     def hold() -> None:
         with buffers.buffer() as buf:
             held.append(buf)
-            entered.wait()
-            release.wait()
+            entered.wait(10)
+            release.wait(10)
 
-    threads = [threading.Thread(target=hold) for _ in range(KEPT_BUFFERS + 3)]
+    threads = [threading.Thread(target=hold, daemon=True) for _ in range(KEPT_BUFFERS + 3)]
     for t in threads:
         t.start()
-    while len(held) < len(threads):
-        threading.Event().wait(0.01)
-    assert len({id(b) for b in held}) == len(threads)  # each store had its own buffer
-    release.set()
-    for t in threads:
-        t.join()
+    try:
+        deadline = time.monotonic() + 10
+        while len(held) < len(threads) and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        assert len({id(b) for b in held}) == len(threads)  # each store had its own buffer
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
     assert len(buffers._free) == KEPT_BUFFERS
     assert sum(b.closed for b in held) == len(threads) - KEPT_BUFFERS
 
