@@ -7,12 +7,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom.acse import ACSE
 
 from dicom_node.app.node import Node
 from testkit import dicom_wire as wire
-from tests.receive_helpers import counting_runner, free_port, node_config
+from tests.receive_helpers import counting_runner, free_port, make_ct_series, node_config
 
 ECHO_CONTEXT = [(wire.VERIFICATION, [ImplicitVRLittleEndian])]
 
@@ -60,3 +62,39 @@ def test_silent_association_is_aborted_at_the_idle_timeout(node: Node) -> None:
         assert 1.0 <= waited < 4.0, waited
         talking.release()
     wire.echo(node.port)  # the node still serves
+
+
+@pytest.mark.parametrize("request_kind", ["C-ECHO", "C-STORE"])
+def test_a_request_sent_as_soon_as_the_accept_arrives_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request_kind: str
+) -> None:
+    """A peer may send its first request the moment it reads the A-ASSOCIATE-AC, while the
+    node's association thread is still handling the accept (pynetdicom marks the association
+    established only after sending the AC and running the EVT_ACCEPTED handlers); pynetdicom's
+    service classes answer nothing on an association not yet established. Such a request must
+    wait for that thread, not be served at once on the DUL's thread and left unanswered (seen
+    as one storescu in about a hundred waiting for the idle timeout on a loaded machine). Here
+    the window is held open for 0.5 s after the AC is sent."""
+    accept = ACSE.send_accept
+
+    def slow_accept(self: ACSE) -> None:
+        accept(self)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(ACSE, "send_accept", slow_accept)
+    (path,) = make_ct_series(tmp_path / "in", 1)
+    ds = pydicom.dcmread(path)
+    config = node_config(tmp_path / "var", free_port(), limits={"idle_timeout_seconds": 20})
+    with Node(config, runner=counting_runner, use_default_outbox=False) as node:
+        contexts = ECHO_CONTEXT if request_kind == "C-ECHO" else [(str(ds.SOPClassUID), [ExplicitVRLittleEndian])]
+        with wire.WireClient(node.port, timeout=5.0) as client:
+            assert client.associate(wire.associate_rq(contexts)).pdu_type == wire.A_ASSOCIATE_AC
+            if request_kind == "C-ECHO":
+                assert client.status(1, wire.echo_rq()) == 0
+            else:
+                data = wire.encode_dataset(ds)
+                command = wire.store_rq(str(ds.SOPClassUID), str(ds.SOPInstanceUID))
+                assert client.status(1, command, data) == 0
+                assert node.spool.instance_path(
+                    str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID)).is_file()
+            client.release()

@@ -307,9 +307,14 @@ class ReactorAssociation(Association):
         Each instance then costs no hand-over to this thread and back (two thread wake-ups,
         each a wait for a core on a busy machine). Only these two: their handlers answer
         without waiting for the peer (a C-GET handler waits for its sub-operations' responses,
-        which the DUL's thread must read), and only on an accepted presentation context
-        (pynetdicom aborts, blocking until the DUL's thread ends, on any other)."""
-        if not isinstance(msg, (C_STORE, C_ECHO)) or context_id not in self._accepted_cx:
+        which the DUL's thread must read), only on an accepted presentation context
+        (pynetdicom aborts, blocking until the DUL's thread ends, on any other), and only once
+        this thread has marked the association established: a peer may send its first request
+        the moment it reads the A-ASSOCIATE-AC, before this thread has handled the accept, and
+        pynetdicom's service classes send no response on an association not yet established
+        (the request was served, stored even, and the peer waited for the idle timeout)."""
+        if (not isinstance(msg, (C_STORE, C_ECHO)) or context_id not in self._accepted_cx
+                or not self.is_established):
             return False
         if threading.get_ident() != self.dul.ident or not self._serving.acquire(blocking=False):
             return False
