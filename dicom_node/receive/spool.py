@@ -36,7 +36,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from config.schema import NodeConfig
 from dicom_node.atomic import fsync_dir, write_json_atomic
 from dicom_node.limits import parse_limits
 from dicom_node.logsafe import uid as uid_for_log
-from dicom_node.receive.direct_io import O_DIRECT, AlignedBuffers, DirectWriteRefused, write_direct
+from dicom_node.receive.direct_io import O_DIRECT, AlignedBuffers, write_direct
 from dicom_node.uids import InvalidUID, validate_uid
 from image_model.parse_policy import (
     DICM_PREFIX,
@@ -180,6 +180,18 @@ def _write_all(fd: int, parts: Sequence[Chunk]) -> None:
             views.pop(0)
         if views and written:
             views[0] = views[0][written:]
+
+
+def _unnamed_file(dir_fd: int, flags: int, write: Callable[[int], object]) -> int:
+    """An unnamed file (``O_TMPFILE`` plus ``flags``) in the folder ``dir_fd``, filled by
+    ``write``; closed again if that fails."""
+    fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | flags, 0o600, dir_fd=dir_fd)
+    try:
+        write(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _tmpfile_supported(folder: Path) -> bool:
@@ -323,28 +335,12 @@ class Spool:
         if self._direct:
             assert O_DIRECT is not None
             try:
-                fd = os.open(".", os.O_TMPFILE | os.O_WRONLY | O_DIRECT, 0o600, dir_fd=dir_fd)
-            except OSError as exc:
+                return _unnamed_file(dir_fd, O_DIRECT, lambda fd: write_direct(fd, data, self._buffers))
+            except OSError as exc:  # DirectWriteRefused, or the open refusing O_DIRECT
                 if exc.errno != errno.EINVAL:
                     raise
                 self._stop_direct()
-            else:
-                try:
-                    write_direct(fd, data, self._buffers)
-                    return fd
-                except DirectWriteRefused:
-                    os.close(fd)
-                    self._stop_direct()
-                except BaseException:
-                    os.close(fd)
-                    raise
-        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o600, dir_fd=dir_fd)
-        try:
-            _write_all(fd, data)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
+        return _unnamed_file(dir_fd, 0, lambda fd: _write_all(fd, data))
 
     def _stop_direct(self) -> None:
         if self._direct:
