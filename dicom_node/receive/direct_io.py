@@ -5,9 +5,9 @@ virtual machine those pages are often fresh host memory (the host reclaims the g
 pages): a loop of write, flush, link and folder fsync then cost 1.6-1.9 ms of CPU per 512 KB
 file buffered against 0.3-0.45 ms direct, more than the rest of the receive path. A direct
 write hands the device a buffer the process already owns and reuses, so an instance costs one
-copy into that buffer and no page-cache pages at all. Elsewhere it
-still keeps a burst of ingest from pushing the jobs' and models' pages out of the cache; the
-price is that a job reads what it loads from the device rather than from memory.
+copy into that buffer and no page-cache pages at all. Elsewhere it still keeps a burst of
+ingest from pushing the jobs' and models' pages out of the cache; the price is that a job reads
+what it loads from the device rather than from memory.
 
 Direct I/O wants the buffer's address, the file offset and each write's length aligned to the
 device's logical block size: buffers here are page-aligned anonymous mappings, every write but the
