@@ -18,18 +18,20 @@
                   from git ref REF (``--node-ref``, e.g. HEAD), or with the modules of a
                   folder (variants): before/after in one run on one machine
 
-Every run starts each receiver fresh, checks every instance was stored, and reports instances/s
-as the best and the median of ``--reps`` runs (receivers take turns within each repetition),
-the ratio of bests to dcmtk measured in the same invocation, the median of the ratios paired by
-repetition (each receiver's run against dcmtk's in the same turn, so that drift over the
-invocation cancels), and the receiver's CPU time per
-instance (user + system, from /proc; less sensitive to other load on the machine than wall
-time). Absolute numbers drift with machine load; compare ratios. The header names the cores this
-process may use: several receiver processes cannot go past them. Run inside a private network
-namespace:
+Every run starts each receiver fresh and waits until it answers C-ECHO and its processes use no CPU
+(a node's other receiver processes may still be starting when the first one answers); with
+``--warm-up`` it then sends it another series of the same size, untimed, so that the run measures a
+running receiver rather than a just-started one's first series. Every run checks every instance was
+stored, and reports instances/s as the best and the median of ``--reps`` runs (receivers take turns
+within each repetition), the ratio of bests to dcmtk measured in the same invocation, the median of
+the ratios paired by repetition (each receiver's run against dcmtk's in the same turn, so that
+drift over the invocation cancels), and the receiver's CPU time per instance (user + system, from
+/proc; less sensitive to other load on the machine than wall time). Absolute numbers drift with
+machine load; compare ratios. The header names the cores this process may use: several receiver
+processes cannot go past them. Run inside a private network namespace:
 
     bench/run.sh bench.bench_receive [--reps 3] [--node-receivers 1 2 4] [--node-ref HEAD]
-                                     [--json bench/results/x.json]
+                                     [--warm-up] [--json bench/results/x.json]
 """
 
 from __future__ import annotations
@@ -66,6 +68,14 @@ ECHOSCU = "/usr/bin/echoscu"
 ORTHANC = "/usr/sbin/Orthanc"
 CALLED_AE = "BENCH"
 READY_TIMEOUT_S = 60.0
+#: After its first C-ECHO answer a receiver must also be idle before a run starts: a node with
+#: several receiver processes answers from the first one up while the others are still starting
+#: (importing their modules), and that CPU would be measured as ingest and compete with it (four
+#: receivers on two cores: 0.15-0.27 s of CPU in the quarter second after the first answer).
+#: Idle: at most one clock tick of CPU in each of two samples in a row.
+IDLE_SAMPLE_S = 0.25
+IDLE_CPU_S = 0.011
+IDLE_TIMEOUT_S = 15.0
 SEND_TIMEOUT_S = 600.0
 
 
@@ -179,9 +189,25 @@ class Receiver:
                 check=False,
             )
             if echo.returncode == 0:
+                self.wait_idle()
                 return
             time.sleep(0.2)
         raise RuntimeError(f"{self.name} not ready after {READY_TIMEOUT_S} s")
+
+    def wait_idle(self) -> None:
+        """Wait until the receiver's processes (all of them: cpu_seconds) use no CPU."""
+        assert self.proc is not None
+        deadline = time.monotonic() + IDLE_TIMEOUT_S
+        last, quiet = cpu_seconds(self.proc.pid), 0
+        while quiet < 2:
+            if time.monotonic() > deadline:
+                print(f"  note: {self.name} still busy {IDLE_TIMEOUT_S:g} s after answering; measuring anyway",
+                      flush=True)
+                return
+            time.sleep(IDLE_SAMPLE_S)
+            now = cpu_seconds(self.proc.pid)
+            quiet = quiet + 1 if now - last <= IDLE_CPU_S else 0
+            last = now
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -447,11 +473,17 @@ def measure_once(
     parallel: int,
     workdir: Path,
     result: Result,
+    warm_up: Sequence[Path] = (),
 ) -> None:
+    """One timed run of ``files`` to a fresh receiver; ``warm_up`` (another series) is sent to it
+    first, untimed, over as many associations, and then waited on until it is idle."""
     receiver = make(workdir)
     receiver.start(parallel)
     assert receiver.proc is not None
     try:
+        if warm_up:
+            send(receiver.port, warm_up, parallel)
+            receiver.wait_idle()
         cpu0, own0 = cpu_seconds(receiver.proc.pid), own_cpu_seconds(receiver.proc.pid)
         elapsed = send(receiver.port, files, parallel)
         time.sleep(
@@ -462,9 +494,9 @@ def measure_once(
         stored = receiver.stored()
     finally:
         receiver.stop()
-    if stored not in (-1, len(files)):
+    if stored not in (-1, len(files) + len(warm_up)):
         raise RuntimeError(
-            f"{receiver.name}: {stored} of {len(files)} instances stored"
+            f"{receiver.name}: {stored} of {len(files) + len(warm_up)} instances stored"
         )
     result.rates.append(len(files) / elapsed)
     result.cpu_ms.append(cpu / len(files) * 1000)
@@ -607,6 +639,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time the hand-off of the series after its quiet period, per node receiver count",
     )
+    parser.add_argument(
+        "--warm-up",
+        action="store_true",
+        help="send each fresh receiver another series of the same size first, untimed (a running "
+        "node's steady state rather than a just-started one's first series)",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
 
@@ -620,6 +658,11 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         t0 = time.perf_counter()
         files = write_ct_series(tmp / "series", args.slices, args.size, args.size)
+        warm_up = (write_ct_series(tmp / "warm-up", args.slices, args.size, args.size)
+                   if args.warm_up else [])
+        # On disk before the first run: its write-back would otherwise run during the first
+        # runs, where a durable receiver's flushes wait behind it and dcmtk's writes do not.
+        os.sync()
         print(
             f"{len(files)} CT slices {args.size}x{args.size} "
             f"({sum(p.stat().st_size for p in files) / 1e6:.0f} MB) written in "
@@ -654,7 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                         result = results[(parallel, index)] = Result(
                             make(workdir).name, parallel
                         )
-                    measure_once(make, files, parallel, workdir, result)
+                    measure_once(make, files, parallel, workdir, result, warm_up)
         print_table(list(results.values()), args.parallel)
         handoffs: dict[str, list[float]] = {}
         if args.handoff and "node" in args.receivers:
@@ -677,6 +720,7 @@ def main(argv: list[str] | None = None) -> int:
                         "cores": cores,
                         "handoff_seconds": handoffs,
                         "slices": args.slices,
+                        "warm_up": args.warm_up,
                         "size": args.size,
                         "results": [
                             {
