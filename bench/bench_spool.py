@@ -1,0 +1,171 @@
+"""Benchmark (not a test): the durable spool's write rate with several writer processes, against
+plain direct writes of the same bytes measured in the same run.
+
+``P`` writer processes (``--writers``, default 1 2 4) each store ``--count`` pre-built 512x512 CT
+instances (~512 KB) through the node's own :class:`~dicom_node.receive.spool.Spool`: the write,
+flush, link and folder sync of every C-STORE, without network, DIMSE or interpreter-lock sharing
+(one process each). All of them into one series folder (``shared``, as when one series comes over
+several associations) or one each (``own``). The reference, run in turn with the same processes:
+each writes the same bytes, padded to 4 KB, into one file of its own with ``O_DIRECT`` and no
+sync, i.e. what the device's write bandwidth allows. The ratio is the share of the device's rate
+the durable path keeps; its change with ``P`` says whether writers scale or wait on one another.
+A receiver on four associations can store no faster than the spool does here.
+
+    python -m bench.bench_spool [--writers 1 2 4] [--count 150] [--rounds 2] [--json F]
+
+Every round writes fresh files and deletes them after; ``os.sync()`` runs before each measurement
+so that one measurement's write-back does not land in the next.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import mmap
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from bench.bench_receive import write_ct_series
+from dicom_node.receive.direct_io import O_DIRECT
+from dicom_node.receive.spool import Spool, parse_instance
+
+BLOCK = 4096
+KINDS = ("spool shared", "spool own", "direct writes")
+
+
+def instances(out: Path, count: int, study: str, series: str) -> list[bytes]:
+    """``count`` Part 10 CT instances of ``study``/``series`` (new SOP Instance UIDs)."""
+    data = []
+    for path in write_ct_series(out, count, 512, 512):
+        ds = pydicom.dcmread(path)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        data.append(buffer.getvalue())
+    shutil.rmtree(out)
+    return data
+
+
+def store_all(root: str, data: list[bytes], barrier: Barrier, results: Queue) -> None:
+    """A writer process: every instance through a spool under ``root``."""
+    spool = Spool(Path(root))
+    parsed = [parse_instance(item) for item in data]
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    for item, info in zip(data, parsed):
+        spool.store(item, info)
+    results.put((time.perf_counter() - start, time.process_time() - cpu))
+
+
+def write_direct_all(path: str, data: list[bytes], barrier: Barrier, results: Queue) -> None:
+    """A writer process: the same bytes, each padded to whole blocks, into one ``O_DIRECT`` file."""
+    assert O_DIRECT is not None
+    size = max(-(-len(item) // BLOCK) * BLOCK for item in data)
+    buffer = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o600)
+    barrier.wait()
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        for item in data:
+            padded = -(-len(item) // BLOCK) * BLOCK
+            buffer[: len(item)] = item
+            os.write(fd, memoryview(buffer)[:padded])
+    finally:
+        os.close(fd)
+    results.put((time.perf_counter() - start, time.process_time() - cpu))
+
+
+@dataclass
+class Cell:
+    kind: str
+    writers: int
+    rates: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+
+def measure(kind: str, sets: list[list[bytes]], work: Path, cell: Cell) -> None:
+    context = mp.get_context("spawn")
+    barrier, results = context.Barrier(len(sets)), context.Queue()
+    work.mkdir(parents=True)
+    os.sync()
+    jobs: list[tuple[Callable[[str, list[bytes], Barrier, Queue], None], str]]
+    if kind == "direct writes":
+        jobs = [(write_direct_all, str(work / f"stream-{i}")) for i in range(len(sets))]
+    else:
+        jobs = [(store_all, str(work / "spool")) for _ in sets]
+    procs = [context.Process(target=target, args=(where, data, barrier, results))
+             for (target, where), data in zip(jobs, sets)]
+    for proc in procs:
+        proc.start()
+    times = [results.get(timeout=300) for _ in procs]
+    for proc in procs:
+        proc.join()
+        if proc.exitcode:
+            raise RuntimeError(f"{kind}: a writer exited with status {proc.exitcode}")
+    total = sum(len(data) for data in sets)
+    cell.rates.append(total / max(wall for wall, _ in times))
+    cell.cpu_ms.append(1000 * sum(cpu for _, cpu in times) / total)
+    shutil.rmtree(work)
+    print(f"  {kind:<14} x{len(sets)}  {cell.rates[-1]:7.0f} instances/s  {cell.cpu_ms[-1]:5.2f} ms CPU each",
+          flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="durable spool write rate against direct writes")
+    parser.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--count", type=int, default=150, help="instances per writer")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if O_DIRECT is None:
+        print("this platform has no O_DIRECT", file=sys.stderr)
+        return 2
+    cells: dict[tuple[str, int], Cell] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-spool-") as tmp_name:
+        tmp = Path(tmp_name)
+        study = generate_uid()
+        for writers in args.writers:
+            shared = generate_uid()
+            one = [instances(tmp / f"in-{i}", args.count, study, shared) for i in range(writers)]
+            own = [instances(tmp / f"in-{i}", args.count, study, generate_uid()) for i in range(writers)]
+            for round_ in range(args.rounds):
+                # Kinds take turns, the order rotating, as drift over the run then spreads.
+                order = KINDS[round_ % 3:] + KINDS[: round_ % 3]
+                for kind in order:
+                    cell = cells.setdefault((kind, writers), Cell(kind, writers))
+                    sets = own if kind == "spool own" else one
+                    measure(kind, sets, tmp / f"run-{writers}-{round_}-{kind.replace(' ', '-')}", cell)
+    print("\n| writers | " + " | ".join(f"{kind} (best, instances/s)" for kind in KINDS)
+          + " | spool shared / direct | spool own / direct |")
+    print("|---|" + "---|" * (len(KINDS) + 2))
+    for writers in args.writers:
+        best = {kind: max(cells[(kind, writers)].rates) for kind in KINDS}
+        print(f"| {writers} | " + " | ".join(f"{best[kind]:.0f}" for kind in KINDS)
+              + f" | {best['spool shared'] / best['direct writes']:.2f}"
+              + f" | {best['spool own'] / best['direct writes']:.2f} |")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps([
+            {"kind": c.kind, "writers": c.writers, "rates": c.rates, "best": max(c.rates),
+             "median": statistics.median(c.rates), "cpu_ms_per_instance": c.cpu_ms}
+            for c in cells.values()
+        ], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
