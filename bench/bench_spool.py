@@ -26,12 +26,10 @@ import mmap
 import multiprocessing as mp
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
@@ -39,7 +37,7 @@ from pathlib import Path
 import pydicom
 from pydicom.uid import generate_uid
 
-from bench.bench_receive import write_ct_series
+from bench.bench_receive import Result, write_ct_series
 from dicom_node.receive.direct_io import O_DIRECT
 from dicom_node.receive.spool import Spool, parse_instance
 
@@ -89,15 +87,7 @@ def write_direct_all(path: str, data: list[bytes], barrier: Barrier, results: Qu
     results.put((time.perf_counter() - start, time.process_time() - cpu))
 
 
-@dataclass
-class Cell:
-    kind: str
-    writers: int
-    rates: list[float] = field(default_factory=list)
-    cpu_ms: list[float] = field(default_factory=list)
-
-
-def measure(kind: str, sets: list[list[bytes]], work: Path, cell: Cell) -> None:
+def measure(kind: str, sets: list[list[bytes]], work: Path, cell: Result) -> None:
     context = mp.get_context("spawn")
     barrier, results = context.Barrier(len(sets)), context.Queue()
     work.mkdir(parents=True)
@@ -134,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if O_DIRECT is None:
         print("this platform has no O_DIRECT", file=sys.stderr)
         return 2
-    cells: dict[tuple[str, int], Cell] = {}
+    cells: dict[tuple[str, int], Result] = {}
     with tempfile.TemporaryDirectory(prefix="bench-spool-") as tmp_name:
         tmp = Path(tmp_name)
         study = generate_uid()
@@ -146,22 +136,22 @@ def main(argv: list[str] | None = None) -> int:
                 # Kinds take turns, the order rotating, as drift over the run then spreads.
                 order = KINDS[round_ % 3:] + KINDS[: round_ % 3]
                 for kind in order:
-                    cell = cells.setdefault((kind, writers), Cell(kind, writers))
+                    cell = cells.setdefault((kind, writers), Result(kind, writers))
                     sets = own if kind == "spool own" else one
                     measure(kind, sets, tmp / f"run-{writers}-{round_}-{kind.replace(' ', '-')}", cell)
     print("\n| writers | " + " | ".join(f"{kind} (best, instances/s)" for kind in KINDS)
           + " | spool shared / direct | spool own / direct |")
     print("|---|" + "---|" * (len(KINDS) + 2))
     for writers in args.writers:
-        best = {kind: max(cells[(kind, writers)].rates) for kind in KINDS}
+        best = {kind: cells[(kind, writers)].best for kind in KINDS}
         print(f"| {writers} | " + " | ".join(f"{best[kind]:.0f}" for kind in KINDS)
               + f" | {best['spool shared'] / best['direct writes']:.2f}"
               + f" | {best['spool own'] / best['direct writes']:.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([
-            {"kind": c.kind, "writers": c.writers, "rates": c.rates, "best": max(c.rates),
-             "median": statistics.median(c.rates), "cpu_ms_per_instance": c.cpu_ms}
+            {"kind": c.receiver, "writers": c.parallel, "rates": c.rates, "best": c.best,
+             "median": c.median, "cpu_ms_per_instance": c.cpu_ms}
             for c in cells.values()
         ], indent=2))
     return 0
