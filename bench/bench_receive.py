@@ -93,14 +93,17 @@ def free_port() -> int:
 # -- input series ---------------------------------------------------------------------------------
 
 
-def write_ct_series(out_dir: Path, slices: int, rows: int, cols: int) -> list[Path]:
-    """A CT series of ``slices`` files (one header template, per-slice UIDs and positions).
+def write_ct_series(
+    out_dir: Path, slices: int, rows: int, cols: int, study: str | None = None, series: str | None = None
+) -> list[Path]:
+    """A CT series of ``slices`` files (one header template, per-slice UIDs and positions), in
+    ``study`` and ``series`` (new UIDs where not given).
 
     Faster than testkit.phantoms for 512x512x200; pixel content does not matter to the receivers.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    study, series, frame = generate_uid(), generate_uid(), generate_uid()
+    study, series, frame = study or generate_uid(), series or generate_uid(), generate_uid()
     base = (rng.normal(0, 30, (rows, cols)) + 40).astype(np.int16)
     paths = []
     for i in range(slices):

@@ -6,10 +6,11 @@ instances (~512 KB) through the node's own :class:`~dicom_node.receive.spool.Spo
 flush, link and folder sync of every C-STORE, without network, DIMSE or interpreter-lock sharing
 (one process each). All of them into one series folder (``shared``, as when one series comes over
 several associations) or one each (``own``). The reference, run in turn with the same processes:
-each writes the same bytes, padded to 4 KB, into one file of its own with ``O_DIRECT`` and no
-sync, i.e. what the device's write bandwidth allows. The ratio is the share of the device's rate
-the durable path keeps; its change with ``P`` says whether writers scale or wait on one another.
-A receiver on four associations can store no faster than the spool does here.
+each writes the same bytes, padded to 4 KB (the spool's ``ALIGNMENT``), into one file of its own
+with ``O_DIRECT`` and no sync, i.e. what the device's write bandwidth allows. The ratio is the
+share of the device's rate the durable path keeps; its change with ``P`` says whether writers scale
+or wait on one another. A receiver on four associations can store no faster than the spool does
+here.
 
     python -m bench.bench_spool [--writers 1 2 4] [--count 150] [--rounds 2] [--json F]
 
@@ -20,7 +21,6 @@ so that one measurement's write-back does not land in the next.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import mmap
 import multiprocessing as mp
@@ -29,31 +29,22 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
-import pydicom
 from pydicom.uid import generate_uid
 
 from bench.bench_receive import Result, write_ct_series
-from dicom_node.receive.direct_io import O_DIRECT
+from dicom_node.receive.direct_io import ALIGNMENT, O_DIRECT
 from dicom_node.receive.spool import Spool, parse_instance
 
-BLOCK = 4096
 KINDS = ("spool shared", "spool own", "direct writes")
 
 
 def instances(out: Path, count: int, study: str, series: str) -> list[bytes]:
     """``count`` Part 10 CT instances of ``study``/``series`` (new SOP Instance UIDs)."""
-    data = []
-    for path in write_ct_series(out, count, 512, 512):
-        ds = pydicom.dcmread(path)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        data.append(buffer.getvalue())
+    data = [path.read_bytes() for path in write_ct_series(out, count, 512, 512, study, series)]
     shutil.rmtree(out)
     return data
 
@@ -69,19 +60,22 @@ def store_all(root: str, data: list[bytes], barrier: Barrier, results: Queue) ->
     results.put((time.perf_counter() - start, time.process_time() - cpu))
 
 
+def _padded(length: int) -> int:
+    return -(-length // ALIGNMENT) * ALIGNMENT
+
+
 def write_direct_all(path: str, data: list[bytes], barrier: Barrier, results: Queue) -> None:
     """A writer process: the same bytes, each padded to whole blocks, into one ``O_DIRECT`` file."""
     assert O_DIRECT is not None
-    size = max(-(-len(item) // BLOCK) * BLOCK for item in data)
+    size = max(_padded(len(item)) for item in data)
     buffer = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o600)
     barrier.wait()
     start, cpu = time.perf_counter(), time.process_time()
     try:
         for item in data:
-            padded = -(-len(item) // BLOCK) * BLOCK
             buffer[: len(item)] = item
-            os.write(fd, memoryview(buffer)[:padded])
+            os.write(fd, memoryview(buffer)[: _padded(len(item))])
     finally:
         os.close(fd)
     results.put((time.perf_counter() - start, time.process_time() - cpu))
@@ -92,13 +86,11 @@ def measure(kind: str, sets: list[list[bytes]], work: Path, cell: Result) -> Non
     barrier, results = context.Barrier(len(sets)), context.Queue()
     work.mkdir(parents=True)
     os.sync()
-    jobs: list[tuple[Callable[[str, list[bytes], Barrier, Queue], None], str]]
-    if kind == "direct writes":
-        jobs = [(write_direct_all, str(work / f"stream-{i}")) for i in range(len(sets))]
-    else:
-        jobs = [(store_all, str(work / "spool")) for _ in sets]
-    procs = [context.Process(target=target, args=(where, data, barrier, results))
-             for (target, where), data in zip(jobs, sets)]
+    direct = kind == "direct writes"
+    target = write_direct_all if direct else store_all
+    procs = [context.Process(target=target, args=(str(work / (f"stream-{i}" if direct else "spool")),
+                                                  data, barrier, results))
+             for i, data in enumerate(sets)]
     for proc in procs:
         proc.start()
     times = [results.get(timeout=300) for _ in procs]
@@ -130,14 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         study = generate_uid()
         for writers in args.writers:
             shared = generate_uid()
-            one = [instances(tmp / f"in-{i}", args.count, study, shared) for i in range(writers)]
-            own = [instances(tmp / f"in-{i}", args.count, study, generate_uid()) for i in range(writers)]
+            shared_sets = [instances(tmp / f"in-{i}", args.count, study, shared) for i in range(writers)]
+            own_sets = [instances(tmp / f"in-{i}", args.count, study, generate_uid())
+                        for i in range(writers)]
             for round_ in range(args.rounds):
                 # Kinds take turns, the order rotating, as drift over the run then spreads.
                 order = KINDS[round_ % 3:] + KINDS[: round_ % 3]
                 for kind in order:
                     cell = cells.setdefault((kind, writers), Result(kind, writers))
-                    sets = own if kind == "spool own" else one
+                    sets = own_sets if kind == "spool own" else shared_sets
                     measure(kind, sets, tmp / f"run-{writers}-{round_}-{kind.replace(' ', '-')}", cell)
     print("\n| writers | " + " | ".join(f"{kind} (best, instances/s)" for kind in KINDS)
           + " | spool shared / direct | spool own / direct |")
