@@ -47,7 +47,7 @@ from dicom_node.data_dir import DataDirBusy, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Hop, HopEvent, ignore
-from dicom_node.heap import HeapTrimmer
+from dicom_node.heap import HeapTrimmer, freeze_start_up
 from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.runner import JobRunner
 from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
@@ -197,9 +197,11 @@ class Node:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, freeze: bool = False) -> None:
         """Recover state from disk, start workers, outbox, scheduler, then listen (last: no
-        instance is acknowledged before the node can process it)."""
+        instance is acknowledged before the node can process it). ``freeze``: exempt what start-up
+        made from the garbage collector's later passes, just before listening (heap.py:
+        ``mmed-node serve`` does; a test that starts nodes in its own process does not)."""
         data_dir = Path(self.config.node.data_dir).resolve()
         if self._lock is None:
             self._lock = lock_data_dir(data_dir)
@@ -217,6 +219,8 @@ class Node:
                 target=self._schedule, name="mmed-scheduler", daemon=True
             )
             self._scheduler.start()
+            if freeze:
+                freeze_start_up()
             self._scp = self._listen(data_dir)
             self.retention.start()
             if self.config.api.enabled:

@@ -49,7 +49,7 @@ from typing import Any
 from config.schema import AppConfig, NodeConfig
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Event
-from dicom_node.heap import HeapTrimmer
+from dicom_node.heap import HeapTrimmer, freeze_start_up
 from dicom_node.receive.gate import LISTEN_BACKLOG
 from dicom_node.receive.handlers import Arrivals, HandlerDeps
 from dicom_node.receive.ledger import SharedLedger, create_table
@@ -151,7 +151,9 @@ def serve_receiver(
     )
     listening = socket.socket(fileno=listen_fd)
     ledger = SharedLedger(spec.ledger, node.limits)
-    scp = start_scp(node, deps, extra(spec.config, spec.data_dir, channel.emit, deps.spool), listening=listening, ledger=ledger)
+    service = extra(spec.config, spec.data_dir, channel.emit, deps.spool)
+    freeze_start_up()  # before the first association, which would otherwise pay for it (heap.py)
+    scp = start_scp(node, deps, service, listening=listening, ledger=ledger)
     channel.send("ready", os.getpid())
     trimmer = HeapTrimmer()  # a receiver's heap is its own: it gives back freed memory as the node does
     try:

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"config: {exc}", file=sys.stderr)
         return 2
     try:
-        node.start()
+        node.start(freeze=True)
     except (TLSSetupError, ApiSetupError) as exc:
         print(exc)
         return 2
