@@ -497,10 +497,9 @@ def measure_once(
         stored = receiver.stored()
     finally:
         receiver.stop()
-    if stored not in (-1, len(files) + len(warm_up)):
-        raise RuntimeError(
-            f"{receiver.name}: {stored} of {len(files) + len(warm_up)} instances stored"
-        )
+    expected = len(files) + len(warm_up)
+    if stored not in (-1, expected):
+        raise RuntimeError(f"{receiver.name}: {stored} of {expected} instances stored")
     result.rates.append(len(files) / elapsed)
     result.cpu_ms.append(cpu / len(files) * 1000)
     result.own_cpu_ms.append(own / len(files) * 1000)

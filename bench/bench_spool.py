@@ -55,15 +55,23 @@ def store_all(root: str, data: list[bytes], barrier: Barrier, results: Queue) ->
     spool = Spool(Path(root))
     parsed = [parse_instance(item) for item in data]
     barrier.wait()
-    start, cpu, system = time.perf_counter(), time.process_time(), _kernel_seconds()
+    start = _clocks()
     for item, info in zip(data, parsed):
         spool.store(item, info)
-    results.put((time.perf_counter() - start, time.process_time() - cpu, _kernel_seconds() - system))
+    results.put(_since(start))
 
 
-def _kernel_seconds() -> float:
-    """This process's system CPU (``getrusage``: finer than the clock ticks of ``os.times``)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+def _clocks() -> tuple[float, float, float]:
+    """Wall time, this process's CPU and its system CPU (``getrusage``: finer than the clock
+    ticks of ``os.times``)."""
+    return time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
+def _since(start: tuple[float, float, float]) -> tuple[float, float, float]:
+    """Wall, CPU and system seconds since ``start`` (:func:`_clocks`): what a writer reports."""
+    wall, cpu, system = start
+    now_wall, now_cpu, now_system = _clocks()
+    return now_wall - wall, now_cpu - cpu, now_system - system
 
 
 def _padded(length: int) -> int:
@@ -77,14 +85,14 @@ def write_direct_all(path: str, data: list[bytes], barrier: Barrier, results: Qu
     buffer = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o600)
     barrier.wait()
-    start, cpu, system = time.perf_counter(), time.process_time(), _kernel_seconds()
+    start = _clocks()
     try:
         for item in data:
             buffer[: len(item)] = item
             os.write(fd, memoryview(buffer)[: _padded(len(item))])
     finally:
         os.close(fd)
-    results.put((time.perf_counter() - start, time.process_time() - cpu, _kernel_seconds() - system))
+    results.put(_since(start))
 
 
 def measure(kind: str, sets: list[list[bytes]], work: Path, cell: Result) -> None:
