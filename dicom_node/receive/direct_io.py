@@ -12,8 +12,10 @@ what it loads from the device rather than from memory.
 Direct I/O wants the buffer's address, the file offset and each write's length aligned to the
 device's logical block size: buffers here are page-aligned anonymous mappings, every write but the
 last is a whole buffer, and the last is padded to :data:`ALIGNMENT` and the file then truncated
-to its true length. The caller still flushes (``fdatasync``): a direct write may sit in the
-device's volatile cache, and the truncation is metadata.
+to its true length. (A received instance's file meta group is padded so that the file is whole
+blocks already, file_meta.py: no truncation, which would read the last block back.) The caller
+still flushes (``fdatasync``): a direct write may sit in the device's volatile cache, and the
+truncation is metadata.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def write_direct(fd: int, parts: Sequence[bytes | memoryview], buffers: AlignedB
                 padded = -(-fill // ALIGNMENT) * ALIGNMENT
                 view[fill:padded] = bytes(padded - fill)
                 _write_block(fd, view[:padded])
-                os.ftruncate(fd, total)
+                if padded != fill:
+                    os.ftruncate(fd, total)
         finally:
             view.release()
     return total

@@ -26,6 +26,7 @@ from dicom_node import logsafe, status
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, InstanceStored, ignore
 from dicom_node.receive import file_meta
+from dicom_node.receive.direct_io import ALIGNMENT
 from dicom_node.receive.refusals import Refusals
 from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
 from dicom_node.uids import InvalidUID
@@ -210,7 +211,7 @@ def store_instance(request: StoreRequest, deps: HandlerDeps) -> int:
             f"dataset SOPInstanceUID {info.sop_uid} differs from the request's "
             f"{logsafe.uid(requested)}"
         )
-    parts = (PART10_PREFIX, _file_meta(request), request.dataset)
+    parts = (PART10_PREFIX, _file_meta(request, deps.spool.direct_writes), request.dataset)
     result = deps.spool.store(parts, info, calling_ae=request.calling_ae, called_ae=request.called_ae)
     deps.tracker.instance_received(
         info.study_uid,
@@ -230,12 +231,16 @@ def store_instance(request: StoreRequest, deps: HandlerDeps) -> int:
     return status.SUCCESS
 
 
-def _file_meta(request: StoreRequest) -> bytes:
+def _file_meta(request: StoreRequest, whole_blocks: bool) -> bytes:
     """The instance's encoded file meta group (file_meta.py; pydicom's encoder, as before, for
-    a request without its UIDs or with UIDs that are not ASCII)."""
+    a request without its UIDs or with UIDs that are not ASCII). ``whole_blocks``: padded so that
+    the file is a whole number of direct-write blocks (the spool writes direct: no truncation)."""
     if request.sop_class_uid and request.sop_instance_uid:
         try:
-            return file_meta.encode_file_meta(request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax)
+            return file_meta.encode_file_meta(
+                request.sop_class_uid, request.sop_instance_uid, request.transfer_syntax,
+                block=ALIGNMENT if whole_blocks else 0, before=len(PART10_PREFIX), after=len(request.dataset),
+            )
         except UnicodeEncodeError:
             pass
     return encode_file_meta(create_file_meta(

@@ -1,5 +1,6 @@
 """The durable spool: every acknowledged instance lives at
-``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPUID>.dcm`` as the bytes the sender sent.
+``<data_dir>/spool/<StudyUID>/<SeriesUID>/<SOPUID>.dcm`` as the bytes the sender sent (a
+C-STORE's data set behind the file meta group the node writes for it, file_meta.py).
 
 Durability (answer SUCCESS only after :meth:`Spool.store` returns): the bytes go to an unnamed
 file in the series folder (``O_TMPFILE``; a named ``.rx-*.part`` temp file where the file system
