@@ -4,8 +4,12 @@ plain direct writes of the same bytes measured in the same run.
 ``P`` writer processes (``--writers``, default 1 2 4) each store ``--count`` pre-built 512x512 CT
 instances (~512 KB) through the node's own :class:`~dicom_node.receive.spool.Spool`: the write,
 flush, link and folder sync of every C-STORE, without network, DIMSE or interpreter-lock sharing
-(one process each). All of them into one series folder (``shared``, as when one series comes over
-several associations) or one each (``own``). The reference, run in turn with the same processes:
+(one process each). Each is stored as a C-STORE's data set is (``handlers.spool_parts``: the
+node's file meta group, padded so that the file is whole blocks, then the data set). All of them
+into one series folder (``shared``, as when one series comes over several associations) or one
+each (``own``); ``truncated``: into one folder with the meta group unpadded, so that the last block
+is padded and the file truncated back (what a file of any other length costs). The reference, run
+in turn with the same processes:
 each writes the same bytes, padded to 4 KB (the spool's ``ALIGNMENT``), into one file of its own
 with ``O_DIRECT`` and no sync, i.e. what the device's write bandwidth allows. The ratio is the
 share of the device's rate the durable path keeps; its change with ``P`` says whether writers scale
@@ -27,6 +31,7 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -38,9 +43,11 @@ from pydicom.uid import generate_uid
 
 from bench.bench_receive import Result, write_ct_series
 from dicom_node.receive.direct_io import ALIGNMENT, O_DIRECT
-from dicom_node.receive.spool import Spool, parse_instance
+from dicom_node.receive.handlers import StoreRequest, spool_parts
+from dicom_node.receive.spool import PART10_PREFIX, InstanceInfo, Spool, parse_instance
 
-KINDS = ("spool shared", "spool own", "direct writes")
+KINDS = ("spool shared", "spool own", "spool truncated", "direct writes")
+SPOOL_KINDS = KINDS[:-1]
 
 
 def instances(out: Path, count: int, study: str, series: str) -> list[bytes]:
@@ -50,15 +57,27 @@ def instances(out: Path, count: int, study: str, series: str) -> list[bytes]:
     return data
 
 
-def store_all(root: str, data: list[bytes], barrier: Barrier, results: Queue) -> None:
-    """A writer process: every instance through a spool under ``root``."""
+def store_all(root: str, data: list[bytes], whole_blocks: bool, barrier: Barrier, results: Queue) -> None:
+    """A writer process: every instance through a spool under ``root``, as its C-STORE would be
+    (``whole_blocks``: with the meta group padded to whole blocks)."""
     spool = Spool(Path(root))
     parsed = [parse_instance(item) for item in data]
+    stores = [(spool_parts(_request(item, info), whole_blocks), info) for item, info in zip(data, parsed)]
     barrier.wait()
     start = _clocks()
-    for item, info in zip(data, parsed):
-        spool.store(item, info)
+    for parts, info in stores:
+        spool.store(parts, info)
     results.put(_since(start))
+
+
+def _request(part10: bytes, info: InstanceInfo) -> StoreRequest:
+    """The C-STORE request that carries the data set of ``part10`` (written by pydicom: its file
+    meta group starts with the group length, PS3.10 7.1)."""
+    (group_length,) = struct.unpack_from("<I", part10, len(PART10_PREFIX) + 8)
+    dataset = part10[len(PART10_PREFIX) + 12 + group_length :]
+    return StoreRequest(dataset=dataset, transfer_syntax=info.transfer_syntax_uid, sop_class_uid=info.sop_class_uid,
+                        sop_instance_uid=info.sop_uid, calling_ae="BENCH", called_ae="MMEDNODE",
+                        association="bench", address="127.0.0.1")
 
 
 def _clocks() -> tuple[float, float, float]:
@@ -101,9 +120,10 @@ def measure(kind: str, sets: list[list[bytes]], work: Path, cell: Result) -> Non
     work.mkdir(parents=True)
     os.sync()
     direct = kind == "direct writes"
-    target = write_direct_all if direct else store_all
-    procs = [context.Process(target=target, args=(str(work / (f"stream-{i}" if direct else "spool")),
-                                                  data, barrier, results))
+    procs = [context.Process(target=write_direct_all, args=(str(work / f"stream-{i}"), data, barrier, results))
+             if direct else
+             context.Process(target=store_all, args=(str(work / "spool"), data, kind != "spool truncated",
+                                                     barrier, results))
              for i, data in enumerate(sets)]
     for proc in procs:
         proc.start()
@@ -116,6 +136,10 @@ def measure(kind: str, sets: list[list[bytes]], work: Path, cell: Result) -> Non
     cell.rates.append(total / max(wall for wall, _, _ in times))
     cell.cpu_ms.append(1000 * sum(cpu for _, cpu, _ in times) / total)
     system_ms = 1000 * sum(system for _, _, system in times) / total
+    if not direct:  # the variant is what it says: whole blocks, or not
+        whole = [path.stat().st_size % ALIGNMENT == 0 for path in (work / "spool").rglob("*.dcm")]
+        if len(whole) != total or all(whole) != (kind != "spool truncated"):
+            raise RuntimeError(f"{kind}: stored files missing, or of unexpected lengths")
     shutil.rmtree(work)
     print(f"  {kind:<14} x{len(sets)}  {cell.rates[-1]:7.0f} instances/s  {cell.cpu_ms[-1]:5.2f} ms CPU each"
           f" ({system_ms:.2f} in the kernel)",
@@ -143,19 +167,18 @@ def main(argv: list[str] | None = None) -> int:
                         for i in range(writers)]
             for round_ in range(args.rounds):
                 # Kinds take turns, the order rotating, as drift over the run then spreads.
-                order = KINDS[round_ % 3:] + KINDS[: round_ % 3]
+                order = KINDS[round_ % len(KINDS):] + KINDS[: round_ % len(KINDS)]
                 for kind in order:
                     cell = cells.setdefault((kind, writers), Result(kind, writers))
                     sets = own_sets if kind == "spool own" else shared_sets
                     measure(kind, sets, tmp / f"run-{writers}-{round_}-{kind.replace(' ', '-')}", cell)
     print("\n| writers | " + " | ".join(f"{kind} (best, instances/s)" for kind in KINDS)
-          + " | spool shared / direct | spool own / direct |")
-    print("|---|" + "---|" * (len(KINDS) + 2))
+          + " | " + " | ".join(f"{kind} / direct" for kind in SPOOL_KINDS) + " |")
+    print("|---|" + "---|" * (len(KINDS) + len(SPOOL_KINDS)))
     for writers in args.writers:
         best = {kind: cells[(kind, writers)].best for kind in KINDS}
         print(f"| {writers} | " + " | ".join(f"{best[kind]:.0f}" for kind in KINDS)
-              + f" | {best['spool shared'] / best['direct writes']:.2f}"
-              + f" | {best['spool own'] / best['direct writes']:.2f} |")
+              + " | " + " | ".join(f"{best[kind] / best['direct writes']:.2f}" for kind in SPOOL_KINDS) + " |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([

@@ -15,7 +15,9 @@ from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, JPEG2000Los
 from pynetdicom.dsutils import create_file_meta
 from pynetdicom.dsutils import encode_file_meta as pydicom_encoded
 
+from dicom_node.receive.direct_io import ALIGNMENT
 from dicom_node.receive.file_meta import PADDING_CREATOR_UID, encode_file_meta
+from dicom_node.receive.handlers import StoreRequest, spool_parts
 
 
 @pytest.mark.parametrize("sop_instance", ["1.2.3", "1.2.34", "2.25.3312312312312312312312312312312312312"])
@@ -70,3 +72,16 @@ def test_an_odd_total_is_not_padded() -> None:
     plain = encode_file_meta(CTImageStorage, "1.2.34", ExplicitVRLittleEndian)
     assert encode_file_meta(CTImageStorage, "1.2.34", ExplicitVRLittleEndian, block=4096, before=132,
                             after=1) == plain
+
+
+def test_the_spool_gets_whole_blocks_only_when_it_writes_direct() -> None:
+    """handlers.spool_parts: padded for a spool writing around the page cache (no truncation
+    there), the group as pydicom encodes it otherwise."""
+    data_set = bytes(525_000)
+    request = StoreRequest(dataset=data_set, transfer_syntax=ExplicitVRLittleEndian, sop_class_uid=CTImageStorage,
+                           sop_instance_uid="1.2.34", calling_ae="A", called_ae="B", association="x", address="y")
+    direct = spool_parts(request, whole_blocks=True)
+    buffered = spool_parts(request, whole_blocks=False)
+    assert sum(len(part) for part in direct) % ALIGNMENT == 0 and direct[2] is data_set
+    assert buffered[1] == encode_file_meta(CTImageStorage, "1.2.34", ExplicitVRLittleEndian)
+    assert sum(len(part) for part in buffered) % ALIGNMENT != 0

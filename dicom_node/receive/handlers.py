@@ -211,7 +211,7 @@ def store_instance(request: StoreRequest, deps: HandlerDeps) -> int:
             f"dataset SOPInstanceUID {info.sop_uid} differs from the request's "
             f"{logsafe.uid(requested)}"
         )
-    parts = (PART10_PREFIX, _file_meta(request, deps.spool.direct_writes), request.dataset)
+    parts = spool_parts(request, deps.spool.direct_writes)
     result = deps.spool.store(parts, info, calling_ae=request.calling_ae, called_ae=request.called_ae)
     deps.tracker.instance_received(
         info.study_uid,
@@ -221,7 +221,7 @@ def store_instance(request: StoreRequest, deps: HandlerDeps) -> int:
         request.calling_ae,
         request.called_ae,
     )
-    deps.emit(InstanceStored(sum(len(part) for part in parts), result.duplicate))
+    deps.emit(InstanceStored(len(request.dataset), result.duplicate))
     if result.duplicate:
         log.info(
             "duplicate instance %s (series %s) acknowledged, stored once",
@@ -229,6 +229,13 @@ def store_instance(request: StoreRequest, deps: HandlerDeps) -> int:
             info.series_uid,
         )
     return status.SUCCESS
+
+
+def spool_parts(request: StoreRequest, whole_blocks: bool) -> tuple[bytes | memoryview, ...]:
+    """What the spool stores for ``request``, in order: the preamble and ``DICM``, the file meta
+    group (padded so that the file is whole direct-write blocks when ``whole_blocks``: the spool
+    writes direct, file_meta.py), then the data set as received."""
+    return PART10_PREFIX, _file_meta(request, whole_blocks), request.dataset
 
 
 def _file_meta(request: StoreRequest, whole_blocks: bool) -> bytes:
