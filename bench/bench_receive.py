@@ -16,7 +16,9 @@
                   process, N in N receiver processes sharing the listening socket)
 - ``node@REF``    the working tree's node with the receive path (dicom_node/receive/) taken
                   from git ref REF (``--node-ref``, e.g. HEAD), or with the modules of a
-                  folder (variants): before/after in one run on one machine
+                  folder (``FOLDER/dicom_node/...py``: variants, or a ref exported where there
+                  is no repository), with the most ``--node-receivers`` measured: before/after
+                  in one run on one machine
 
 Every run starts each receiver fresh and waits until it answers C-ECHO and its processes use no CPU
 (a node's other receiver processes may still be starting when the first one answers); with
@@ -370,9 +372,14 @@ def export_ref(ref: str, dest: Path) -> Path:
         )
     overlay = Path(ref)
     if overlay.is_dir():
-        # A folder instead of a ref: its copies of node modules (for trying out variants).
-        for module in overlay.glob("dicom_node/*.py"):
-            shutil.copyfile(module, dest / "dicom_node" / module.name)
+        # A folder instead of a ref: its copies of node modules, at their paths under the project
+        # root (dicom_node/receive/spool.py...), for trying out variants, or a ref carried where
+        # there is no repository (``git archive REF dicom_node/receive | tar -x -C FOLDER``).
+        for module in overlay.glob("dicom_node/**/*.py"):
+            target = dest / module.relative_to(overlay)
+            if not target.parent.is_dir():
+                raise SystemExit(f"--node-ref {ref}: {module.relative_to(overlay)} has no package in the tree")
+            shutil.copyfile(module, target)
         return dest
     listed = subprocess.run(
         ["git", "-C", str(PROJECT_ROOT), "ls-tree", "-r", "--name-only", ref, RECEIVE_PACKAGE],
@@ -576,11 +583,16 @@ def print_table(results: list[Result], parallels: Sequence[int]) -> None:
         print(row)
 
 
+def receiver_counts(node_receivers: Sequence[str]) -> list[int]:
+    """``--node-receivers`` as numbers (``auto``: what the node would start here)."""
+    auto = receiver_count(NodeConfig(receivers="auto"))
+    return [int(n) if n != "auto" else auto for n in node_receivers]
+
+
 def make_receivers(kind: str, node_receivers: Sequence[str]) -> list[Callable[[Path], Receiver]]:
     """Factories (work folder -> receiver) for one ``--receivers`` choice."""
     if kind == "node":
-        auto = receiver_count(NodeConfig(receivers="auto"))
-        counts = [int(n) if n != "auto" else auto for n in node_receivers]
+        counts = receiver_counts(node_receivers)
         return [
             partial(NodeServe, f"node ({n} receiver{'s' if n > 1 else ''})", receivers=n)
             for n in dict.fromkeys(counts)
@@ -634,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="also run the node with the receive path (dicom_node/receive/) of this git ref, "
-        "or with the modules in this folder (FOLDER/dicom_node/*.py) over the working tree's",
+        "or with the modules in this folder (FOLDER/dicom_node/**/*.py) over the working tree's; "
+        "with the most --node-receivers measured",
     )
     parser.add_argument(
         "--handoff",
@@ -674,12 +687,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{cores} cores available; node receivers measured: {' '.join(args.node_receivers)} "
               f"(auto: {receiver_count(NodeConfig(receivers='auto'))})")
         makers = [m for kind in args.receivers for m in make_receivers(kind, args.node_receivers)]
+        # A ref runs with the most receivers measured (the comparison that matters most).
+        ref_receivers = max(receiver_counts(args.node_receivers))
         for ref in args.node_ref:
             makers.append(
                 partial(
                     NodeServe,
-                    f"node@{ref}",
+                    f"node@{ref}" + (f" ({ref_receivers} receivers)" if ref_receivers > 1 else ""),
                     source=export_ref(ref, tmp / f"ref-{len(makers)}"),
+                    receivers=ref_receivers,
                 )
             )
 
