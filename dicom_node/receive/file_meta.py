@@ -11,12 +11,12 @@ an even length (PS3.5 6.2), the group length first.
 whose length is not a multiple of the block then has its last block padded and the file truncated
 back, and that truncation makes the file system read the block just written back from the device
 (to zero its tail) and write it again at the flush: ~0.15 ms per 512 KB instance of the durable
-store's ~0.7 ms on the development box, one device round trip more on any. With ``block`` given,
+store's ~0.75 ms on the development box, one device round trip more on any. With ``block`` given,
 the group instead ends with Private Information (0002,0102, PS3.10 Table 7.1-1) of as many zero
 bytes as make the whole file a multiple of ``block``, under this node's Private Information
 Creator UID (0002,0100). The data set is untouched; the meta group is the node's own and never
-leaves it (a C-STORE carries no meta, PS3.7 9.3.1.1), and readers skip Private Information they
-do not know (PS3.10 7.1).
+leaves it (a C-STORE carries no meta, PS3.7 9.3.1.1), and Private Information means something
+only to the application its creator UID names (PS3.10 7.1): other readers pass over it.
 """
 
 from __future__ import annotations

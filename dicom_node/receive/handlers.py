@@ -28,7 +28,7 @@ from dicom_node.events import Emit, InstanceStored, ignore
 from dicom_node.receive import file_meta
 from dicom_node.receive.direct_io import ALIGNMENT
 from dicom_node.receive.refusals import Refusals
-from dicom_node.receive.spool import PART10_PREFIX, CorruptInstance, Spool, parse_dataset
+from dicom_node.receive.spool import PART10_PREFIX, Chunk, CorruptInstance, Spool, parse_dataset
 from dicom_node.uids import InvalidUID
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,7 @@ def store_instance(request: StoreRequest, deps: HandlerDeps) -> int:
     return status.SUCCESS
 
 
-def spool_parts(request: StoreRequest, whole_blocks: bool) -> tuple[bytes | memoryview, ...]:
+def spool_parts(request: StoreRequest, whole_blocks: bool) -> tuple[Chunk, ...]:
     """What the spool stores for ``request``, in order: the preamble and ``DICM``, the file meta
     group (padded so that the file is whole direct-write blocks when ``whole_blocks``: the spool
     writes direct, file_meta.py), then the data set as received."""
