@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import resource
 import shutil
-import struct
 import sys
 import tempfile
 import time
@@ -42,9 +41,10 @@ from pathlib import Path
 from pydicom.uid import generate_uid
 
 from bench.bench_receive import Result, write_ct_series
-from dicom_node.receive.direct_io import ALIGNMENT, O_DIRECT
+from dicom_node.receive.direct_io import ALIGNMENT, O_DIRECT, whole_blocks
 from dicom_node.receive.handlers import StoreRequest, spool_parts
-from dicom_node.receive.spool import PART10_PREFIX, InstanceInfo, Spool, parse_instance
+from dicom_node.receive.spool import InstanceInfo, Spool, parse_instance
+from image_model.parse_policy import part10_meta
 
 KINDS = ("spool shared", "spool own", "spool truncated", "direct writes")
 SPOOL_KINDS = KINDS[:-1]
@@ -71,10 +71,9 @@ def store_all(root: str, data: list[bytes], whole_blocks: bool, barrier: Barrier
 
 
 def _request(part10: bytes, info: InstanceInfo) -> StoreRequest:
-    """The C-STORE request that carries the data set of ``part10`` (written by pydicom: its file
-    meta group starts with the group length, PS3.10 7.1)."""
-    (group_length,) = struct.unpack_from("<I", part10, len(PART10_PREFIX) + 8)
-    dataset = part10[len(PART10_PREFIX) + 12 + group_length :]
+    """The C-STORE request that carries the data set of ``part10``."""
+    _, offset = part10_meta(memoryview(part10))
+    dataset = part10[offset:]
     return StoreRequest(dataset=dataset, transfer_syntax=info.transfer_syntax_uid, sop_class_uid=info.sop_class_uid,
                         sop_instance_uid=info.sop_uid, calling_ae="BENCH", called_ae="MMEDNODE",
                         association="bench", address="127.0.0.1")
@@ -93,14 +92,10 @@ def _since(start: tuple[float, float, float]) -> tuple[float, float, float]:
     return now_wall - wall, now_cpu - cpu, now_system - system
 
 
-def _padded(length: int) -> int:
-    return -(-length // ALIGNMENT) * ALIGNMENT
-
-
 def write_direct_all(path: str, data: list[bytes], barrier: Barrier, results: Queue) -> None:
     """A writer process: the same bytes, each padded to whole blocks, into one ``O_DIRECT`` file."""
     assert O_DIRECT is not None
-    size = max(_padded(len(item)) for item in data)
+    size = max(whole_blocks(len(item)) for item in data)
     buffer = mmap.mmap(-1, size)  # page-aligned, as O_DIRECT needs
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o600)
     barrier.wait()
@@ -108,7 +103,7 @@ def write_direct_all(path: str, data: list[bytes], barrier: Barrier, results: Qu
     try:
         for item in data:
             buffer[: len(item)] = item
-            os.write(fd, memoryview(buffer)[: _padded(len(item))])
+            os.write(fd, memoryview(buffer)[: whole_blocks(len(item))])
     finally:
         os.close(fd)
     results.put(_since(start))

@@ -401,7 +401,7 @@ def scan_dataset(
     return result
 
 
-def _meta(view: memoryview) -> tuple[str, int]:
+def part10_meta(view: memoryview) -> tuple[str, int]:
     """(Transfer Syntax UID, offset of the dataset) from a Part 10 stream (PS3.10 7.1)."""
     if len(view) < PREAMBLE_LENGTH + 4 or bytes(view[PREAMBLE_LENGTH : PREAMBLE_LENGTH + 4]) != DICM_PREFIX:
         raise UnsafeDicom("not a DICOM Part 10 file (no DICM prefix after the preamble)")
@@ -425,7 +425,7 @@ def _meta(view: memoryview) -> tuple[str, int]:
 def scan_part10(data: bytes | bytearray | memoryview | mmap.mmap, limits: ParseLimits, wanted: Iterable[int] = ()) -> ScanResult:
     """:func:`scan_dataset` for a Part 10 stream: preamble, file meta, then the dataset."""
     view = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
-    syntax, offset = _meta(view)
+    syntax, offset = part10_meta(view)
     return scan_dataset(view[offset:], syntax, limits, wanted)
 
 

@@ -68,7 +68,7 @@ def test_a_padded_file_reads_back_with_the_data_set_untouched(tmp_path: Path) ->
 
 
 def test_an_odd_total_is_not_padded() -> None:
-    """An OB value has an even length: a data set of odd length (the policy refuses such) gets none."""
+    """An OB value has an even length: a data set of odd length (malformed) gets none."""
     plain = encode_file_meta(CTImageStorage, "1.2.34", ExplicitVRLittleEndian)
     assert encode_file_meta(CTImageStorage, "1.2.34", ExplicitVRLittleEndian, block=4096, before=132,
                             after=1) == plain

@@ -38,6 +38,11 @@ KEPT_BUFFERS = 4
 O_DIRECT: int | None = getattr(os, "O_DIRECT", None)
 
 
+def whole_blocks(length: int) -> int:
+    """``length`` rounded up to a multiple of :data:`ALIGNMENT`."""
+    return -(-length // ALIGNMENT) * ALIGNMENT
+
+
 class DirectWriteRefused(OSError):
     """The file system refused a direct write (``EINVAL``): the caller writes buffered instead."""
 
@@ -91,7 +96,7 @@ def write_direct(fd: int, parts: Sequence[bytes | memoryview], buffers: AlignedB
                         _write_block(fd, view)
                         fill = 0
             if fill:
-                padded = -(-fill // ALIGNMENT) * ALIGNMENT
+                padded = whole_blocks(fill)
                 view[fill:padded] = bytes(padded - fill)
                 _write_block(fd, view[:padded])
                 if padded != fill:
