@@ -81,10 +81,26 @@ def install(verbose: int = 0) -> None:
     """Put :class:`EscapingFilter` on every handler of the root logger and route Python warnings
     (pydicom warns about each invalid value it reads) through logging. Unless ``verbose``, keep
     pydicom's and the warnings' invalid-value notices out of the log (at ERROR)."""
+    install_filters()
+    if not verbose:
+        for name in QUIETED_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+#: The loggers :func:`install` sets to ERROR unless verbose.
+QUIETED_LOGGERS = ("pydicom", "py.warnings")
+
+
+def install_filters() -> None:
+    """:class:`EscapingFilter` on every handler of the root logger, and Python warnings through
+    logging: the part of :func:`install` that does not choose levels (a receiver process takes
+    the node's levels, :func:`library_levels`)."""
     logging.captureWarnings(True)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, EscapingFilter) for f in handler.filters):
             handler.addFilter(EscapingFilter())
-    if not verbose:
-        for name in ("pydicom", "py.warnings"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def library_levels() -> dict[str, int]:
+    """This process's effective levels of the libraries' loggers (to be set alike in another)."""
+    return {name: logging.getLogger(name).getEffectiveLevel() for name in LIBRARY_LOGGERS}

@@ -142,10 +142,12 @@ def test_bad_files_already_on_disk_are_quarantined_and_break_nothing(
     node.assert_alive()
 
 
-def test_forged_log_line_through_a_uid(served: list[ServedNode], tmp_path: Path) -> None:
+@pytest.mark.parametrize("receivers", [1, 2])
+def test_forged_log_line_through_a_uid(served: list[ServedNode], tmp_path: Path, receivers: int) -> None:
     """Row 7: an Affected SOP Instance UID carrying a newline and a fake log line; a dataset
-    SOP Instance UID doing the same."""
-    node = ServedNode(tmp_path)
+    SOP Instance UID doing the same. Receiver processes log through the same escaping as the
+    node (they once logged pynetdicom's quote of the forged UID, newline and all)."""
+    node = ServedNode(tmp_path, {"node": {"receivers": receivers}})
     served.append(node)
     forged = "1.2.3\n2026-01-01 00:00:00,000 CRITICAL dicom_node: FORGED-LINE admin password reset"
     short = "1.2\n2026-01-01 00:00:00,000 CRITICAL FORGED-SHORT"

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from config.schema import AppConfig, NodeConfig
+from dicom_node import logsafe
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Event
 from dicom_node.heap import HeapTrimmer, freeze_start_up
@@ -97,9 +98,9 @@ class ReceiverSpec:
     index: int
     data_dir: Path
     ledger: Path
-    #: The node's log levels: the root logger's and pynetdicom's.
+    #: The node's log levels: the root logger's and the libraries' (logsafe.LIBRARY_LOGGERS).
     log_level: int
-    pynetdicom_log_level: int
+    library_log_levels: dict[str, int]
 
 
 class Channel:
@@ -141,7 +142,10 @@ def serve_receiver(
     spec: ReceiverSpec = conn.recv()
     logging.basicConfig(level=spec.log_level,
                         format=f"%(asctime)s %(levelname)s %(name)s [receiver {spec.index}]: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(spec.pynetdicom_log_level)
+    # As in the node: peer-supplied text escaped, library tracebacks of bad input on one line.
+    logsafe.install_filters()
+    for name, level in spec.library_log_levels.items():
+        logging.getLogger(name).setLevel(level)
     channel = Channel(conn)
     node = spec.config.node
     deps = HandlerDeps(
@@ -268,9 +272,8 @@ class ReceiverPool:
         finally:
             theirs.close()
         conn = Connection(mine.detach())
-        root = logging.getLogger()
-        conn.send(ReceiverSpec(self.config, index, self.data_dir, self._ledger_path, root.getEffectiveLevel(),
-                               logging.getLogger("pynetdicom").getEffectiveLevel()))
+        conn.send(ReceiverSpec(self.config, index, self.data_dir, self._ledger_path,
+                               logging.getLogger().getEffectiveLevel(), logsafe.library_levels()))
         with self._lock:
             self._receivers[index] = _Receiver(index, proc, conn, time.monotonic())
         self._waker.wake()
