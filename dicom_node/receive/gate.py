@@ -47,6 +47,7 @@ from pynetdicom.transport import AssociationServer
 
 from config.schema import NodeConfig
 from dicom_node import status
+from dicom_node.receive.balance import LoadBoard
 from dicom_node.receive.guard import ABORT_PDU, StreamLimits
 from dicom_node.receive.handlers import StoreRequest
 from dicom_node.receive.ledger import Ledger, LocalLedger, OverLimit
@@ -65,11 +66,6 @@ CALLING_AE = slice(26, 42)
 TICK_SECONDS = 0.25
 #: Backlog of the listening socket (connections the kernel queues before accept).
 LISTEN_BACKLOG = 256
-#: With a listening socket shared by several receiver processes, each waits this long per
-#: connection it already holds before it accepts, so the least busy receiver takes a new one
-#: (the steps well above the few milliseconds a busy machine's scheduler may delay a thread).
-ACCEPT_DELAY_PER_CONNECTION = 0.02
-ACCEPT_DELAY_MAX = 0.1
 
 
 @dataclass
@@ -431,10 +427,12 @@ class GatedServer(AssociationServer):
 
     def __init__(self, *args: Any, node: NodeConfig, refusals: Refusals, tls: ssl.SSLContext | None,
                  listening: socket.socket | None = None, ledger: Ledger | None = None,
+                 board: LoadBoard | None = None,
                  direct_store: Callable[[StoreRequest], int] | None = None, **kwargs: Any) -> None:
         """``listening``: a socket already bound and listening, shared with other receiver
         processes (processes.py), instead of binding ``node.host:node.port``; ``ledger``: the
-        association count those processes share (default: this process's own);
+        association count those processes share (default: this process's own); ``board``: their
+        loads, to let the least busy accept first (balance.py);
         ``direct_store``: the store service C-STORE requests are served with straight from their
         PDUs (direct_store.py), or None (pynetdicom's EVT_C_STORE handler serves them)."""
         kwargs["request_handler"] = Handoff
@@ -444,6 +442,9 @@ class GatedServer(AssociationServer):
         self.stream_limits = StreamLimits(node.max_pdu, node.limits)
         self.refusals = refusals
         self.gate = Gate(self, node, refusals, tls, ledger or LocalLedger(node.limits))
+        self.board = board
+        if board is not None:
+            board.publish(0)  # accepting from now on
 
     def server_bind(self) -> None:
         if self._listening is None:
@@ -462,18 +463,20 @@ class GatedServer(AssociationServer):
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         """Accept a connection. On a shared socket every receiver is woken for it and the first
-        to accept takes it: a receiver already holding connections lets the others go first
-        (another may take it meanwhile: ``accept`` then fails with EAGAIN, which the accept
-        loop ignores)."""
-        if self._listening is not None:
-            load = self.gate.load()
-            if load:
-                time.sleep(min(ACCEPT_DELAY_MAX, ACCEPT_DELAY_PER_CONNECTION * load))
+        to accept takes it: a receiver holding more connections than the least busy other one
+        lets that one go first (another may take it meanwhile: ``accept`` then fails with
+        EAGAIN, which the accept loop ignores)."""
+        if self.board is not None:
+            wait = self.board.before_accept(self.gate.load())
+            if wait:
+                time.sleep(wait)
         return super().get_request()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Called by the accept loop for every connection: hand it to the gate, start nothing."""
         self.gate.admit(request, client_address)
+        if self.board is not None:
+            self.board.publish(self.gate.load())  # seen by the others before their next accept
 
     def track(self, assoc: Association, ticket: int) -> None:
         self.gate.track(assoc, ticket)
@@ -488,14 +491,14 @@ class GatedServer(AssociationServer):
 
 def start_gated_server(
     ae: Any, node: NodeConfig, evt_handlers: list[Any], refusals: Refusals, tls: ssl.SSLContext | None,
-    listening: socket.socket | None = None, ledger: Ledger | None = None,
+    listening: socket.socket | None = None, ledger: Ledger | None = None, board: LoadBoard | None = None,
     direct_store: Callable[[StoreRequest], int] | None = None,
 ) -> GatedServer:
     """Make the gated server for ``ae`` on ``node.host:node.port`` (or on ``listening``) and run
     its accept loop in a daemon thread."""
     server = ae.make_server((node.host, node.port), evt_handlers=evt_handlers, server_class=GatedServer,
                             node=node, refusals=refusals, tls=tls, listening=listening, ledger=ledger,
-                            direct_store=direct_store)
+                            board=board, direct_store=direct_store)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
                               name="mmed-receive-accept", daemon=True)
     thread.start()

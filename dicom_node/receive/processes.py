@@ -6,12 +6,12 @@ node binds the listening socket itself and starts N receiver processes (exec'd i
 never a fork of a process that may hold torch), each given a copy of that socket: each runs the
 whole receive side of one process (the gate and guard, pynetdicom, the C-STORE handlers, the
 Q/R service the application adds) against the same spool. The kernel queues connections on the
-one socket and wakes every receiver; the least busy accepts first (one holding connections
-waits 20 ms per connection it holds before ``accept``, gate.py), a connection waiting in the
-queue survives the death of a receiver, and the port stays bound while one is restarted. (One
-socket shared, rather than one socket per receiver bound with SO_REUSEPORT: there the kernel
-picks the receiver by a hash of the peer's address and port, busy or not, and resets the
-connections queued on a receiver that dies.)
+one socket and wakes every receiver; the least busy accepts first (one holding more connections
+than another waits 20 ms per connection of the difference before ``accept``, balance.py), a
+connection waiting in the queue survives the death of a receiver, and the port stays bound while
+one is restarted. (One socket shared, rather than one socket per receiver bound with
+SO_REUSEPORT: there the kernel picks the receiver by a hash of the peer's address and port, busy
+or not, and resets the connections queued on a receiver that dies.)
 
 What stays as with one process:
 
@@ -51,6 +51,7 @@ from dicom_node import logsafe
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Event
 from dicom_node.heap import HeapTrimmer, freeze_start_up
+from dicom_node.receive.balance import LoadBoard, create_board
 from dicom_node.receive.gate import LISTEN_BACKLOG
 from dicom_node.receive.handlers import Arrivals, HandlerDeps
 from dicom_node.receive.ledger import SharedLedger, create_table
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 
 #: The slot table of the association limits, in the data_dir (ledger.py).
 LEDGER_FILE = ".receive-associations"
+#: The receivers' loads, which one accepts a new connection first, in the data_dir (balance.py).
+BOARD_FILE = ".receive-loads"
 #: How long :meth:`ReceiverPool.start` waits for every receiver to listen.
 READY_TIMEOUT_SECONDS = 60.0
 #: A receiver that died sooner than this after its start is started again only after
@@ -98,6 +101,7 @@ class ReceiverSpec:
     index: int
     data_dir: Path
     ledger: Path
+    board: Path
     #: The node's log levels: the root logger's and the libraries' (logsafe.LIBRARY_LOGGERS).
     log_level: int
     library_log_levels: dict[str, int]
@@ -155,9 +159,10 @@ def serve_receiver(
     )
     listening = socket.socket(fileno=listen_fd)
     ledger = SharedLedger(spec.ledger, node.limits)
+    board = LoadBoard(spec.board, spec.index)
     service = extra(spec.config, spec.data_dir, channel.emit, deps.spool)
     freeze_start_up()  # before the first association, which would otherwise pay for it (heap.py)
-    scp = start_scp(node, deps, service, listening=listening, ledger=ledger)
+    scp = start_scp(node, deps, service, listening=listening, ledger=ledger, board=board)
     channel.send("ready", os.getpid())
     trimmer = HeapTrimmer()  # a receiver's heap is its own: it gives back freed memory as the node does
     try:
@@ -207,6 +212,8 @@ class ReceiverPool:
         self.restarts = 0
         self._ledger_path = data_dir / LEDGER_FILE
         self._ledger: SharedLedger | None = None
+        self._board_path = data_dir / BOARD_FILE
+        self._board: LoadBoard | None = None
         self._listening: socket.socket | None = None
         self._receivers: dict[int, _Receiver] = {}
         #: index -> monotonic time a dead receiver is started again
@@ -237,6 +244,8 @@ class ReceiverPool:
         self._listening = socket.create_server((node.host, node.port), family=family, backlog=LISTEN_BACKLOG)
         create_table(self._ledger_path, node.limits)
         self._ledger = SharedLedger(self._ledger_path, node.limits)
+        create_board(self._board_path, self.count)
+        self._board = LoadBoard(self._board_path)
         try:
             for index in range(self.count):
                 self._spawn(index)
@@ -272,7 +281,7 @@ class ReceiverPool:
         finally:
             theirs.close()
         conn = Connection(mine.detach())
-        conn.send(ReceiverSpec(self.config, index, self.data_dir, self._ledger_path,
+        conn.send(ReceiverSpec(self.config, index, self.data_dir, self._ledger_path, self._board_path,
                                logging.getLogger().getEffectiveLevel(), logsafe.library_levels()))
         with self._lock:
             self._receivers[index] = _Receiver(index, proc, conn, time.monotonic())
@@ -336,6 +345,8 @@ class ReceiverPool:
             code = receiver.proc.wait()
         if self._ledger is not None:
             self._ledger.release_owner(receiver.pid)
+        if self._board is not None:
+            self._board.mark_absent(receiver.index)  # nobody waits for it to accept
         for key in receiver.open:
             self.arrivals.association_ended(key)
         if self._stopping.is_set():
@@ -390,4 +401,7 @@ class ReceiverPool:
         if self._ledger is not None:
             self._ledger.close()
             self._ledger = None
+        if self._board is not None:
+            self._board.close()
+            self._board = None
         self._waker.close()

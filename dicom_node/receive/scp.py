@@ -22,6 +22,7 @@ from pynetdicom import _config as pynetdicom_config
 
 from config.schema import NodeConfig
 from dicom_node.receive import handlers
+from dicom_node.receive.balance import LoadBoard
 from dicom_node.receive.gate import GatedServer, start_gated_server
 from dicom_node.receive.handlers import AssociationPolicy, HandlerDeps
 from dicom_node.receive.ledger import Ledger
@@ -130,7 +131,7 @@ class ExtraService:
 
 def start_scp(
     node: NodeConfig, deps: HandlerDeps, extra: ExtraService | None = None,
-    listening: socket.socket | None = None, ledger: Ledger | None = None,
+    listening: socket.socket | None = None, ledger: Ledger | None = None, board: LoadBoard | None = None,
 ) -> RunningSCP:
     """Start listening on ``node.host:node.port`` (port 0: any free port) in background threads.
 
@@ -138,7 +139,7 @@ def start_scp(
     ``node.tls`` enabled the listener accepts DICOM TLS only (tls.py). Connections pass the
     receive gate (gate.py) before pynetdicom sees them: ``node.limits`` apply there and on every
     PDU (guard.py). A receiver process (processes.py) passes the node's ``listening`` socket and
-    the ``ledger`` of associations all receivers share."""
+    the ``ledger`` of associations all receivers share and the ``board`` of their loads."""
     ssl_context = server_tls_context(node.tls) if node.tls.enabled else None
     quiet_reading_validation()
     quiet_protocol_summaries()
@@ -163,7 +164,7 @@ def start_scp(
     # the EVT_C_STORE handler above: only while that is the one C-STORE handler.
     direct = None if sum(event is evt.EVT_C_STORE for event, *_ in evt_handlers) > 1 else handlers.serve_store(deps)
     refusals = deps.refusals
-    server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context, listening, ledger, direct)
+    server = start_gated_server(ae, node, evt_handlers, refusals, ssl_context, listening, ledger, board, direct)
     log.log(
         logging.INFO if listening is None else logging.DEBUG,
         "DICOM SCP %s listening on %s:%d",
