@@ -14,6 +14,10 @@ from typing import TextIO
 
 #: The lock file in the data_dir (it holds the owner's process id, for people).
 DATA_DIR_LOCK = "node.lock"
+#: Folders under the data_dir: job records, and each job's results (here, not in the job
+#: service, so that a receiver process serving Q/R over them need not import the pipeline).
+JOBS_FOLDER = "jobs"
+RESULTS_FOLDER = "results"
 
 
 class DataDirBusy(RuntimeError):

@@ -43,14 +43,14 @@ from dicom_node.app.metrics import NodeMetrics, NodeState
 from dicom_node.app.receiver import qr_service
 from dicom_node.app.retention import Retention, settle_trash
 from dicom_node.app.telemetry import Telemetry
-from dicom_node.data_dir import DataDirBusy, lock_data_dir
+from dicom_node.data_dir import JOBS_FOLDER, RESULTS_FOLDER, DataDirBusy, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
 from dicom_node.events import Emit, Hop, HopEvent, ignore
 from dicom_node.heap import HeapTrimmer, freeze_start_up
 from dicom_node.jobs.retry import RetryPolicy
 from dicom_node.jobs.runner import JobRunner
-from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
+from dicom_node.jobs.service import JobService, OutboxLike
 from dicom_node.jobs.spec import JobRequest, SeriesRef
 from dicom_node.jobs.store import JobRecord, JobState, JobStore
 from dicom_node.log_repeats import RepeatedLog

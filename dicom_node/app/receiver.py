@@ -12,8 +12,8 @@ from pathlib import Path
 
 from config.schema import AppConfig
 from dicom_node.app.telemetry import association_handlers
+from dicom_node.data_dir import JOBS_FOLDER, RESULTS_FOLDER
 from dicom_node.events import Emit
-from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER
 from dicom_node.qr.handlers import QRDeps, add_qr_contexts, qr_event_handlers
 from dicom_node.qr.index import QRIndex
 from dicom_node.receive.processes import serve_receiver

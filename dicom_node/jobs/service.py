@@ -55,9 +55,6 @@ from dicom_node.log_repeats import RepeatedLog
 
 log = logging.getLogger(__name__)
 
-#: Folders under the data_dir.
-JOBS_FOLDER = "jobs"
-RESULTS_FOLDER = "results"
 #: Under the jobs folder: operators' requests (``<job_id>.retry``), applied by the owner.
 REQUESTS_FOLDER = "requests"
 RETRY_SUFFIX = ".retry"

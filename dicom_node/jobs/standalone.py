@@ -9,11 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from config.schema import AppConfig
-from dicom_node.data_dir import DataDirBusy, lock_data_dir
+from dicom_node.data_dir import JOBS_FOLDER, RESULTS_FOLDER, DataDirBusy, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.jobs.queues import make_executor
 from dicom_node.jobs.runner import JobRunner
-from dicom_node.jobs.service import JOBS_FOLDER, RESULTS_FOLDER, JobService, OutboxLike
+from dicom_node.jobs.service import JobService, OutboxLike
 from dicom_node.jobs.store import JobStore
 
 

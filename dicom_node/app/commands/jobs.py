@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.app.commands import load_config_or_report
-from dicom_node.data_dir import data_dir_owned
-from dicom_node.jobs.service import JOBS_FOLDER, request_retry
+from dicom_node.data_dir import JOBS_FOLDER, data_dir_owned
+from dicom_node.jobs.service import request_retry
 from dicom_node.jobs.store import JobState, JobStore
 
 

@@ -15,10 +15,9 @@ from typing import Any
 from dicom_node.app.commands import load_config_or_report
 from dicom_node.app.retention import Retention, settle_trash
 from dicom_node.app.retention_plan import PrunePlan
-from dicom_node.data_dir import lock_data_dir
+from dicom_node.data_dir import JOBS_FOLDER, lock_data_dir
 from dicom_node.deliver.outbox import Outbox
 from dicom_node.disk import DiskGuard
-from dicom_node.jobs.service import JOBS_FOLDER
 from dicom_node.jobs.store import JobStore
 
 
