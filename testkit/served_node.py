@@ -2,8 +2,11 @@
 hostile-input tests, the fuzzer and the benchmarks; raw connections that stall; stand-in job
 runners (NOT the pipeline) a served node can be given.
 
-The node's resident memory is read from ``/proc/<pid>/status``; before each attack the peak
-(VmHWM) is reset through ``/proc/<pid>/clear_refs`` so the peak after it is the attack's alone.
+The node's resident memory is read from ``/proc/<pid>/status``, summed over the node's process
+and its children (its receiver processes, ``node.receivers``, where a peer's input lands first);
+before each attack the peak (VmHWM) of each is reset through ``/proc/<pid>/clear_refs`` so the
+peak after it is the attack's alone (the sum of the processes' peaks: at least their peak
+together).
 A watchdog kills a node whose memory runs away (an unprotected node would otherwise take the
 machine with it) and the caller then fails with the figure.
 """
@@ -44,12 +47,30 @@ def mmed_node() -> list[str]:
     return [exe] if exe else [sys.executable, "-m", "dicom_node.app.cli"]
 
 
+#: How often the list of the node's child processes is read again.
+FAMILY_REFRESH_SECONDS = 0.5
+
+
 def _status_kb(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status", encoding="ascii") as fh:
         for line in fh:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise KeyError(field)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (proc(5): the parent is field 4 of ``stat``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                    if int(fh.read().rpartition(")")[2].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
 
 
 class ServedNode:
@@ -90,6 +111,7 @@ class ServedNode:
                 stdout=out, stderr=subprocess.STDOUT,
             )
         self.killed_at_bytes: int | None = None
+        self._family: tuple[float, list[int]] = (0.0, [])
         self._watch_stop = threading.Event()
         wait_for(lambda: "serving AE" in self.log_text() or self.proc.poll() is not None, timeout=120)
         assert self.proc.poll() is None, self.log_text()
@@ -100,16 +122,40 @@ class ServedNode:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def family(self) -> list[int]:
+        """The node's process and its children (re-read every :data:`FAMILY_REFRESH_SECONDS`)."""
+        read_at, pids = self._family
+        if time.monotonic() - read_at > FAMILY_REFRESH_SECONDS:
+            pids = [self.proc.pid, *_children(self.proc.pid)]
+            self._family = (time.monotonic(), pids)
+        return pids
+
+    def _sum_kb(self, field: str) -> int:
+        total = 0
+        for pid in self.family():
+            try:
+                total += _status_kb(pid, field)
+            except (OSError, KeyError):  # a process that ended
+                if pid == self.proc.pid:
+                    raise
+        return total
+
     def rss(self) -> int:
-        return _status_kb(self.proc.pid, "VmRSS") * 1024
+        return self._sum_kb("VmRSS") * 1024
 
     def peak(self) -> int:
-        return _status_kb(self.proc.pid, "VmHWM") * 1024
+        return self._sum_kb("VmHWM") * 1024
 
     def reset_peak(self) -> int:
-        """Reset the peak RSS to the current RSS (Linux clear_refs 5); returns the current RSS."""
-        with open(f"/proc/{self.proc.pid}/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")
+        """Reset every process's peak RSS to its current RSS (Linux clear_refs 5); returns the
+        current RSS."""
+        for pid in self.family():
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as fh:
+                    fh.write("5")
+            except OSError:
+                if pid == self.proc.pid:
+                    raise
         return self.rss()
 
     def _watchdog(self) -> None:
