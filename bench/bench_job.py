@@ -52,6 +52,7 @@ from typing import Any
 from bench.bench_receive import ECHOSCU, STORESCP, STORESCU, dcmtk_env, free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CALLED_AE = "MMEDNODE"
 CHEST_MM = 300.0
 PIXEL_MM = 0.7
 SLICE_INT16_BYTES = 512 * 512 * 2
@@ -177,8 +178,11 @@ def memory(args: argparse.Namespace) -> dict[str, Any]:
 class LatencyRig:
     """A PACS stand-in (dcmtk storescp) and ``mmed-node serve`` of the working tree."""
 
-    def __init__(self, work: Path, quiet: float, work_ahead: bool = True) -> None:
+    def __init__(self, work: Path, quiet: float, work_ahead: bool = True,
+                 receivers: int | str | None = None) -> None:
         self.work, self.quiet, self.work_ahead = work, quiet, work_ahead
+        #: node.receivers (None: the configuration's default).
+        self.receivers = receivers
         self.pacs_dir = work / "pacs"
         self.data_dir = work / "var"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -191,9 +195,12 @@ class LatencyRig:
         self.procs.append(subprocess.Popen(
             [STORESCP, "-aet", "PACS", "-od", str(self.pacs_dir), "-uf", str(pacs_port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        node: dict[str, Any] = {"ae_title": CALLED_AE, "port": self.port, "data_dir": str(self.data_dir),
+                                "series_quiet_seconds": self.quiet, "work_ahead": self.work_ahead}
+        if self.receivers is not None:
+            node["receivers"] = self.receivers
         config = {
-            "node": {"ae_title": "MMEDNODE", "port": self.port, "data_dir": str(self.data_dir),
-                     "series_quiet_seconds": self.quiet, "work_ahead": self.work_ahead},
+            "node": node,
             "destinations": {"pacs": {"ae_title": "PACS", "host": "127.0.0.1", "port": pacs_port}},
         }
         (self.work / "node.yaml").write_text(json.dumps(config))
@@ -203,7 +210,7 @@ class LatencyRig:
             cwd=PROJECT_ROOT, env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append(self.node)
         deadline = time.monotonic() + 120
-        while subprocess.run([ECHOSCU, "-aec", "MMEDNODE", "127.0.0.1", str(self.port)],
+        while subprocess.run([ECHOSCU, "-aec", CALLED_AE, "127.0.0.1", str(self.port)],
                              env=env, capture_output=True, check=False).returncode != 0:
             if time.monotonic() > deadline or self.node.poll() is not None:
                 raise RuntimeError("node did not start: " + (self.work / "node.log").read_text()[-2000:])
@@ -221,7 +228,7 @@ class LatencyRig:
         """Send ``folder`` over one association; wait until its results are acknowledged."""
         before = {p.name for p in (self.data_dir / "outbox").glob("*.json")} if (self.data_dir / "outbox").is_dir() else set()
         _reset_peak(self.node.pid)
-        subprocess.run([STORESCU, "-aec", "MMEDNODE", "127.0.0.1", str(self.port), *map(str, sorted(folder.glob("*.dcm")))],
+        subprocess.run([STORESCU, "-aec", CALLED_AE, "127.0.0.1", str(self.port), *map(str, sorted(folder.glob("*.dcm")))],
                        env=dcmtk_env(), check=True, capture_output=True)
         sent = time.time()
         deadline = time.monotonic() + timeout

@@ -398,13 +398,13 @@ def export_ref(ref: str, dest: Path) -> Path:
 # -- sending --------------------------------------------------------------------------------------
 
 
-def send(port: int, files: Sequence[Path], parallel: int) -> float:
+def send(port: int, files: Sequence[Path], parallel: int, called_ae: str = CALLED_AE) -> float:
     """Send ``files`` over ``parallel`` storescu processes at once; seconds until all finished."""
     chunks = [list(files[i::parallel]) for i in range(parallel)]
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
-            [STORESCU, "-aec", CALLED_AE, "127.0.0.1", str(port), *map(str, chunk)],
+            [STORESCU, "-aec", called_ae, "127.0.0.1", str(port), *map(str, chunk)],
             env=dcmtk_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         "--node-receivers",
         nargs="+",
         default=["1", "auto"],
-        help="node.receivers values to measure the node with (auto: one per core, at most 4)",
+        help="node.receivers values to measure the node with (auto: one per core, 2 to 4)",
     )
     parser.add_argument(
         "--node-ref",

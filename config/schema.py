@@ -117,10 +117,12 @@ class NodeConfig(_Strict):
     spool_direct_writes: bool = True
     tls: TLSConfig = TLSConfig()
     limits: LimitsConfig = LimitsConfig()
-    #: Receiver processes sharing the listening port (README "Receiver processes"): 1 receives
-    #: in the node's own process; N > 1 starts N receiver processes; ``auto`` one per core, at
-    #: most 4 (one Python process receives at most one core's worth of instances).
-    receivers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = 1
+    #: Receiver processes sharing the listening port (README "Scaling out"): 1 receives in the
+    #: node's own process, beside its jobs; N > 1 starts N receiver processes; ``auto`` (the
+    #: default) one per core, at least 2 and at most 4 (one Python process receives at most one
+    #: core's worth of instances, and a job on the node's threads slows a receiver sharing its
+    #: interpreter lock).
+    receivers: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = "auto"
 
     _ae = field_validator("ae_title")(classmethod(lambda cls, v: _check_ae_title(v)))
 

@@ -19,9 +19,11 @@ from pydicom.uid import ImplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from config.schema import LimitsConfig
+from config.loader import load_config
+from config.schema import LimitsConfig, NodeConfig
 from dicom_node.app.node import Node
 from dicom_node.receive.ledger import OverLimit, SharedLedger, create_table
+from dicom_node.receive.processes import receiver_count
 from testkit import dicom_wire as wire
 from tests.receive_helpers import (
     DCMTK_BIN,
@@ -169,3 +171,14 @@ def test_shared_ledger_counts_every_process(tmp_path: Path) -> None:
     assert isinstance(first.claim("10.0.0.3"), int)
     first.close()
     second.close()
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 2), (2, 2), (3, 3), (16, 4)])
+def test_auto_is_one_receiver_per_core_from_two_to_four(monkeypatch: pytest.MonkeyPatch, cores: int,
+                                                         expected: int) -> None:
+    """The default: never receiving in the node's process beside its jobs, never more than four."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    assert load_config().node.receivers == "auto"
+    assert receiver_count(NodeConfig(receivers="auto")) == expected
+    assert receiver_count(NodeConfig(receivers=1)) == 1
+    assert receiver_count(NodeConfig(receivers=6)) == 6

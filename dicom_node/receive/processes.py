@@ -80,14 +80,22 @@ DRAIN_MESSAGES = 64
 EXIT_WAIT_SECONDS = 2.0
 
 
+#: ``node.receivers: auto`` starts one receiver per core, within these bounds: at least two,
+#: so that receiving never shares an interpreter lock with the node's own work (a job's stages
+#: run on the node's threads in the embedded queue: while one ran, one receiver in the node's
+#: process kept 0.45 of its idle rate on one association, two receiver processes 0.85, on two
+#: cores; bench/bench_busy_ingest.py); at most four (each receiver is an interpreter with its own
+#: memory, ~76 MB idle, and the node's jobs want cores too).
+AUTO_RECEIVERS_MIN, AUTO_RECEIVERS_MAX = 2, 4
+
+
 def receiver_count(node: NodeConfig) -> int:
-    """``node.receivers`` as a number: ``auto`` is one per core this process may use, at most 4
-    (each receiver is an interpreter of its own, with its memory; the node's jobs want cores
-    too)."""
+    """``node.receivers`` as a number (``auto``: one per core this process may use, within
+    :data:`AUTO_RECEIVERS_MIN` and :data:`AUTO_RECEIVERS_MAX`)."""
     if node.receivers != "auto":
         return int(node.receivers)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, 4))
+    return max(AUTO_RECEIVERS_MIN, min(cores, AUTO_RECEIVERS_MAX))
 
 
 # -- the receiver's side ------------------------------------------------------------------------
