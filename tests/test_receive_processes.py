@@ -104,6 +104,24 @@ def test_association_limits_hold_across_receivers(node: Node) -> None:
     assert counts["too_many_per_peer"] >= 1 and counts["too_many_associations"] >= 3
 
 
+def test_associations_spread_over_the_receivers(node: Node) -> None:
+    """Four associations opened one after the other: two per receiver (the busier one lets the
+    other accept first, balance.py), whichever wins each race."""
+    pool = node.receivers
+    assert pool is not None
+    held: list[wire.WireClient] = []
+    try:
+        for source in ("127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"):
+            client = wire.WireClient(node.port, source=source)
+            held.append(client)
+            assert client.associate(wire.associate_rq(ECHO_CONTEXT)).pdu_type == wire.A_ASSOCIATE_AC
+        assert sorted(pool.open_associations().values()) == [2, 2], pool.open_associations()
+    finally:
+        for client in held:
+            client.close()
+    assert wait_for(lambda: sum(pool.open_associations().values()) == 0, 10)
+
+
 def test_killed_receiver_loses_nothing_acknowledged(node: Node, tmp_path: Path) -> None:
     pool = node.receivers
     assert pool is not None
