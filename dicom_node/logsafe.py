@@ -24,6 +24,8 @@ MAX_LOGGED_CHARS = 64
 #: Libraries that log peer input: their tracebacks are cut to one line (they log the stack of
 #: expected bad input) and the values they quote as invalid are redacted (they may be PHI).
 LIBRARY_LOGGERS = ("pynetdicom", "pydicom", "highdicom", "py.warnings")
+#: The loggers :func:`install` sets to ERROR unless verbose (their invalid-value notices).
+QUIETED_LOGGERS = ("pydicom", "py.warnings")
 #: A quoted value a library reports as invalid: "... value 'X'", "Invalid value for VR DA: 'X'".
 _QUOTED_VALUE = re.compile(r"(?i)(value\b[^'\n]{0,24})'[^']*'")
 
@@ -85,10 +87,6 @@ def install(verbose: int = 0) -> None:
     if not verbose:
         for name in QUIETED_LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)
-
-
-#: The loggers :func:`install` sets to ERROR unless verbose.
-QUIETED_LOGGERS = ("pydicom", "py.warnings")
 
 
 def install_filters() -> None:
