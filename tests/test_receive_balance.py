@@ -78,3 +78,26 @@ def test_a_malformed_board_or_index_is_refused(tmp_path: Path) -> None:
     create_board(path, 2)
     with pytest.raises(ValueError, match="not on a board of 2"):
         LoadBoard(path, 2)
+
+
+def test_the_busier_receiver_waits_until_the_other_took_the_connection(tmp_path: Path) -> None:
+    """The wait is re-checked: it ends as soon as the connection is gone, or the other
+    receiver's load rose to this one's, and never exceeds the maximum in all."""
+    _, (a, b) = _boards(tmp_path, 2)
+    b.publish(1)
+    step = 2 * ACCEPT_DELAY_PER_CONNECTION
+    # Nothing changes (the other receiver is slow to run): waits the maximum, in steps.
+    assert a.wait_turn(lambda: 3, lambda: True) == pytest.approx(ACCEPT_DELAY_MAX)
+    # The other took the connection while this one slept: one step.
+    answers = iter([True, False])
+    assert a.wait_turn(lambda: 3, lambda: next(answers)) == pytest.approx(step)
+
+    # The other accepted and published its new load: one step.
+    def other_accepts() -> bool:  # asked before the sleep: still waiting, and then taken
+        still_waiting = b.loads()[1] == 1
+        b.publish(3)
+        return still_waiting
+
+    assert a.wait_turn(lambda: 3, other_accepts) == pytest.approx(step)
+    # Not the busier one: no wait at all, the connection is not even looked at.
+    assert b.wait_turn(lambda: 2, lambda: pytest.fail("not asked")) == 0.0

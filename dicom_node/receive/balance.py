@@ -3,9 +3,9 @@
 Several receiver processes share one listening socket (processes.py); the kernel wakes every one
 of them for a new connection and the first to ``accept`` takes it. To spread associations, a
 receiver that holds more connections than another lets that one go first: it waits before
-``accept`` (:meth:`LoadBoard.before_accept`, called by the gate's accept loop). The wait is set
-by the *difference* to the least busy other receiver, read from this board, never by a
-receiver's own load alone: otherwise a peer that opens a few hundred idle connections, spread
+``accept`` (:meth:`LoadBoard.wait_turn`, called by the gate's accept loop), until that one has
+taken it. The wait is set by the *difference* to the least busy other receiver, read from this
+board, never by a receiver's own load alone: otherwise a peer that opens a few hundred idle connections, spread
 over every receiver, would make each of them wait at every ``accept`` and hold a legitimate
 peer in the listen queue for seconds (the idle connections cost the gate nothing else).
 
@@ -22,6 +22,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 _LOAD = struct.Struct("<i")
@@ -84,6 +86,22 @@ class LoadBoard:
         if least is None or load <= least:
             return 0.0
         return min(ACCEPT_DELAY_MAX, ACCEPT_DELAY_PER_CONNECTION * (load - least))
+
+    def wait_turn(self, load: Callable[[], int], waiting: Callable[[], bool]) -> float:
+        """Wait while another accepting receiver holds fewer connections than ``load()`` and
+        the connection that woke this one is still ``waiting()`` (not taken by another), in steps
+        of :meth:`before_accept`'s wait and at most :data:`ACCEPT_DELAY_MAX` in all: a less busy
+        receiver that a loaded machine schedules late still gets the connection. The seconds
+        waited."""
+        waited = 0.0
+        while waited < ACCEPT_DELAY_MAX:
+            wait = self.before_accept(load())
+            if not wait or not waiting():
+                break
+            step = min(wait, ACCEPT_DELAY_MAX - waited)
+            time.sleep(step)
+            waited += step
+        return waited
 
     def least_other(self) -> int | None:
         """The least load of the other accepting receivers (None: there is none)."""

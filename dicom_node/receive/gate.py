@@ -28,6 +28,7 @@ association with a :class:`~dicom_node.receive.guard.GuardedSocket`.
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import socket
 import ssl
@@ -467,10 +468,17 @@ class GatedServer(AssociationServer):
         lets that one go first (another may take it meanwhile: ``accept`` then fails with
         EAGAIN, which the accept loop ignores)."""
         if self.board is not None:
-            wait = self.board.before_accept(self.gate.load())
-            if wait:
-                time.sleep(wait)
+            self.board.wait_turn(self.gate.load, self._connection_waiting)
         return super().get_request()
+
+    def _connection_waiting(self) -> bool:
+        """Whether a connection is still queued on the listening socket (another receiver may
+        have taken the one this one was woken for)."""
+        if self.socket is None:
+            return False
+        poller = select.poll()
+        poller.register(self.socket, select.POLLIN)
+        return bool(poller.poll(0))
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Called by the accept loop for every connection: hand it to the gate, start nothing."""
