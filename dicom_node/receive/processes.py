@@ -7,11 +7,11 @@ never a fork of a process that may hold torch), each given a copy of that socket
 whole receive side of one process (the gate and guard, pynetdicom, the C-STORE handlers, the
 Q/R service the application adds) against the same spool. The kernel queues connections on the
 one socket and wakes every receiver; the least busy accepts first (one holding more connections
-than another waits 20 ms per connection of the difference before ``accept``, balance.py), a
-connection waiting in the queue survives the death of a receiver, and the port stays bound while
-one is restarted. (One socket shared, rather than one socket per receiver bound with
-SO_REUSEPORT: there the kernel picks the receiver by a hash of the peer's address and port, busy
-or not, and resets the connections queued on a receiver that dies.)
+than another waits before ``accept`` until that one took it, balance.py), a connection waiting
+in the queue survives the death of a receiver, and the port stays bound while one is restarted.
+(One socket shared, rather than one socket per receiver bound with SO_REUSEPORT: there the
+kernel picks the receiver by a hash of the peer's address and port, busy or not, and resets the
+connections queued on a receiver that dies.)
 
 What stays as with one process:
 
