@@ -5,9 +5,10 @@ of them for a new connection and the first to ``accept`` takes it. To spread ass
 receiver that holds more connections than another lets that one go first: it waits before
 ``accept`` (:meth:`LoadBoard.wait_turn`, called by the gate's accept loop), until that one has
 taken it. The wait is set by the *difference* to the least busy other receiver, read from this
-board, never by a receiver's own load alone: otherwise a peer that opens a few hundred idle connections, spread
-over every receiver, would make each of them wait at every ``accept`` and hold a legitimate
-peer in the listen queue for seconds (the idle connections cost the gate nothing else).
+board, never by a receiver's own load alone: otherwise a peer that opens a few hundred idle
+connections, spread over every receiver, would make each of them wait at every ``accept`` and
+hold a legitimate peer in the listen queue for seconds (the idle connections cost the gate
+nothing else).
 
 The board is a small file under the data_dir, mapped by the node and every receiver: one signed
 32-bit load per receiver index, written only by that receiver (a whole aligned word: readers see
