@@ -57,12 +57,12 @@ def instances(out: Path, count: int, study: str, series: str) -> list[bytes]:
     return data
 
 
-def store_all(root: str, data: list[bytes], whole_blocks: bool, barrier: Barrier, results: Queue) -> None:
+def store_all(root: str, data: list[bytes], padded: bool, barrier: Barrier, results: Queue) -> None:
     """A writer process: every instance through a spool under ``root``, as its C-STORE would be
-    (``whole_blocks``: with the meta group padded to whole blocks)."""
+    (``padded``: with the meta group padded to whole blocks)."""
     spool = Spool(Path(root))
     parsed = [parse_instance(item) for item in data]
-    stores = [(spool_parts(_request(item, info), whole_blocks), info) for item, info in zip(data, parsed)]
+    stores = [(spool_parts(_request(item, info), padded), info) for item, info in zip(data, parsed)]
     barrier.wait()
     start = _clocks()
     for parts, info in stores:

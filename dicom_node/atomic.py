@@ -18,6 +18,11 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _write_atomic(path, lambda fh: fh.write(json.dumps(data, indent=2, default=str).encode("utf-8")))
 
 
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` via temp file + fsync + rename (the folder is created if missing)."""
+    _write_atomic(path, lambda fh: fh.write(data))
+
+
 def write_dataset_atomic(path: Path, ds: Dataset) -> None:
     """Write a DICOM file (Part 10, PS3.10 7.1) via temp file + fsync + rename."""
     _write_atomic(path, lambda fh: ds.save_as(fh, enforce_file_format=True))

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from dicom_node.atomic import write_bytes_atomic
+
 _LOAD = struct.Struct("<i")
 #: A receiver that is not accepting connections.
 ABSENT = -1
@@ -41,11 +43,7 @@ ACCEPT_DELAY_MAX = 0.1
 def create_board(path: Path, receivers: int) -> None:
     """A fresh board for ``receivers`` receivers, every one :data:`ABSENT` (the node, before it
     starts them)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "wb") as fh:
-        fh.write(_LOAD.pack(ABSENT) * receivers)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, _LOAD.pack(ABSENT) * receivers)
 
 
 class LoadBoard:

@@ -30,6 +30,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 
 from config.schema import LimitsConfig
+from dicom_node.atomic import write_bytes_atomic
 
 #: One slot: owner pid (0: free), ticket, peer address (UTF-8, NUL padded; IPv6 fits in 46).
 _SLOT = struct.Struct("<qq48s")
@@ -121,11 +122,7 @@ class LocalLedger:
 
 def create_table(path: Path, limits: LimitsConfig) -> None:
     """A fresh, empty slot table for :class:`SharedLedger` (the node, before its receivers)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "wb") as fh:
-        fh.write(bytes(_SLOT.size * limits.max_associations))
-    os.replace(tmp, path)
+    write_bytes_atomic(path, bytes(_SLOT.size * limits.max_associations))
 
 
 class SharedLedger:
