@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare, on this box, what the GPU machine lent to some tasks needs to run the ingest benchmarks
-# (README "Ingest on sixteen cores": it reaches no network and has no dcmtk; its Python is 3.12):
+# (bench/RESULTS.md "Ingest on sixteen cores": it reaches no network and has no dcmtk; its Python is 3.12):
 #   .whl/                    the packages `mmed-node serve` imports, as wheels for that Python, at
 #                            the versions installed here
 #   .devcarry/dcmtk.tar.xz   dcmtk's storescu, storescp and echoscu, the libraries they load (less

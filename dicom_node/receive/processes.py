@@ -1,7 +1,7 @@
 """Several receiver processes on one listening socket (``node.receivers`` above 1).
 
 One Python process receives at most one core's worth of C-STOREs (the interpreter's lock;
-pynetdicom storing nothing is no faster, README "Performance"). With ``node.receivers: N`` the
+pynetdicom storing nothing is no faster, bench/RESULTS.md). With ``node.receivers: N`` the
 node binds the listening socket itself and starts N receiver processes (exec'd interpreters,
 never a fork of a process that may hold torch), each given a copy of that socket: each runs the
 whole receive side of one process (the gate and guard, pynetdicom, the C-STORE handlers, the
