@@ -65,8 +65,15 @@ def test_ct_series_in_seg_and_sr_out(tmp_path: Path) -> None:
             and job.instance_count == len(truth.files)
             and job.route == "ct-lungs"
         )
-        (delivery,) = collect(config)["deliveries"]
-        assert delivery["state"] == "done" and delivery["job_id"] == job.job_id
+        # The PACS holds both files as soon as it answered the last C-STORE; the node records
+        # the delivery done when it has read that answer.
+        deliveries = wait_for(
+            lambda: all(d["state"] == "done" for d in collect(config)["deliveries"])
+            and collect(config)["deliveries"],
+            timeout=10,
+        )
+        (delivery,) = deliveries
+        assert delivery["job_id"] == job.job_id
     finally:
         node.stop()
         pacs.stop()

@@ -214,7 +214,7 @@ def test_refused_instance_is_answered_and_counted(node: Node) -> None:
         client.send(wire.pdu(wire.P_DATA_TF, _pdv(1, 3, wire.store_rq(CTImageStorage, sop, 2)) + _pdv(1, 2, data)))
         assert int(client.read_response().Status) == 0
         client.release()
-    assert node.refusals().get("refused_instance") == 1
+    assert wait_for(lambda: node.refusals().get("refused_instance") == 1, 5)
     assert list(_stored(node)) == [sop]
 
 
