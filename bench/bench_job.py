@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_receive import ECHOSCU, STORESCP, STORESCU, dcmtk_env, free_port
+from testkit import procfs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CALLED_AE = "MMEDNODE"
@@ -78,15 +79,12 @@ def series(cache: Path, slices: int, size: int = 512) -> Path:
 
 def _status(key: str, pid: int | str = "self") -> float:
     """A VmRSS/VmHWM line of /proc/PID/status, in MB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
+    return procfs.status_kb(pid, key) / 1024
 
 
 def _reset_peak(pid: int | str = "self") -> None:
     """VmHWM := VmRSS (proc(5), clear_refs value 5)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    procfs.reset_peak(pid)
 
 
 def _job_spec(folder: Path, result_dir: Path) -> Any:

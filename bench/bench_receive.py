@@ -59,6 +59,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from config.schema import NodeConfig
 from dicom_node.receive.processes import receiver_count
+from testkit import procfs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 #: By absolute path: a pyenv shim named storescp (pynetdicom's app) shadows dcmtk's on PATH.
@@ -422,32 +423,20 @@ def send(port: int, files: Sequence[Path], parallel: int, called_ae: str = CALLE
     return elapsed
 
 
-def _stat(pid: int) -> list[str]:
-    """/proc/PID/stat after the command name (proc(5)): state is field 3, ppid 4, utime..cstime
-    14..17, so index 0 is field 3."""
-    return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-
-
 def own_cpu_seconds(pid: int) -> float:
     """User + system CPU of process ``pid`` alone (the node's own, without its receivers)."""
-    return sum(int(v) for v in _stat(pid)[11:13]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(v) for v in procfs.stat_fields(pid)[11:13]) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU of process ``pid``, its reaped children and its live descendants (the
     node's receiver processes)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                children.setdefault(int(_stat(int(entry.name))[1]), []).append(int(entry.name))
-            except (OSError, IndexError):
-                continue
+    children = procfs.child_map()
     ticks, todo = 0, [pid]
     while todo:
         current = todo.pop()
         try:
-            ticks += sum(int(v) for v in _stat(current)[11:15])
+            ticks += sum(int(v) for v in procfs.stat_fields(current)[11:15])
         except OSError:
             continue
         todo.extend(children.get(current, []))

@@ -32,6 +32,7 @@ import yaml
 from dicom_node.atomic import write_json_atomic
 from dicom_node.jobs.pipeline import _instance_files as instance_files
 from dicom_node.jobs.spec import JobSpec
+from testkit import procfs
 from testkit.crafted import MB
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -49,28 +50,6 @@ def mmed_node() -> list[str]:
 
 #: How often the list of the node's child processes is read again.
 FAMILY_REFRESH_SECONDS = 0.5
-
-
-def _status_kb(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (proc(5): the parent is field 4 of ``stat``)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
-                    if int(fh.read().rpartition(")")[2].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
 
 
 class ServedNode:
@@ -126,7 +105,7 @@ class ServedNode:
         """The node's process and its children (re-read every :data:`FAMILY_REFRESH_SECONDS`)."""
         read_at, pids = self._family
         if time.monotonic() - read_at > FAMILY_REFRESH_SECONDS:
-            pids = [self.proc.pid, *_children(self.proc.pid)]
+            pids = [self.proc.pid, *procfs.child_map().get(self.proc.pid, [])]
             self._family = (time.monotonic(), pids)
         return pids
 
@@ -134,7 +113,7 @@ class ServedNode:
         total = 0
         for pid in self.family():
             try:
-                total += _status_kb(pid, field)
+                total += procfs.status_kb(pid, field)
             except (OSError, KeyError):  # a process that ended
                 if pid == self.proc.pid:
                     raise
@@ -151,8 +130,7 @@ class ServedNode:
         current RSS."""
         for pid in self.family():
             try:
-                with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as fh:
-                    fh.write("5")
+                procfs.reset_peak(pid)
             except OSError:
                 if pid == self.proc.pid:
                     raise
