@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bench_job import CALLED_AE, LatencyRig, _renamed_copy, series
-from bench.bench_receive import STORESCU, dcmtk_env, own_cpu_seconds, send
+from bench.bench_receive import own_cpu_seconds, send
 
 WARM_SLICES = 48
 #: The node's own process counts as busy above this share of a core ...
@@ -103,8 +102,7 @@ def measure(rig: LatencyRig, base: Path, work: Path, parallel: list[int], reps: 
             wait_settled(rig, sent)
             job = _renamed_copy(base, work / f"job-{tag}", rep)
             busy_series = _renamed_copy(base, work / f"busy-{tag}", rep)
-            subprocess.run([STORESCU, "-aec", CALLED_AE, "127.0.0.1", str(rig.port),
-                            *map(str, sorted(job.glob("*.dcm")))], env=dcmtk_env(), check=True, capture_output=True)
+            send(rig.port, sorted(job.glob("*.dcm")), 1, called_ae=CALLED_AE)
             waited = wait_busy(rig.node.pid)
             busy, ended = rate(rig, busy_series, n)
             uid = _series_uid(job)
